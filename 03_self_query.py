@@ -1,0 +1,212 @@
+"""03 - The Self-Query Layer: patch tokens, a transformer, queries, and the self-cost volume.
+
+Concept (SPEC.md section 1, paper section 3.2, Eq. 1-3): the U-Net feature map S0 [B,E,h,w] is cut
+into p x p patches (Exercise 3.1), the patch tokens (plus a learned positional encoding) go through
+a small transformer encoder, and the first Q output tokens become *queries* K [B,Q,E]: coarse,
+image-wide summaries of what is in the scene. Each query is compared (a plain dot product, no
+1/sqrt(E) scaling) with every pixel of a fine feature map S = conv3x3(S0) (Exercise 3.2), giving
+the self-cost volume V [B,Q,h,w]: how much each pixel "looks like" each query. 04 turns V into
+depth bins and per-pixel probabilities.
+
+Variants (paper ablations): queries="self" (above, the released models) or "learned": DETR-style
+nn.Embedding queries that attend to the tokens through a TransformerDecoder (our choice of
+architecture for this ablation; the official code has none). queries="none" is handled in 04
+(no self-query layer at all).
+
+Differences from the official code (github.com/hisfog/SfMNeXt-Impl, Lite_Depth_Decoder_QueryTr),
+none of which change the numbers: we run the transformer batch-first (same parameters, and the
+fused SDPA/"fast path" kernels are used in eval), and we raise a clear error when Q > N or N > 500
+where the official code would fail later or silently use fewer queries.
+
+Used by: 04_bins.DepthNet. Demo: `python 03_self_query.py [--checkpoint RUN/ckpt.pt]` saves a PNG
+of several cost-volume slices for a synthetic frame. Tests: tests/test_03_self_query.py.
+"""
+import argparse
+import importlib
+import sys
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+MAX_TOKENS = 500  # rows of the learned positional encoding (official value)
+
+
+def embed_patches(s0, patch_conv, pos_encoding):
+    """Exercise 3.1: patch embedding plus learned positional encoding -> tokens.
+
+    s0 [B,E,h,w]; patch_conv: Conv2d(E, E, kernel p, stride p); pos_encoding [500, E].
+    Returns tokens [B,N,E] with N = floor(h/p) * floor(w/p) in raster order (row by row), token n
+    having pos_encoding[n] added. Hint: conv -> flatten the two spatial dims -> move E last.
+    """
+    patches = patch_conv(s0)  # (B, E, h/p, w/p)
+    tokens = patches.flatten(2).transpose(1, 2)  # (B, N, E)
+    return tokens + pos_encoding[: tokens.shape[1]].unsqueeze(0)  # (B, N, E)
+
+
+def self_cost_volume(S, K):
+    """Exercise 3.2: the self-cost volume V = S^T K of the paper's Eq. 3, reshaped per query.
+
+    S [B,E,h,w] (fine per-pixel features), K [B,Q,E] (queries). Returns V [B,Q,h,w] with
+    V[b,q,i,j] = sum_e K[b,q,e] * S[b,e,i,j]: raw dot products, no scaling, no softmax.
+    Hint: one batched matmul of K [B,Q,E] with S flattened to [B,E,h*w], then reshape.
+    """
+    B, E, h, w = S.shape
+    V = torch.bmm(K, S.reshape(B, E, h * w))  # (B, Q, h*w)
+    return V.reshape(B, K.shape[1], h, w)  # (B, Q, h, w)
+
+
+class SelfQueryLayer(nn.Module):
+    """S0 [B,E,h,w] -> (V [B,Q,h,w] self-cost volume, S [B,E,h,w] fine features)."""
+
+    def __init__(self, model_dim, patch_size, num_queries, dim_feedforward=512, num_layers=4,
+                 num_heads=4, queries="self"):
+        super().__init__()
+        if queries not in ("self", "learned"):
+            raise ValueError(f"queries={queries!r}: SelfQueryLayer supports 'self' or 'learned' "
+                             f"('none' means no self-query layer, see 04_bins)")
+        if model_dim % num_heads:
+            raise ValueError(f"model_dim={model_dim} must be divisible by num_heads={num_heads}")
+        E = model_dim
+        self.patch_size, self.num_queries, self.queries = patch_size, num_queries, queries
+        # Official names in comments: embedding_convPxP, positional_encodings, transformer_encoder, conv3x3.
+        self.patch_embed = nn.Conv2d(E, E, patch_size, stride=patch_size)
+        self.pos_encoding = nn.Parameter(torch.rand(MAX_TOKENS, E))  # U[0,1) init like the official code
+        layer = nn.TransformerEncoderLayer(E, num_heads, dim_feedforward, dropout=0.1, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.fine_conv = nn.Conv2d(E, E, 3, 1, 1)
+        if queries == "learned":  # DETR-style: Q learned vectors read the tokens by cross-attention
+            self.query_embed = nn.Embedding(num_queries, E)
+            dec = nn.TransformerDecoderLayer(E, num_heads, dim_feedforward, dropout=0.1, batch_first=True)
+            self.query_decoder = nn.TransformerDecoder(dec, num_layers)
+
+    def check_size(self, h, w):
+        """Raise ValueError unless the S0 size h x w gives Q <= N <= 500 patch tokens."""
+        p, Q = self.patch_size, self.num_queries
+        N = (h // p) * (w // p)
+        if N < 1 or N > MAX_TOKENS:
+            raise ValueError(f"S0 of {h}x{w} with patch_size {p} gives N={N} tokens; need 1 <= N <= "
+                             f"{MAX_TOKENS} (the positional encoding has {MAX_TOKENS} rows)")
+        if self.queries == "self" and Q > N:
+            raise ValueError(f"num_queries Q={Q} > number of patch tokens N={N} (S0 {h}x{w}, patch_size "
+                             f"{p}): use a larger input, a smaller patch_size or fewer queries")
+        return N
+
+    def tokens(self, s0):
+        """S0 [B,E,h,w] -> transformer output tokens [B,N,E]."""
+        self.check_size(*s0.shape[-2:])
+        return self.transformer(embed_patches(s0, self.patch_embed, self.pos_encoding))  # (B, N, E)
+
+    def forward(self, s0, return_tokens=False):
+        tokens = self.tokens(s0)  # (B, N, E)
+        if self.queries == "self":
+            K = tokens[:, : self.num_queries]  # (B, Q, E): the first Q tokens in raster order
+        else:
+            tgt = self.query_embed.weight.unsqueeze(0).expand(s0.shape[0], -1, -1)  # (B, Q, E)
+            K = self.query_decoder(tgt, tokens)  # (B, Q, E)
+        S = self.fine_conv(s0)  # (B, E, h, w)
+        V = self_cost_volume(S, K)  # (B, Q, h, w)
+        return (V, S, tokens) if return_tokens else (V, S)
+
+
+# ----------------------------------------------------------------------------- demo
+@dataclass
+class CostVolumeDemoConfig:
+    checkpoint: str = ""  # optional trained checkpoint (06_train format); its model config is used
+    preset: str = "kitti-r18-640x192"  # preset of the untrained network (04_bins.PRESETS)
+    height: int = 192  # network input height (taken from the checkpoint when given)
+    width: int = 640  # network input width (taken from the checkpoint when given)
+    num_slices: int = 6  # how many cost-volume slices (queries) to show
+    out: str = "cost_volume.png"  # output figure
+    seed: int = 0  # seed of the synthetic world and of the untrained weights
+
+
+def synthetic_frame(height, width, seed=0):
+    """One RGB frame [1,3,height,width] in [0,1] from 01_data's synthetic world, plus its thin-object mask.
+
+    Falls back to a random-noise frame (and no mask) only when 01_data cannot make the world.
+    """
+    try:
+        data = importlib.import_module("01_data")
+        data.make_synthetic_kitti  # noqa: B018 - existence check
+    except (ImportError, AttributeError):
+        print("note: 01_data.make_synthetic_kitti unavailable, using a random-noise frame")
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(1, 3, height, width, generator=gen), None
+    from PIL import Image
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, height=height,
+                                         width=width, seed=seed)
+        path = sorted(Path(root).glob("*/*/image_02/data/*.jpg"))[1]
+        img = Image.open(path).convert("RGB").resize((width, height), Image.LANCZOS)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        thin = sorted(Path(root).glob("*/*/thin_mask/image_02/*.png"))
+        mask = np.asarray(Image.open(thin[1])) > 0 if len(thin) > 1 else None
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), mask  # (1, 3, H, W)
+
+
+def load_trained(path):
+    """(DepthNet, height, width) rebuilt from a 06_train checkpoint; ValueError with the path if unusable."""
+    bins = importlib.import_module("04_bins")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = bins.DepthNetConfig(**ckpt["config"]["model"])
+        cfg.pretrained = None
+        net = bins.DepthNet(cfg)
+        net.load_state_dict(ckpt["model"])
+        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
+        raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Save cost-volume slices of a synthetic frame.")
+    for f in fields(CostVolumeDemoConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
+    bins = importlib.import_module("04_bins")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    torch.manual_seed(cfg.seed)
+    try:
+        if cfg.preset not in bins.PRESETS:
+            raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
+        nets = [("untrained", bins.DepthNet(bins.PRESETS[cfg.preset]), cfg.height, cfg.width)]
+        if cfg.checkpoint:
+            net, h, w = load_trained(cfg.checkpoint)
+            nets.append(("trained", net, h, w))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = []
+    for name, net, h, w in nets:
+        img, _ = synthetic_frame(h, w, cfg.seed)
+        with torch.no_grad():
+            out = net.eval()(img, return_extras=True)
+        V = out["cost_volume"][0]  # (Q, h/2, w/2)
+        picks = np.linspace(0, V.shape[0] - 1, cfg.num_slices).round().astype(int)
+        print(f"{name}: image {tuple(img.shape)} -> cost volume {tuple(V.shape)}, depth range "
+              f"[{out['depth'].min():.2f}, {out['depth'].max():.2f}] m")
+        rows.append((name, img[0].permute(1, 2, 0).numpy(), [(q, V[q].numpy()) for q in picks]))
+    fig, axes = plt.subplots(len(rows), cfg.num_slices + 1, figsize=(3 * (cfg.num_slices + 1), 1.4 * len(rows)),
+                             squeeze=False)
+    for r, (name, rgb, slices) in enumerate(rows):
+        axes[r, 0].imshow(rgb)
+        axes[r, 0].set_title(f"{name} input", fontsize=8)
+        for c, (q, v) in enumerate(slices, start=1):
+            axes[r, c].imshow(v, cmap="magma")  # each slice normalised on its own range
+            axes[r, c].set_title(f"query {q}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(cfg.out, dpi=100)
+    print(f"saved {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

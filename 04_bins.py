@@ -1,0 +1,425 @@
+"""04 - Depth from the self-cost volume: adaptive bins, probabilities, and the full DepthNet.
+
+Concept (SPEC.md section 1, paper section 3.3, Eq. 4-6). From the cost volume V [B,Q,h,w] and the
+fine features S [B,E,h,w] of 03:
+1. Eq. 4: each query "counts" the pixels it matches: a softmax of V over the h*w positions weights
+   S into one summary per query -> [B,Q,E] (Exercise 4.1). As in the official code, the summaries
+   use S (after the 3x3 conv), not S0.
+2. An MLP (Q*E -> 16Q -> 256 -> D, LeakyReLU) regresses D numbers per image; relu + 0.1, normalise,
+   scale to (max - min), cumsum from min_depth -> D+1 bin edges and D centres per image
+   (Exercise 4.2).
+3. Eq. 5-6: a 1x1 conv maps V's Q channels to D logits per pixel, a softmax over the D bins gives
+   probabilities, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the softmax
+   index as Q; the code, and we, use D.)
+`DepthNet` assembles 02 + 03 + this file: image [B,3,H,W] in [0,1] -> depth [B,1,H/2,W/2] metres.
+
+Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in [min, max]),
+"adabins" (AdaBins' mini-ViT: the bins come from the first transformer token through an MLP
+E -> 256 -> 256 -> D), "sql" (above); queries "learned" (03) and "none": no self-query layer, a plain
+conv head regresses depth from S0 as min + (max - min) * sigmoid(.) (the paper's no-query baseline).
+
+Also here: `PRESETS` (the released models, exact parameter counts), conversion of the official
+encoder.pth + depth.pth into our state dict, and a benchmark. Run `python 04_bins.py` for the demo
+figure (bin centres and per-pixel bin probabilities), `python 04_bins.py --bench` for the speed table.
+Tests: tests/test_04_bins.py.
+"""
+import argparse
+import copy
+import importlib
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+unet = importlib.import_module("02_unet")
+sql = importlib.import_module("03_self_query")
+
+
+def spatial_softmax_summaries(V, S):
+    """Exercise 4.1: per-query summaries of the fine features (paper Eq. 4).
+
+    V [B,Q,h,w] cost volume, S [B,E,h,w] fine features. For each query q: a softmax of V[b,q] over
+    all h*w pixels gives weights that sum to 1; the summary is the weighted sum of S's pixel
+    vectors. Returns [B,Q,E]. Hint: flatten the spatial dims, softmax over them, one bmm.
+    """
+    B, Q, h, w = V.shape
+    weights = torch.softmax(V.reshape(B, Q, h * w), dim=-1)  # (B, Q, h*w), each row sums to 1
+    return torch.bmm(weights, S.reshape(B, S.shape[1], h * w).transpose(1, 2))  # (B, Q, E)
+
+
+def bins_from_mlp_output(y, min_depth, max_depth):
+    """Exercise 4.2: bin edges and centres from the MLP's raw output (per image).
+
+    y [B,D] raw numbers. widths: relu(y) + 0.1, divided by their sum, times (max - min).
+    edges = min_depth followed by the cumulative sum of the widths added to it -> [B,D+1]
+    (first = min_depth, last = max_depth); centres = mid-points of consecutive edges -> [B,D].
+    Returns (edges, centres). Hint: F.pad(widths, (1, 0), value=min_depth) then cumsum.
+    """
+    y = torch.relu(y) + 0.1  # the 0.1 keeps every bin strictly wider than zero
+    widths = (max_depth - min_depth) * y / y.sum(dim=1, keepdim=True)  # (B, D)
+    edges = torch.cumsum(F.pad(widths, (1, 0), value=min_depth), dim=1)  # (B, D+1)
+    centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
+    return edges, centres
+
+
+def combine_probabilities(logits, centres):
+    """Exercise 4.3: probabilistic combination (paper Eq. 5-6).
+
+    logits [B,D,h,w] (one score per bin and pixel), centres [B,D] (per-image bin centres).
+    P = softmax over the D bins at each pixel; depth = sum_d P_d * c_d -> [B,1,h,w].
+    Returns (depth [B,1,h,w], P [B,D,h,w]). Hint: the bins are dim 1; broadcast the centres as
+    [B,D,1,1] and keep the summed dimension so depth stays 4-D.
+    """
+    P = torch.softmax(logits, dim=1)  # (B, D, h, w), sums to 1 over D
+    depth = (P * centres[:, :, None, None]).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+    return depth, P
+
+
+@dataclass
+class DepthNetConfig:
+    num_layers: int = 50  # ResNet depth of the encoder: 18, 34 or 50
+    num_features: int = 256  # U-Net decoder width nf (channels nf -> nf/16)
+    model_dim: int = 32  # E: channels of S0/S, token and query size
+    patch_size: int = 16  # p: patch size of the patch embedding (N = (h/p) * (w/p) tokens)
+    num_queries: int = 64  # Q: number of queries (first Q tokens); needs Q <= N
+    num_bins: int = 64  # D: number of depth bins
+    dim_feedforward: int = 512  # FFN width of the transformer layers (512 = "lite" released models)
+    min_depth: float = 0.001  # first bin edge, metres
+    max_depth: float = 80.0  # last bin edge, metres
+    bins: str = "sql"  # "sql" (from the cost volume), "fixed" (uniform) or "adabins" (first token)
+    queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (conv head; bins unused)
+    pretrained: Optional[str] = None  # None, "imagenet" (torchvision download) or a .pth path
+
+
+# The released KITTI models (input sizes live in 06_train); pretrained=None so building one never
+# downloads: training sets pretrained="imagenet".
+PRESETS = {
+    "kitti-r50-640x192": DepthNetConfig(50, 256, 32, 16, 64, 64, 512),
+    "kitti-r50-1024x320": DepthNetConfig(50, 256, 32, 20, 128, 128, 512),
+    "kitti-r18-640x192": DepthNetConfig(18, 256, 32, 16, 120, 128, 512),
+}
+
+
+def _mlp(sizes):
+    """Linear layers with LeakyReLU(0.01) between them (indices 0, 2, 4 like the official Sequential)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.LeakyReLU(0.01)] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+class DepthNet(nn.Module):
+    """Image [B,3,H,W] in [0,1] -> depth [B,1,H/2,W/2] in metres (SQLDepth and its ablations)."""
+
+    def __init__(self, cfg: DepthNetConfig):
+        super().__init__()
+        if cfg.bins not in ("sql", "fixed", "adabins"):
+            raise ValueError(f"bins={cfg.bins!r}: choose 'sql', 'fixed' or 'adabins'")
+        if cfg.queries not in ("self", "learned", "none"):
+            raise ValueError(f"queries={cfg.queries!r}: choose 'self', 'learned' or 'none'")
+        if not 0 < cfg.min_depth < cfg.max_depth:
+            raise ValueError(f"need 0 < min_depth < max_depth, got {cfg.min_depth}, {cfg.max_depth}")
+        self.cfg = cfg
+        E, Q, D = cfg.model_dim, cfg.num_queries, cfg.num_bins
+        self.unet = unet.ResnetUNet(cfg.num_layers, cfg.num_features, E)
+        if cfg.queries == "none":  # no cost volume: regress depth directly from S0
+            self.head = nn.Sequential(nn.Conv2d(E, E, 3, 1, 1), nn.LeakyReLU(0.01), nn.Conv2d(E, 1, 3, 1, 1))
+        else:
+            self.sql = sql.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward, queries=cfg.queries)
+            if cfg.bins == "sql":
+                self.bins_mlp = _mlp([Q * E, 16 * Q, 256, D])  # official bins_regressor
+            elif cfg.bins == "adabins":
+                self.bins_mlp = _mlp([E, 256, 256, D])  # AdaBins' regressor on the first token
+            self.to_logits = nn.Conv2d(Q, D, 1)  # official convert_to_prob.0
+        unet.load_pretrained(self.unet.encoder, cfg.pretrained)
+
+    def forward(self, img, return_extras=False):
+        return self.depth_from_features(self.unet(img), return_extras)
+
+    def depth_from_features(self, s0, return_extras=False):
+        """S0 [B,E,h,w] -> depth [B,1,h,w] (or the extras dict): everything after the U-Net."""
+        cfg = self.cfg
+        if cfg.queries == "none":
+            depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
+            return {"depth": depth} if return_extras else depth  # (B, 1, H/2, W/2)
+        V, S, tokens = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w), (B,N,E)
+        # Bins and the combination run in float32 even under bf16 autocast: bf16 keeps 8 bits of
+        # mantissa, i.e. steps of 0.25-0.5 m near 80 m, far too coarse for bin edges and depth.
+        if cfg.bins == "sql":
+            summaries = spatial_softmax_summaries(V, S)  # (B, Q, E)
+            y = self.bins_mlp(summaries.flatten(1)).float()  # (B, D)
+            edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+        elif cfg.bins == "adabins":
+            y = self.bins_mlp(tokens[:, 0]).float()  # (B, D), from the first token only
+            edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+        else:  # fixed: uniform edges, the same for every image
+            edges = torch.linspace(cfg.min_depth, cfg.max_depth, cfg.num_bins + 1, device=V.device)
+            edges = edges.expand(V.shape[0], -1)  # (B, D+1)
+            centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
+        depth, P = combine_probabilities(self.to_logits(V).float(), centres)  # (B,1,h,w), (B,D,h,w)
+        if return_extras:
+            return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P}
+        return depth
+
+
+# ----------------------------------------------------------------------------- official checkpoints
+# Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
+# Lite_Depth_Decoder_QueryTr) -> our prefix.
+OFFICIAL_PREFIXES = [
+    ("encoder.encoder.", "unet.encoder."), ("decoder.", "unet.decoder."),
+    ("embedding_convPxP.", "sql.patch_embed."), ("positional_encodings", "sql.pos_encoding"),
+    ("transformer_encoder.", "sql.transformer."), ("conv3x3.", "sql.fine_conv."),
+    ("bins_regressor.", "bins_mlp."), ("convert_to_prob.0.", "to_logits."),
+]
+
+
+def _tensors(sd):
+    """Only the tensors of a state dict, with DataParallel's "module." prefix removed."""
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items() if torch.is_tensor(v)}
+
+
+def official_metadata(encoder_sd):
+    """The training size and stereo flag saved in an official encoder.pth (None where absent)."""
+    return {k: encoder_sd.get(k) for k in ("height", "width", "use_stereo")}
+
+
+def config_from_official(encoder_sd, depth_sd):
+    """Infer the DepthNetConfig of an official encoder.pth + depth.pth pair from its tensor shapes."""
+    enc, dep = _tensors(encoder_sd), _tensors(depth_sd)
+    needed = ["encoder.encoder.layer1.0.conv1.weight", "decoder.conv2.weight", "decoder.conv3.weight"]
+    needed_d = ["embedding_convPxP.weight", "convert_to_prob.0.weight", "bins_regressor.0.weight",
+                "transformer_encoder.layers.0.linear1.weight"]
+    missing = [k for k in needed if k not in enc] + [k for k in needed_d if k not in dep]
+    if missing:
+        raise ValueError(f"not an official SQLDepth encoder.pth/depth.pth pair: missing {missing}")
+    bottleneck = "encoder.encoder.layer1.0.conv3.weight" in enc
+    n3 = len({k.split(".")[3] for k in enc if k.startswith("encoder.encoder.layer3.")})
+    num_layers = {(True, 6): 50, (False, 6): 34, (False, 2): 18}.get((bottleneck, n3))
+    n_tr = len({k.split(".")[2] for k in dep if k.startswith("transformer_encoder.layers.")})
+    if num_layers is None or n_tr != 4:
+        raise ValueError(f"unsupported official model: ResNet layer3 has {n3} blocks (bottleneck={bottleneck}), "
+                         f"{n_tr} transformer layers (we support ResNet-18/34/50 and 4 layers)")
+    D, Q = dep["convert_to_prob.0.weight"].shape[:2]
+    E = dep["embedding_convPxP.weight"].shape[0]
+    cfg = DepthNetConfig(num_layers=num_layers, num_features=enc["decoder.conv2.weight"].shape[0],
+                         model_dim=E, patch_size=dep["embedding_convPxP.weight"].shape[-1], num_queries=Q,
+                         num_bins=D, dim_feedforward=dep["transformer_encoder.layers.0.linear1.weight"].shape[0])
+    if dep["bins_regressor.0.weight"].shape[1] != Q * E:  # min/max depth are not stored: KITTI's 0.001/80
+        raise ValueError(f"bins_regressor.0 takes {dep['bins_regressor.0.weight'].shape[1]} inputs, "
+                         f"expected Q*E={Q * E}")
+    return cfg
+
+
+def convert_official_checkpoint(encoder_sd, depth_sd):
+    """Official encoder.pth + depth.pth state dicts -> a DepthNet state dict (checked strictly).
+
+    Raises ValueError listing missing / unexpected / mis-shaped keys. Use with
+    `DepthNet(config_from_official(e, d)).load_state_dict(convert_official_checkpoint(e, d))`.
+    """
+    cfg = config_from_official(encoder_sd, depth_sd)
+    out, unexpected = {}, []
+    for key, value in {**_tensors(encoder_sd), **_tensors(depth_sd)}.items():
+        for old, new in OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            unexpected.append(key)
+    with torch.device("meta"):  # shapes only, no memory, no init cost
+        expected = {k: v.shape for k, v in DepthNet(cfg).state_dict().items()}
+    for k in expected:  # checkpoints from PyTorch < 0.4.1 have no BN counters: harmless, start at 0
+        if k.endswith("num_batches_tracked") and k not in out:
+            out[k] = torch.zeros((), dtype=torch.long)
+    missing = [k for k in expected if k not in out]
+    unexpected += [k for k in out if k not in expected]
+    shapes = [f"{k} {tuple(out[k].shape)}!={tuple(s)}" for k, s in expected.items() if k in out and out[k].shape != s]
+    if missing or unexpected or shapes:
+        raise ValueError(f"official checkpoint does not match DepthNet({cfg}): missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}, wrong shapes {shapes[:8]}")
+    return out
+
+
+# ----------------------------------------------------------------------------- benchmark
+def count_macs(model, img):
+    """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
+
+    The cost volume and the summaries (2 * B*Q*h*w*E, functional ops) are added by hand. Counted on
+    a copy in train mode so PyTorch's fused transformer fast path does not bypass the hooks.
+    """
+    model, total = copy.deepcopy(model).train(), [0]
+
+    def conv(m, inp, out):
+        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += out.numel() * m.in_features
+
+    def attention(m, inp, out):  # q,k,v projections + QK^T + AV + output projection
+        q, k = inp[0], inp[1]
+        B, L, E = q.shape  # batch_first
+        S = k.shape[1]
+        total[0] += B * (L * E * E + 2 * S * E * E + 2 * L * S * E + L * E * E)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(conv)
+        elif isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            m.register_forward_hook(linear)
+        elif isinstance(m, nn.MultiheadAttention):
+            m.register_forward_hook(attention)
+    with torch.no_grad():
+        out = model(img, return_extras=True)
+    if "cost_volume" in out:
+        B, Q, h, w = out["cost_volume"].shape
+        total[0] += 2 * B * Q * h * w * model.cfg.model_dim
+    return total[0]
+
+
+def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3):
+    """(params, MACs/image, inference ms/image, train step ms) of one preset at (H, W)."""
+    torch.manual_seed(0)
+    model = DepthNet(PRESETS[preset]).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    img = torch.rand(batch_size, 3, *size, device=device).contiguous(memory_format=fmt)
+    params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(model, img[:1])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        fn()  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / iters * 1000.0
+
+    model.eval()
+
+    def infer():
+        with torch.inference_mode(), autocast:
+            model(img)
+    infer_ms = timed(infer) / batch_size
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        with autocast:
+            loss = model(img).float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return params, macs, infer_ms, timed(step)
+
+
+PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
+
+
+@dataclass
+class BinsDemoConfig:
+    bench: bool = False  # run the benchmark instead of the demo figure
+    preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    amp: bool = False  # benchmark: bf16 autocast (GPU only; ignored on CPU)
+    channels_last: bool = False  # benchmark: channels_last memory format
+    batch_size: int = 2  # benchmark batch size
+    iters: int = 3  # benchmark: timed iterations after one warm-up
+    checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
+    out: str = "bins.png"  # demo figure
+    seed: int = 0  # demo: synthetic frame and weights seed
+
+
+def run_bench(cfg, device):
+    presets = [cfg.preset] if cfg.preset else list(PRESETS)
+    modes = [cfg.amp] if device.type == "cpu" else sorted({False, cfg.amp, True})
+    print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
+          f"{'train ms/step':>13s}")
+    for name in presets:
+        for amp in modes:
+            amp = amp and device.type == "cuda"
+            h, w = PRESET_SIZES[name]
+            p, macs, inf, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last, cfg.iters)
+            print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
+                  f"{inf:>12.1f} {tr:>13.1f}", flush=True)
+
+
+def run_demo(cfg):
+    """Figure: the per-image bin centres and the bin probabilities of three pixels of a synthetic frame."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    torch.manual_seed(cfg.seed)
+    if cfg.checkpoint:
+        net, h, w = sql.load_trained(cfg.checkpoint)
+    else:
+        name = cfg.preset or "kitti-r18-640x192"
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
+    img, thin = sql.synthetic_frame(h, w, cfg.seed)
+    with torch.no_grad():
+        out = net.eval()(img, return_extras=True)
+    if "probs" not in out:
+        raise ValueError("this model has no bins (queries='none'): nothing to plot")
+    P, c = out["probs"][0], out["bin_centers"][0]  # (D, h/2, w/2), (D,)
+    ph, pw = P.shape[-2:]
+    pixels = {"near road": (ph - 3, pw // 2), "far (image centre)": (int(ph * 0.4), pw // 2)}
+    if thin is not None and thin.any():
+        ys, xs = np.nonzero(thin)
+        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])  # a thin-structure pixel at full size
+        pixels["thin pole"] = (min(y * ph // thin.shape[0], ph - 1), min(x * pw // thin.shape[1], pw - 1))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.5))
+    axes[0].imshow(img[0].permute(1, 2, 0).numpy())
+    for label, (y, x) in pixels.items():
+        axes[0].plot(2 * x, 2 * y, "o", label=label)
+        axes[2].plot(c.numpy(), P[:, y, x].numpy(), ".-", label=f"{label}: {out['depth'][0, 0, y, x]:.1f} m")
+    axes[0].legend(fontsize=7)
+    axes[1].stem(c.numpy(), np.ones(len(c)), markerfmt=" ", basefmt=" ")
+    axes[1].set(xlabel="bin centre (m)", title=f"{len(c)} bin centres of this image", yticks=[])
+    axes[2].set(xlabel="bin centre (m)", ylabel="probability", title="per-pixel bin probabilities")
+    axes[2].legend(fontsize=7)
+    axes[0].axis("off")
+    fig.tight_layout()
+    fig.savefig(cfg.out, dpi=100)
+    print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Bins demo figure, or --bench for the speed table.")
+    for f in fields(BinsDemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))
+    try:
+        if cfg.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        elif cfg.device in ("cpu", "cuda") and (cfg.device == "cpu" or torch.cuda.is_available()):
+            device = torch.device(cfg.device)
+        else:
+            raise ValueError(f"device {cfg.device!r} is not available")
+        if cfg.bench:
+            if cfg.preset and cfg.preset not in PRESETS:
+                raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+            run_bench(cfg, device)
+        else:
+            run_demo(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Tests of 03_self_query.py: patch tokens, queries, the self-cost volume, size checks, the demo."""
+import importlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+
+def test_embed_patches_matches_per_patch_loop():
+    """Exercise 3.1: token n = conv(patch at row n // W', column n % W') + pos[n], in raster order."""
+    sql = importlib.import_module("03_self_query")
+    torch.manual_seed(0)
+    E, p = 3, 2
+    conv = nn.Conv2d(E, E, p, stride=p)
+    pos = torch.randn(500, E)
+    s0 = torch.randn(2, E, 5, 7)  # 2 x 3 patches; the odd last row/column is dropped
+    with torch.no_grad():
+        tokens = sql.embed_patches(s0, conv, pos)
+    assert tokens.shape == (2, 6, E)
+    for b in range(2):
+        for n in range(6):
+            i, j = divmod(n, 3)
+            patch = s0[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (E, p, p)
+            want = (conv.weight * patch).sum(dim=(1, 2, 3)) + conv.bias + pos[n]
+            torch.testing.assert_close(tokens[b, n], want.detach())
+
+
+def test_self_cost_volume_matches_slow_loop():
+    """Exercise 3.2: V[b,q,i,j] = sum_e K[b,q,e] S[b,e,i,j] (no scaling), checked pixel by pixel."""
+    sql = importlib.import_module("03_self_query")
+    torch.manual_seed(1)
+    B, E, Q, h, w = 2, 4, 3, 5, 6
+    S, K = torch.randn(B, E, h, w), torch.randn(B, Q, E)
+    V = sql.self_cost_volume(S, K)
+    assert V.shape == (B, Q, h, w)
+    for b in range(B):
+        for q in range(Q):
+            for i in range(h):
+                for j in range(w):
+                    want = sum(float(K[b, q, e]) * float(S[b, e, i, j]) for e in range(E))
+                    assert abs(float(V[b, q, i, j]) - want) < 1e-5
+
+
+def test_queries_are_first_tokens_and_layer_matches_seq_first_transformer():
+    """The layer = official recipe: seq-first transformer on tokens, first Q outputs as K, V = conv3x3(S0)^T K."""
+    sql = importlib.import_module("03_self_query")
+    torch.manual_seed(2)
+    E, p, Q = 8, 4, 5
+    layer = sql.SelfQueryLayer(E, p, Q, dim_feedforward=16).eval()
+    s0 = torch.randn(2, E, 12, 16)  # N = 3 * 4 = 12 tokens
+    ref_layer = nn.TransformerEncoderLayer(E, 4, 16)  # seq-first like the official code
+    ref = nn.TransformerEncoder(ref_layer, 4, enable_nested_tensor=False).eval()
+    ref.load_state_dict(layer.transformer.state_dict())
+    with torch.no_grad():
+        V, S = layer(s0)
+        emb = layer.patch_embed(s0).flatten(2) + layer.pos_encoding[:12].T.unsqueeze(0)  # (B, E, N)
+        tokens = ref(emb.permute(2, 0, 1))  # (N, B, E)
+        K = tokens[:Q].permute(1, 0, 2)  # (B, Q, E)
+        S_ref = layer.fine_conv(s0)
+        V_ref = torch.einsum("bqe,behw->bqhw", K, S_ref)
+    assert V.shape == (2, Q, 12, 16) and S.shape == (2, E, 12, 16)
+    torch.testing.assert_close(S, S_ref)
+    torch.testing.assert_close(V, V_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_too_many_queries_or_tokens_raise_clear_errors():
+    """Q > N names both numbers; N > 500 (positional-encoding rows) is refused too."""
+    sql = importlib.import_module("03_self_query")
+    layer = sql.SelfQueryLayer(8, 4, 13, dim_feedforward=16)
+    with pytest.raises(ValueError, match=r"Q=13.*N=12"):
+        layer(torch.randn(1, 8, 12, 16))
+    with pytest.raises(ValueError, match="N=504"):
+        sql.SelfQueryLayer(8, 1, 4, dim_feedforward=16)(torch.randn(1, 8, 12, 42))
+    with pytest.raises(ValueError, match="queries"):
+        sql.SelfQueryLayer(8, 4, 4, queries="none")
+
+
+def test_learned_queries_shapes_and_gradients():
+    """queries='learned': V [B,Q,h,w] also when Q > N, and the query embeddings receive gradients."""
+    sql = importlib.import_module("03_self_query")
+    layer = sql.SelfQueryLayer(8, 4, 20, dim_feedforward=16, queries="learned")
+    V, S = layer(torch.randn(2, 8, 12, 16))
+    assert V.shape == (2, 20, 12, 16)
+    V.square().mean().backward()
+    assert layer.query_embed.weight.grad.abs().sum() > 0
+
+
+def test_demo_saves_figure(tmp_path):
+    """`python 03_self_query.py` (untrained, synthetic frame from 01_data) writes the PNG."""
+    try:
+        importlib.import_module("01_data").make_synthetic_kitti
+    except (ModuleNotFoundError, AttributeError):
+        pytest.skip("01_data.make_synthetic_kitti is not there yet")
+    sql = importlib.import_module("03_self_query")
+    out = tmp_path / "cv.png"
+    assert sql.main(["--out", str(out), "--num-slices", "3"]) == 0
+    assert out.stat().st_size > 0
+    assert sql.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2

@@ -1,0 +1,268 @@
+"""Tests of 04_bins.py: summaries, bins, probabilistic combination, DepthNet, presets, official conversion."""
+import importlib
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from test_02_unet import torchvision_resnet_shapes
+
+SMALL = dict(num_layers=18, num_features=64, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
+             dim_feedforward=32)
+
+
+def bins_module():
+    return importlib.import_module("04_bins")
+
+
+def test_spatial_softmax_summaries_match_loop():
+    """Exercise 4.1: summary[b,q] = sum_pixels softmax_over_pixels(V[b,q]) * S[b,:,pixel] (not softmax over Q)."""
+    bins = bins_module()
+    torch.manual_seed(0)
+    B, Q, E, h, w = 2, 3, 4, 3, 5
+    V, S = torch.randn(B, Q, h, w) * 3, torch.randn(B, E, h, w)
+    out = bins.spatial_softmax_summaries(V, S)
+    assert out.shape == (B, Q, E)
+    for b in range(B):
+        for q in range(Q):
+            weights = torch.exp(V[b, q]) / torch.exp(V[b, q]).sum()  # (h, w)
+            want = (weights[None] * S[b]).sum(dim=(1, 2))  # (E,)
+            torch.testing.assert_close(out[b, q], want)
+
+
+def test_bins_closed_form_and_properties():
+    """Exercise 4.2: y=[-1,0,1,2] -> widths prop. to [.1,.1,1.1,2.1]; edges from min to max; centres mid-points."""
+    bins = bins_module()
+    lo, hi = 0.5, 7.3
+    edges, centres = bins.bins_from_mlp_output(torch.tensor([[-1.0, 0.0, 1.0, 2.0]], dtype=torch.float64), lo, hi)
+    widths = torch.tensor([0.1, 0.1, 1.1, 2.1], dtype=torch.float64) / 3.4 * (hi - lo)
+    want_edges = torch.cat([torch.tensor([lo], dtype=torch.float64), lo + torch.cumsum(widths, 0)])
+    torch.testing.assert_close(edges[0], want_edges)
+    torch.testing.assert_close(centres[0], 0.5 * (want_edges[1:] + want_edges[:-1]))
+    y = torch.randn(5, 32) * 4
+    edges, centres = bins.bins_from_mlp_output(y, 0.001, 80.0)
+    assert edges.shape == (5, 33) and centres.shape == (5, 32)
+    torch.testing.assert_close(edges[:, 0], torch.full((5,), 0.001))
+    torch.testing.assert_close(edges[:, -1], torch.full((5,), 80.0))
+    assert torch.all(edges[:, 1:] - edges[:, :-1] > 0)  # relu + 0.1: every bin has positive width
+    assert torch.all((centres > edges[:, :-1]) & (centres < edges[:, 1:]))
+
+
+def test_combination_softmax_over_bins_closed_form():
+    """Exercise 4.3: P = softmax over D at each pixel (sums to 1 over D), depth = sum_d P_d c_d, which lies
+    inside (c_min, c_max)."""
+    bins = bins_module()
+    torch.manual_seed(1)
+    B, D, h, w = 2, 5, 3, 4
+    logits = torch.randn(B, D, h, w) * 2
+    centres = torch.sort(torch.rand(B, D) * 80, dim=1).values
+    depth, P = bins.combine_probabilities(logits, centres)
+    assert depth.shape == (B, 1, h, w) and P.shape == (B, D, h, w)
+    torch.testing.assert_close(P.sum(dim=1), torch.ones(B, h, w))
+    for b in range(B):
+        for i in range(h):
+            for j in range(w):
+                e = torch.exp(logits[b, :, i, j])
+                want = float((e / e.sum() * centres[b]).sum())
+                assert abs(float(depth[b, 0, i, j]) - want) < 1e-4
+    assert torch.all(depth >= centres.min(dim=1).values[:, None, None, None])
+    assert torch.all(depth <= centres.max(dim=1).values[:, None, None, None])
+
+
+def test_gradcheck_bins_and_combination_float64():
+    """torch.autograd.gradcheck of MLP output -> bins -> probabilistic depth (inputs away from relu's kink)."""
+    bins = bins_module()
+    torch.manual_seed(2)
+    y = (torch.rand(2, 4, dtype=torch.float64) + 0.2) * torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    logits = torch.randn(2, 4, 2, 3, dtype=torch.float64)
+    y.requires_grad_(True)
+    logits.requires_grad_(True)
+
+    def f(y, logits):
+        edges, centres = bins.bins_from_mlp_output(y, 0.001, 80.0)
+        return bins.combine_probabilities(logits, centres)[0]
+    assert torch.autograd.gradcheck(f, (y, logits))
+
+
+@pytest.mark.parametrize("name,count", [("kitti-r50-640x192", 31_051_944), ("kitti-r50-1024x320", 37_782_824),
+                                        ("kitti-r18-640x192", 21_163_688)])
+def test_preset_parameter_counts(name, count):
+    """Exact parameter counts of the presets (torchvision's fc included); configs round-trip through asdict."""
+    bins = bins_module()
+    cfg = bins.PRESETS[name]
+    assert bins.DepthNetConfig(**asdict(cfg)) == cfg
+    with torch.device("meta"):
+        net = bins.DepthNet(cfg)
+    assert sum(p.numel() for p in net.parameters()) == count
+
+
+@pytest.mark.parametrize("name", ["kitti-r50-640x192", "kitti-r50-1024x320", "kitti-r18-640x192"])
+def test_preset_shapes(name):
+    """U-Net output at a small input; head outputs (depth, V, bins, probs) at the preset's own S0 size."""
+    bins = bins_module()
+    cfg = bins.PRESETS[name]
+    torch.manual_seed(0)
+    net = bins.DepthNet(cfg).eval()
+    h, w = bins.PRESET_SIZES[name]
+    with torch.no_grad():
+        assert net.unet(torch.rand(1, 3, 64, 192)).shape == (1, cfg.model_dim, 32, 96)
+        out = net.depth_from_features(torch.randn(1, cfg.model_dim, h // 2, w // 2), return_extras=True)
+    assert out["depth"].shape == (1, 1, h // 2, w // 2)
+    assert out["cost_volume"].shape == (1, cfg.num_queries, h // 2, w // 2)
+    assert out["bin_centers"].shape == (1, cfg.num_bins)
+    assert out["probs"].shape == (1, cfg.num_bins, h // 2, w // 2)
+    assert torch.all((out["depth"] > cfg.min_depth) & (out["depth"] < cfg.max_depth))
+
+
+@pytest.mark.parametrize("bins_kind,queries", [("sql", "self"), ("fixed", "self"), ("adabins", "self"),
+                                               ("sql", "learned"), ("sql", "none")])
+def test_variants_run_and_train_one_step(bins_kind, queries):
+    """Each ablation gives depth [B,1,H/2,W/2] in (min, max) and one Adam step changes the weights."""
+    bins = bins_module()
+    torch.manual_seed(3)
+    net = bins.DepthNet(bins.DepthNetConfig(**SMALL, bins=bins_kind, queries=queries))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    img = torch.rand(2, 3, 64, 96)
+    depth = net(img)
+    assert depth.shape == (2, 1, 32, 48)
+    assert torch.all((depth > 0.001) & (depth < 80.0))
+    before = [p.detach().clone() for p in net.parameters()]
+    (depth - 10.0).abs().mean().backward()
+    opt.step()
+    assert torch.isfinite(net(img)).all()
+    assert sum(not torch.equal(a, p) for a, p in zip(before, net.parameters())) > 0.9 * len(before)
+
+
+def test_bad_config_raises():
+    """Unknown variants or depth range -> ValueError naming the value."""
+    bins = bins_module()
+    with pytest.raises(ValueError, match="bins='nope'"):
+        bins.DepthNet(bins.DepthNetConfig(**SMALL, bins="nope"))
+    with pytest.raises(ValueError, match="queries='x'"):
+        bins.DepthNet(bins.DepthNetConfig(**SMALL, queries="x"))
+
+
+def official_shapes(num_layers, nf, E, p, Q, D, ffn, n_tr=4):
+    """{key: shape} of the official encoder.pth and depth.pth (ResnetEncoderDecoder + Lite_Depth_Decoder_QueryTr)."""
+    enc = {"encoder.encoder." + k: s for k, s in torchvision_resnet_shapes(num_layers).items()}
+    c0, c1, c2, c3, c4 = (64, 64, 128, 256, 512) if num_layers < 50 else (64, 256, 512, 1024, 2048)
+    enc.update({"decoder.conv2.weight": (nf, c4, 1, 1), "decoder.conv2.bias": (nf,),
+                "decoder.conv3.weight": (E, nf // 16, 3, 3), "decoder.conv3.bias": (E,)})
+    for i, (cin, cout) in enumerate([(nf + c3, nf // 2), (nf // 2 + c2, nf // 4), (nf // 4 + c1, nf // 8),
+                                     (nf // 8 + c0, nf // 16)], start=1):
+        for j, ci in ((0, cin), (3, cout)):
+            enc[f"decoder.up{i}._net.{j}.weight"] = (cout, ci, 3, 3)
+            enc[f"decoder.up{i}._net.{j}.bias"] = (cout,)
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                enc[f"decoder.up{i}._net.{j + 1}.{k}"] = (cout,)
+            enc[f"decoder.up{i}._net.{j + 1}.num_batches_tracked"] = ()
+    dep = {"embedding_convPxP.weight": (E, E, p, p), "embedding_convPxP.bias": (E,),
+           "positional_encodings": (500, E), "conv3x3.weight": (E, E, 3, 3), "conv3x3.bias": (E,),
+           "bins_regressor.0.weight": (16 * Q, Q * E), "bins_regressor.0.bias": (16 * Q,),
+           "bins_regressor.2.weight": (256, 16 * Q), "bins_regressor.2.bias": (256,),
+           "bins_regressor.4.weight": (D, 256), "bins_regressor.4.bias": (D,),
+           "convert_to_prob.0.weight": (D, Q, 1, 1), "convert_to_prob.0.bias": (D,)}
+    for n in range(n_tr):
+        t = f"transformer_encoder.layers.{n}."
+        dep.update({t + "self_attn.in_proj_weight": (3 * E, E), t + "self_attn.in_proj_bias": (3 * E,),
+                    t + "self_attn.out_proj.weight": (E, E), t + "self_attn.out_proj.bias": (E,),
+                    t + "linear1.weight": (ffn, E), t + "linear1.bias": (ffn,), t + "linear2.weight": (E, ffn),
+                    t + "linear2.bias": (E,), t + "norm1.weight": (E,), t + "norm1.bias": (E,),
+                    t + "norm2.weight": (E,), t + "norm2.bias": (E,)})
+    return enc, dep
+
+
+def random_state(shapes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (torch.randint(0, 5, s, generator=gen) if k.endswith("tracked") else
+                torch.rand(s, generator=gen) + 0.5 if "running_var" in k else torch.randn(s, generator=gen) * 0.2)
+            for k, s in shapes.items()}
+
+
+def official_head(dep, s0, Q, lo, hi):
+    """The official Lite_Depth_Decoder_QueryTr forward, re-derived from its state dict (seq-first transformer)."""
+    E = s0.shape[1]
+    p = dep["embedding_convPxP.weight"].shape[-1]
+    ffn = dep["transformer_encoder.layers.0.linear1.weight"].shape[0]
+    tr = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, 4, ffn), 4, enable_nested_tensor=False).eval()
+    prefix = "transformer_encoder."
+    tr.load_state_dict({k[len(prefix):]: v for k, v in dep.items() if k.startswith(prefix)})
+    emb = F.conv2d(s0, dep["embedding_convPxP.weight"], dep["embedding_convPxP.bias"], stride=p).flatten(2)
+    emb = emb + dep["positional_encodings"][: emb.shape[2]].T.unsqueeze(0)  # (B, E, N)
+    K = tr(emb.permute(2, 0, 1))[:Q].permute(1, 0, 2)  # (B, Q, E)
+    x = F.conv2d(s0, dep["conv3x3.weight"], dep["conv3x3.bias"], padding=1)
+    n, c, h, w = x.shape
+    y = torch.matmul(x.view(n, c, h * w).permute(0, 2, 1), K.permute(0, 2, 1))  # (B, hw, Q)
+    summary = torch.matmul(torch.softmax(y, dim=1).permute(0, 2, 1), x.view(n, c, h * w).permute(0, 2, 1))
+    energy = y.permute(0, 2, 1).reshape(n, Q, h, w)
+    z = summary.reshape(n, -1)
+    for i in (0, 2, 4):
+        z = F.linear(z, dep[f"bins_regressor.{i}.weight"], dep[f"bins_regressor.{i}.bias"])
+        z = F.leaky_relu(z) if i < 4 else z
+    z = torch.relu(z) + 0.1
+    z = z / z.sum(dim=1, keepdim=True)
+    edges = torch.cumsum(F.pad((hi - lo) * z, (1, 0), value=lo), dim=1)
+    centres = 0.5 * (edges[:, :-1] + edges[:, 1:])
+    prob = torch.softmax(F.conv2d(energy, dep["convert_to_prob.0.weight"], dep["convert_to_prob.0.bias"]), dim=1)
+    return (prob * centres[:, :, None, None]).sum(1, keepdim=True)
+
+
+def test_official_conversion_round_trip_and_same_depth():
+    """Official-named state dicts convert strictly: config inferred, every tensor lands, and the head gives the
+    official forward's depth; metadata and "module." prefixes are tolerated; a foreign key is reported."""
+    bins = bins_module()
+    enc_shapes, dep_shapes = official_shapes(18, 64, 16, 4, 6, 10, 32)
+    enc, dep = random_state(enc_shapes, 0), random_state(dep_shapes, 1)
+    enc.update(height=192, width=640, use_stereo=True)
+    cfg = bins.config_from_official(enc, dep)
+    assert cfg == bins.DepthNetConfig(18, 64, 16, 4, 6, 10, 32)
+    assert bins.official_metadata(enc) == {"height": 192, "width": 640, "use_stereo": True}
+    sd = bins.convert_official_checkpoint(enc, {"module." + k: v for k, v in dep.items()})
+    net = bins.DepthNet(cfg).eval()
+    net.load_state_dict(sd, strict=True)
+    ours = net.state_dict()
+    assert torch.equal(ours["unet.encoder.layer4.1.bn2.running_var"], enc["encoder.encoder.layer4.1.bn2.running_var"])
+    assert torch.equal(ours["unet.decoder.up3._net.4.weight"], enc["decoder.up3._net.4.weight"])
+    assert torch.equal(ours["sql.transformer.layers.3.self_attn.in_proj_weight"],
+                       dep["transformer_encoder.layers.3.self_attn.in_proj_weight"])
+    assert torch.equal(ours["bins_mlp.4.bias"], dep["bins_regressor.4.bias"])
+    assert torch.equal(ours["to_logits.weight"], dep["convert_to_prob.0.weight"])
+    torch.manual_seed(4)
+    s0 = torch.randn(2, 16, 12, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(net.depth_from_features(s0), official_head(dep, s0, 6, 0.001, 80.0),
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="decoder.extra.weight"):
+        bins.convert_official_checkpoint({**enc, "decoder.extra.weight": torch.zeros(1)}, dep)
+    with pytest.raises(ValueError, match="missing"):
+        bins.convert_official_checkpoint({k: v for k, v in enc.items() if "conv3" not in k}, dep)
+
+
+@pytest.mark.parametrize("name", ["kitti-r18-640x192", "kitti-r50-640x192"])
+def test_config_inferred_from_official_shapes_is_the_preset(name):
+    """Official checkpoints shaped like the released models map to our presets and convert strictly."""
+    bins = bins_module()
+    c = bins.PRESETS[name]
+    enc_shapes, dep_shapes = official_shapes(c.num_layers, c.num_features, c.model_dim, c.patch_size,
+                                             c.num_queries, c.num_bins, c.dim_feedforward)
+    enc = {k: torch.zeros(s, dtype=torch.long if k.endswith("tracked") else torch.float32)
+           for k, s in enc_shapes.items()}
+    dep = {k: torch.zeros(s) for k, s in dep_shapes.items()}
+    assert bins.config_from_official(enc, dep) == c
+    assert len(bins.convert_official_checkpoint(enc, dep)) == len(enc) + len(dep)
+
+
+def test_demo_figure_and_cli_errors(tmp_path):
+    """`python 04_bins.py` writes the bins figure; an unknown preset or device is one `error:` line, exit 2."""
+    bins = bins_module()
+    assert bins.main(["--bench", "--preset", "nope"]) == 2
+    assert bins.main(["--bench", "--device", "tpu"]) == 2
+    try:
+        importlib.import_module("01_data").make_synthetic_kitti
+    except (ModuleNotFoundError, AttributeError):
+        pytest.skip("01_data.make_synthetic_kitti is not there yet")
+    out = tmp_path / "bins.png"
+    assert bins.main(["--out", str(out)]) == 0
+    assert out.stat().st_size > 0
