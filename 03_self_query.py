@@ -120,7 +120,7 @@ class CostVolumeDemoConfig:
     height: int = 192  # network input height (taken from the checkpoint when given)
     width: int = 640  # network input width (taken from the checkpoint when given)
     num_slices: int = 6  # how many cost-volume slices (queries) to show
-    out: str = "cost_volume.png"  # output figure
+    out: str = "runs/demo_03_cost_volume.png"  # output figure
     seed: int = 0  # seed of the synthetic world and of the untrained weights
 
 
@@ -203,6 +203,7 @@ def main(argv=None):
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.out, dpi=100)
     print(f"saved {cfg.out}")
     return 0

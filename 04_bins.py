@@ -29,6 +29,7 @@ import importlib
 import sys
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -332,7 +333,7 @@ class BinsDemoConfig:
     batch_size: int = 2  # benchmark batch size
     iters: int = 3  # benchmark: timed iterations after one warm-up
     checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
-    out: str = "bins.png"  # demo figure
+    out: str = "runs/demo_04_bins.png"  # demo figure
     seed: int = 0  # demo: synthetic frame and weights seed
 
 
@@ -389,6 +390,7 @@ def run_demo(cfg):
     axes[2].legend(fontsize=7)
     axes[0].axis("off")
     fig.tight_layout()
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.out, dpi=100)
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")
 
