@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+unet = importlib.import_module("02_unet")
+
 MAX_TOKENS = 500  # rows of the learned positional encoding (official value)
 
 
@@ -116,7 +118,11 @@ class SelfQueryLayer(nn.Module):
 @dataclass
 class CostVolumeDemoConfig:
     checkpoint: str = ""  # optional trained checkpoint (06_train format); its model config is used
-    preset: str = "kitti-r18-640x192"  # preset of the untrained network (04_bins.PRESETS)
+    num_layers: int = 18  # ResNet depth of the untrained network (kitti-r18-640x192 preset)
+    num_features: int = 256  # U-Net width nf of the untrained network
+    model_dim: int = 32  # E of the untrained network
+    patch_size: int = 16  # p of the untrained network
+    num_queries: int = 120  # Q of the untrained network
     height: int = 192  # network input height (taken from the checkpoint when given)
     width: int = 640  # network input width (taken from the checkpoint when given)
     num_slices: int = 6  # how many cost-volume slices (queries) to show
@@ -124,39 +130,48 @@ class CostVolumeDemoConfig:
     seed: int = 0  # seed of the synthetic world and of the untrained weights
 
 
-def synthetic_frame(height, width, seed=0):
-    """One RGB frame [1,3,height,width] in [0,1] from 01_data's synthetic world, plus its thin-object mask.
+class CostVolumeNet(nn.Module):
+    """U-Net (02) + Self-Query Layer (03): image -> self-cost volume, for the demo.
 
-    Falls back to a random-noise frame (and no mask) only when 01_data cannot make the world.
+    Its submodules are named `unet` and `sql` as in 04_bins.DepthNet, so the first half of a trained
+    DepthNet's state dict loads into it; this file never imports 04 (data flows one way).
     """
-    try:
-        data = importlib.import_module("01_data")
-        data.make_synthetic_kitti  # noqa: B018 - existence check
-    except (ImportError, AttributeError):
-        print("note: 01_data.make_synthetic_kitti unavailable, using a random-noise frame")
-        gen = torch.Generator().manual_seed(seed)
-        return torch.rand(1, 3, height, width, generator=gen), None
+
+    def __init__(self, num_layers, num_features, model_dim, patch_size, num_queries, dim_feedforward=512,
+                 queries="self", **_unused_model_fields):
+        super().__init__()
+        self.unet = unet.ResnetUNet(num_layers, num_features, model_dim)
+        self.sql = SelfQueryLayer(model_dim, patch_size, num_queries, dim_feedforward, queries=queries)
+
+    def forward(self, img):
+        V, _ = self.sql(self.unet(img))  # (B, Q, h, w)
+        return V
+
+
+def synthetic_frame(height, width, seed=0):
+    """One synthetic RGB frame [1,3,height,width] in [0,1] (from 01_data) and its thin-structure mask."""
+    data = importlib.import_module("01_data")
     from PIL import Image
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, height=height,
-                                         width=width, seed=seed)
+        root = data.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
         path = sorted(Path(root).glob("*/*/image_02/data/*.jpg"))[1]
         img = Image.open(path).convert("RGB").resize((width, height), Image.LANCZOS)
         arr = np.asarray(img, dtype=np.float32) / 255.0
-        thin = sorted(Path(root).glob("*/*/thin_mask/image_02/*.png"))
-        mask = np.asarray(Image.open(thin[1])) > 0 if len(thin) > 1 else None
+        thin = sorted(Path(root).glob("*/*/thin_mask/image_02/*.png"))[1]
+        mask = np.asarray(Image.open(thin)) > 0  # (H_render, W_render) bool
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), mask  # (1, 3, H, W)
 
 
 def load_trained(path):
-    """(DepthNet, height, width) rebuilt from a 06_train checkpoint; ValueError with the path if unusable."""
-    bins = importlib.import_module("04_bins")
+    """(CostVolumeNet, height, width) from a 06_train checkpoint; ValueError with the path if unusable."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = bins.DepthNetConfig(**ckpt["config"]["model"])
-        cfg.pretrained = None
-        net = bins.DepthNet(cfg)
-        net.load_state_dict(ckpt["model"])
+        model_cfg = ckpt["config"]["model"]
+        if model_cfg.get("queries", "self") == "none":
+            raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
+        net = CostVolumeNet(**model_cfg)
+        wanted = {k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))}
+        net.load_state_dict(wanted)
         return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
     except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
         raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
@@ -167,18 +182,19 @@ def main(argv=None):
     for f in fields(CostVolumeDemoConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
-    bins = importlib.import_module("04_bins")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     torch.manual_seed(cfg.seed)
     try:
-        if cfg.preset not in bins.PRESETS:
-            raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
-        nets = [("untrained", bins.DepthNet(bins.PRESETS[cfg.preset]), cfg.height, cfg.width)]
+        untrained = CostVolumeNet(cfg.num_layers, cfg.num_features, cfg.model_dim, cfg.patch_size,
+                                  cfg.num_queries)
+        nets = [("untrained", untrained, cfg.height, cfg.width)]
         if cfg.checkpoint:
             net, h, w = load_trained(cfg.checkpoint)
             nets.append(("trained", net, h, w))
+        for _, net, h, w in nets:
+            net.sql.check_size(h // 2, w // 2)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -186,11 +202,10 @@ def main(argv=None):
     for name, net, h, w in nets:
         img, _ = synthetic_frame(h, w, cfg.seed)
         with torch.no_grad():
-            out = net.eval()(img, return_extras=True)
-        V = out["cost_volume"][0]  # (Q, h/2, w/2)
+            V = net.eval()(img)[0]  # (Q, h/2, w/2)
         picks = np.linspace(0, V.shape[0] - 1, cfg.num_slices).round().astype(int)
-        print(f"{name}: image {tuple(img.shape)} -> cost volume {tuple(V.shape)}, depth range "
-              f"[{out['depth'].min():.2f}, {out['depth'].max():.2f}] m")
+        print(f"{name}: image {tuple(img.shape)} -> cost volume {tuple(V.shape)}, "
+              f"values in [{V.min():.1f}, {V.max():.1f}]")
         rows.append((name, img[0].permute(1, 2, 0).numpy(), [(q, V[q].numpy()) for q in picks]))
     fig, axes = plt.subplots(len(rows), cfg.num_slices + 1, figsize=(3 * (cfg.num_slices + 1), 1.4 * len(rows)),
                              squeeze=False)

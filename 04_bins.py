@@ -353,6 +353,18 @@ def run_bench(cfg, device):
                   f"{inf:>12.1f} {tr:>13.1f}", flush=True)
 
 
+def load_checkpoint_model(path):
+    """(DepthNet, height, width) rebuilt from a 06_train checkpoint's stored config; ValueError if unusable."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = DepthNetConfig(**{**ckpt["config"]["model"], "pretrained": None})
+        net = DepthNet(cfg)
+        net.load_state_dict(ckpt["model"])
+        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
+        raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
 def run_demo(cfg):
     """Figure: the per-image bin centres and the bin probabilities of three pixels of a synthetic frame."""
     import matplotlib
@@ -360,7 +372,7 @@ def run_demo(cfg):
     import matplotlib.pyplot as plt
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
-        net, h, w = sql.load_trained(cfg.checkpoint)
+        net, h, w = load_checkpoint_model(cfg.checkpoint)
     else:
         name = cfg.preset or "kitti-r18-640x192"
         if name not in PRESETS:
