@@ -1,0 +1,587 @@
+"""Tests of 01_data.py: calibration, velodyne ground truth, splits, KittiRaw, the synthetic world."""
+import colorsys
+import hashlib
+import http.server
+import importlib
+import os
+import pickle
+import threading
+from collections import Counter
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# The real KITTI 2011_09_26 calibration (the keys Monodepth2 reads, plus the non-numeric time).
+CAM_TO_CAM_2011_09_26 = """calib_time: 09-Jan-2012 13:57:47
+corner_dist: 9.950000e-02
+S_rect_00: 1.242000e+03 3.750000e+02
+R_rect_00: 9.999239e-01 9.837760e-03 -7.445048e-03 -9.869795e-03 9.999421e-01 -4.278459e-03 7.402527e-03 4.351614e-03 9.999631e-01
+P_rect_00: 7.215377e+02 0.000000e+00 6.095593e+02 0.000000e+00 0.000000e+00 7.215377e+02 1.728540e+02 0.000000e+00 0.000000e+00 0.000000e+00 1.000000e+00 0.000000e+00
+S_rect_02: 1.242000e+03 3.750000e+02
+R_rect_02: 9.998817e-01 1.511453e-02 -2.841595e-03 -1.511724e-02 9.998853e-01 -9.338510e-04 2.827154e-03 9.766976e-04 9.999955e-01
+P_rect_02: 7.215377e+02 0.000000e+00 6.095593e+02 4.485728e+01 0.000000e+00 7.215377e+02 1.728540e+02 2.163791e-01 0.000000e+00 0.000000e+00 1.000000e+00 2.745884e-03
+S_rect_03: 1.242000e+03 3.750000e+02
+P_rect_03: 7.215377e+02 0.000000e+00 6.095593e+02 -3.395242e+02 0.000000e+00 7.215377e+02 1.728540e+02 2.199936e+00 0.000000e+00 0.000000e+00 1.000000e+00 2.729905e-03
+"""
+VELO_TO_CAM_2011_09_26 = """calib_time: 15-Mar-2012 11:37:16
+R: 7.533745e-03 -9.999714e-01 -6.166020e-04 1.480249e-02 7.280733e-04 -9.998902e-01 9.998621e-01 7.523790e-03 1.480755e-02
+T: -4.069766e-03 -7.631618e-02 -2.717806e-01
+delta_f: 0.000000e+00 0.000000e+00
+delta_c: 0.000000e+00 0.000000e+00
+"""
+
+
+def _data():
+    return importlib.import_module("01_data")
+
+
+@pytest.fixture
+def kitti_calib(tmp_path):
+    """A date folder holding the real 2011_09_26 calibration files."""
+    folder = tmp_path / "2011_09_26"
+    folder.mkdir()
+    (folder / "calib_cam_to_cam.txt").write_text(CAM_TO_CAM_2011_09_26)
+    (folder / "calib_velo_to_cam.txt").write_text(VELO_TO_CAM_2011_09_26)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration, intrinsics, projection
+# ---------------------------------------------------------------------------------------------
+def test_read_calib_file_real_numbers(kitti_calib):
+    """Numeric keys parse to float arrays with KITTI's values; the date line is skipped."""
+    data = _data()
+    cam = data.read_calib_file(kitti_calib / "calib_cam_to_cam.txt")
+    velo = data.read_calib_file(kitti_calib / "calib_velo_to_cam.txt")
+    assert "calib_time" not in cam and "calib_time" not in velo
+    np.testing.assert_allclose(cam["S_rect_02"], [1242, 375])
+    P2 = cam["P_rect_02"].reshape(3, 4)
+    assert P2[0, 0] == pytest.approx(721.5377) and P2[0, 3] == pytest.approx(44.85728)
+    assert cam["P_rect_03"].reshape(3, 4)[0, 3] == pytest.approx(-339.5242)
+    R = velo["R"].reshape(3, 3)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)  # a rotation
+    np.testing.assert_allclose(velo["T"], [-4.069766e-03, -7.631618e-02, -2.717806e-01])
+
+
+def test_velo_to_image_matrix_is_the_documented_product(kitti_calib):
+    """P_velo2im = P_rect_02 @ R_rect_00 @ [R|T], image size from S_rect_02 as (H, W)."""
+    data = _data()
+    P, size = data.velo_to_image_matrix(kitti_calib, cam=2)
+    cam = data.read_calib_file(kitti_calib / "calib_cam_to_cam.txt")
+    velo = data.read_calib_file(kitti_calib / "calib_velo_to_cam.txt")
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = velo["R"].reshape(3, 3), velo["T"]
+    R_rect = np.eye(4)
+    R_rect[:3, :3] = cam["R_rect_00"].reshape(3, 3)
+    np.testing.assert_allclose(P[:3], cam["P_rect_02"].reshape(3, 4) @ R_rect @ T)
+    assert size == (375, 1242)
+    # A point 10 m straight ahead of the velodyne lands near the image centre, about 10 m deep.
+    uv, depth = data.project_velo_to_image(np.array([[10.0, 0.0, 0.0, 0.5]]), P)
+    assert 550 < uv[0, 0] < 700 and 150 < uv[0, 1] < 250 and depth[0] == pytest.approx(10.0, abs=0.3)
+
+
+def test_project_velo_to_image_hand_computed():
+    """Exercise 1.2: (1, 2, 4) through [[100,0,50,0],[0,100,20,0],[0,0,1,0]] -> (75, 70), depth 4.
+
+    The 4th input column is reflectance (0.3 here) and must be treated as homogeneous 1; a 4x4 P
+    gives the same answer as its 3x4 top; forgetting the division by depth gives (300, 280)."""
+    data = _data()
+    P = np.array([[100.0, 0, 50, 5], [0, 100, 20, 0], [0, 0, 1, 0]])
+    pts = np.array([[1.0, 2.0, 4.0, 0.3], [0.0, 0.0, 2.0, 0.9]])
+    uv, depth = data.project_velo_to_image(pts, P)
+    np.testing.assert_allclose(uv, [[(100 + 200 + 5) / 4, 70.0], [(100 + 5) / 2, 20.0]])
+    np.testing.assert_allclose(depth, [4.0, 2.0])
+    P4 = np.vstack([P, [0, 0, 0, 1]])
+    uv3, depth3 = data.project_velo_to_image(pts[:, :3], P4)
+    np.testing.assert_allclose(uv3, uv)
+    np.testing.assert_allclose(depth3, depth)
+
+
+def test_scale_K_with_size():
+    """Exercise 1.1: fx = 0.58 W, fy = 1.92 H, cx = W/2, cy = H/2; the input is not modified."""
+    data = _data()
+    K_norm = data.normalised_K()
+    before = K_norm.copy()
+    K = data.scale_K(K_norm, 640, 192)
+    np.testing.assert_allclose(K, [[0.58 * 640, 0, 320, 0], [0, 1.92 * 192, 96, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(K_norm, before)
+    assert K.shape == (4, 4)
+    # A point keeps its relative image position when the image size changes (width != height).
+    X = np.array([1.0, -0.5, 7.0, 1.0])
+    for w, h in [(416, 128), (1024, 320)]:
+        p = data.scale_K(K_norm, w, h) @ X
+        np.testing.assert_allclose([p[0] / p[2] / w, p[1] / p[2] / h], [(0.58 + 0.5 * 7) / 7, (-0.96 + 3.5) / 7],
+                                   rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Velodyne ground truth
+# ---------------------------------------------------------------------------------------------
+def _generate_depth_map_oracle(P, height, width, velo, vel_depth):
+    """Slow literal re-statement of Monodepth2's generate_depth_map (Counter and a loop)."""
+    velo = velo.astype(np.float64).copy()
+    velo[:, 3] = 1.0
+    velo = velo[velo[:, 0] >= 0, :]
+    pts = (P[:3] @ velo.T).T
+    pts[:, :2] = pts[:, :2] / pts[:, 2][..., None]
+    if vel_depth:
+        pts[:, 2] = velo[:, 0]
+    pts[:, 0] = np.round(pts[:, 0]) - 1
+    pts[:, 1] = np.round(pts[:, 1]) - 1
+    ok = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < width) & (pts[:, 1] < height)
+    pts = pts[ok]
+    depth = np.zeros((height, width))
+    for x, y, z in pts:  # sequential writes: the last point wins, like numpy's fancy assignment
+        depth[int(y), int(x)] = z
+    inds = pts[:, 1] * (width - 1) + pts[:, 0] - 1
+    for dd in [i for i, c in Counter(inds).items() if c > 1]:
+        group = np.where(inds == dd)[0]
+        depth[int(pts[group[0], 1]), int(pts[group[0], 0])] = pts[group, 2].min()
+    depth[depth < 0] = 0
+    return depth
+
+
+@pytest.mark.parametrize("vel_depth", [False, True])
+def test_velodyne_to_depth_matches_monodepth2_oracle(tmp_path, vel_depth):
+    """Same map as the original on crowded points: duplicates, the (r, W-1)/(r+1, 0) index collision,
+    points behind the sensor, out-of-image points and negative projected depths."""
+    data = _data()
+    height, width = 6, 9
+    calib = tmp_path / "date"
+    calib.mkdir()
+    P = np.array([[4.0, 0, 5.0, 0.3], [0, 3.0, 3.5, 0], [0, 0, 1, -0.5]])
+    (calib / "calib_cam_to_cam.txt").write_text(
+        f"calib_time: x\nS_rect_02: {width} {height}\nR_rect_00: 1 0 0 0 1 0 0 0 1\n"
+        f"P_rect_02: {' '.join(map(str, P.ravel()))}\n")
+    (calib / "calib_velo_to_cam.txt").write_text("R: 0 -1 0 0 0 -1 1 0 0\nT: 0 0 0\n")
+    rng = np.random.default_rng(3)
+    velo = np.column_stack([rng.uniform(-1, 6, 600), rng.uniform(-7, 7, 600), rng.uniform(-3, 3, 600),
+                            rng.uniform(0, 1, 600)]).astype(np.float32)
+    # Two points on pixels (r, W-1) and (r+1, 0), which the original's index formula merges.
+    velo = np.vstack([velo, [[2.0, -2.0 * (width + 1 - 0.3 - 5.0) / 4.0 + 0.0, 0.0, 0.5]]]).astype(np.float32)
+    path = tmp_path / "scan.bin"
+    velo.tofile(path)
+    T = np.zeros((4, 4))
+    T[0, 1], T[1, 2], T[2, 0], T[3, 3] = -1, -1, 1, 1
+    expected = _generate_depth_map_oracle(np.vstack([P, [0, 0, 0, 1]]) @ T, height, width, velo, vel_depth)
+    got = data.velodyne_to_depth(calib, path, cam=2, vel_depth=vel_depth)
+    assert got.dtype == np.float32 and got.shape == (height, width)
+    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-6)
+    assert (expected > 0).sum() > 20
+
+
+def test_synthetic_lidar_round_trip(tiny_world):
+    """GT -> velodyne .bin (real velo_to_cam) -> velodyne_to_depth recovers the GT: >= 99% of the
+    lidar pixels within 0.1% relative, for every camera-2 frame of a drive."""
+    data = _data()
+    folder = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[0][0]
+    calib = data.read_calib_file(tiny_world / folder.split("/")[0] / "calib_velo_to_cam.txt")
+    np.testing.assert_allclose(calib["R"].reshape(3, 3), data.VELO_TO_CAM_R)
+    good = total = 0
+    for frame in range(8):
+        lidar = data.velodyne_to_depth(tiny_world / folder.split("/")[0],
+                                       tiny_world / folder / "velodyne_points" / "data" / f"{frame:010d}.bin")
+        gt = data.read_depth_png(tiny_world / folder / "proj_depth" / "groundtruth" / "image_02" / f"{frame:010d}.png")
+        on = lidar > 0
+        assert (gt[on] > 0).all()
+        good += (np.abs(lidar[on] - gt[on]) <= 1e-3 * gt[on]).sum()
+        total += on.sum()
+    assert total > 8 * 1000 and good >= 0.99 * total
+
+
+def test_read_depth_png_and_export(tiny_world, tmp_path):
+    """uint16/256 decoding; the .npz export loads without pickle, one key per line, equal to the source."""
+    data = _data()
+    path = tmp_path / "d.png"
+    Image.fromarray(np.array([[0, 256, 65535]], dtype=np.uint16)).save(path)
+    np.testing.assert_allclose(data.read_depth_png(path), [[0.0, 1.0, 65535 / 256]])
+    lines = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[:3]
+    out = data.export_gt_depth(tiny_world, lines, tmp_path / "gt.npz")
+    with np.load(out, allow_pickle=False) as npz:
+        assert len(npz.files) == 3
+        for folder, frame, side in lines:
+            png = tiny_world / folder / "proj_depth" / "groundtruth" / "image_02" / f"{frame:010d}.png"
+            np.testing.assert_array_equal(npz[data.gt_depth_key(folder, frame, side)], data.read_depth_png(png))
+    out = data.export_gt_depth(tiny_world, lines[:1], tmp_path / "velo.npz", source="velodyne")
+    folder, frame, _ = lines[0]
+    expected = data.velodyne_to_depth(tiny_world / folder.split("/")[0],
+                                      tiny_world / folder / "velodyne_points" / "data" / f"{frame:010d}.bin",
+                                      vel_depth=True)
+    with np.load(out, allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz[data.gt_depth_key(*lines[0])], expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+def test_read_split_formats_and_bad_line(tmp_path):
+    """Zero-padded frames and sides l/r/2/3 parse; a bad line is a ValueError naming file and line."""
+    data = _data()
+    path = tmp_path / "s.txt"
+    path.write_text("2011_09_26/d_0002_sync 0000000069 l\n\n2011_09_26/d_0002_sync 5 3\nx 7 2\n")
+    assert data.read_split(path) == [("2011_09_26/d_0002_sync", 69, "l"), ("2011_09_26/d_0002_sync", 5, "r"),
+                                      ("x", 7, "l")]
+    path.write_text("a 1 l\na b l\n")
+    with pytest.raises(ValueError, match=r"s\.txt:2"):
+        data.read_split(path)
+    path.write_text("a 1 x\n")
+    with pytest.raises(data.DataError, match=r"s\.txt:1"):
+        data.read_split(path)
+    with pytest.raises(data.DataError, match="not found"):
+        data.read_split(tmp_path / "none.txt")
+
+
+def test_split_overlap_checker():
+    """Shared drives are listed with both line counts; the guard refuses unless allowed."""
+    data = _data()
+    train = [("a", 1, "l"), ("a", 2, "r"), ("b", 1, "l"), ("c", 4, "l")]
+    test = [("a", 9, "l"), ("c", 1, "l"), ("c", 2, "l"), ("d", 1, "l")]
+    assert data.check_split_overlap(train, test) == [("a", 2, 1), ("c", 1, 2)]
+    assert data.check_split_overlap(train, [("z", 1, "l")]) == []
+    with pytest.raises(data.SplitOverlapError, match=r"a \(train 2, eval 1\).*c \(train 1, eval 2\)"):
+        data.require_disjoint_splits(train, test)
+    assert len(data.require_disjoint_splits(train, test, allow_overlap=True)) == 2
+
+
+@pytest.fixture
+def split_server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving a generated eigen/test_files.txt."""
+    served = tmp_path / "served"
+    (served / "eigen").mkdir(parents=True)
+    payload = b"".join(f"2011_09_26/2011_09_26_drive_0002_sync {i:010d} l\n".encode() for i in range(5))
+    (served / "eigen" / "test_files.txt").write_bytes(payload)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.sha256(payload).hexdigest()
+    server.shutdown()
+    server.server_close()
+
+
+def test_get_split_file_download_and_hash(split_server, tmp_path, monkeypatch):
+    """First use downloads and caches the list; a wrong hash is refused; the cache works offline."""
+    data = _data()
+    url, digest = split_server
+    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), "0" * 64)
+    with pytest.raises(data.DataError, match="SHA-256"):
+        data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
+    assert not (tmp_path / "cache" / "eigen" / "test_files.txt").exists()
+    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), digest)
+    path = data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
+    assert path == tmp_path / "cache" / "eigen" / "test_files.txt"
+    assert len(data.read_split(path)) == 5
+    # Cached: no server needed (an unreachable URL), and the env var selects the folder.
+    monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
+    assert data.get_split_file("eigen", "test", base_url="http://127.0.0.1:9") == path
+    # A corrupted cache is refused rather than used.
+    path.write_text("x 1 l\n")
+    with pytest.raises(data.DataError, match="delete it"):
+        data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
+
+
+def test_get_split_file_offline_and_names(tmp_path, tiny_world):
+    """Offline: one line that names --split_dir; unknown names are refused; synthetic is local."""
+    data = _data()
+    with pytest.raises(data.DataError) as err:
+        data.get_split_file("eigen_zhou", "train", tmp_path, base_url="http://127.0.0.1:9", timeout=2)
+    assert "--split_dir" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(data.DataError, match="unknown split"):
+        data.get_split_file("eigen", "train", tmp_path)
+    path = data.get_split_file("synthetic", "val", data_path=tiny_world)
+    assert path == tiny_world / "splits" / "synthetic" / "val_files.txt"
+    with pytest.raises(data.DataError):
+        data.get_split_file("synthetic", "val", data_path=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# KittiRaw
+# ---------------------------------------------------------------------------------------------
+def test_hsv_round_trip_matches_colorsys():
+    """rgb_to_hsv agrees with the standard library's colorsys; hsv_to_rgb inverts it; the fused
+    shift_hue equals the HSV round trip with the hue moved."""
+    data = _data()
+    rgb = np.random.default_rng(0).random((1, 3, 7, 5)).astype(np.float32)
+    rgb[0, :, 0, 0] = 0.5  # a grey pixel (hue undefined -> 0)
+    hsv = data.rgb_to_hsv(rgb)
+    for i in range(7):
+        for j in range(5):
+            expected = colorsys.rgb_to_hsv(*rgb[0, :, i, j].tolist())
+            np.testing.assert_allclose(hsv[0, :, i, j], expected, atol=1e-5)
+    np.testing.assert_allclose(data.hsv_to_rgb(hsv), rgb, atol=1e-5)
+    for turn in (0.07, -0.1, 0.5):
+        shifted = hsv.copy()
+        shifted[:, 0] = np.remainder(shifted[:, 0] + turn, 1.0)
+        np.testing.assert_allclose(data.shift_hue(rgb, turn), data.hsv_to_rgb(shifted), atol=1e-5)
+
+
+def test_color_jitter_against_pixel_formulas():
+    """Brightness, contrast (to the frame's mean grey), saturation (to the pixel's grey) and hue, in
+    that order, against colorsys pixel by pixel; each frame of a stack uses its own mean grey."""
+    data = _data()
+    img = np.random.default_rng(1).random((2, 3, 4, 4)).astype(np.float32)
+    b, c, s, h = 1.1, 0.9, 1.2, 0.07
+    out = data.color_jitter(torch.from_numpy(img), b, c, s, h)
+    grey = lambda t: 0.299 * t[0:1] + 0.587 * t[1:2] + 0.114 * t[2:3]  # noqa: E731
+    for f in range(2):
+        x = np.clip(img[f] * b, 0, 1)
+        x = np.clip(c * x + (1 - c) * grey(x).mean(), 0, 1)
+        x = np.clip(s * x + (1 - s) * grey(x), 0, 1)
+        for i in range(4):
+            for j in range(4):
+                hh, ss, vv = colorsys.rgb_to_hsv(*x[:, i, j].tolist())
+                expected = colorsys.hsv_to_rgb((hh + h) % 1.0, ss, vv)
+                np.testing.assert_allclose(out[f, :, i, j], expected, atol=1e-5)
+    np.testing.assert_allclose(data.color_jitter(img, 1.0, 1.0, 1.0, 0.0), img, atol=1e-6)
+
+
+def _write_tree(root, frames, images=None, size=(40, 16)):
+    """A minimal KITTI-layout drive: image_02/03 jpgs (the same picture unless `images` given)."""
+    folder = "2011_09_26/2011_09_26_drive_0001_sync"
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    for cam in ("image_02", "image_03"):
+        (root / folder / cam / "data").mkdir(parents=True, exist_ok=True)
+        for f in frames:
+            pixels = picture if images is None else images[f]
+            Image.fromarray(pixels).save(root / folder / cam / "data" / f"{f:010d}.jpg", quality=95)
+    return folder
+
+
+def test_jitter_identical_across_frames(tmp_path):
+    """One jitter per sample: identical input frames stay identical in color_aug, and differ from color."""
+    data = _data()
+    folder = _write_tree(tmp_path, range(3))
+    ds = data.KittiRaw(tmp_path, [(folder, 1, "l")], 16, 40, frame_ids=(0, -1, 1, "s"), is_train=True)
+    ds.flip_prob, ds.jitter_prob = 0.0, 1.0
+    changed = 0
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        sample = ds[0]
+        ref = sample["color_aug"][0]
+        for fid in (-1, 1, "s"):
+            assert torch.equal(sample["color"][fid], sample["color"][0])
+            assert torch.equal(sample["color_aug"][fid], ref)
+        changed += not torch.allclose(ref, sample["color"][0], atol=1e-3)
+    assert changed >= 4
+    ds.is_train = False  # evaluation: no augmentation, color_aug is color
+    sample = ds[0]
+    assert all(sample["color_aug"][f] is sample["color"][f] for f in (0, -1, 1, "s"))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index(tiny_world):
+    """Draws come from (seed, epoch, index) only: the global RNGs neither matter nor change; another
+    epoch or seed gives other draws."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:4]
+    ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=3)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    first = [ds[i]["color_aug"][0] for i in range(4)]
+    torch.manual_seed(1)
+    np.random.seed(1)
+    again = [ds[i]["color_aug"][0] for i in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    state = torch.get_rng_state()
+    [ds[i] for i in range(4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    ds.set_epoch(1)
+    other_epoch = [ds[i]["color_aug"][0] for i in range(4)]
+    other_seed = [data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=4)[i]["color_aug"][0] for i in range(4)]
+    assert any(not torch.equal(a, b) for a, b in zip(first, other_epoch))
+    assert any(not torch.equal(a, b) for a, b in zip(first, other_seed))
+
+
+def test_flip_consistency(tiny_world):
+    """A flipped sample is the mirror image of the unflipped one in every frame and in depth_gt;
+    K is unchanged and stereo_T's baseline sign flips (and depends on the side)."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))
+    lines = [l for l in lines if l[1] == 3]  # one frame, both sides
+    ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True, load_depth=False)
+    ds.jitter_prob = 0.0
+    side = {l[2]: i for i, l in enumerate(ds.lines)}
+    ds.flip_prob = 0.0
+    plain = {s: ds[i] for s, i in side.items()}
+    ds.flip_prob = 1.0
+    flipped = {s: ds[i] for s, i in side.items()}
+    for s in "lr":
+        for fid in (0, -1, 1, "s"):
+            assert torch.equal(flipped[s]["color"][fid], plain[s]["color"][fid].flip(-1))
+            assert torch.equal(flipped[s]["color_aug"][fid], plain[s]["color_aug"][fid].flip(-1))
+        assert torch.equal(flipped[s]["K"], plain[s]["K"])
+        assert flipped[s]["stereo_T"][0, 3] == -plain[s]["stereo_T"][0, 3]
+    assert plain["l"]["stereo_T"][0, 3] == pytest.approx(-0.1) and plain["r"]["stereo_T"][0, 3] == pytest.approx(0.1)
+    val = data.read_split(data.get_split_file("synthetic", "val", data_path=tiny_world))[:1]
+    ds = data.KittiRaw(tiny_world, val, 32, 104, is_train=True, load_depth=True)
+    ds.jitter_prob, ds.flip_prob = 0.0, 0.0
+    a = ds[0]
+    ds.flip_prob = 1.0
+    b = ds[0]
+    assert a["depth_gt"].shape == (1, 64, 208) and torch.equal(b["depth_gt"], a["depth_gt"].flip(-1))
+    np.testing.assert_allclose(a["K"].numpy(), data.scale_K(data.normalised_K(), 104, 32))
+    np.testing.assert_allclose((a["K"] @ a["inv_K"]).numpy(), np.eye(4), atol=1e-5)
+
+
+def test_resize_is_pil_lanczos(tiny_world):
+    """Frames are resized with PIL LANCZOS to (H, W) and scaled to [0, 1]."""
+    data = _data()
+    line = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[0]
+    ds = data.KittiRaw(tiny_world, [line], 40, 96)
+    got = ds[0]["color"][0]
+    with Image.open(ds.image_path(*line)) as im:
+        expected = np.asarray(im.convert("RGB").resize((96, 40), Image.LANCZOS), dtype=np.float32) / 255
+    np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+
+
+def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
+    """Missing data folder / neighbour frame: DataError with the path; drop_missing counts them."""
+    data = _data()
+    with pytest.raises(data.DataError, match="data folder not found"):
+        data.KittiRaw(tmp_path / "nowhere", [], 32, 104)
+    folder = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
+    lines = [(folder, 0, "l"), (folder, 3, "l"), (folder, 7, "r")]  # 0 and 7 lack a neighbour
+    with pytest.raises(data.DataError, match=r"0000000008\.jpg|-?0000000-01"):
+        data.KittiRaw(tiny_world, lines[1:], 32, 104)
+    with pytest.raises(data.DataError, match="split line 1"):
+        data.KittiRaw(tiny_world, lines, 32, 104)
+    ds = data.KittiRaw(tiny_world, lines, 32, 104, drop_missing=True)
+    assert ds.lines == [(folder, 3, "l")] and ds.dropped == 2
+    with pytest.raises(data.DataError, match="image_02"):
+        data.KittiRaw(tiny_world, [(folder, 3, "l")], 32, 104, img_ext=".png")
+
+
+def test_corrupt_image_is_one_line_through_workers(tmp_path):
+    """A corrupt jpg raises DataError naming the file, also out of a DataLoader worker, in one line."""
+    data = _data()
+    folder = _write_tree(tmp_path, range(3))
+    bad = tmp_path / folder / "image_02" / "data" / f"{2:010d}.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    ds = data.KittiRaw(tmp_path, [(folder, 1, "l")], 16, 40)
+    with pytest.raises(data.DataError, match=str(bad.name)):
+        ds[0]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1)
+    with pytest.raises(data.DataError) as err:
+        next(iter(loader))
+    assert "\n" not in str(err.value) and bad.name in str(err.value) and "Traceback" not in str(err.value)
+    again = pickle.loads(pickle.dumps(data.DataError("corrupt image x.jpg")))
+    assert isinstance(again, data.DataError) and str(again) == "corrupt image x.jpg"
+
+
+def test_calibration_lacking_a_key(kitti_calib, tmp_path):
+    """velodyne_to_depth names the calibration file and the missing key."""
+    data = _data()
+    text = (kitti_calib / "calib_cam_to_cam.txt").read_text()
+    (kitti_calib / "calib_cam_to_cam.txt").write_text(
+        "\n".join(l for l in text.splitlines() if not l.startswith("R_rect_00")))
+    np.zeros((3, 4), dtype=np.float32).tofile(tmp_path / "scan.bin")
+    with pytest.raises(data.DataError, match=r"calib_cam_to_cam\.txt lacks key R_rect_00"):
+        data.velodyne_to_depth(kitti_calib, tmp_path / "scan.bin")
+    with pytest.raises(data.DataError, match="velodyne file not found"):
+        (kitti_calib / "calib_cam_to_cam.txt").write_text(text)
+        data.velodyne_to_depth(kitti_calib, tmp_path / "none.bin")
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic world
+# ---------------------------------------------------------------------------------------------
+def test_tiny_world_layout_and_splits(tiny_world):
+    """KITTI layout, calibration with the renderer's intrinsics (+1 for MATLAB pixels) and the
+    0.54 m baseline, one drive per split, drive-disjoint test/train, masks and poses present."""
+    data = _data()
+    splits = {k: data.read_split(data.get_split_file("synthetic", k, data_path=tiny_world))
+              for k in ("train", "val", "test")}
+    drives = {k: {l[0] for l in v} for k, v in splits.items()}
+    assert all(len(d) == 1 for d in drives.values())
+    assert data.check_split_overlap(splits["train"], splits["test"]) == []
+    assert {l[2] for l in splits["train"]} == {"l", "r"} and {l[1] for l in splits["test"]} == set(range(1, 7))
+    cam = data.read_calib_file(tiny_world / data.SYNTH_DATE / "calib_cam_to_cam.txt")
+    P2, P3 = cam["P_rect_02"].reshape(3, 4), cam["P_rect_03"].reshape(3, 4)
+    np.testing.assert_allclose(P2[:, :3], [[0.58 * 208, 0, 105], [0, 1.92 * 64, 33], [0, 0, 1]], rtol=1e-6)
+    assert P3[0, 3] == pytest.approx(-0.58 * 208 * 0.54)
+    np.testing.assert_allclose(cam["S_rect_02"], [208, 64])
+    drive = tiny_world / next(iter(drives["test"]))
+    poses = data.read_synthetic_poses(drive)
+    assert poses.shape == (8, 4, 4)
+    np.testing.assert_allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (8, 1, 1)),
+                               atol=1e-6)
+    step = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)
+    assert ((step > 0.6) & (step < 1.5)).all()
+    thin = sum((np.asarray(Image.open(data.synthetic_thin_mask_path(tiny_world, drive.relative_to(tiny_world).as_posix(), f)))
+                > 0).sum() for f in range(8))
+    assert thin > 0
+
+
+def _warp_error(src_img, tgt_img, depth, T_tgt_to_src, K):
+    """Mean |I_tgt - I_src(warped)| and mean |I_tgt - I_src| (no warp) over target pixels with depth
+    that land inside the source (nearest-pixel sampling, numpy), and that fraction of pixels."""
+    h, w = depth.shape
+    v, u = np.nonzero(depth > 0)
+    z = depth[v, u]
+    X = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, np.ones_like(z)])
+    Y = T_tgt_to_src @ X
+    us = np.round(K[0, 0] * Y[0] / Y[2] + K[0, 2]).astype(int)
+    vs = np.round(K[1, 1] * Y[1] / Y[2] + K[1, 2]).astype(int)
+    ok = (Y[2] > 0.1) & (us >= 0) & (us < w) & (vs >= 0) & (vs < h)
+    target = tgt_img[v[ok], u[ok]].astype(float)
+    warped = np.abs(target - src_img[vs[ok], us[ok]]).mean() / 255
+    unwarped = np.abs(target - src_img[v[ok], u[ok]]).mean() / 255
+    return warped, unwarped, ok.mean()
+
+
+def test_world_geometry_is_consistent(tiny_world):
+    """GT depth + poses.txt + K warp frame 5 and the right camera onto frame 4 (brightness constancy):
+    the mean photometric error is small, and far smaller than without warping."""
+    data = _data()
+    folder = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
+    drive = tiny_world / folder
+    poses = data.read_synthetic_poses(drive)
+    K = data.scale_K(data.normalised_K(), 208, 64)
+    image = lambda cam, f: np.asarray(Image.open(drive / cam / "data" / f"{f:010d}.jpg"))  # noqa: E731
+    depth = data.read_depth_png(drive / "proj_depth" / "groundtruth" / "image_02" / f"{4:010d}.png")
+    T = np.linalg.inv(poses[5]) @ poses[4]  # target (frame 4) to source (frame 5)
+    warped, unwarped, inside = _warp_error(image("image_02", 5), image("image_02", 4), depth, T, K)
+    assert inside > 0.7 and warped < 0.04 and warped < 0.5 * unwarped
+    stereo = np.eye(4)
+    stereo[0, 3] = -data.STEREO_BASELINE  # camera 2 coordinates -> camera 3 coordinates
+    warped, unwarped, _ = _warp_error(image("image_03", 4), image("image_02", 4), depth, stereo, K)
+    assert warped < 0.04 and warped < 0.5 * unwarped
+
+
+def test_world_is_deterministic_and_skips_complete_tree(tmp_path, tiny_world):
+    """Same seed -> same pixels (also from 2 worker processes); a complete tree with the same
+    arguments is not rewritten."""
+    data = _data()
+    root = data.make_synthetic_kitti(tmp_path / "w", num_drives=3, frames_per_drive=3, height=32, width=104, seed=5)
+    parallel = data.make_synthetic_kitti(tmp_path / "p", num_drives=3, frames_per_drive=3, height=32, width=104,
+                                         seed=5, workers=2)
+    for name in ("image_03/data/0000000001.jpg", "velodyne_points/data/0000000002.bin", "poses.txt"):
+        for d in range(3):
+            assert (root / data._drive_name(d) / name).read_bytes() == (parallel / data._drive_name(d) / name).read_bytes()
+    rng = np.random.default_rng([5, 1])
+    poses = data._trajectory(rng, 3)
+    street = data._Street(rng, poses[0, 2, 3] - 30.0, poses[-1, 2, 3] + data.MAX_GT_DEPTH + 30.0)
+    image, depth, _ = data.render_view(street, poses[2], 32, 104)
+    drive = root / data._drive_name(1)
+    np.testing.assert_array_equal(data.read_depth_png(drive / "proj_depth/groundtruth/image_02/0000000002.png"),
+                                  np.round(depth * 256.0) / 256.0)
+    marker = root / data.SYNTH_MARKER
+    stamp = os.stat(drive / "image_02/data/0000000002.jpg").st_mtime_ns
+    data.make_synthetic_kitti(root, num_drives=3, frames_per_drive=3, height=32, width=104, seed=5)
+    assert os.stat(drive / "image_02/data/0000000002.jpg").st_mtime_ns == stamp and marker.is_file()
+    assert (depth == 0).any() and depth.max() <= data.MAX_GT_DEPTH  # sky/far is "no data"
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
+    """The command line turns bad input into `error: ...` and exit status 2, without a traceback."""
+    data = _data()
+    assert data.main(["--bench", str(tmp_path / "none")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: data folder not found") and out.count("\n") == 1
+    with pytest.raises(ValueError, match="num_drives >= 3"):
+        data.make_synthetic_kitti(tmp_path / "w", num_drives=2, frames_per_drive=5)
