@@ -1,0 +1,972 @@
+"""Step 6: training - presets, the self-supervised loop, checkpoints, exact resume, AMP and DDP.
+
+Concept. Everything before this file is a piece; here they become a program (SPEC.md section 3,
+the protocol of Monodepth2 that SQLDepth reuses): a batch of frame triplets (I-1, I0, I+1) from
+01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two camera motions from the pose network
+and the photometric loss of 05_posenet_loss, minimised with Adam; StepLR divides the learning rate
+by 10 after `lr_step` epochs. `train_step` is one step of that (Exercise 6.1); the rest is the
+engineering that makes long runs safe and repeatable:
+- presets (`PRESETS`): the embedded CPU default on the synthetic world and the three KITTI set-ups
+  of the released models; every field of `TrainConfig` (and of the model's DepthNetConfig, as flat
+  flags such as --num_queries) can be overridden on the command line;
+- the split checker of 01_data refuses a train split that shares a drive with the test split;
+- one fixed-format log line per interval and the same numbers in RUN/log.csv, curves in RUN/;
+- atomic checkpoints (RUN/ckpt.pt = last, RUN/best.pt = lowest validation loss); `--resume RUN`
+  continues with the same loss sequence as an uninterrupted run (CPU): the sample order comes from
+  (seed, epoch), augmentation from (seed, epoch, index) inside KittiRaw, and the RNG states are
+  saved; Ctrl-C / SIGTERM save and exit; a NaN/Inf loss stops before anything is overwritten;
+- GPU: --amp (bf16 autocast), --channels_last, pinned memory, persistent workers, --profile;
+- torchrun: DistributedDataParallel, each process its own shard of the data, rank 0 writes;
+  --batch_size is per process (N processes: N x batch_size images per step, same lr).
+
+Run: `python 06_train.py` (synthetic world, about 15 minutes on 2 CPU cores, ends with 07_eval.py),
+`python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
+`torchrun --nproc_per_node=N 06_train.py ...`, `python 06_train.py --help` for every option.
+Uses 01_data, 04_bins, 05_posenet_loss; runs 07_eval.py as a subprocess at the end (06 never
+imports 07). Tests: tests/test_06_train.py.
+
+Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss, 130 stopped by SIGINT,
+143 stopped by SIGTERM (the shell convention 128 + signal number; a checkpoint was saved first),
+otherwise the exit code of 07_eval.py when the final evaluation fails.
+
+Where we differ from the official trainer (hisfog/SfMNeXt-Impl, Monodepth2's trainer.py):
+- the monocular translation scaling defaults to "depth" (t x mean depth), not the official
+  "inv_depth" (t x mean 1/depth): the SQL head starts near 40 m, so the official choice shrinks the
+  first camera motions to ~2e-4 and a prototype stalled, then collapsed its depth scale (05's
+  LossConfig.pose_scaling explains more; --pose_scaling inv_depth restores the official one);
+- AMP covers the depth network only; poses, warping and SSIM stay in float32;
+- the sample order is drawn from (seed, epoch) instead of the global RNG, so runs resume exactly;
+- best.pt is chosen by the validation self-supervised loss (works without ground truth); the
+  official code keeps the checkpoint of every epoch and evaluates them offline.
+"""
+import argparse
+import csv
+import inspect
+import importlib
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+data = importlib.import_module("01_data")
+bins = importlib.import_module("04_bins")
+geo = importlib.import_module("05_posenet_loss")
+
+HERE = Path(__file__).resolve().parent
+EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and presets
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the defaults, with _synthetic_model() and use_stereo, make the
+    synthetic-cpu preset."""
+    preset: str = "synthetic-cpu"   # starting point from PRESETS; every other field overrides it
+    data: str = "synthetic"         # "synthetic" (generated world) or "kitti" (KITTI raw)
+    data_path: str = ""             # dataset root; "" = data/synthetic here (generated if missing)
+    split: str = ""                 # split name for 01_data.get_split_file; "" = synthetic / eigen_zhou
+    split_dir: str = ""             # folder with <split>/<kind>_files.txt ("" = 01's download cache)
+    eval_split: str = ""            # test split that may share no drive with train; "" = synthetic/eigen
+    allow_split_overlap: bool = False  # train anyway when train and test splits share drives (leakage!)
+    img_ext: str = ".jpg"           # image file extension (KITTI as downloaded: .png)
+    drop_missing: bool = False      # drop split lines whose frames are missing instead of stopping
+    synth_drives: int = 40          # synthetic world: number of drives (about 80/10/10% train/val/test)
+    synth_frames: int = 50          # synthetic world: frames per drive
+    synth_height: int = 128         # synthetic world: stored image height
+    synth_width: int = 416          # synthetic world: stored image width
+    height: int = 64                # network input height (KITTI presets 192 / 320)
+    width: int = 208                # network input width (KITTI presets 640 / 1024)
+    batch_size: int = 8             # samples per step and per process (global batch = this x processes)
+    epochs: int = 4                 # epochs (passes over the train split)
+    max_steps: int = 0              # stop after this many steps in total (0 = run all epochs)
+    lr: float = 5e-4                # Adam learning rate of the depth network
+    pose_lr_scale: float = 1.0      # pose network lr = lr x this (0.1 = the optional "pose lr/10")
+    lr_step: int = 3                # StepLR: multiply the lr by lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1           # StepLR factor
+    use_stereo: bool = False        # add the stereo frame "s" as a source ("MS" training)
+    pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
+    pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
+    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term
+    ssim_window: int = 7            # SSIM window (7 as SQLDepth, 3 as Monodepth2, 0 = L1 only)
+    automask: bool = True           # Monodepth2's auto-masking of static pixels
+    model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
+    seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
+    device: str = "auto"            # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
+    channels_last: bool = False     # NHWC memory layout for the depth network (faster convs on GPU)
+    num_workers: int = 1            # DataLoader worker processes per training process
+    threads: int = 0                # CPU threads per process for PyTorch ops (0 = PyTorch's default)
+    pin_memory: bool = True         # page-locked host batches (only used on CUDA)
+    persistent_workers: bool = True  # keep the workers alive between epochs (when num_workers > 0)
+    log_every: int = 25             # steps between log lines / log.csv rows
+    save_every: int = 0             # also checkpoint every N steps (0 = only at epoch ends)
+    val_batches: int = 0            # validation batches per evaluation (0 = the whole val split)
+    run_dir: str = ""               # output folder; "" = runs/<preset>-<date-time> next to this file
+    resume: str = ""                # a run folder to continue from its ckpt.pt
+    no_eval: bool = False           # skip the final 07_eval.py run (synthetic data only)
+    profile: int = 0                # run N timed steps, print throughput and time split, write nothing
+
+
+def _synthetic_model():
+    """The small SQLDepth of the CPU default: R18, the official nf=256 decoder, a lite SQL head.
+    patch 8 on the 32x104 S0 of a 64x208 input gives N = 4 x 13 = 52 tokens >= Q = 32."""
+    return asdict(bins.DepthNetConfig(num_layers=18, num_features=256, model_dim=32, patch_size=8,
+                                      num_queries=32, num_bins=64, dim_feedforward=512))
+
+
+def _kitti_preset(name, height, width):
+    """A released-model set-up: SPEC section 3 (Adam 1e-4, batch 16, 25 epochs, StepLR(15, 0.1))."""
+    model = asdict(replace(bins.PRESETS[name], pretrained="imagenet"))
+    return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
+                lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
+                save_every=2000)
+
+
+PRESETS = {
+    # Sized for the 15-minute default on 2 CPU cores: 64x208 input, lr 5e-4 (1e-4 learns too slowly
+    # in 10 minutes), 4 epochs of the 3,072 training samples (about 20 img/s on 2 idle cores: ~10
+    # minutes), lr / 10 for the last epoch. Stereo ("MS"): at this budget monocular training
+    # reached AbsRel 0.16-0.19 on the synthetic test split, MS 0.095 (the fixed stereo baseline
+    # supervises the far range near the vanishing point, where forward motion gives no parallax).
+    "synthetic-cpu": lambda: dict(model=_synthetic_model(), use_stereo=True),
+    "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),
+    "kitti-r50-1024x320": lambda: _kitti_preset("kitti-r50-1024x320", 320, 1024),
+    "kitti-r18-640x192": lambda: _kitti_preset("kitti-r18-640x192", 192, 640),
+}
+
+
+def preset_config(name):
+    """The TrainConfig of a preset (ValueError for an unknown name)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**PRESETS[name]())
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: one flag per TrainConfig field, model fields as flat flags
+# ----------------------------------------------------------------------------------------------
+CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"], "device": ["auto", "cpu", "cuda"],
+           "pose_scaling": list(geo.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
+           "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
+           "queries": ["self", "learned", "none"]}
+MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
+# What a checkpoint's architecture is made of: --resume refuses to change these.
+ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
+
+
+def _field_comments(cls):
+    """{field: its trailing '# comment'} from a dataclass's source: the help text of each flag."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    found = (re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line) for line in lines)
+    return {m.group(1): m.group(2).strip() for m in found if m}
+
+
+def _add_flag(parser, name, default, help_text):
+    """--name with the type of the default; bools get --name / --no-name; default None = not given."""
+    text = f"{help_text or ''} (default: {default!r})".replace("%", "%%")   # argparse %-formats help
+    kw = dict(default=None, help=text)
+    if name in CHOICES:
+        kw["choices"] = CHOICES[name]
+    if isinstance(default, bool):
+        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **kw)
+    else:
+        kind = str if default is None else type(default)
+        parser.add_argument(f"--{name}", type=kind, **kw)
+
+
+def build_parser():
+    """The CLI, generated from TrainConfig and 04_bins.DepthNetConfig (defaults: synthetic-cpu)."""
+    parser = argparse.ArgumentParser(
+        prog="06_train.py",
+        description="Self-supervised SQLDepth training. Without arguments: the synthetic-cpu preset "
+                    "(generates data/synthetic, trains, evaluates with 07_eval.py).",
+        epilog="Model fields are flat flags (--num_layers 18 --num_queries 32 ...); --pretrained none "
+               "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
+               "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
+    base = preset_config("synthetic-cpu")
+    helps = _field_comments(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name != "model":
+            _add_flag(parser, f.name, getattr(base, f.name), helps.get(f.name))
+    group = parser.add_argument_group("model (04_bins.DepthNetConfig; defaults: the preset's)")
+    model_helps = _field_comments(bins.DepthNetConfig)
+    for name in MODEL_FIELDS:
+        _add_flag(group, name, base.model[name], model_helps.get(name))
+    return parser
+
+
+def parse_args(argv=None):
+    """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
+    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    return apply_overrides(preset_config(given.get("preset", "synthetic-cpu")), given), given
+
+
+def apply_overrides(cfg, given):
+    """cfg with the given flags set; model flags go into cfg.model ("none" -> None for pretrained)."""
+    model = dict(cfg.model)
+    for name in MODEL_FIELDS:
+        if name in given:
+            model[name] = None if given[name] in ("none", "") and name == "pretrained" else given[name]
+    train = {k: v for k, v in given.items() if k not in MODEL_FIELDS}
+    return replace(cfg, **train, model=model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes, devices, data
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0        # this process's rank (torchrun's RANK)
+    world: int = 1       # number of processes (WORLD_SIZE)
+    local_rank: int = 0  # GPU index on this machine (LOCAL_RANK)
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def setup_process(cfg):
+    """(Dist, device): reads torchrun's environment, joins the process group (nccl on CUDA, gloo
+    on CPU) and picks the device once (cuda:LOCAL_RANK under torchrun)."""
+    info = Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                int(os.environ.get("LOCAL_RANK", 0)))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    device = torch.device("cuda", info.local_rank) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if info.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return info, device
+
+
+class EpochBatches:
+    """Batch sampler whose order is a pure function of (seed, epoch): rank r takes every world-th
+    index of one permutation (a DistributedSampler without padding), `drop_last`; set_epoch(epoch,
+    skip) restarts the epoch after `skip` batches (resume). Yields [(epoch, index), ...] so that
+    the dataset copies in (persistent) workers know the epoch of each sample (see EpochView)."""
+
+    def __init__(self, num_samples, batch_size, seed, rank=0, world=1):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world = rank, world
+        self.batches_per_epoch = num_samples // (batch_size * world)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = epoch, skip
+
+    def order(self, epoch):
+        """The epoch's permutation of all indices (identical on every rank)."""
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+        return torch.randperm(self.num_samples, generator=g).tolist()
+
+    def __len__(self):
+        return self.batches_per_epoch - self.skip
+
+    def __iter__(self):
+        used = self.batches_per_epoch * self.batch_size * self.world
+        mine = self.order(self.epoch)[self.rank:used:self.world]       # this rank's shard
+        for b in range(self.skip, self.batches_per_epoch):
+            yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+class EpochView(torch.utils.data.Dataset):
+    """KittiRaw addressed by (epoch, index): sets the epoch of its own copy before loading, so the
+    augmentation drawn from (seed, epoch, index) is right in persistent worker processes too."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def ensure_synthetic_world(cfg, info):
+    """The default data: generate data/synthetic with 01_data (rank 0; skipped when complete)."""
+    root = HERE / "data" / "synthetic"
+    if info.main:
+        start = time.perf_counter()
+        data.make_synthetic_kitti(root, num_drives=cfg.synth_drives, frames_per_drive=cfg.synth_frames,
+                                  height=cfg.synth_height, width=cfg.synth_width, seed=0, workers=2)
+        print(f"data: synthetic world at {root} ({time.perf_counter() - start:.0f} s)", flush=True)
+    if info.world > 1:
+        dist.barrier()
+    return root
+
+
+def load_splits(cfg, root):
+    """(train lines, val lines), after 01's leakage check against the evaluation split's test list
+    (SPEC section 6: an old official train list shared 21 drives with the Eigen test split)."""
+    synthetic = cfg.data == "synthetic"
+    split = cfg.split or ("synthetic" if synthetic else "eigen_zhou")
+    eval_split = cfg.eval_split or ("synthetic" if synthetic else "eigen")
+
+    def lines(name, kind):
+        return data.read_split(data.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root)))
+
+    train, val = lines(split, "train"), lines(split, "val")
+    shared = data.require_disjoint_splits(train, lines(eval_split, "test"), cfg.allow_split_overlap)
+    if shared:
+        print(f"warning: {split} train shares {len(shared)} drive(s) with the {eval_split} test split "
+              f"(allowed by --allow_split_overlap): test numbers will be optimistic", flush=True)
+    return train, val
+
+
+def make_datasets(cfg, root):
+    """(train KittiRaw with augmentation, val KittiRaw without) at the network size."""
+    train_lines, val_lines = load_splits(cfg, root)
+    frame_ids = (0, -1, 1) + (("s",) if cfg.use_stereo else ())
+    common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids, img_ext=cfg.img_ext,
+                  drop_missing=cfg.drop_missing, seed=cfg.seed)
+    return (data.KittiRaw(str(root), train_lines, is_train=True, **common),
+            data.KittiRaw(str(root), val_lines, is_train=False, **common))
+
+
+def make_loaders(cfg, train_set, val_set, info, device):
+    """Train loader over EpochBatches, val loader over this rank's shard (in order, all samples).
+    Own torch.Generators keep the loaders from drawing on the global RNG (exact resume)."""
+    workers = cfg.num_workers
+    common = dict(num_workers=workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+                  persistent_workers=cfg.persistent_workers and workers > 0)
+    sampler = EpochBatches(len(train_set), cfg.batch_size, cfg.seed, info.rank, info.world)
+    if sampler.batches_per_epoch == 0:
+        raise ValueError(f"the train split has {len(train_set)} samples, fewer than batch_size "
+                         f"{cfg.batch_size} x {info.world} process(es)")
+    train = torch.utils.data.DataLoader(EpochView(train_set), batch_sampler=sampler,
+                                        generator=torch.Generator().manual_seed(cfg.seed), **common)
+    val = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size,
+                                      sampler=list(range(info.rank, len(val_set), info.world)),
+                                      generator=torch.Generator().manual_seed(cfg.seed), **common)
+    return train, val, sampler
+
+
+def to_device(batch, device, channels_last=False):
+    """A collated batch (nested dicts of tensors) on the device; 4-D tensors NHWC if asked."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if not torch.is_tensor(batch):
+        return batch
+    batch = batch.to(device, non_blocking=True)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.dim() == 4 else batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks and one training step
+# ----------------------------------------------------------------------------------------------
+def build_networks(cfg, device, load_pretrained=True):
+    """(DepthNet, pose network) on the device, initialised from the global torch RNG."""
+    model = dict(cfg.model) if load_pretrained else {**cfg.model, "pretrained": None}
+    depth_net = bins.DepthNet(bins.DepthNetConfig(**model))
+    pose_net = geo.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn" else geo.PoseResNet(18, None)
+    depth_net, pose_net = depth_net.to(device), pose_net.to(device)
+    if cfg.channels_last:
+        depth_net = depth_net.to(memory_format=torch.channels_last)
+    return depth_net, pose_net
+
+
+def loss_config(cfg):
+    """05's LossConfig of this run (frame ids 0 -1 1, plus "s" with stereo)."""
+    frame_ids = (0, -1, 1) + (("s",) if cfg.use_stereo else ())
+    return geo.LossConfig(frame_ids=frame_ids, use_stereo=cfg.use_stereo, ssim_window=cfg.ssim_window,
+                          smoothness_weight=cfg.smoothness_weight, automask=cfg.automask,
+                          pose_scaling=cfg.pose_scaling, min_depth=cfg.model["min_depth"],
+                          max_depth=cfg.model["max_depth"])
+
+
+def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
+    """One optimisation step of self-supervised training; returns the loss terms as floats.
+
+    Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
+    [B,1,H/2,W/2] of the augmented target frame inputs["color_aug"][0] [B,3,H,W], the source
+    poses with geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B,4,4]}), the
+    loss dict with geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim), back-propagate
+    its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
+    "smoothness"} as Python floats. Only the depth network runs under
+    torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
+    float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
+    rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
+    timer("backward"), timer("optimizer") after each phase (--profile).
+    Hint: without zero_grad the gradients of all earlier steps add up; without optimizer.step()
+    nothing learns (tests/test_06_train.py checks both against a step computed by hand).
+    """
+    tick = timer or (lambda phase: None)
+    target = inputs["color_aug"][0]                                    # (B, 3, H, W)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=target.device.type, dtype=torch.bfloat16, enabled=amp):
+        depth = depth_net(target)                                      # (B, 1, H/2, W/2)
+    depth = depth.float()
+    poses = geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: (B, 4, 4)}
+    out = geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim)
+    tick("forward")
+    out["loss"].backward()
+    tick("backward")
+    optimizer.step()
+    tick("optimizer")
+    return {k: float(out[k].detach()) for k in ("loss", "photometric", "smoothness")}
+
+
+@torch.no_grad()
+def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
+    """Mean self-supervised loss over the val split (all ranks' shards). Eval mode, and a forked
+    RNG seeded with cfg.seed: the auto-mask noise is the same at every validation and the training
+    RNG stream is untouched (so validating or not never changes the training run)."""
+    depth_net.eval()
+    pose_net.eval()
+    total = torch.zeros(2, dtype=torch.float64)                       # (sum of losses, samples)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        for i, batch in enumerate(loader):
+            if cfg.val_batches and i >= cfg.val_batches:
+                break
+            batch = to_device(batch, device, cfg.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
+                depth = depth_net(batch["color"][0]).float()           # as in train_step
+            poses = geo.predict_poses(pose_net, batch, loss_cfg, depth=depth)
+            loss = geo.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
+            total += torch.tensor([float(loss) * len(depth), len(depth)], dtype=torch.float64)
+    depth_net.train()
+    pose_net.train()
+    if info.world > 1:
+        total = total.to(device)
+        dist.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def amp_on(cfg, device):
+    """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
+    return cfg.amp and device.type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (atomic) and RNG states
+# ----------------------------------------------------------------------------------------------
+def rng_state():
+    """torch / CUDA / numpy / python RNG states in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+
+def set_rng_state(state):
+    """Inverse of rng_state()."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
+    writing leaves the previous file as it was (rename is atomic on POSIX and Windows)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path):
+    """A checkpoint dict of this script (ValueError / FileNotFoundError with one line otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:                     # zip / pickle errors of every kind
+        raise ValueError(f"{path} is not a readable checkpoint ({_one_line(err)})") from None
+    needed = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "best_val", "steps_per_epoch",
+              "config", "rng"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise ValueError(f"{path} is not a checkpoint of 06_train.py")
+    return ckpt
+
+
+def resume_config(ckpt, given, run_dir):
+    """The checkpoint's TrainConfig with the given flags applied; refuses architecture changes."""
+    stored = dict(ckpt["config"])
+    try:
+        cfg = TrainConfig(**stored)
+    except TypeError as err:
+        raise ValueError(f"{run_dir}/ckpt.pt has an unknown config ({_one_line(err)})") from None
+    for name in ARCH_FIELDS + tuple(MODEL_FIELDS):
+        old = stored["model"].get(name) if name in MODEL_FIELDS else stored[name]
+        new = given.get(name, old)
+        if name == "pretrained":
+            continue                             # the weights come from the checkpoint anyway
+        if new != old:
+            raise ValueError(f"--resume {run_dir}: its checkpoint was trained with {name}={old!r}, "
+                             f"not {new!r} (a checkpoint of another preset/architecture)")
+    return apply_overrides(cfg, {**given, "resume": str(run_dir), "run_dir": str(run_dir)})
+
+
+def _one_line(err):
+    """The first line of an exception message (state-dict errors span many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _unwrap(net):
+    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging and plots (rank 0)
+# ----------------------------------------------------------------------------------------------
+LOG_COLUMNS = ("step", "epoch", "loss", "photometric", "smoothness", "lr", "img_per_s",
+               "data_wait_pct", "eta_s")
+VAL_COLUMNS = ("step", "epoch", "val_loss", "best_val_loss")
+
+
+def append_csv(path, columns, row):
+    """One row into a CSV (header when new). Floats keep full precision (resume comparisons)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(columns)
+        writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns])
+
+
+def truncate_csv(path, step):
+    """Drop the rows written after `step` (a resumed run rewrites them)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def format_time(seconds):
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def save_plots(run_dir):
+    """RUN/curves.png: training loss terms, validation loss, learning rate and throughput."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(path):
+        if not path.exists():
+            return {}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+
+    log, val = read(run_dir / "log.csv"), read(run_dir / "val.csv")
+    if not log:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    axes[0, 0].plot(log["step"], log["loss"], label="total")
+    axes[0, 0].plot(log["step"], log["photometric"], label="photometric", alpha=0.7)
+    axes[0, 0].set_title("training loss")
+    if val:
+        axes[0, 0].plot(val["step"], val["val_loss"], "o-", label="validation")
+    axes[0, 0].legend()
+    axes[0, 1].plot(log["step"], log["smoothness"])
+    axes[0, 1].set_title("smoothness term (unweighted)")
+    axes[1, 0].semilogy(log["step"], log["lr"])
+    axes[1, 0].set_title("learning rate")
+    axes[1, 1].plot(log["step"], log["img_per_s"])
+    axes[1, 1].set_title("throughput (img/s, all processes)")
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=90)
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals: finish the step, save, exit
+# ----------------------------------------------------------------------------------------------
+class NonFinite(Exception):
+    """A NaN/Inf weight found when about to save."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set `signum`: the loop finishes the step, saves and exits. Copies of the same
+    signal within a second are ignored (`timeout`, torchrun and the terminal's process group each
+    deliver one); a later SIGINT raises KeyboardInterrupt at once (an impatient second Ctrl-C)."""
+
+    def __init__(self):
+        self.signum, self.when = 0, 0.0
+
+    def handle(self, signum, frame):
+        now = time.monotonic()
+        if not self.signum:
+            self.signum, self.when = signum, now
+        elif signum == signal.SIGINT and now - self.when > 1.0:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def agree(flags, device, info):
+    """Element-wise max of small integer flags over all processes (everyone stops together)."""
+    if info.world == 1:
+        return flags
+    t = torch.tensor(flags, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+class Trainer:
+    """State of one run: networks, optimiser, schedule, loaders, counters, log files."""
+
+    def __init__(self, cfg, info, device, ckpt=None):
+        self.cfg, self.info, self.device = cfg, info, device
+        if cfg.data == "kitti" and not cfg.data_path:
+            raise ValueError("--data kitti needs --data_path DIR (the KITTI raw root with the date folders)")
+        default_world = cfg.data == "synthetic" and not cfg.data_path
+        root = ensure_synthetic_world(cfg, info) if default_world else Path(cfg.data_path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data path {root} not found")
+        self.cfg = cfg = replace(cfg, data_path=str(root.resolve()))
+        train_set, val_set = make_datasets(cfg, root)
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+
+        torch.manual_seed(cfg.seed)              # same initial weights on every rank
+        self.depth_net, self.pose_net = build_networks(cfg, device, load_pretrained=ckpt is None)
+        self.optimizer = torch.optim.Adam([
+            {"params": self.depth_net.parameters(), "lr": cfg.lr},
+            {"params": self.pose_net.parameters(), "lr": cfg.lr * cfg.pose_lr_scale}])
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
+        self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
+        self.ssim = geo.make_ssim(self.loss_cfg)
+        self.ssim = self.ssim.to(device) if self.ssim is not None else None
+        if ckpt is not None:
+            self.load_state(ckpt)
+        else:
+            torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
+        self.nets = (self.depth_net, self.pose_net)
+        if info.world > 1:                       # static_graph: the encoder's fc is never used
+            wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+            self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
+        self.run_dir = Path(cfg.run_dir)
+
+    def load_state(self, ckpt):
+        """Continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)."""
+        try:
+            self.depth_net.load_state_dict(ckpt["model"])
+            self.pose_net.load_state_dict(ckpt["pose"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"the checkpoint does not match its config: {_one_line(err)}") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
+        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
+                             f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
+        set_rng_state(ckpt["rng"])
+        if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
+            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
+
+    def state(self):
+        return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
+                "steps_per_epoch": self.steps_per_epoch, "config": asdict(self.cfg), "rng": rng_state()}
+
+    def save(self, validate_too):
+        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
+        with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
+        written: NonFinite is raised instead."""
+        bad = [n for n, p in self.depth_net.named_parameters() if not torch.isfinite(p).all()]
+        bad += [n for n, p in self.pose_net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad[0]})")
+        improved = False
+        if validate_too:
+            val = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
+                           self.cfg, self.device, self.info)
+            improved = val < self.best_val
+            self.best_val = val if improved else self.best_val
+        if not self.info.main:
+            return
+        state = self.state()
+        save_checkpoint(state, self.run_dir / "ckpt.pt")
+        if improved or not (self.run_dir / "best.pt").exists():
+            save_checkpoint(state, self.run_dir / "best.pt")
+        if validate_too:
+            append_csv(self.run_dir / "val.csv", VAL_COLUMNS,
+                       dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val))
+            print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
+                  f"{' -> best.pt' if improved else ''}", flush=True)
+
+    def batches(self):
+        """(batch index within the epoch, batch) from the current position to total_steps."""
+        while self.step < self.total_steps:
+            skip = self.step - self.epoch * self.steps_per_epoch  # > 0 only when resumed mid-epoch
+            self.sampler.set_epoch(self.epoch, skip)
+            for b, batch in enumerate(self.train_loader, start=skip):
+                yield b, batch
+                if self.step >= self.total_steps:
+                    return
+
+    def fit(self, stop):
+        """The loop until total_steps, a signal or a non-finite loss; returns the exit code."""
+        cfg, info = self.cfg, self.info
+        if info.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("log.csv", "val.csv"):
+                truncate_csv(self.run_dir / name, self.step)
+            print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
+                  f"{info.world} process(es) | {self.steps_per_epoch} steps/epoch | step {self.step} -> "
+                  f"{self.total_steps} | {self.device} | {self.run_dir}", flush=True)
+        interval = dict(start=time.perf_counter(), data=0.0, steps=0)
+        last_saved, data_iter = self.step, self.batches()
+        while self.step < self.total_steps:
+            tick = time.perf_counter()
+            try:
+                b, batch = next(data_iter)
+            except Exception:
+                if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
+                    break
+                raise
+            interval["data"] += time.perf_counter() - tick
+            batch = to_device(batch, self.device, cfg.channels_last)
+            terms = train_step(*self.nets, batch, self.optimizer, self.loss_cfg, self.ssim,
+                               amp=amp_on(cfg, self.device))
+            self.step += 1
+            interval["steps"] += 1
+            bad = [k for k in ("photometric", "smoothness", "loss") if not math.isfinite(terms[k])]
+            nonfinite, signum = agree([int(bool(bad)), stop.signum], self.device, info)
+            if nonfinite:                        # nothing is saved: the model may hold NaNs now
+                where = ", ".join(f"{k}={terms[k]}" for k in bad) or "on another process"
+                return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
+            if info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
+                self.log(terms, interval)
+            epoch_end = b + 1 == self.steps_per_epoch
+            if epoch_end:
+                self.epoch += 1
+                self.scheduler.step()            # StepLR counts epochs (after the optimizer steps)
+            if signum:
+                stop.signum = signum
+                break
+            if epoch_end or (cfg.save_every and self.step % cfg.save_every == 0):
+                paused = time.perf_counter()
+                try:
+                    self.save(validate_too=epoch_end)
+                except NonFinite as err:
+                    return self.stop_nonfinite(str(err), last_saved)
+                last_saved = self.step
+                interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
+        data_iter.close()
+        try:
+            if stop.signum or last_saved != self.step:
+                self.save(validate_too=not stop.signum)   # no validation when asked to stop
+        except NonFinite as err:
+            return self.stop_nonfinite(str(err), last_saved)
+        if stop.signum:
+            if info.main:
+                print(f"{signal.Signals(stop.signum).name}: saved {self.run_dir / 'ckpt.pt'} at step "
+                      f"{self.step}; continue with --resume {self.run_dir}", flush=True)
+            return 128 + stop.signum
+        self.ddp_check()
+        return 0
+
+    def stop_nonfinite(self, what, last_saved):
+        """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
+        if self.info.main:
+            print(f"error: {what}; stopped without saving, the last good checkpoint is "
+                  f"{self.run_dir / 'ckpt.pt'} (step {last_saved})", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+
+    def log(self, terms, interval):
+        """One fixed-format line and one log.csv row; throughput over the interval since the last."""
+        now = time.perf_counter()
+        elapsed = max(now - interval["start"], 1e-9)
+        row = dict(step=self.step, epoch=self.epoch, loss=terms["loss"], photometric=terms["photometric"],
+                   smoothness=terms["smoothness"], lr=float(self.optimizer.param_groups[0]["lr"]),
+                   img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
+                   data_wait_pct=100.0 * interval["data"] / elapsed,
+                   eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
+        append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
+        print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
+              f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
+              f"lr {row['lr']:.1e} | "
+              f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
+              f"ETA {format_time(row['eta_s'])}", flush=True)
+        interval.update(start=now, data=0.0, steps=0)
+
+    def ddp_check(self):
+        """Under torchrun: gather a checksum of each rank's parameters; rank 0 prints them (they
+        must agree, or the gradients were not averaged)."""
+        if self.info.world == 1:
+            return
+        params = [p.detach().double() for n in self.nets for p in _unwrap(n).parameters()]
+        mine = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)]).to(self.device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.info.world)]
+        dist.all_gather(gathered, mine)
+        if self.info.main:
+            sums = [tuple(float(x) for x in g.cpu()) for g in gathered]
+            same = all(s == sums[0] for s in sums)
+            print(f"ddp: parameter checksums of {len(sums)} ranks {'agree' if same else 'DIFFER'}: {sums}",
+                  flush=True)
+
+
+def profile(trainer, steps, warmup=2):
+    """--profile N: N timed steps after `warmup` untimed ones; prints throughput and where the
+    time goes (CUDA is synchronised at each boundary, so GPU time lands in its own phase)."""
+    cfg, device, info = trainer.cfg, trainer.device, trainer.info
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def endless():
+        for epoch in range(10 ** 9):
+            trainer.sampler.set_epoch(epoch)
+            yield from trainer.train_loader
+
+    split, last, batches = defaultdict(float), [0.0], endless()
+
+    def timer(phase):
+        sync()
+        now = time.perf_counter()
+        split[phase] += now - last[0]
+        last[0] = now
+
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        batch = to_device(next(batches), device, cfg.channels_last)
+        sync()
+        last[0] = time.perf_counter()
+        split["data wait"] += last[0] - start
+        train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim,
+                   amp=amp_on(cfg, device), timer=timer)
+        if i + 1 == warmup:
+            split.clear()
+    total = sum(split.values())
+    if info.main:
+        print(f"profile: {steps} steps after {warmup} warm-up | batch {cfg.batch_size} x {info.world} | "
+              f"{cfg.width}x{cfg.height} | {device} | amp {'on' if amp_on(cfg, device) else 'off'} | "
+              f"channels_last {'on' if cfg.channels_last else 'off'} | workers {cfg.num_workers}")
+        print(f"  throughput {steps * cfg.batch_size * info.world / total:8.1f} img/s "
+              f"({1000 * total / steps:.1f} ms/step)")
+        for phase in ("data wait", "forward", "backward", "optimizer"):
+            print(f"  {phase:<10} {1000 * split[phase] / steps:8.1f} ms/step {100 * split[phase] / total:5.1f}%")
+    return 0
+
+
+def run_eval(run_dir):
+    """The final evaluation, exactly as a user would type it (06 never imports 07)."""
+    cmd = [sys.executable, "07_eval.py", "--checkpoint", str(run_dir / "best.pt"), "--baselines", "--figures"]
+    print("eval: " + " ".join(cmd[1:]), flush=True)
+    code = subprocess.run(cmd, cwd=HERE).returncode
+    if code:
+        print(f"error: 07_eval.py exited with code {code}; the checkpoints are in {run_dir}", file=sys.stderr)
+    return code
+
+
+def prepare_run(cfg, given):
+    """(config, checkpoint or None): a new run folder, or the config stored in --resume RUN."""
+    if cfg.resume:
+        run_dir = Path(cfg.resume).resolve()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {cfg.resume}: no such run folder")
+        ckpt = load_checkpoint(run_dir / "ckpt.pt")
+        return resume_config(ckpt, given, run_dir), ckpt
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else HERE / "runs" / f"{cfg.preset}-{stamp}"
+    if (run_dir / "ckpt.pt").exists() and not cfg.profile:
+        raise ValueError(f"{run_dir} already holds a checkpoint: continue it with --resume {run_dir} "
+                         f"or choose another --run_dir")
+    return replace(cfg, run_dir=str(run_dir.resolve())), None
+
+
+def main(argv=None):
+    """Parse, train (and evaluate); returns the exit code (see the module docstring)."""
+    try:
+        cfg, given = parse_args(argv)
+    except SystemExit as exit_:                  # --help, or argparse's own usage error (code 2)
+        return int(exit_.code or 0)
+    try:
+        cfg, ckpt = prepare_run(cfg, given)
+        info, device = setup_process(cfg)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        trainer = Trainer(cfg, info, device, ckpt)
+        if cfg.profile:
+            return profile(trainer, cfg.profile)
+        stop = StopRequest()
+        with stop.installed():
+            code = trainer.fit(stop)
+        if info.main and code != EXIT_NONFINITE:
+            curves = save_plots(trainer.run_dir)
+        if info.main and code == 0:
+            print(f"done: step {trainer.step}, best validation loss {trainer.best_val:.4f}, checkpoints "
+                  f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)
+        if code == 0 and info.main and trainer.cfg.data == "synthetic" and not cfg.no_eval:
+            code = run_eval(trainer.run_dir)
+        return code
+    except (data.DataError, FileNotFoundError, ValueError) as err:   # SplitOverlapError is a DataError
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted again before the checkpoint was saved; the previous checkpoint "
+              "(if any) is intact", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Tests of 06_train.py: the training step, the loop's safety nets, resume, DDP, the CLI.
+
+Oracles: two SGD steps computed by hand with torch.autograd.grad (train_step), an uninterrupted
+run (resume), the previous checkpoint file (atomic save, NaN guard), identical parameter
+checksums across two gloo processes (DDP). Everything runs on the session's tiny synthetic
+world with a tiny model (R18, nf 32, E 16, 64x208, batch 2).
+"""
+import copy
+import csv
+import importlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
+        "--num_queries", "8", "--num_bins", "16", "--dim_feedforward", "32", "--height", "64",
+        "--width", "208", "--batch_size", "2", "--num_workers", "0", "--log_every", "1", "--no_eval",
+        "--no-use_stereo"]
+
+
+def train():
+    return importlib.import_module("06_train")
+
+
+def geo():
+    return importlib.import_module("05_posenet_loss")
+
+
+def run(world, run_dir, *extra):
+    """06_train.main in-process on the tiny world; returns its exit code."""
+    return train().main(TINY + ["--data_path", str(world), "--run_dir", str(run_dir), *extra])
+
+
+def losses(run_dir):
+    with open(Path(run_dir) / "log.csv", newline="") as f:
+        return [(int(r["step"]), r["loss"], r["photometric"], r["smoothness"]) for r in csv.DictReader(f)]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the machine's 2 cores are shared, and OpenMP threads that outnumber the
+    free cores spin and slow a step down by 10x or more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tiny_world, tmp_path_factory):
+    """A finished 2-step run of the tiny model (shared by the smoke and bad-resume tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("two_step") / "run"
+    assert run(tiny_world, run_dir, "--max_steps", "2") == 0
+    torch.set_num_threads(before)
+    return run_dir
+
+
+# ------------------------------------------------------------------ Exercise 6.1
+def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
+    """Exercise 6.1: two train_step calls with SGD equal p <- p - lr * grad(loss)(p) applied twice,
+    the gradients taken with torch.autograd.grad on copies of the networks (fails without
+    zero_grad: the second step would use g1 + g2; without optimizer.step: nothing moves), and the
+    returned terms are the floats of the loss dict of the first step."""
+    t, g, data = train(), geo(), importlib.import_module("01_data")
+    cfg = t.apply_overrides(t.preset_config("synthetic-cpu"), dict(
+        num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
+        dim_feedforward=32, use_stereo=False))
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=(0, -1, 1), is_train=False)
+    inputs = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    # a distinct "augmented" copy: a step that feeds the networks inputs["color"] must fail
+    inputs["color_aug"] = {k: 0.8 * v + 0.1 for k, v in inputs["color"].items()}
+    torch.manual_seed(0)
+    depth_net, pose_net = t.build_networks(cfg, torch.device("cpu"))
+    loss_cfg = t.loss_config(cfg)
+    ssim = g.make_ssim(loss_cfg)
+    ref = [copy.deepcopy(depth_net), copy.deepcopy(pose_net)]
+    params = [p for n in (depth_net, pose_net) for p in n.parameters()]
+    ref_params = [p for n in ref for p in n.parameters()]
+    lr = 1e-2
+    expected_terms = []
+    for step in range(2):                                  # the oracle: plain gradient descent
+        torch.manual_seed(10 + step)                       # dropout + auto-mask noise
+        depth = ref[0](inputs["color_aug"][0])
+        out = g.self_supervised_loss(inputs, depth, g.predict_poses(ref[1], inputs, loss_cfg, depth=depth),
+                                     loss_cfg, ssim)
+        grads = torch.autograd.grad(out["loss"], ref_params, allow_unused=True)
+        with torch.no_grad():
+            for p, grad in zip(ref_params, grads):
+                if grad is not None:
+                    p -= lr * grad
+        expected_terms.append({k: float(out[k].detach()) for k in ("loss", "photometric", "smoothness")})
+    optimizer = torch.optim.SGD(params, lr=lr)
+    before = [p.detach().clone() for p in params]
+    for step in range(2):
+        torch.manual_seed(10 + step)
+        terms = t.train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim)
+        assert set(terms) == {"loss", "photometric", "smoothness"}
+        assert all(isinstance(v, float) for v in terms.values())
+        for k, v in expected_terms[step].items():
+            assert terms[k] == pytest.approx(v, rel=1e-5, abs=1e-7)
+    moved = max(float((p.detach() - b).abs().max()) for p, b in zip(params, before))
+    assert moved > 1e-4, "train_step did not change the parameters (optimizer.step missing?)"
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the loop
+def test_two_step_smoke_run_writes_checkpoints_log_and_curves(two_step_run):
+    """A 2-step run writes ckpt.pt and best.pt (loadable with weights_only=True, the contract's
+    keys, the tiny architecture in config["model"]), a log.csv row per step, val.csv and curves."""
+    ckpt = load(two_step_run / "ckpt.pt")
+    assert {"model", "pose", "optimizer", "scheduler", "step", "epoch", "config", "rng"} <= set(ckpt)
+    assert ckpt["step"] == 2
+    cfg = ckpt["config"]
+    assert (cfg["height"], cfg["width"], cfg["use_stereo"]) == (64, 208, False)
+    assert cfg["model"]["num_queries"] == 8 and cfg["model"]["model_dim"] == 16
+    bins = importlib.import_module("04_bins")
+    net = bins.DepthNet(bins.DepthNetConfig(**cfg["model"]))
+    net.load_state_dict(ckpt["model"])                      # rebuilt from the stored config
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert load(two_step_run / "best.pt")["step"] == 2
+    assert [row[0] for row in losses(two_step_run)] == [1, 2]
+    assert all(math.isfinite(float(row[1])) for row in losses(two_step_run))
+    assert (two_step_run / "val.csv").exists() and (two_step_run / "curves.png").exists()
+
+
+def test_stereo_run_adds_the_stereo_source(tiny_world, tmp_path, monkeypatch):
+    """--use_stereo ("MS") trains with frame ids 0 -1 1 s: the loss sees the poses of -1, 1 and
+    the fixed stereo transform, and the checkpoint records use_stereo for 07_eval."""
+    g, seen = geo(), []
+    real_loss = g.self_supervised_loss
+
+    def spy(inputs, depth, poses, cfg, ssim):
+        seen.append(sorted(map(str, poses)))
+        return real_loss(inputs, depth, poses, cfg, ssim)
+
+    monkeypatch.setattr(g, "self_supervised_loss", spy)
+    assert run(tiny_world, tmp_path / "ms", "--max_steps", "1", "--use_stereo", "--val_batches", "1") == 0
+    assert seen[0] == ["-1", "1", "s"]
+    assert load(tmp_path / "ms" / "ckpt.pt")["config"]["use_stereo"] is True
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_world, tmp_path):
+    """Run 4 steps at once vs 2 steps, then --resume to 4. 12 train samples / batch 4 = 3 steps per
+    epoch, so the resume starts mid-epoch and crosses an epoch end (LR step, validation); the runs
+    load with 0, 1 and 2 worker processes (augmentation comes from (seed, epoch, index), not from
+    the worker). The loss sequences in log.csv and the final weights are identical."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run(tiny_world, whole, "--max_steps", "4", "--num_workers", "0", "--batch_size", "4") == 0
+    assert run(tiny_world, split, "--max_steps", "2", "--num_workers", "1", "--batch_size", "4") == 0
+    assert train().main(["--resume", str(split), "--max_steps", "4", "--num_workers", "2"]) == 0
+    assert losses(split) == losses(whole) and len(losses(whole)) == 4
+    a, b = load(whole / "ckpt.pt"), load(split / "ckpt.pt")
+    assert a["step"] == b["step"] == 4 and a["epoch"] == b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_sigint_saves_and_exits_130_then_resume_finishes(tiny_world, tmp_path, monkeypatch):
+    """SIGINT during step 2 lets the step finish, saves ckpt.pt at step 2 and returns 130; resuming
+    completes the run and logs each step once."""
+    t = train()
+    real_step, calls = t.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(t, "train_step", interrupted)
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "3") == 130
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 2
+    monkeypatch.setattr(t, "train_step", real_step)
+    assert t.main(["--resume", str(tmp_path / "r")]) == 0
+    assert [row[0] for row in losses(tmp_path / "r")] == [1, 2, 3]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path, monkeypatch, capsys):
+    """A NaN photometric term at step 3 stops the run (exit 3) with one line naming the step and
+    the term; ckpt.pt still holds the finite step-2 model (it is never overwritten by a NaN one)."""
+    g, calls = geo(), []
+    real_loss = g.self_supervised_loss
+
+    def poisoned(*args, **kwargs):
+        out = real_loss(*args, **kwargs)
+        if torch.is_grad_enabled():                         # training calls only, not validation
+            calls.append(1)
+            if len(calls) == 3:
+                out["photometric"] = out["photometric"] * float("nan")
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(g, "self_supervised_loss", poisoned)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "5", "--save_every", "2") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step 3" in err[0] and "photometric=nan" in err[0], err
+    ckpt = load(tmp_path / "r" / "ckpt.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_infinite_weights_after_a_finite_loss_are_never_saved(tiny_world, tmp_path, monkeypatch, capsys):
+    """A step whose loss is finite but leaves an infinite weight (e.g. an overflowing gradient) is
+    caught when saving: exit 3, one line naming the step, ckpt.pt keeps the step-1 model."""
+    t, calls = train(), []
+    real_step = t.train_step
+
+    def overflowing(depth_net, *args, **kwargs):
+        terms = real_step(depth_net, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:                                 # the loss was finite, the weight is not
+            with torch.no_grad():
+                next(depth_net.parameters()).view(-1)[0] = float("inf")
+        return terms
+
+    monkeypatch.setattr(t, "train_step", overflowing)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "3", "--save_every", "1") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite weights after step 2" in err[0], err
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 1
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A save that dies half-way (torch.save writes some bytes, then raises) leaves the previous
+    checkpoint readable and unchanged, and no temporary file behind."""
+    t = train()
+    path = tmp_path / "ckpt.pt"
+    t.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError("killed during save")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(RuntimeError, match="killed"):
+        t.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    old = load(path)
+    assert old["step"] == 1 and torch.equal(old["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_epoch_batches_are_deterministic_disjoint_shards():
+    """The sampler's order depends only on (seed, epoch); two ranks get disjoint shards of one
+    permutation; set_epoch(e, skip) yields exactly the tail of the epoch (resume)."""
+    t = train()
+    a = [t.EpochBatches(21, 2, seed=5, rank=r, world=2) for r in range(2)]
+    for s in a:
+        s.set_epoch(3)
+    shards = [[i for batch in s for _, i in batch] for s in a]
+    assert len(a[0]) == 5 and all(len(x) == 10 for x in shards)
+    assert not set(shards[0]) & set(shards[1])
+    again = t.EpochBatches(21, 2, seed=5, rank=0, world=2)
+    again.set_epoch(3, skip=2)
+    assert [i for batch in again for _, i in batch] == shards[0][4:]
+    assert all(e == 3 for batch in again for e, _ in batch)
+    other = t.EpochBatches(21, 2, seed=5, rank=0, world=2)
+    other.set_epoch(4)
+    assert [i for batch in other for _, i in batch] != shards[0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_keep_identical_parameters(tiny_world, tmp_path):
+    """torchrun with 2 CPU processes (gloo): after a step on different data shards, the parameter
+    checksums of both ranks agree (gradients are averaged), and only rank 0 writes the run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "06_train.py", *TINY, "--data_path", str(tiny_world), "--run_dir", str(tmp_path / "r"),
+           "--max_steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    line = next(l for l in done.stdout.splitlines() if l.startswith("ddp: parameter checksums"))
+    sums = eval(line.split(": ", 2)[2])                    # [(sum, sum of squares) per rank]
+    assert len(sums) == 2 and sums[0] == sums[1], line
+    assert "agree" in line
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 1
+    assert done.stdout.count("train: ") == 1               # rank 1 prints nothing
+
+
+# ------------------------------------------------------------------ CLI and bad input
+def test_cli_overrides_presets_including_flat_model_flags():
+    """Every TrainConfig and DepthNetConfig field has a flag; flags override the chosen preset."""
+    t = train()
+    options = {a.dest for a in t.build_parser()._actions}
+    assert {f for f in t.TrainConfig.__dataclass_fields__ if f != "model"} <= options
+    assert set(t.MODEL_FIELDS) <= options
+    cfg, _ = t.parse_args(["--preset", "kitti-r18-640x192", "--num_queries", "64", "--no-automask",
+                           "--lr", "0.001", "--pretrained", "none"])
+    assert (cfg.data, cfg.batch_size, cfg.height, cfg.width, cfg.epochs) == ("kitti", 16, 192, 640, 25)
+    assert cfg.model["num_layers"] == 18 and cfg.model["num_queries"] == 64
+    assert cfg.model["pretrained"] is None and cfg.automask is False and cfg.lr == 0.001
+    default, _ = t.parse_args([])
+    assert default.preset == "synthetic-cpu" and default.data == "synthetic" and default.use_stereo
+    assert t.parse_args(["--preset", "kitti-r50-640x192"])[0].use_stereo is False
+    assert t.main(["--help"]) == 0
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tiny_world, two_step_run, tmp_path, capsys):
+    """Missing data path, missing split file, a missing frame (01's DataError), train/test drive
+    overlap, KITTI without --data_path, a --resume folder without checkpoint, a checkpoint of another
+    architecture/preset, a run folder that already holds a run: one `error:` line, exit 2."""
+    import shutil
+    capsys.readouterr()
+    assert run(tmp_path / "nowhere", tmp_path / "a") == 2
+    assert "nowhere" in _one_error_line(capsys)
+    (tmp_path / "empty").mkdir()
+    assert run(tmp_path / "empty", tmp_path / "b") == 2
+    assert "split" in _one_error_line(capsys)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_world, broken)
+    data = importlib.import_module("01_data")
+    folder, frame, side = data.read_split(broken / "splits" / "synthetic" / "train_files.txt")[0]
+    (broken / folder / "image_02" / "data" / f"{frame:010d}.jpg").unlink()
+    assert run(broken, tmp_path / "c") == 2
+    assert f"{frame:010d}.jpg" in _one_error_line(capsys)
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_world, leaky)
+    splits = leaky / "splits" / "synthetic"
+    (splits / "test_files.txt").write_text((splits / "train_files.txt").read_text().splitlines()[0] + "\n")
+    assert run(leaky, tmp_path / "d") == 2                   # train and test share a drive
+    assert "--allow_split_overlap" in _one_error_line(capsys)
+    assert train().main(["--data", "kitti", "--run_dir", str(tmp_path / "e")]) == 2
+    assert "--data_path" in _one_error_line(capsys)
+    (tmp_path / "no_ckpt").mkdir()
+    assert train().main(["--resume", str(tmp_path / "no_ckpt")]) == 2
+    assert "ckpt.pt" in _one_error_line(capsys)
+    assert train().main(["--resume", str(two_step_run), "--num_layers", "34"]) == 2
+    assert "num_layers" in _one_error_line(capsys)
+    assert train().main(["--resume", str(two_step_run), "--preset", "kitti-r50-640x192"]) == 2
+    assert "preset" in _one_error_line(capsys)
+    assert run(tiny_world, two_step_run) == 2             # would overwrite a run: refused
+    assert "--resume" in _one_error_line(capsys)
+
+
+def test_cli_bad_input_has_no_traceback(tmp_path):
+    """As a program: a missing data path prints exactly one `error:` line on stderr, exit code 2."""
+    done = subprocess.run([sys.executable, "06_train.py", "--data_path", str(tmp_path / "missing"),
+                           "--run_dir", str(tmp_path / "r"), "--no_eval"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
