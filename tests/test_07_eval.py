@@ -1,0 +1,381 @@
+"""Tests of 07_eval.py: the metrics, median scaling, Garg crop, post-processing, model loading, the CLI.
+
+Oracles: metrics against a slow pure-Python loop and hand-computed numbers (with cases that break
+plausible wrong formulas: log10, "<=", dividing by pred), the Garg crop against the indices of
+KITTI's 375x1242 frame worked out by hand, the post-processing ramps against hand-evaluated
+columns, back-projection against re-projection. End to end: a 2-step 06_train.py run on the tiny
+synthetic world, then its checkpoint evaluated here; bad inputs give one `error:` line and exit 2.
+"""
+import importlib
+import math
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16)
+TINY_FLAGS = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
+              "--num_queries", "8", "--num_bins", "16"]
+
+
+def ev():
+    return importlib.import_module("07_eval")
+
+
+def _slow_metrics(gt, pred):
+    """Pure-Python loop oracle of the seven metrics (natural log, strict thresholds)."""
+    n = len(gt)
+    out = {"abs_rel": sum(abs(g - p) / g for g, p in zip(gt, pred)) / n,
+           "sq_rel": sum((g - p) ** 2 / g for g, p in zip(gt, pred)) / n,
+           "rmse": math.sqrt(sum((g - p) ** 2 for g, p in zip(gt, pred)) / n),
+           "rmse_log": math.sqrt(sum((math.log(g) - math.log(p)) ** 2 for g, p in zip(gt, pred)) / n)}
+    for name, t in (("a1", 1.25), ("a2", 1.25 ** 2), ("a3", 1.25 ** 3)):
+        out[name] = sum(max(g / p, p / g) < t for g, p in zip(gt, pred)) / n
+    return out
+
+
+def _tiny_checkpoint(path, height=64, width=208, data_path="", model_cfg=None, seed=0, use_stereo=False):
+    """A checkpoint in 06_train.py's format around a randomly initialised tiny DepthNet."""
+    bins = importlib.import_module("04_bins")
+    torch.manual_seed(seed)
+    net = bins.DepthNet(bins.DepthNetConfig(**TINY))
+    config = {"model": model_cfg or asdict(net.cfg), "height": height, "width": width, "data": "synthetic",
+              "data_path": str(data_path), "split": "synthetic", "use_stereo": use_stereo}
+    torch.save({"model": net.state_dict(), "config": config, "step": 0, "epoch": 0}, path)
+    return net
+
+
+def _run_main(argv, capsys):
+    """main(argv) in-process -> (exit code, stdout, stderr)."""
+    code = ev().main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_metrics_match_hand_computed_values():
+    """gt [1,2,4], pred [2,2,2]: AbsRel 0.5, SqRel 2/3, RMSE sqrt(5/3), RMSElog ln2*sqrt(2/3), a1..a3 1/3."""
+    m = ev().compute_depth_errors(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 2.0]))
+    assert list(m) == ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
+    expected = {"abs_rel": 0.5, "sq_rel": 2 / 3, "rmse": math.sqrt(5 / 3), "rmse_log": math.log(2) * math.sqrt(2 / 3),
+                "a1": 1 / 3, "a2": 1 / 3, "a3": 1 / 3}
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v, rel=1e-9), k
+
+
+def test_metrics_match_slow_loop_and_reject_wrong_formulas():
+    """Random depths agree with the loop oracle; a ratio of exactly 1.25 (pred 5, gt 4) is NOT inside
+    d<1.25 (a "<=" counts it), log10 or dividing by pred would change RMSElog / AbsRel."""
+    rng = np.random.default_rng(0)
+    gt = np.concatenate([[4.0, 1.0], rng.uniform(1, 80, 50)])
+    pred = np.concatenate([[5.0, 1.9], gt[2:] * rng.uniform(0.6, 1.7, 50)])
+    m, slow = ev().compute_depth_errors(gt, pred), _slow_metrics(gt.tolist(), pred.tolist())
+    for k in slow:
+        assert m[k] == pytest.approx(slow[k], rel=1e-9), k
+    ratio = np.maximum(gt / pred, pred / gt)
+    assert m["a1"] != pytest.approx(np.mean(ratio <= 1.25))  # the exact-1.25 pixel is excluded
+    assert m["rmse_log"] != pytest.approx(np.sqrt(np.mean((np.log10(gt) - np.log10(pred)) ** 2)))
+    assert m["abs_rel"] != pytest.approx(np.mean(np.abs(gt - pred) / pred))
+    assert m["sq_rel"] != pytest.approx(np.mean((gt - pred) ** 2 / pred))
+    small = ev().compute_depth_errors(np.array([1.0, 1.0]), np.array([1.9, 1.5]))  # ratios 1.9, 1.5
+    assert (small["a1"], small["a2"], small["a3"]) == (0.0, 0.5, 1.0)  # each threshold on its own power
+
+
+def test_median_scaling_uses_the_median_ratio_gt_over_pred():
+    """ratio = median(gt) / median(pred) (not the mean, not inverted), and it multiplies the prediction."""
+    gt, pred = np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 1.0])
+    scaled, ratio = ev().median_scale(gt, pred)
+    assert ratio == pytest.approx(2.0)  # the mean ratio would be 13/3
+    np.testing.assert_allclose(scaled, [2.0, 2.0, 2.0])
+    scaled, ratio = ev().median_scale(np.array([2.0, 4.0, 6.0]), np.array([4.0, 8.0, 12.0]))
+    assert ratio == pytest.approx(0.5)
+    np.testing.assert_allclose(scaled, [2.0, 4.0, 6.0])
+    _, ratio = ev().median_scale(np.array([1.0, 2.0, 10.0]), np.array([2.0, 1.0, 4.0]))
+    assert ratio == pytest.approx(1.0)  # median(gt) / median(pred) = 2 / 2; the median of gt / pred is 2
+
+
+def test_garg_crop_indices_on_a_kitti_sized_frame():
+    """375x1242: rows 153..370 and columns 44..1196 kept (int truncation of the Garg fractions)."""
+    mask = ev().garg_crop_mask(375, 1242)
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (153, 370, 44, 1196)
+    assert mask.sum() == (371 - 153) * (1197 - 44)
+
+
+def test_eigen_protocol_on_a_crafted_ground_truth():
+    """Outside the crop / outside (1e-3, 80) the prediction is garbage, inside it is 3x the GT:
+    eigen scores perfectly after median scaling (ratio 1/3 reported), while eigen_benchmark (gt>0,
+    no crop) and the synthetic split (no crop) do see the garbage; clamping caps predictions at 80."""
+    e = ev()
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(2, 60, (375, 1242)).astype(np.float32)
+    gt[:, :20] = 0.0  # no data
+    gt[-2:, :] = 95.0  # beyond 80 m: not scored by eigen
+    pred = 3 * gt
+    crop = e.garg_crop_mask(375, 1242)
+    pred[~crop] = 1000.0
+    pred[(gt <= 1e-3) | (gt >= 80)] = 1000.0
+    res = e.evaluate_predictions([gt], [pred], "eigen")
+    assert res["abs_rel"] == pytest.approx(0, abs=1e-6) and res["a1"] == 1.0
+    np.testing.assert_allclose(res["ratios"], [1 / 3], rtol=1e-6)
+    assert res["n"] == 1
+    for split in ("eigen_benchmark", "synthetic"):
+        assert e.evaluate_predictions([gt], [pred], split)["abs_rel"] > 0.01, split
+    # metric (stereo) scale: no median scaling, predictions x5.4
+    res = e.evaluate_predictions([gt], [pred / 5.4 / 3], "eigen", median_scaling=False, scale=5.4)
+    assert res["abs_rel"] == pytest.approx(0, abs=1e-5) and len(res["ratios"]) == 0
+
+
+def test_prediction_is_resized_bilinearly_to_gt_and_averaged_per_image():
+    """A constant prediction at half size is resized to the GT size; two frames with AbsRel 0 and 0.5
+    (no median scaling) average to 0.25 (per-image mean, not pooled over pixels of unequal counts)."""
+    e = ev()
+    gt_a, gt_b = np.full((40, 100), 10.0, np.float32), np.full((20, 50), 10.0, np.float32)
+    gt_b[:, :10] = 0
+    res = e.evaluate_predictions([gt_a, gt_b], [np.full((20, 50), 10.0), np.full((10, 25), 15.0)],
+                                 "synthetic", median_scaling=False)
+    assert res["abs_rel"] == pytest.approx(0.25)
+    assert e.resize_to(np.arange(4.0).reshape(1, 4), 1, 8).tolist()[0] == pytest.approx(
+        [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3])  # half-pixel centres, like cv2.resize
+
+
+def test_thin_structure_abs_rel_is_pooled_over_thin_pixels():
+    """Error only on thin pixels (AbsRel 0.5 there) shows in thin_abs_rel; the frame-level AbsRel is small."""
+    e = ev()
+    gt = np.full((30, 40), 10.0, np.float32)
+    thin = np.zeros_like(gt, bool)
+    thin[:, 5] = True
+    pred = gt.copy()
+    pred[thin] = 15.0
+    res = e.evaluate_predictions([gt], [pred], "synthetic", median_scaling=True, thin_masks=[thin])
+    assert res["thin_abs_rel"] == pytest.approx(0.5)
+    assert res["abs_rel"] == pytest.approx(0.5 / 40)
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+def test_post_process_ramps_on_a_hand_built_case():
+    """Direct prediction 1, flipped-back 3, width 41 (x step 0.025): the left 5% takes the flipped one
+    (3), the right 5% the direct one (1), the middle their mean (2); x=0.075 is half-way up the ramp."""
+    e = ev()
+    d, f = torch.ones(1, 1, 2, 41), torch.full((1, 1, 2, 41), 3.0)
+    out = e.post_process_depth(d, f)[0, 0, 0]
+    assert out[:3].tolist() == pytest.approx([3, 3, 3])  # x = 0, 0.025, 0.05
+    assert out[3].item() == pytest.approx(0.5 * 3 + 0.5 * 2)  # x = 0.075
+    assert out[4:37].tolist() == pytest.approx([2.0] * 33)  # x in [0.1, 0.9]
+    assert out[37].item() == pytest.approx(0.5 * 1 + 0.5 * 2)  # x = 0.925
+    assert out[-3:].tolist() == pytest.approx([1, 1, 1])
+
+
+def test_post_process_of_a_flip_equivariant_model_is_the_plain_prediction():
+    """A 'network' that just reads the image (so flip(net(flip(x))) == net(x)) gives the same depth with
+    and without post-processing: the mirrored prediction is mirrored back correctly."""
+    e = ev()
+
+    def net(img):
+        return 1.0 + img[:, :1, ::2, ::2] * torch.linspace(1, 2, img.shape[-1] // 2)  # not symmetric in x
+
+    class Mirror(torch.nn.Module):
+        def forward(self, img):  # flip-equivariant by construction
+            return 0.5 * (net(img) + net(img.flip(-1)).flip(-1))
+
+    img = torch.rand(2, 3, 8, 24)
+    np.testing.assert_allclose(e.predict_depth(Mirror(), img, True), e.predict_depth(Mirror(), img, False), rtol=1e-6)
+    plain = e.predict_depth(lambda x: net(x), img, False)
+    assert not np.allclose(plain, e.predict_depth(lambda x: net(x), img, True))
+
+
+# ----------------------------------------------------------------------------- pictures and point clouds
+
+def test_inverse_depth_colours_use_the_whole_colour_map():
+    """One enormous outlier does not squash the rest into black: robust per-image normalisation."""
+    depth = np.tile(np.linspace(2, 50, 64, dtype=np.float32), (16, 1))
+    depth[0, 0] = 1e-4  # a near-infinite inverse depth
+    rgb = ev().colorize_inverse_depth(depth)
+    assert rgb.shape == (16, 64, 3) and rgb.dtype == np.uint8
+    assert rgb.reshape(-1, 3).sum(1).std() > 60 and (rgb.reshape(-1, 3).sum(1) > 100).mean() > 0.3
+    assert ev().colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
+
+
+def test_back_projection_reprojects_and_ply_files_are_valid(tmp_path):
+    """Points re-project to their pixels; binary and ASCII PLY headers count exactly the points written."""
+    e = ev()
+    K = np.array([[100.0, 0, 20], [0, 90, 10], [0, 0, 1]])
+    depth = np.random.default_rng(0).uniform(1, 30, (21, 41)).astype(np.float32)
+    pts = e.back_project(depth, K)
+    v, u = np.mgrid[0:21, 0:41]
+    np.testing.assert_allclose(K[0, 0] * pts[:, 0] / pts[:, 2] + K[0, 2], u.ravel(), atol=1e-3)
+    np.testing.assert_allclose(K[1, 1] * pts[:, 1] / pts[:, 2] + K[1, 2], v.ravel(), atol=1e-3)
+    colors = np.random.default_rng(1).integers(0, 256, (len(pts), 3)).astype(np.uint8)
+    for ascii_ in (False, True):
+        path = tmp_path / f"cloud_{ascii_}.ply"
+        e.write_ply(path, pts.astype(np.float32), colors, ascii=ascii_)
+        header, points, cols = _read_ply(path)
+        assert len(points) == len(pts) == int(header["vertex"])
+        np.testing.assert_allclose(points, pts, atol=1e-3)
+        np.testing.assert_array_equal(cols, colors)
+
+
+def test_output_names_keep_frames_of_different_drives_apart():
+    """Equal frame names from different drives get their folders in the name; unique names stay short."""
+    e = ev()
+    a, b = Path("/d/drive_a/image_02/data/0000000001.jpg"), Path("/d/drive_b/image_02/data/0000000001.jpg")
+    assert e._output_names([a, b]) == ["drive_a__image_02__data__0000000001", "drive_b__image_02__data__0000000001"]
+    assert e._output_names([a, Path("/x/0000000002.png")]) == ["0000000001", "0000000002"]
+
+
+def _read_ply(path):
+    """Minimal PLY reader (x y z float, r g b uchar) for the tests."""
+    raw = path.read_bytes()
+    end = raw.index(b"end_header\n") + len(b"end_header\n")
+    lines = raw[:end].decode().splitlines()
+    header = {ln.split()[1]: ln.split()[2] for ln in lines if ln.startswith("element")}
+    header["format"] = next(ln.split()[1] for ln in lines if ln.startswith("format"))
+    n = int(header["vertex"])
+    if header["format"] == "ascii":
+        rows = np.array([ln.split() for ln in raw[end:].decode().splitlines()], float).reshape(n, 6)
+        return header, rows[:, :3], rows[:, 3:].astype(np.uint8)
+    body = np.frombuffer(raw[end:], np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]))
+    assert len(body) == n and len(raw) == end + 15 * n
+    return header, body["xyz"], body["rgb"]
+
+
+# ----------------------------------------------------------------------------- loading and the CLI
+
+def test_load_model_round_trips_a_checkpoint(tmp_path):
+    """load_model rebuilds the DepthNet from the stored config and gives the same depth as the saved net."""
+    net = _tiny_checkpoint(tmp_path / "ckpt.pt").eval()
+    model, config = ev().load_model(tmp_path / "ckpt.pt", torch.device("cpu"))
+    img = torch.rand(1, 3, 64, 208)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img), net(img))
+    assert config["height"] == 64 and not model.training
+
+
+def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys):
+    """Missing checkpoint, a file that is not a checkpoint, a checkpoint whose weights belong to another
+    architecture than its config, a missing data path: each gives exactly one `error:` line, exit 2."""
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    _tiny_checkpoint(tmp_path / "other.pt", model_cfg={**asdict(importlib.import_module("04_bins").DepthNetConfig(**TINY)),
+                                                       "num_bins": 32})
+    _tiny_checkpoint(tmp_path / "ok.pt", data_path=tmp_path / "no_such_data")
+    cases = [(["--checkpoint", tmp_path / "missing.pt"], "not found"),
+             (["--checkpoint", tmp_path / "junk.pt"], "not a readable checkpoint"),
+             (["--checkpoint", tmp_path / "other.pt"], "does not match"),
+             (["--checkpoint", tmp_path / "ok.pt"], "no_such_data"),
+             (["--checkpoint", tmp_path / "ok.pt", "--data_path", tiny_world, "--split", "nonsense"], "nonsense"),
+             (["--checkpoint", tmp_path / "ok.pt", "--predict", tmp_path / "nothing_here"], "nothing_here")]
+    for argv, needle in cases:
+        code, _, err = _run_main(argv, capsys)
+        assert code == 2, argv
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_evaluation_with_baselines_figures_and_tables(tmp_path, tiny_world, capsys):
+    """A random tiny net on the synthetic test split: finite metrics for the model and both baselines,
+    CSV/markdown with three rows, the two figures written, the thin-structure column present."""
+    _tiny_checkpoint(tmp_path / "ckpt.pt", data_path=tiny_world)
+    code, out, err = _run_main(["--checkpoint", tmp_path / "ckpt.pt", "--baselines", "--figures",
+                                "--post_process", "--num_figure_frames", "2"], capsys)
+    assert code == 0, err
+    csv = (tmp_path / "eval_synthetic.csv").read_text().splitlines()
+    assert csv[0].split(",")[:8] == ["model", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
+    names = [row.split(",")[0] for row in csv[1:]]
+    assert names == ["SQLDepth ckpt.pt", "mean training depth", "untrained network"]
+    values = np.array([[float(x) for x in row.split(",")[1:8]] for row in csv[1:]])
+    assert np.isfinite(values).all() and (values[:, 4:] <= 1).all() and (values[:, 0] > 0).all()
+    assert "thin_abs_rel" in out and "median scaling ratios" in out
+    assert (tmp_path / "eval_synthetic.md").read_text().count("\n") == 5
+    for name in ("eval_synthetic_predictions.png", "eval_synthetic_internals.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def test_velodyne_ground_truth_path_with_a_custom_split_file(tmp_path, tiny_world, capsys):
+    """--split eigen with --split_file on the synthetic tree: velodyne GT is exported once to an .npz in
+    the data folder (reused on the second run), Garg-cropped metrics are finite and reproducible."""
+    _tiny_checkpoint(tmp_path / "ckpt.pt", data_path=tiny_world)
+    split_file = tiny_world / "splits" / "synthetic" / "test_files.txt"
+    argv = ["--checkpoint", tmp_path / "ckpt.pt", "--split", "eigen", "--split_file", split_file,
+            "--out", tmp_path / "velo"]
+    code, out, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "exporting velodyne ground truth" in out
+    first = (tmp_path / "velo" / "eval_eigen.csv").read_text()
+    assert len(list(tiny_world.glob("gt_depths_eigen_*.npz"))) == 1
+    code, out, _ = _run_main(argv, capsys)
+    assert code == 0 and "exporting" not in out
+    assert (tmp_path / "velo" / "eval_eigen.csv").read_text() == first
+    assert np.isfinite([float(x) for x in first.splitlines()[1].split(",")[1:8]]).all()
+
+
+def test_predict_writes_png_npy_and_ply(tmp_path, tiny_world, capsys):
+    """--predict on a folder of frames: per image a colour PNG of the image's size, a .npy of positive
+    finite depth, and a PLY whose header counts exactly the vertices stored."""
+    from PIL import Image
+    _tiny_checkpoint(tmp_path / "ckpt.pt", data_path=tiny_world)
+    frames = sorted(tiny_world.glob("*/*/image_02/data/*.jpg"))[:2]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for f in frames:
+        (folder / f.name).write_bytes(f.read_bytes())
+    code, out, err = _run_main(["--checkpoint", tmp_path / "ckpt.pt", "--predict", folder, "--ply",
+                                "--out", tmp_path / "pred"], capsys)
+    assert code == 0, err
+    for f in frames:
+        w, h = Image.open(f).size
+        png = np.array(Image.open(tmp_path / "pred" / f"{f.stem}_depth.png"))
+        depth = np.load(tmp_path / "pred" / f"{f.stem}_depth.npy")
+        assert png.shape == (h, w, 3) and depth.shape == (h, w)
+        assert np.isfinite(depth).all() and (depth > 0).all() and png.max() > 100
+        header, points, _ = _read_ply(tmp_path / "pred" / f"{f.stem}.ply")
+        assert len(points) == int(header["vertex"]) > 0.5 * h * w
+        np.testing.assert_allclose(np.sort(points[:, 2]), np.sort(depth.ravel()[depth.ravel() < 80]), rtol=1e-5)
+
+
+def test_official_checkpoint_path(tmp_path, tiny_world, capsys):
+    """A fake official encoder.pth/depth.pth (our tiny net's weights under the official key names, with
+    height/width/use_stereo metadata) loads through 04's converter and predicts exactly like the net."""
+    bins = importlib.import_module("04_bins")
+    net = _tiny_checkpoint(tmp_path / "unused.pt").eval()
+    encoder_sd, depth_sd = {"height": 64, "width": 208, "use_stereo": True}, {}
+    for key, value in net.state_dict().items():
+        official, ours = next((o, n) for o, n in bins.OFFICIAL_PREFIXES if key.startswith(n))
+        target = encoder_sd if official.startswith(("encoder.", "decoder.")) else depth_sd
+        target[official + key[len(ours):]] = value
+    official_dir = tmp_path / "official"
+    official_dir.mkdir()
+    torch.save(encoder_sd, official_dir / "encoder.pth")
+    torch.save(depth_sd, official_dir / "depth.pth")
+    model, config = ev().load_official(official_dir, torch.device("cpu"))
+    assert (config["height"], config["width"], config["use_stereo"]) == (64, 208, True)
+    img = torch.rand(1, 3, 64, 208)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img), net(img))
+    code, out, err = _run_main(["--official", official_dir, "--data", "synthetic", "--data_path", tiny_world,
+                                "--max_images", "2", "--eval_stereo", "--out", tmp_path / "off"], capsys)
+    assert code == 0, err
+    assert "stereo evaluation" in out and (tmp_path / "off" / "eval_synthetic.csv").is_file()
+
+
+def test_train_two_steps_then_evaluate(tmp_path, tiny_world, capsys):
+    """End to end: 06_train.py (subprocess, 2 steps, tiny model) writes a checkpoint that 07 evaluates on
+    the synthetic test split with finite metrics and written CSV/markdown."""
+    if not (ROOT / "06_train.py").is_file():
+        pytest.skip("06_train.py not written yet")
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "06_train.py"), "--data_path", str(tiny_world), "--run_dir", str(run),
+           "--height", "64", "--width", "208", "--batch_size", "2", "--max_steps", "2", "--no_eval", *TINY_FLAGS]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = next(p for p in (run / "best.pt", run / "ckpt.pt") if p.is_file())
+    code, out, err = _run_main(["--checkpoint", ckpt, "--data_path", tiny_world], capsys)
+    assert code == 0, err
+    row = (ckpt.parent / "eval_synthetic.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == f"SQLDepth {ckpt.name}" and np.isfinite([float(x) for x in row[1:8]]).all()
+    assert (ckpt.parent / "eval_synthetic.md").is_file()
