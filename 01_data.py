@@ -564,6 +564,11 @@ class KittiRaw(torch.utils.data.Dataset):
         return len(self.lines)
 
     def __getitem__(self, index):
+        if isinstance(index, tuple):
+            # (epoch, index) from 06's batch sampler: persistent DataLoader workers hold their own
+            # copy of this dataset, so the epoch travels with every index instead of set_epoch().
+            epoch, index = index
+            self.set_epoch(epoch)
         folder, frame, side = self.lines[index]
         # Every draw comes from (seed, epoch, index), never from a global RNG: a sample is the same
         # whichever worker loads it and whether or not training was resumed.

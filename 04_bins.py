@@ -353,16 +353,28 @@ def run_bench(cfg, device):
                   f"{inf:>12.1f} {tr:>13.1f}", flush=True)
 
 
-def load_checkpoint_model(path):
-    """(DepthNet, height, width) rebuilt from a 06_train checkpoint's stored config; ValueError if unusable."""
+def load_checkpoint(path):
+    """(DepthNet, training config dict) rebuilt from a 06_train checkpoint's stored config.
+
+    The checkpoint is read with weights_only=True and loaded strictly; anything unusable (missing
+    file, not a checkpoint, a state dict that does not fit its config) is one ValueError line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = DepthNetConfig(**{**ckpt["config"]["model"], "pretrained": None})
-        net = DepthNet(cfg)
-        net.load_state_dict(ckpt["model"])
-        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # pickle/zip errors of every kind: the file is not a torch checkpoint
+        raise ValueError(f"{path} is not a readable checkpoint ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
+        raise ValueError(f"{path} is not a checkpoint of 06_train.py (no 'model' / 'config' entries)")
+    try:
+        net = DepthNet(DepthNetConfig(**{**ckpt["config"]["model"], "pretrained": None}))  # weights from the file
+        net.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} does not match the architecture of its config: "
+                         f"{str(err).strip().splitlines()[0]}") from None
+    return net, ckpt["config"]
 
 
 def run_demo(cfg):
@@ -372,7 +384,8 @@ def run_demo(cfg):
     import matplotlib.pyplot as plt
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
-        net, h, w = load_checkpoint_model(cfg.checkpoint)
+        net, config = load_checkpoint(cfg.checkpoint)
+        h, w = int(config["height"]), int(config["width"])
     else:
         name = cfg.preset or "kitti-r18-640x192"
         if name not in PRESETS:

@@ -263,7 +263,8 @@ class EpochBatches:
     """Batch sampler whose order is a pure function of (seed, epoch): rank r takes every world-th
     index of one permutation (a DistributedSampler without padding), `drop_last`; set_epoch(epoch,
     skip) restarts the epoch after `skip` batches (resume). Yields [(epoch, index), ...] so that
-    the dataset copies in (persistent) workers know the epoch of each sample (see EpochView)."""
+    the dataset copies in (persistent) workers know the epoch of each sample (01_data.KittiRaw
+    accepts such keys)."""
 
     def __init__(self, num_samples, batch_size, seed, rank=0, world=1):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
@@ -287,22 +288,6 @@ class EpochBatches:
         mine = self.order(self.epoch)[self.rank:used:self.world]       # this rank's shard
         for b in range(self.skip, self.batches_per_epoch):
             yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
-
-
-class EpochView(torch.utils.data.Dataset):
-    """KittiRaw addressed by (epoch, index): sets the epoch of its own copy before loading, so the
-    augmentation drawn from (seed, epoch, index) is right in persistent worker processes too."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[index]
 
 
 def ensure_synthetic_world(cfg, info):
@@ -356,7 +341,7 @@ def make_loaders(cfg, train_set, val_set, info, device):
     if sampler.batches_per_epoch == 0:
         raise ValueError(f"the train split has {len(train_set)} samples, fewer than batch_size "
                          f"{cfg.batch_size} x {info.world} process(es)")
-    train = torch.utils.data.DataLoader(EpochView(train_set), batch_sampler=sampler,
+    train = torch.utils.data.DataLoader(train_set, batch_sampler=sampler,
                                         generator=torch.Generator().manual_seed(cfg.seed), **common)
     val = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size,
                                       sampler=list(range(info.rank, len(val_set), info.world)),

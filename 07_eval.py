@@ -224,20 +224,15 @@ def _build_and_load(model_cfg, state_dict, source, device):
 
 
 def load_model(checkpoint_path, device):
-    """Rebuild DepthNet from ckpt["config"]["model"] and load ckpt["model"] strictly.
+    """Rebuild DepthNet from ckpt["config"]["model"] and load ckpt["model"] strictly (04_bins.load_checkpoint).
 
     Returns (model in eval mode on device, the checkpoint's TrainConfig dict).
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise data.DataError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors of every kind: the file is not a torch checkpoint
-        raise data.DataError(f"{path} is not a readable checkpoint ({_one_line(err)})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
-        raise data.DataError(f"{path} is not a checkpoint of 06_train.py (no 'model' / 'config' entries)")
-    return _build_and_load(ckpt["config"]["model"], ckpt["model"], path, device), ckpt["config"]
+        model, config = bins.load_checkpoint(checkpoint_path)
+    except ValueError as err:
+        raise data.DataError(str(err)) from None
+    return model.to(device).eval(), config
 
 
 def load_official(folder, device):
