@@ -40,7 +40,6 @@ import os
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch

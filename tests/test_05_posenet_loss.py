@@ -165,7 +165,7 @@ def test_true_depth_and_pose_reconstruct_the_target(tiny_world):
     is visible: its photometric error is far below that of a constant depth and of no warp, and
     scaling the true translation by 0.8 or 1.2 makes it worse (the true pose is the minimum)."""
     inputs, depth, valid, T = synthetic_batch(tiny_world)
-    b, h, w = depth.shape[0], 64, 208
+    h, w = 64, 208
     ssim = geo().SSIM()
     K, inv_K, target = inputs["K"], inputs["inv_K"], inputs["color"][0]
 
