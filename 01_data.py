@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 import time
 import urllib.error
@@ -605,7 +606,7 @@ class KittiRaw(torch.utils.data.Dataset):
         if self.load_depth:
             if self.synthetic:
                 depth = read_depth_png(self.depth_source(folder, frame, side))
-            else:
+            else:  # camera z as depth, as Monodepth2's loader; the Eigen GT export uses velodyne x
                 depth = velodyne_to_depth(self.data_path / folder.split("/")[0],
                                           self.depth_source(folder, frame, side), cam=SIDE_TO_CAM[side])
             if do_flip:
@@ -1272,8 +1273,8 @@ def main(argv=None):
             print(f"synthetic data set in {cfg.make} ({time.perf_counter() - start:.1f} s)")
         else:
             demo(cfg)
-    except DataError as err:
-        print(f"error: {err}")
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 

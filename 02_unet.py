@@ -146,12 +146,13 @@ def load_pretrained(encoder_module, spec):
     else:
         try:
             state = torch.load(spec, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise ValueError(f"cannot read pretrained weights {spec}: {err}".splitlines()[0]) from None
+        except Exception as err:  # missing file, not a torch file, pickled objects, ...: one line
+            raise ValueError(f"cannot read pretrained weights {spec} (not a PyTorch weights file? "
+                             f"{type(err).__name__}: {err})".splitlines()[0]) from None
         source = spec
     try:
         encoder_module.load_state_dict(state, strict=True)
-    except (RuntimeError, AttributeError) as err:
+    except (RuntimeError, AttributeError, TypeError) as err:
         first = str(err).splitlines()[1:2] or [str(err)]
         raise ValueError(f"{source} is not a torchvision ResNet-{encoder_module.num_layers} state dict: "
                          f"{first[0].strip()}") from None

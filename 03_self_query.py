@@ -173,8 +173,10 @@ def load_trained(path):
         wanted = {k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))}
         net.load_state_dict(wanted)
         return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except ValueError:
+        raise
+    except Exception as err:  # missing file, not a checkpoint, a state dict that does not fit: one line
+        raise ValueError(f"cannot load checkpoint {path} ({type(err).__name__}: {err})".splitlines()[0]) from None
 
 
 def main(argv=None):

@@ -149,8 +149,8 @@ class DepthNet(nn.Module):
             depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
             return {"depth": depth} if return_extras else depth  # (B, 1, H/2, W/2)
         V, S, tokens = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w), (B,N,E)
-        # Bins and the combination run in float32 even under bf16 autocast: bf16 keeps 8 bits of
-        # mantissa, i.e. steps of 0.25-0.5 m near 80 m, far too coarse for bin edges and depth.
+        # Bin edges, centres and the weighted sum are computed in float32 even under bf16 autocast:
+        # bf16 keeps 8 bits of mantissa, i.e. steps of 0.25-0.5 m near 80 m, too coarse for depth.
         if cfg.bins == "sql":
             summaries = spatial_softmax_summaries(V, S)  # (B, Q, E)
             y = self.bins_mlp(summaries.flatten(1)).float()  # (B, D)
@@ -249,7 +249,7 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
 def count_macs(model, img):
     """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
 
-    The cost volume and the summaries (2 * B*Q*h*w*E, functional ops) are added by hand. Counted on
+    The cost volume and the summaries (B*Q*h*w*E each, functional ops) are added by hand. Counted on
     a copy in train mode so PyTorch's fused transformer fast path does not bypass the hooks.
     """
     model, total = copy.deepcopy(model).train(), [0]
@@ -275,9 +275,9 @@ def count_macs(model, img):
             m.register_forward_hook(attention)
     with torch.no_grad():
         out = model(img, return_extras=True)
-    if "cost_volume" in out:
+    if "cost_volume" in out:  # V = S^T K, plus the softmax-weighted summaries of the sql bins
         B, Q, h, w = out["cost_volume"].shape
-        total[0] += 2 * B * Q * h * w * model.cfg.model_dim
+        total[0] += (2 if model.cfg.bins == "sql" else 1) * B * Q * h * w * model.cfg.model_dim
     return total[0]
 
 
@@ -328,7 +328,7 @@ class BinsDemoConfig:
     bench: bool = False  # run the benchmark instead of the demo figure
     preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = False  # benchmark: bf16 autocast (GPU only; ignored on CPU)
+    amp: bool = False  # benchmark: also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
     channels_last: bool = False  # benchmark: channels_last memory format
     batch_size: int = 2  # benchmark batch size
     iters: int = 3  # benchmark: timed iterations after one warm-up
@@ -339,14 +339,13 @@ class BinsDemoConfig:
 
 def run_bench(cfg, device):
     presets = [cfg.preset] if cfg.preset else list(PRESETS)
-    modes = [cfg.amp] if device.type == "cpu" else sorted({False, cfg.amp, True})
+    modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, "
           f"threads {torch.get_num_threads()}")
     print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
           f"{'train ms/step':>13s}")
     for name in presets:
         for amp in modes:
-            amp = amp and device.type == "cuda"
             h, w = PRESET_SIZES[name]
             p, macs, inf, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last, cfg.iters)
             print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "

@@ -11,7 +11,8 @@ engineering that makes long runs safe and repeatable:
   flags such as --num_queries) can be overridden on the command line;
 - the split checker of 01_data refuses a train split that shares a drive with the test split;
 - one fixed-format log line per interval and the same numbers in RUN/log.csv, curves in RUN/;
-- atomic checkpoints (RUN/ckpt.pt = last, RUN/best.pt = lowest validation loss); `--resume RUN`
+- atomic checkpoints (RUN/ckpt.pt = last, RUN/best.pt = lowest validation loss, or the latest
+  checkpoint until the first validation has run); `--resume RUN`
   continues with the same loss sequence as an uninterrupted run (CPU): the sample order comes from
   (seed, epoch), augmentation from (seed, epoch, index) inside KittiRaw, and the RNG states are
   saved; Ctrl-C / SIGTERM save and exit; a NaN/Inf loss stops before anything is overwritten;
@@ -366,7 +367,11 @@ def build_networks(cfg, device, load_pretrained=True):
     """(DepthNet, pose network) on the device, initialised from the global torch RNG."""
     model = dict(cfg.model) if load_pretrained else {**cfg.model, "pretrained": None}
     depth_net = bins.DepthNet(bins.DepthNetConfig(**model))
-    pose_net = geo.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn" else geo.PoseResNet(18, None)
+    # Monodepth2's ResNet pose encoder starts from ImageNet when the depth encoder does (a local
+    # --pretrained file is a depth-encoder checkpoint, possibly ResNet-50: not for the pose net).
+    pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
+    pose_net = (geo.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
+                else geo.PoseResNet(18, pose_pretrained))
     depth_net, pose_net = depth_net.to(device), pose_net.to(device)
     if cfg.channels_last:
         depth_net = depth_net.to(memory_format=torch.channels_last)

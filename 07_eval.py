@@ -250,10 +250,8 @@ def load_official(folder, device):
             raise data.DataError(f"{folder / name} is not a readable checkpoint ({_one_line(err)})") from None
     encoder_sd, depth_sd = sds
     try:
-        converted = bins.convert_official_checkpoint(encoder_sd, depth_sd)
-        # 04 may return the state dict alone (DESIGN.md) or (state_dict, config) (contracts)
-        state_dict, model_cfg = converted if isinstance(converted, tuple) else (converted, None)
-        model_cfg = model_cfg or bins.config_from_official(encoder_sd, depth_sd)
+        state_dict = bins.convert_official_checkpoint(encoder_sd, depth_sd)
+        model_cfg = bins.config_from_official(encoder_sd, depth_sd)
     except (KeyError, ValueError, RuntimeError) as err:
         raise data.DataError(f"{folder} does not hold an official SQLDepth checkpoint: {_one_line(err)}") from None
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
@@ -633,7 +631,12 @@ def main(argv=None):
     try:
         if bool(cfg.checkpoint) == bool(cfg.official):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+        try:
+            device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+        except RuntimeError:
+            raise data.DataError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise data.DataError(f"--device {cfg.device}: no CUDA device is available")
         if cfg.checkpoint:
             model, config = load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent

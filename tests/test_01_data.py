@@ -581,7 +581,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     """The command line turns bad input into `error: ...` and exit status 2, without a traceback."""
     data = _data()
     assert data.main(["--bench", str(tmp_path / "none")]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("error: data folder not found") and out.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: data folder not found") and err.count("\n") == 1
     with pytest.raises(ValueError, match="num_drives >= 3"):
         data.make_synthetic_kitti(tmp_path / "w", num_drives=2, frames_per_drive=5)
