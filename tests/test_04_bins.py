@@ -266,3 +266,22 @@ def test_demo_figure_and_cli_errors(tmp_path):
     out = tmp_path / "bins.png"
     assert bins.main(["--out", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_cuda_stays_close_to_fp32():
+    """On a GPU, the depth of a small DepthNet under bf16 autocast stays within a few percent of the
+    fp32 depth and inside (min_depth, max_depth): bins and combination keep float32 precision."""
+    b = bins_module()
+    torch.manual_seed(0)
+    cfg = b.DepthNetConfig(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8,
+                           num_bins=16)
+    net = b.DepthNet(cfg).to("cuda").eval()
+    img = torch.rand(2, 3, 64, 192, device="cuda")
+    with torch.no_grad():
+        ref = net(img)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = net(img).float()
+    assert torch.isfinite(out).all()
+    assert out.min() > cfg.min_depth and out.max() < cfg.max_depth
+    assert ((out - ref).abs() / ref).mean() < 0.05
