@@ -545,13 +545,15 @@ class KittiRaw(torch.utils.data.Dataset):
                     / f"{frame:010d}.png")
         return self.data_path / folder / "velodyne_points" / "data" / f"{frame:010d}.bin"
 
-    def _needed_files(self, folder, frame, side):
+    def frame_paths(self, folder, frame, side):
+        """Image path of every frame id of one split line: temporal neighbours on the same camera,
+        "s" = the same instant on the other camera."""
         other = {"l": "r", "r": "l"}[side]
-        for fid in self.frame_ids:
-            if fid == "s":
-                yield self.image_path(folder, frame, other)
-            else:
-                yield self.image_path(folder, frame + int(fid), side)
+        return [self.image_path(folder, frame, other) if fid == "s" else self.image_path(folder, frame + int(fid), side)
+                for fid in self.frame_ids]
+
+    def _needed_files(self, folder, frame, side):
+        yield from self.frame_paths(folder, frame, side)
         if self.load_depth:
             yield self.depth_source(folder, frame, side)
             if not self.synthetic:
@@ -576,13 +578,8 @@ class KittiRaw(torch.utils.data.Dataset):
         draws = np.random.default_rng([self.seed, self.epoch, index]).random(6) if self.is_train else np.ones(6)
         do_flip = bool(draws[0] < self.flip_prob)
         do_jitter = bool(draws[1] < self.jitter_prob)
-        other = {"l": "r", "r": "l"}[side]
         size = (self.width, self.height)
-        frames = []
-        for fid in self.frame_ids:
-            path = (self.image_path(folder, frame, other) if fid == "s"
-                    else self.image_path(folder, frame + int(fid), side))
-            frames.append(load_rgb(path, size))
+        frames = [load_rgb(path, size) for path in self.frame_paths(folder, frame, side)]
         stack = np.stack(frames).transpose(0, 3, 1, 2)  # (F, 3, H, W) uint8
         if do_flip:
             stack = stack[..., ::-1]  # all frames together (resize and mirror commute)
@@ -1237,11 +1234,21 @@ def demo(cfg):
     print(f"figure: {out}")
 
 
+def field_comments(cls):
+    """{field: its trailing '# comment'} from a dataclass's source: the --help text of each flag
+    (every script's command line is generated from its config dataclass)."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    found = (re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line) for line in lines)
+    return {m.group(1): m.group(2).strip() for m in found if m}
+
+
 def main(argv=None):
     """Command line generated from DataConfig; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = inspect.getsource(DataConfig).replace("%", "%%")  # argparse formats help with %
-    comments = dict(re.findall(r"^\s+(\w+): [^#]*#\s*(.*)$", source, re.MULTILINE))
+    comments = {k: v.replace("%", "%%") for k, v in field_comments(DataConfig).items()}  # argparse %-formats
     for f in fields(DataConfig):
         if f.type is bool or f.type == "bool":
             parser.add_argument(f"--{f.name}", action="store_true", help=comments.get(f.name))

@@ -158,6 +158,12 @@ def load_pretrained(encoder_module, spec):
                          f"{first[0].strip()}") from None
 
 
+def normalise(img):
+    """Images in [0, 1] -> the encoders' input: (x - 0.45) / 0.225 as Monodepth2 and the official
+    code (not ImageNet's per-channel mean and std)."""
+    return (img - 0.45) / 0.225
+
+
 def up_block(x, skip, net):
     """Exercise 2.1: one U-Net up-block: upsample, concatenate the skip, then two conv-BN-LeakyReLU.
 
@@ -218,8 +224,7 @@ class ResnetUNet(nn.Module):
         self.decoder = UNetDecoder(self.encoder.channels, num_features, model_dim)
 
     def forward(self, img):
-        x = (img - 0.45) / 0.225  # Monodepth2 / official normalisation (not ImageNet mean/std)
-        return self.decoder(self.encoder.features(x))  # (B, E, H/2, W/2)
+        return self.decoder(self.encoder.features(normalise(img)))  # (B, E, H/2, W/2)
 
 
 @dataclass
@@ -245,7 +250,7 @@ def main(argv=None):
         return 2
     img = torch.rand(1, 3, cfg.height, cfg.width)
     with torch.no_grad():
-        for i, f in enumerate(net.encoder.features((img - 0.45) / 0.225)):
+        for i, f in enumerate(net.encoder.features(normalise(img))):
             print(f"encoder feature {i}: {tuple(f.shape)}")
         print(f"S0: {tuple(net(img).shape)}  params: {sum(p.numel() for p in net.parameters()):,}")
     return 0

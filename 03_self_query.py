@@ -154,12 +154,10 @@ def synthetic_frame(height, width, seed=0):
     from PIL import Image
     with tempfile.TemporaryDirectory() as tmp:
         root = data.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
-        path = sorted(Path(root).glob("*/*/image_02/data/*.jpg"))[1]
-        img = Image.open(path).convert("RGB").resize((width, height), Image.LANCZOS)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        thin = sorted(Path(root).glob("*/*/thin_mask/image_02/*.png"))[1]
-        mask = np.asarray(Image.open(thin)) > 0  # (H_render, W_render) bool
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), mask  # (1, 3, H, W)
+        folder, frame, side = data.read_split(data.get_split_file("synthetic", "test", data_path=root))[0]
+        sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
+        mask = np.asarray(Image.open(data.synthetic_thin_mask_path(root, folder, frame))) > 0  # (H_r, W_r)
+    return sample["color"][0].unsqueeze(0), mask  # (1, 3, H, W)
 
 
 def load_trained(path):

@@ -352,6 +352,15 @@ def run_bench(cfg, device):
                   f"{inf:>12.1f} {tr:>13.1f}", flush=True)
 
 
+def depthnet_from_config(model_cfg, state_dict=None):
+    """A DepthNet rebuilt from a stored config dict; its weights come from state_dict (strict) or
+    stay at their seeded random initialisation, never from a download."""
+    net = DepthNet(DepthNetConfig(**{**model_cfg, "pretrained": None}))
+    if state_dict is not None:
+        net.load_state_dict(state_dict, strict=True)
+    return net
+
+
 def load_checkpoint(path):
     """(DepthNet, training config dict) rebuilt from a 06_train checkpoint's stored config.
 
@@ -368,8 +377,7 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
         raise ValueError(f"{path} is not a checkpoint of 06_train.py (no 'model' / 'config' entries)")
     try:
-        net = DepthNet(DepthNetConfig(**{**ckpt["config"]["model"], "pretrained": None}))  # weights from the file
-        net.load_state_dict(ckpt["model"], strict=True)
+        net = depthnet_from_config(ckpt["config"]["model"], ckpt["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
         raise ValueError(f"{path} does not match the architecture of its config: "
                          f"{str(err).strip().splitlines()[0]}") from None

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+unet = importlib.import_module("02_unet")
+
 
 # --- Pose networks: a frame pair [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])
 class PoseCNN(nn.Module):
@@ -82,7 +84,6 @@ class PoseResNet(nn.Module):
 
     def __init__(self, num_layers=18, pretrained=None):
         super().__init__()
-        unet = importlib.import_module("02_unet")
         self.encoder = unet.ResNet(num_layers)                 # torchvision names, 3-channel conv1
         unet.load_pretrained(self.encoder, pretrained)         # None, "imagenet" or a .pth path
         old = self.encoder.conv1.weight.detach()               # (64, 3, 7, 7)
@@ -98,8 +99,7 @@ class PoseResNet(nn.Module):
 
     def forward(self, frames):
         """frames [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])."""
-        x = (frames - 0.45) / 0.225                            # normalised as Monodepth2 does
-        deepest = self.encoder.features(x)[-1]                 # (B, C4, H/32, W/32)
+        deepest = self.encoder.features(unet.normalise(frames))[-1]  # (B, C4, H/32, W/32)
         out = self.pose(F.relu(self.squeeze(deepest)))         # (B, 6, H/32, W/32)
         out = 0.01 * out.mean(dim=(2, 3))                      # (B, 6)
         return out[:, :3], out[:, 3:]

@@ -42,12 +42,10 @@ Where we differ from the official trainer (hisfog/SfMNeXt-Impl, Monodepth2's tra
 """
 import argparse
 import csv
-import inspect
 import importlib
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -170,16 +168,6 @@ MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
 
 
-def _field_comments(cls):
-    """{field: its trailing '# comment'} from a dataclass's source: the help text of each flag."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
-    found = (re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line) for line in lines)
-    return {m.group(1): m.group(2).strip() for m in found if m}
-
-
 def _add_flag(parser, name, default, help_text):
     """--name with the type of the default; bools get --name / --no-name; default None = not given."""
     text = f"{help_text or ''} (default: {default!r})".replace("%", "%%")   # argparse %-formats help
@@ -203,12 +191,12 @@ def build_parser():
                "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
                "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
     base = preset_config("synthetic-cpu")
-    helps = _field_comments(TrainConfig)
+    helps = data.field_comments(TrainConfig)
     for f in fields(TrainConfig):
         if f.name != "model":
             _add_flag(parser, f.name, getattr(base, f.name), helps.get(f.name))
     group = parser.add_argument_group("model (04_bins.DepthNetConfig; defaults: the preset's)")
-    model_helps = _field_comments(bins.DepthNetConfig)
+    model_helps = data.field_comments(bins.DepthNetConfig)
     for name in MODEL_FIELDS:
         _add_flag(group, name, base.model[name], model_helps.get(name))
     return parser
@@ -325,8 +313,7 @@ def load_splits(cfg, root):
 def make_datasets(cfg, root):
     """(train KittiRaw with augmentation, val KittiRaw without) at the network size."""
     train_lines, val_lines = load_splits(cfg, root)
-    frame_ids = (0, -1, 1) + (("s",) if cfg.use_stereo else ())
-    common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids, img_ext=cfg.img_ext,
+    common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids(cfg), img_ext=cfg.img_ext,
                   drop_missing=cfg.drop_missing, seed=cfg.seed)
     return (data.KittiRaw(str(root), train_lines, is_train=True, **common),
             data.KittiRaw(str(root), val_lines, is_train=False, **common))
@@ -378,10 +365,14 @@ def build_networks(cfg, device, load_pretrained=True):
     return depth_net, pose_net
 
 
+def frame_ids(cfg):
+    """The frames of a sample: target 0, sources -1 and +1, plus "s" (the other camera) with stereo."""
+    return (0, -1, 1) + (("s",) if cfg.use_stereo else ())
+
+
 def loss_config(cfg):
-    """05's LossConfig of this run (frame ids 0 -1 1, plus "s" with stereo)."""
-    frame_ids = (0, -1, 1) + (("s",) if cfg.use_stereo else ())
-    return geo.LossConfig(frame_ids=frame_ids, use_stereo=cfg.use_stereo, ssim_window=cfg.ssim_window,
+    """05's LossConfig of this run."""
+    return geo.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo, ssim_window=cfg.ssim_window,
                           smoothness_weight=cfg.smoothness_weight, automask=cfg.automask,
                           pose_scaling=cfg.pose_scaling, min_depth=cfg.model["min_depth"],
                           max_depth=cfg.model["max_depth"])

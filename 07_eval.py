@@ -214,9 +214,7 @@ def _one_line(err):
 def _build_and_load(model_cfg, state_dict, source, device):
     """A DepthNet from a config dict, strictly loaded; mismatches become one DataError line."""
     try:
-        cfg = bins.DepthNetConfig(**{**model_cfg, "pretrained": None})  # weights come from the file
-        model = bins.DepthNet(cfg)
-        model.load_state_dict(state_dict, strict=True)
+        model = bins.depthnet_from_config(model_cfg, state_dict)
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
         raise data.DataError(f"{source} does not match the architecture of its config: {_one_line(err)}") from None
     return model.to(device).eval()
@@ -597,7 +595,7 @@ def evaluate(model, config, cfg, device):
                          name="mean training depth"))
     if cfg.baselines:
         torch.manual_seed(cfg.seed)  # the same random network every run
-        untrained = bins.DepthNet(bins.DepthNetConfig(**{**config["model"], "pretrained": None})).to(device).eval()
+        untrained = bins.depthnet_from_config(config["model"]).to(device).eval()
         raw, _ = run_network(untrained, test_loader(cfg, lines, height, width), cfg, device)
         rows.append(dict(evaluate_predictions(gts, raw, cfg.split, median, scale, thin), name="untrained network"))
     print("\n" + format_table(rows) + "\n")
