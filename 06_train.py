@@ -20,7 +20,7 @@ engineering that makes long runs safe and repeatable:
 - torchrun: DistributedDataParallel, each process its own shard of the data, rank 0 writes;
   --batch_size is per process (N processes: N x batch_size images per step, same lr).
 
-Run: `python 06_train.py` (synthetic world, about 15 minutes on 2 CPU cores, ends with 07_eval.py),
+Run: `python 06_train.py` (synthetic world, about 11 minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
 `torchrun --nproc_per_node=N 06_train.py ...`, `python 06_train.py --help` for every option.
 Uses 01_data, 04_bins, 05_posenet_loss; runs 07_eval.py as a subprocess at the end (06 never
