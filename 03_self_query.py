@@ -157,7 +157,7 @@ def synthetic_frame(height, width, seed=0):
         folder, frame, side = data.read_split(data.get_split_file("synthetic", "test", data_path=root))[0]
         sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
         mask = np.asarray(Image.open(data.synthetic_thin_mask_path(root, folder, frame))) > 0  # (H_r, W_r)
-    return sample["color"][0].unsqueeze(0), mask  # (1, 3, H, W)
+    return data.image_to_float(sample["color"][0]).unsqueeze(0), mask  # (1, 3, H, W) in [0, 1]
 
 
 def load_trained(path):

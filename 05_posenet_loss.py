@@ -381,15 +381,15 @@ class DemoConfig:
 
 
 def synthetic_pair(root, height, width, sky_depth):
-    """One target/source pair of the synthetic world as a batch of 1: a KittiRaw-style inputs dict
-    (frames 0 and +1), the true depth [1, 1, H, W] (sky filled with sky_depth) and the true
+    """One target/source pair of the synthetic world as a batch of 1: a KittiRaw inputs dict
+    (frames 0 and +1, float images), the true depth [1, 1, H, W] (sky filled with sky_depth) and the true
     T [1, 4, 4] target camera -> source camera, from poses.txt (camera-to-world matrices)."""
     data = importlib.import_module("01_data")
     lines = data.read_split(Path(root) / "splits" / "synthetic" / "train_files.txt")
     folder, frame, side = next(line for line in lines if line[2] == "l")   # poses are camera 2's
     dataset = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0, 1),
                             load_depth=True, img_ext=".jpg")
-    inputs = torch.utils.data.default_collate([dataset[0]])
+    inputs = data.images_to_float(data.collate([dataset[0]]))          # images as float in [0, 1]
     depth = inputs["depth_gt"]                                          # (1, 1, Hgt, Wgt)
     depth = F.interpolate(depth, size=(height, width), mode="nearest")
     depth = torch.where(depth > 0, depth, torch.full_like(depth, sky_depth))

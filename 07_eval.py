@@ -334,14 +334,14 @@ def test_loader(cfg, lines, height, width):
     dataset = data.KittiRaw(cfg.data_path, lines, height, width, frame_ids=(0,), is_train=False,
                             img_ext=cfg.img_ext)
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                                       num_workers=cfg.num_workers)
+                                       num_workers=cfg.num_workers, collate_fn=data.collate)
 
 
 def run_network(model, loader, cfg, device, keep_images=0):
     """Predictions (list of (h, w) depth) for every test frame, plus the first keep_images inputs."""
     preds, images = [], []
     for batch in loader:
-        img = batch["color"][0].to(device)  # (B, 3, H, W)
+        img = data.image_to_float(batch["color"][0].to(device))  # (B, 3, H, W) in [0, 1]
         preds.extend(predict_depth(model, img, cfg.post_process))
         images.extend(img[: max(0, keep_images - len(images))].cpu())
     return preds, images

@@ -303,29 +303,32 @@ def test_get_split_file_offline_and_names(tmp_path, tiny_world):
 # KittiRaw
 # ---------------------------------------------------------------------------------------------
 def test_hsv_round_trip_matches_colorsys():
-    """rgb_to_hsv agrees with the standard library's colorsys; hsv_to_rgb inverts it; the fused
-    shift_hue equals the HSV round trip with the hue moved."""
+    """rgb_to_hsv agrees with the standard library's colorsys; hsv_to_rgb inverts it; the
+    branch-free shift_hue equals the HSV round trip with the hue moved, for any turn."""
     data = _data()
     rgb = np.random.default_rng(0).random((1, 3, 7, 5)).astype(np.float32)
     rgb[0, :, 0, 0] = 0.5  # a grey pixel (hue undefined -> 0)
+    rgb[0, :, 1] = np.array([[0.2, 0.2, 0.6], [0.6, 0.6, 0.2], [0.6, 0.2, 0.6], [0.6, 0.6, 0.6], [0.0, 0.0, 0.0]]).T
+    # row 1: two equal channels (ties between hexagon sectors), grey and black
     hsv = data.rgb_to_hsv(rgb)
     for i in range(7):
         for j in range(5):
             expected = colorsys.rgb_to_hsv(*rgb[0, :, i, j].tolist())
             np.testing.assert_allclose(hsv[0, :, i, j], expected, atol=1e-5)
     np.testing.assert_allclose(data.hsv_to_rgb(hsv), rgb, atol=1e-5)
-    for turn in (0.07, -0.1, 0.5):
+    for turn in (0.07, -0.1, 0.5, -0.5, 0.33, 1.7, 0.0):
         shifted = hsv.copy()
         shifted[:, 0] = np.remainder(shifted[:, 0] + turn, 1.0)
         np.testing.assert_allclose(data.shift_hue(rgb, turn), data.hsv_to_rgb(shifted), atol=1e-5)
 
 
-def test_color_jitter_against_pixel_formulas():
+@pytest.mark.parametrize("b, c, s, h", [(1.1, 0.9, 1.2, 0.07), (0.85, 1.15, 0.8, -0.09)])
+def test_color_jitter_against_pixel_formulas(b, c, s, h):
     """Brightness, contrast (to the frame's mean grey), saturation (to the pixel's grey) and hue, in
-    that order, against colorsys pixel by pixel; each frame of a stack uses its own mean grey."""
+    that order, against colorsys pixel by pixel; each frame of a stack uses its own mean grey.
+    Factors above and below 1 (the clamps are skipped where a factor <= 1 cannot leave [0, 1])."""
     data = _data()
     img = np.random.default_rng(1).random((2, 3, 4, 4)).astype(np.float32)
-    b, c, s, h = 1.1, 0.9, 1.2, 0.07
     out = data.color_jitter(torch.from_numpy(img), b, c, s, h)
     grey = lambda t: 0.299 * t[0:1] + 0.587 * t[1:2] + 0.114 * t[2:3]  # noqa: E731
     for f in range(2):
@@ -367,11 +370,59 @@ def test_jitter_identical_across_frames(tmp_path):
         for fid in (-1, 1, "s"):
             assert torch.equal(sample["color"][fid], sample["color"][0])
             assert torch.equal(sample["color_aug"][fid], ref)
-        changed += not torch.allclose(ref, sample["color"][0], atol=1e-3)
+        changed += not torch.equal(ref, sample["color"][0])
     assert changed >= 4
     ds.is_train = False  # evaluation: no augmentation, color_aug is color
     sample = ds[0]
     assert all(sample["color_aug"][f] is sample["color"][f] for f in (0, -1, 1, "s"))
+
+
+def test_color_aug_is_color_jitter_of_color_rounded(tiny_world):
+    """A jittered color_aug is color_jitter (with the sample's draws from (seed, epoch, index)) of the
+    uint8 frames, rounded to the nearest uint8; every frame gets the same draw; uint8 input gives the
+    float input's result."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=7)
+    ds.flip_prob, ds.jitter_prob = 0.0, 1.0
+    ds.set_epoch(2)
+    for index in range(3):
+        sample = ds[index]
+        draws = np.random.default_rng([7, 2, index]).random(6)
+        b, c, s = 0.8 + 0.4 * draws[2:5]
+        h = 0.2 * draws[5] - 0.1
+        color = np.stack([sample["color"][f].numpy() for f in (0, -1, 1)])  # (3, 3, H, W) uint8
+        jittered = data.color_jitter(color, b, c, s, h)
+        np.testing.assert_allclose(jittered, data.color_jitter(color / np.float32(255), b, c, s, h), atol=1e-6)
+        expected = np.floor(jittered * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+        got = np.stack([sample["color_aug"][f].numpy() for f in (0, -1, 1)])
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_collate_puts_the_images_of_a_batch_in_one_block(tiny_world):
+    """collate gives default_collate's batch, but every image is a slice of one tensor (one
+    shared-memory block per batch in a worker); also through a DataLoader worker."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True)
+    samples = [ds[i] for i in range(3)]
+    reference = torch.utils.data.default_collate(samples)
+    batch = data.collate(samples)
+    assert set(batch) == set(reference)
+    for key in reference:
+        if key in data.IMAGE_KEYS:
+            for fid in (0, -1, 1, "s"):
+                assert batch[key][fid].shape == (3, 3, 32, 104) and torch.equal(batch[key][fid], reference[key][fid])
+        else:
+            assert torch.equal(batch[key], reference[key])
+    pointers = {batch[k][f].untyped_storage().data_ptr() for k in data.IMAGE_KEYS for f in batch[k]}
+    assert len(pointers) == 1
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=data.collate)
+    through_worker = next(iter(loader))
+    for fid in (0, -1, 1, "s"):
+        assert torch.equal(through_worker["color"][fid], reference["color"][fid])
+        assert torch.equal(through_worker["color_aug"][fid], reference["color_aug"][fid])
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index(tiny_world):
@@ -429,14 +480,20 @@ def test_flip_consistency(tiny_world):
 
 
 def test_resize_is_pil_lanczos(tiny_world):
-    """Frames are resized with PIL LANCZOS to (H, W) and scaled to [0, 1]."""
+    """Frames are resized with PIL LANCZOS to (H, W), kept uint8; images_to_float scales them to [0, 1]."""
     data = _data()
     line = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[0]
     ds = data.KittiRaw(tiny_world, [line], 40, 96)
-    got = ds[0]["color"][0]
+    sample = ds[0]
     with Image.open(ds.image_path(*line)) as im:
-        expected = np.asarray(im.convert("RGB").resize((96, 40), Image.LANCZOS), dtype=np.float32) / 255
-    np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+        expected = np.asarray(im.convert("RGB").resize((96, 40), Image.LANCZOS))
+    got = sample["color"][0]
+    assert got.dtype == torch.uint8 and got.shape == (3, 40, 96)
+    np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
+    floats = data.images_to_float(sample)
+    assert floats["K"] is sample["K"] and floats["color"][0].dtype == torch.float32
+    np.testing.assert_allclose(floats["color_aug"][0].permute(1, 2, 0).numpy(), expected / 255.0, atol=1e-6)
+    assert data.image_to_float(floats["color"][0]) is floats["color"][0]  # float images pass unchanged
 
 
 def test_missing_inputs_found_at_construction(tiny_world, tmp_path):

@@ -148,7 +148,7 @@ def synthetic_batch(tiny_world):
     lines = data.read_split(tiny_world / "splits" / "synthetic" / "train_files.txt")
     lines = [line for line in lines if line[2] == "l"]                       # poses are camera 2's
     ds = data.KittiRaw(tiny_world, lines, 64, 208, frame_ids=(0, -1, 1), load_depth=True)
-    inputs = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    inputs = data.images_to_float(data.collate([ds[i] for i in range(len(ds))]))
     gt = F.interpolate(inputs["depth_gt"], size=(64, 208), mode="nearest")   # (B, 1, 64, 208)
     valid = gt > 0
     depth = torch.where(valid, gt, torch.full_like(gt, 80.0))

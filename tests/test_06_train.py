@@ -81,7 +81,7 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
         dim_feedforward=32, use_stereo=False))
     lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=(0, -1, 1), is_train=False)
-    inputs = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    inputs = data.images_to_float(data.collate([dataset[0], dataset[1]]))
     # a distinct "augmented" copy: a step that feeds the networks inputs["color"] must fail
     inputs["color_aug"] = {k: 0.8 * v + 0.1 for k, v in inputs["color"].items()}
     torch.manual_seed(0)
