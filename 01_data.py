@@ -236,6 +236,18 @@ def write_depth_png(path, depth):
     Image.fromarray(value).save(path, compress_level=1)
 
 
+def gt_png_path(data_path, folder, frame, side):
+    """The improved (KITTI) or dense (synthetic) ground-truth png of one image:
+    <folder>/proj_depth/groundtruth/image_02|03/<frame>.png by side."""
+    cam = SIDE_TO_CAM[SIDE_NAMES[str(side)]]
+    return Path(data_path) / folder / "proj_depth" / "groundtruth" / f"image_0{cam}" / f"{int(frame):010d}.png"
+
+
+def velodyne_path(data_path, folder, frame):
+    """The velodyne scan of one frame: <folder>/velodyne_points/data/<frame>.bin."""
+    return Path(data_path) / folder / "velodyne_points" / "data" / f"{int(frame):010d}.bin"
+
+
 def gt_depth_key(folder, frame, side):
     """The .npz key of one image's ground truth (npz keys cannot hold '/')."""
     return f"{folder.replace('/', '__')}__{int(frame):010d}__{side}"
@@ -254,11 +266,9 @@ def export_gt_depth(data_path, split_lines, out_path, source="auto"):
     maps = {}
     for folder, frame, side in split_lines:
         if source == "png":
-            depth = read_depth_png(data_path / folder / "proj_depth" / "groundtruth"
-                                   / f"image_0{SIDE_TO_CAM[side]}" / f"{frame:010d}.png")
+            depth = read_depth_png(gt_png_path(data_path, folder, frame, side))
         elif source == "velodyne":
-            depth = velodyne_to_depth(data_path / folder.split("/")[0],
-                                      data_path / folder / "velodyne_points" / "data" / f"{frame:010d}.bin",
+            depth = velodyne_to_depth(data_path / folder.split("/")[0], velodyne_path(data_path, folder, frame),
                                       cam=2, vel_depth=True)
         else:
             raise ValueError(f"export_gt_depth: unknown source {source!r} (velodyne, png, auto)")
@@ -590,9 +600,8 @@ class KittiRaw(torch.utils.data.Dataset):
     def depth_source(self, folder, frame, side):
         """Synthetic: the dense proj_depth png; KITTI: the velodyne scan (projected on load)."""
         if self.synthetic:
-            return (self.data_path / folder / "proj_depth" / "groundtruth" / f"image_0{SIDE_TO_CAM[side]}"
-                    / f"{frame:010d}.png")
-        return self.data_path / folder / "velodyne_points" / "data" / f"{frame:010d}.bin"
+            return gt_png_path(self.data_path, folder, frame, side)
+        return velodyne_path(self.data_path, folder, frame)
 
     def frame_paths(self, folder, frame, side):
         """Image path of every frame id of one split line: temporal neighbours on the same camera,
@@ -1317,8 +1326,8 @@ def demo(cfg):
         else:
             print(f"  {key}: {value!r}")
     folder, frame, side = dataset.lines[1]
-    lidar = velodyne_to_depth(root / SYNTH_DATE, root / folder / "velodyne_points" / "data" / f"{frame:010d}.bin")
-    gt = read_depth_png(root / folder / "proj_depth" / "groundtruth" / "image_02" / f"{frame:010d}.png")
+    lidar = velodyne_to_depth(root / SYNTH_DATE, velodyne_path(root, folder, frame))
+    gt = read_depth_png(gt_png_path(root, folder, frame, side))
     image = load_rgb(dataset.image_path(folder, frame, side))
     fig, axes = plt.subplots(3, 2, figsize=(12, 6))
     for ax, fid in zip(axes[0], (-1, 1)):

@@ -285,6 +285,14 @@ class LossConfig:
     min_depth: float = 0.001         # depth is clamped to [min_depth, max_depth] before warping
     max_depth: float = 80.0          # (a no-op for DepthNet, whose bins span this range)
 
+    def __post_init__(self):
+        if self.pose_scaling not in POSE_SCALINGS:
+            raise ValueError(f"pose_scaling must be one of {POSE_SCALINGS}, got {self.pose_scaling!r}")
+        if self.ssim_window < 0:
+            raise ValueError(f"ssim_window must be >= 0 (0 = L1 only), got {self.ssim_window}")
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError(f"need 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}")
+
 
 POSE_SCALINGS = ("depth", "inv_depth", "none")
 
@@ -297,8 +305,6 @@ def _full_precision(x):
 
 def source_ids(cfg):
     """The source frames in loss order: temporal ones from cfg.frame_ids, then "s" if stereo."""
-    if cfg.pose_scaling not in POSE_SCALINGS:
-        raise ValueError(f"pose_scaling must be one of {POSE_SCALINGS}, got {cfg.pose_scaling!r}")
     frame_ids = list(cfg.frame_ids)
     if not frame_ids or frame_ids[0] != 0:
         raise ValueError(f"frame_ids must start with the target 0, got {frame_ids}")

@@ -280,18 +280,12 @@ def split_lines(cfg, kind="test"):
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines
 
 
-def _png_gt_path(data_path, folder, frame, side):
-    """KITTI's improved / synthetic dense GT png of a frame (proj_depth/groundtruth/image_0X)."""
-    cam = "image_02" if side in ("l", "2") else "image_03"
-    return Path(data_path) / folder / "proj_depth" / "groundtruth" / cam / f"{frame:010d}.png"
-
-
 def load_ground_truth(cfg, lines):
     """List of (H, W) float32 GT depths for the lines: eigen from an .npz, others from pngs."""
     if cfg.split != "eigen":
         gts = []
         for folder, frame, side in lines:
-            path = _png_gt_path(cfg.data_path, folder, frame, side)
+            path = data.gt_png_path(cfg.data_path, folder, frame, side)
             if not path.is_file():
                 raise data.DataError(f"ground-truth depth {path} not found")
             gts.append(data.read_depth_png(path))
@@ -352,7 +346,7 @@ def mean_training_depth(cfg):
     total = count = None
     train = replace(cfg, split="synthetic")  # a custom split file may sit on a synthetic tree too
     for folder, frame, side in split_lines(train, "train"):
-        path = _png_gt_path(cfg.data_path, folder, frame, side)
+        path = data.gt_png_path(cfg.data_path, folder, frame, side)
         if not path.is_file():
             continue
         gt = data.read_depth_png(path).astype(np.float64)
@@ -614,12 +608,14 @@ def evaluate(model, config, cfg, device):
 def parse_args(argv=None):
     """EvalConfig from the command line (one flag per field; --a_b and --a-b both work)."""
     parser = argparse.ArgumentParser(description="Evaluate SQLDepth (Eigen protocol) or predict depth for images.")
+    comments = {k: v.replace("%", "%%") for k, v in data.field_comments(EvalConfig).items()}  # argparse %-formats
     for f in fields(EvalConfig):
         names = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
         if isinstance(f.default, bool):
-            parser.add_argument(*names, dest=f.name, action="store_true")
+            parser.add_argument(*names, dest=f.name, action="store_true", help=comments.get(f.name))
         else:
-            parser.add_argument(*names, dest=f.name, type=type(f.default), default=f.default)
+            parser.add_argument(*names, dest=f.name, type=type(f.default), default=f.default,
+                                help=f"{comments.get(f.name, '')} (default: {f.default!r})")
     return EvalConfig(**vars(parser.parse_args(argv)))
 
 

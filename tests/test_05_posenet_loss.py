@@ -393,9 +393,14 @@ def test_predict_poses_order_inversion_and_scaling():
 
 
 def test_config_errors_are_clear():
-    """A bad pose_scaling, a missing depth for scaling, or 's' without use_stereo raise ValueError."""
+    """A bad pose_scaling, SSIM window or depth range (when the LossConfig is made), a missing depth
+    for scaling, or 's' without use_stereo raise ValueError."""
     with pytest.raises(ValueError, match="pose_scaling"):
-        geo().predict_poses(RecordingPoseNet(), fake_inputs(), geo().LossConfig(pose_scaling="mean"))
+        geo().LossConfig(pose_scaling="mean")
+    with pytest.raises(ValueError, match="ssim_window"):
+        geo().LossConfig(ssim_window=-1)
+    with pytest.raises(ValueError, match="min_depth"):
+        geo().LossConfig(min_depth=0.0)
     with pytest.raises(ValueError, match="depth"):
         geo().predict_poses(RecordingPoseNet(), fake_inputs(), geo().LossConfig())
     with pytest.raises(ValueError, match="use_stereo"):

@@ -379,3 +379,18 @@ def test_train_two_steps_then_evaluate(tmp_path, tiny_world, capsys):
     row = (ckpt.parent / "eval_synthetic.csv").read_text().splitlines()[1].split(",")
     assert row[0] == f"SQLDepth {ckpt.name}" and np.isfinite([float(x) for x in row[1:8]]).all()
     assert (ckpt.parent / "eval_synthetic.md").is_file()
+
+
+def test_every_flag_has_help(capsys):
+    """--help describes every EvalConfig field with its comment; flags parse into the config."""
+    e = ev()
+    with pytest.raises(SystemExit) as exit_info:
+        e.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    comments = e.data.field_comments(e.EvalConfig)
+    assert set(comments) == set(e.EvalConfig.__dataclass_fields__)
+    for name, comment in comments.items():
+        assert " ".join(comment.split())[:30] in text, name
+    cfg = e.parse_args(["--checkpoint", "x.pt", "--post-process", "--batch_size", "2"])
+    assert (cfg.checkpoint, cfg.post_process, cfg.batch_size) == ("x.pt", True, 2)
