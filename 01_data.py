@@ -1277,10 +1277,13 @@ def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg
     DecodeOnly, i.e. decoding and resizing the same image files and nothing else -> {n: (bound, rate)}.
     Each figure is the best of `repeats` passes, the two loaders taking turns (a shared machine is noisy)."""
     dataset = KittiRaw(data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=True, img_ext=img_ext)
+    count = min(samples, len(dataset))
+    if count <= batch_size:
+        raise ValueError(f"the loader benchmark needs more samples than one batch ({batch_size}): "
+                         f"--samples {samples}, {len(dataset)} split lines")
+    order = list(range(count))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like a DataLoader worker; batch collation with OpenMP threads on busy cores stalls
-    count = min(samples, len(dataset))
-    order = list(range(count))
 
     def samples_per_s(data, n, collate_fn):
         loader = iter(torch.utils.data.DataLoader(torch.utils.data.Subset(data, order), batch_size=batch_size,

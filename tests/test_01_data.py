@@ -642,3 +642,27 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert err.startswith("error: data folder not found") and err.count("\n") == 1
     with pytest.raises(ValueError, match="num_drives >= 3"):
         data.make_synthetic_kitti(tmp_path / "w", num_drives=2, frames_per_drive=5)
+
+
+def test_loader_benchmark_reports_both_loaders(tiny_world, capsys):
+    """The loader benchmark times KittiRaw and the decode-only bound for each worker count (no
+    speed is asserted: that is the benchmark's job); DecodeOnly yields the same uint8 frames."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))
+    results = data.loader_benchmark(tiny_world, lines, 32, 104, samples=12, workers=(0, 1), batch_size=4,
+                                    repeats=1)
+    assert set(results) == {0, 1}
+    assert all(bound > 0 and rate > 0 for bound, rate in results.values())
+    dataset = data.KittiRaw(tiny_world, lines, 32, 104)
+    frames = data.DecodeOnly(dataset)[2]  # (F, H, W, 3)
+    sample = dataset[2]
+    assert frames.dtype == torch.uint8 and frames.shape == (3, 32, 104, 3)
+    assert all(torch.equal(frames[i].permute(2, 0, 1), sample["color"][f]) for i, f in enumerate((0, -1, 1)))
+    capsys.readouterr()
+    assert data.main(["--bench", str(tiny_world), "--bench_height", "32", "--bench_width", "104",
+                      "--samples", "8"]) == 2  # not more than one batch of 8
+    assert "more samples than one batch" in capsys.readouterr().err
+    assert data.main(["--bench", str(tiny_world), "--bench_height", "32", "--bench_width", "104",
+                      "--samples", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "loader at 104x32" in out and out.count("% of the bound") == 3
