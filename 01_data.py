@@ -610,6 +610,12 @@ class KittiRaw(torch.utils.data.Dataset):
         return [self.image_path(folder, frame, other) if fid == "s" else self.image_path(folder, frame + int(fid), side)
                 for fid in self.frame_ids]
 
+    def decode_frames(self, folder, frame, side):
+        """Every frame of one split line decoded and resized to the training size -> (F, H, W, 3) uint8."""
+        retain_freed_memory()
+        size = (self.width, self.height)
+        return np.stack([load_rgb(path, size) for path in self.frame_paths(folder, frame, side)])
+
     def _needed_files(self, folder, frame, side):
         yield from self.frame_paths(folder, frame, side)
         if self.load_depth:
@@ -630,15 +636,13 @@ class KittiRaw(torch.utils.data.Dataset):
             # copy of this dataset, so the epoch travels with every index instead of set_epoch().
             epoch, index = index
             self.set_epoch(epoch)
-        retain_freed_memory()
         folder, frame, side = self.lines[index]
         # Every draw comes from (seed, epoch, index), never from a global RNG: a sample is the same
         # whichever worker loads it and whether or not training was resumed.
         draws = np.random.default_rng([self.seed, self.epoch, index]).random(6) if self.is_train else np.ones(6)
         do_flip = bool(draws[0] < self.flip_prob)
         do_jitter = bool(draws[1] < self.jitter_prob)
-        size = (self.width, self.height)
-        frames = np.stack([load_rgb(path, size) for path in self.frame_paths(folder, frame, side)])  # (F, H, W, 3)
+        frames = self.decode_frames(folder, frame, side)  # (F, H, W, 3)
         if do_flip:
             frames = frames[:, :, ::-1]  # all frames together (resize and mirror commute)
         frames = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # (F, 3, H, W) uint8
@@ -1264,10 +1268,7 @@ class DecodeOnly(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        retain_freed_memory()  # the same allocator settings as KittiRaw, so only the work differs
-        folder, frame, side = self.dataset.lines[index]
-        size = (self.dataset.width, self.dataset.height)
-        return torch.from_numpy(np.stack([load_rgb(p, size) for p in self.dataset.frame_paths(folder, frame, side)]))
+        return torch.from_numpy(self.dataset.decode_frames(*self.dataset.lines[index]))
 
 
 def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg", workers=(0, 1, 2),

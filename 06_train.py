@@ -340,19 +340,15 @@ def make_loaders(cfg, train_set, val_set, info, device):
 def to_device(batch, device, channels_last=False):
     """A collated batch (nested dicts of tensors) on the device, its uint8 images turned into float
     in [0, 1] there (a quarter of the bytes cross to the GPU); 4-D tensors NHWC if asked."""
-    def move(value):
+    def move(value):  # .float() in images_to_float keeps the memory format
         if isinstance(value, dict):
             return {k: move(v) for k, v in value.items()}
-        return value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+        if not torch.is_tensor(value):
+            return value
+        value = value.to(device, non_blocking=True)
+        return value.contiguous(memory_format=torch.channels_last) if channels_last and value.dim() == 4 else value
 
-    def layout(value):
-        if isinstance(value, dict):
-            return {k: layout(v) for k, v in value.items()}
-        if channels_last and torch.is_tensor(value) and value.dim() == 4:
-            return value.contiguous(memory_format=torch.channels_last)
-        return value
-
-    return layout(data.images_to_float(move(batch)))
+    return data.images_to_float(move(batch))
 
 
 # ----------------------------------------------------------------------------------------------
