@@ -221,6 +221,66 @@ def test_ssim_matches_slow_reference(window):
     assert ssim(x, x).abs().max() < 1e-10
 
 
+def pooled_ssim(x, y, window):
+    """The plain formulation (reflect padding, then five separate avg_pool2d calls, as in
+    Monodepth2's code): the slow reference of the box-sum SSIM."""
+    r = window // 2
+    x, y = F.pad(x, [r, r, r, r], mode="reflect"), F.pad(y, [r, r, r, r], mode="reflect")
+    mu_x, mu_y = F.avg_pool2d(x, window, 1), F.avg_pool2d(y, window, 1)
+    sigma_x = F.avg_pool2d(x * x, window, 1) - mu_x ** 2
+    sigma_y = F.avg_pool2d(y * y, window, 1) - mu_y ** 2
+    sigma_xy = F.avg_pool2d(x * y, window, 1) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + 1e-4) * (2 * sigma_xy + 9e-4)
+    den = (mu_x ** 2 + mu_y ** 2 + 1e-4) * (sigma_x + sigma_y + 9e-4)
+    return torch.clamp((1 - num / den) / 2, 0, 1)
+
+
+def image_pair(shape, seed=0):
+    """A smooth bright image and a noisy copy in [0, 1]: flat, bright areas are where E[x^2] - mu^2
+    cancels most, so they are the hard case for float32."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.avg_pool2d(torch.rand(shape, generator=g), 5, 1, 2) * 0.4 + 0.55
+    y = (x + 0.05 * torch.randn(shape, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def test_box_mean_equals_average_pooling():
+    """box_mean (two cumulative sums) equals avg_pool2d with stride 1 for several windows."""
+    x = torch.rand(2, 3, 17, 23, dtype=torch.float64)
+    for window in (3, 5, 7):
+        torch.testing.assert_close(geo().box_mean(x, window), F.avg_pool2d(x, window, 1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", [7, 3])
+def test_fast_ssim_equals_pooled_reference_with_gradients(window):
+    """The box-sum SSIM equals the avg_pool2d formulation, values and gradients: to 1e-10 in
+    float64. In float32, at the default run's size, it is at least as close to the float64 result
+    as the float32 pooled version (whose own rounding reaches ~1e-4 on bright flat areas): within
+    1e-5 for the 7x7 window; a 3x3 window divides by fewer pixels and float32 arithmetic alone
+    leaves a few 1e-5 there."""
+    ssim = geo().SSIM(window)
+    x, y = image_pair((2, 3, 64, 208))
+    weights = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def value_and_grad(fn, x, y):
+        x = x.clone().requires_grad_(True)
+        out = fn(x, y)
+        (grad,) = torch.autograd.grad((out * weights.to(out.dtype)).sum(), x)
+        return out.detach().double(), grad.double()
+
+    gold, gold_grad = value_and_grad(lambda a, b: pooled_ssim(a, b, window), x.double(), y.double())
+    got, got_grad = value_and_grad(ssim, x.double(), y.double())
+    torch.testing.assert_close(got, gold, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got_grad, gold_grad, rtol=1e-8, atol=1e-10)
+    pooled_error = (pooled_ssim(x, y, window).double() - gold).abs().max()
+    with torch.no_grad():
+        error = (ssim(x, y).double() - gold).abs().max()
+    assert error <= pooled_error and error < {7: 1e-5, 3: 5e-5}[window], (float(error), float(pooled_error))
+    got32, grad32 = value_and_grad(ssim, x, y)
+    assert torch.equal(got32, ssim(x, y).double())          # the same with and without autograd
+    torch.testing.assert_close(grad32, gold_grad, rtol=1e-3, atol=1e-5)
+
+
 def test_ssim_rejects_even_window():
     """An even window has no centre pixel: refused with a ValueError naming the value."""
     with pytest.raises(ValueError, match="4"):
