@@ -109,8 +109,11 @@ class SelfQueryLayer(nn.Module):
         else:
             tgt = self.query_embed.weight.unsqueeze(0).expand(s0.shape[0], -1, -1)  # (B, Q, E)
             K = self.query_decoder(tgt, tokens)  # (B, Q, E)
-        S = self.fine_conv(s0)  # (B, E, h, w)
-        V = self_cost_volume(S, K)  # (B, Q, h, w)
+        # V holds unscaled dot products that 04 exponentiates (two softmaxes): under bf16 autocast
+        # their rounding error would grow with their size, so S and V are float32 (cheap: E channels).
+        with torch.autocast(device_type=s0.device.type, enabled=False):
+            S = self.fine_conv(s0.float())  # (B, E, h, w)
+            V = self_cost_volume(S, K.float())  # (B, Q, h, w)
         return (V, S, tokens) if return_tokens else (V, S)
 
 

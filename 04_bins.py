@@ -148,21 +148,23 @@ class DepthNet(nn.Module):
         if cfg.queries == "none":
             depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
             return {"depth": depth} if return_extras else depth  # (B, 1, H/2, W/2)
-        V, S, tokens = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w), (B,N,E)
-        # Bin edges, centres and the weighted sum are computed in float32 even under bf16 autocast:
-        # bf16 keeps 8 bits of mantissa, i.e. steps of 0.25-0.5 m near 80 m, too coarse for depth.
-        if cfg.bins == "sql":
-            summaries = spatial_softmax_summaries(V, S)  # (B, Q, E)
-            y = self.bins_mlp(summaries.flatten(1)).float()  # (B, D)
-            edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
-        elif cfg.bins == "adabins":
-            y = self.bins_mlp(tokens[:, 0]).float()  # (B, D), from the first token only
-            edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
-        else:  # fixed: uniform edges, the same for every image
-            edges = torch.linspace(cfg.min_depth, cfg.max_depth, cfg.num_bins + 1, device=V.device)
-            edges = edges.expand(V.shape[0], -1)  # (B, D+1)
-            centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
-        depth, P = combine_probabilities(self.to_logits(V).float(), centres)  # (B,1,h,w), (B,D,h,w)
+        V, S, tokens = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w) float32; (B,N,E)
+        # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
+        # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
+        # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
+        with torch.autocast(device_type=V.device.type, enabled=False):
+            if cfg.bins == "sql":
+                summaries = spatial_softmax_summaries(V, S)  # (B, Q, E)
+                y = self.bins_mlp(summaries.flatten(1))  # (B, D)
+                edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+            elif cfg.bins == "adabins":
+                y = self.bins_mlp(tokens[:, 0].float())  # (B, D), from the first token only
+                edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+            else:  # fixed: uniform edges, the same for every image
+                edges = torch.linspace(cfg.min_depth, cfg.max_depth, cfg.num_bins + 1, device=V.device)
+                edges = edges.expand(V.shape[0], -1)  # (B, D+1)
+                centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
+            depth, P = combine_probabilities(self.to_logits(V), centres)  # (B,1,h,w), (B,D,h,w)
         if return_extras:
             return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P}
         return depth

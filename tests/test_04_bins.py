@@ -135,6 +135,29 @@ def test_variants_run_and_train_one_step(bins_kind, queries):
     assert sum(not torch.equal(a, p) for a, p in zip(before, net.parameters())) > 0.9 * len(before)
 
 
+@pytest.mark.parametrize("bins_kind", ["sql", "adabins", "fixed"])
+def test_cost_volume_head_is_float32_under_bf16_autocast(bins_kind):
+    """Under bf16 autocast (on CPU here; the same code path on CUDA) the encoder/decoder and the
+    transformer run in bf16, but V, the fine features, the bins, the probabilities and the depth
+    are float32, and V is the float32 product of the float32 fine features and queries."""
+    bins = bins_module()
+    torch.manual_seed(0)
+    net = bins.DepthNet(bins.DepthNetConfig(**SMALL, bins=bins_kind)).eval()
+    img = torch.rand(2, 3, 64, 96)
+    seen = {}
+    net.sql.register_forward_hook(lambda m, inputs, out: seen.update(s0=inputs[0], V=out[0], S=out[1]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(img, return_extras=True)
+        tokens = net.sql.tokens(seen["s0"])
+    assert seen["s0"].dtype == torch.bfloat16 and tokens.dtype == torch.bfloat16   # autocast is on
+    for name in ("cost_volume", "bin_centers", "probs", "depth"):
+        assert out[name].dtype == torch.float32, name
+    assert seen["S"].dtype == torch.float32
+    K = tokens[:, : net.cfg.num_queries].float()                    # (B, Q, E)
+    expected = torch.einsum("bqe,behw->bqhw", K, seen["S"])
+    torch.testing.assert_close(out["cost_volume"], expected, rtol=1e-5, atol=1e-4)
+
+
 def test_bad_config_raises():
     """Unknown variants or depth range -> ValueError naming the value."""
     bins = bins_module()
