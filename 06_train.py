@@ -105,7 +105,7 @@ class TrainConfig:
     automask: bool = True           # Monodepth2's auto-masking of static pixels
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
     seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
-    device: str = "auto"            # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
     channels_last: bool = False     # NHWC memory layout for the depth network (faster convs on GPU)
     num_workers: int = 1            # DataLoader worker processes per training process
@@ -159,7 +159,7 @@ def preset_config(name):
 # ----------------------------------------------------------------------------------------------
 # Command line: one flag per TrainConfig field, model fields as flat flags
 # ----------------------------------------------------------------------------------------------
-CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"], "device": ["auto", "cpu", "cuda"],
+CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"],
            "pose_scaling": list(geo.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
            "queries": ["self", "learned", "none"]}
@@ -233,19 +233,48 @@ class Dist:
 
 
 def setup_process(cfg):
-    """(Dist, device): reads torchrun's environment, joins the process group (nccl on CUDA, gloo
-    on CPU) and picks the device once (cuda:LOCAL_RANK under torchrun)."""
+    """(Dist, device): reads torchrun's environment, picks the device once (cuda:LOCAL_RANK under
+    torchrun) and joins the process group (nccl on CUDA, gloo on CPU)."""
     info = Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                 int(os.environ.get("LOCAL_RANK", 0)))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda", info.local_rank) if want_cuda else torch.device("cpu")
-    if want_cuda:
+    device = choose_device(cfg.device, info)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True    # fixed input sizes: autotune each conv once
     if info.world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+def choose_device(spec, info):
+    """torch.device of --device auto | cpu | cuda | cuda:N; a ValueError naming the value when that
+    device does not exist (also when torchrun starts more processes than the machine has GPUs)."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {spec!r}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(f"--device {spec}: no CUDA device is available")
+    if info.world > 1:
+        if device.index is not None:
+            raise ValueError(f"--device {spec}: under torchrun each process uses cuda:LOCAL_RANK; "
+                             f"pass --device cuda (or auto)")
+        if info.local_rank >= count:
+            raise ValueError(f"torchrun process LOCAL_RANK={info.local_rank} has no GPU: this machine "
+                             f"has {count}; use --nproc_per_node {count} or fewer")
+        return torch.device("cuda", info.local_rank)
+    index = device.index or 0
+    if index >= count:
+        raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to "
+                         f"cuda:{count - 1}")
+    return torch.device("cuda", index)
 
 
 class EpochBatches:
@@ -363,10 +392,21 @@ def build_networks(cfg, device, load_pretrained=True):
     pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
     pose_net = (geo.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
                 else geo.PoseResNet(18, pose_pretrained))
-    depth_net, pose_net = depth_net.to(device), pose_net.to(device)
-    if cfg.channels_last:
-        depth_net = depth_net.to(memory_format=torch.channels_last)
-    return depth_net, pose_net
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
+    return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)
+
+
+def make_optimizer(cfg, depth_net, pose_net):
+    """Adam over both networks (pose lr = lr x pose_lr_scale). The fused kernel (one pass over all
+    parameters instead of several ops per tensor; the same update up to float rounding) where the
+    installed PyTorch has it for the device; the plain one otherwise."""
+    groups = [{"params": list(depth_net.parameters()), "lr": cfg.lr},
+              {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):             # no fused Adam for this device / PyTorch version
+        return torch.optim.Adam(groups)
 
 
 def frame_ids(cfg):
@@ -383,14 +423,15 @@ def loss_config(cfg):
 
 
 def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
-    """One optimisation step of self-supervised training; returns the loss terms as floats.
+    """One optimisation step of self-supervised training; returns the loss terms (0-d tensors).
 
     Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
     [B,1,H/2,W/2] of the augmented target frame inputs["color_aug"][0] [B,3,H,W], the source
     poses with geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B,4,4]}), the
     loss dict with geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim), back-propagate
     its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
-    "smoothness"} as Python floats. Only the depth network runs under
+    "smoothness"} as detached 0-d tensors, not floats: float() makes the host wait for the GPU,
+    and the loop reads all three at once, after the step. Only the depth network runs under
     torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
     float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
     rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
@@ -411,7 +452,10 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     tick("backward")
     optimizer.step()
     tick("optimizer")
-    return {k: float(out[k].detach()) for k in ("loss", "photometric", "smoothness")}
+    return {k: out[k].detach() for k in LOSS_TERMS}
+
+
+LOSS_TERMS = ("loss", "photometric", "smoothness")
 
 
 @torch.no_grad()
@@ -421,7 +465,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
     RNG stream is untouched (so validating or not never changes the training run)."""
     depth_net.eval()
     pose_net.eval()
-    total = torch.zeros(2, dtype=torch.float64)                       # (sum of losses, samples)
+    loss_sum, count = torch.zeros((), dtype=torch.float64, device=device), 0   # summed on the device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         for i, batch in enumerate(loader):
@@ -432,13 +476,15 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
                 depth = depth_net(batch["color"][0]).float()           # as in train_step
             poses = geo.predict_poses(pose_net, batch, loss_cfg, depth=depth)
             loss = geo.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
-            total += torch.tensor([float(loss) * len(depth), len(depth)], dtype=torch.float64)
+            loss_sum += loss.double() * len(depth)
+            count += len(depth)
     depth_net.train()
     pose_net.train()
+    total = torch.stack([loss_sum, torch.full((), count, dtype=torch.float64, device=device)])
     if info.world > 1:
-        total = total.to(device)
         dist.all_reduce(total)
-    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+    loss_sum, count = total.tolist()                                 # the one host read
+    return loss_sum / count if count > 0 else float("nan")
 
 
 def amp_on(cfg, device):
@@ -609,6 +655,15 @@ class NonFinite(Exception):
     """A NaN/Inf weight found when about to save."""
 
 
+def first_nonfinite(named_tensors):
+    """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
+    one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # (P,) bools
+    if bool(finite.all()):
+        return None
+    return named_tensors[int((~finite).int().argmax())][0]
+
+
 class StopRequest:
     """SIGINT/SIGTERM set `signum`: the loop finishes the step, saves and exits. Copies of the same
     signal within a second are ignored (`timeout`, torchrun and the terminal's process group each
@@ -637,13 +692,20 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def agree(flags, device, info):
-    """Element-wise max of small integer flags over all processes (everyone stops together)."""
+def step_outcome(terms, signum, info, need_values):
+    """(loss terms as floats or None, a non-finite term on any process, a signal on any process)
+    after a step, with one host read, after the optimizer step. One process: the three terms
+    themselves. Under torchrun: a (non-finite, signal) pair reduced with max over all processes on
+    the device, so everyone stops together; the terms only when logged (need_values) or bad."""
+    values = torch.stack([terms[k] for k in LOSS_TERMS])              # (3,) on the device
     if info.world == 1:
-        return flags
-    t = torch.tensor(flags, dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+        host = values.tolist()
+        return host, not all(map(math.isfinite, host)), signum
+    flags = torch.stack([(~torch.isfinite(values)).any().long(),     # (2,): a fill, no host copy
+                         torch.full((), signum, dtype=torch.int64, device=values.device)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    nonfinite, signum = flags.tolist()
+    return (values.tolist() if need_values or nonfinite else None), bool(nonfinite), signum
 
 
 # ----------------------------------------------------------------------------------------------
@@ -669,9 +731,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
         self.depth_net, self.pose_net = build_networks(cfg, device, load_pretrained=ckpt is None)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.depth_net.parameters(), "lr": cfg.lr},
-            {"params": self.pose_net.parameters(), "lr": cfg.lr * cfg.pose_lr_scale}])
+        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
         self.ssim = geo.make_ssim(self.loss_cfg)
@@ -713,10 +773,10 @@ class Trainer:
         """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
         with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
         written: NonFinite is raised instead."""
-        bad = [n for n, p in self.depth_net.named_parameters() if not torch.isfinite(p).all()]
-        bad += [n for n, p in self.pose_net.named_parameters() if not torch.isfinite(p).all()]
+        bad = first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
+                               ("pose", self.pose_net)) for n, p in net.named_parameters()])
         if bad:
-            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad[0]})")
+            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
         improved = False
         if validate_too:
             val = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
@@ -771,13 +831,14 @@ class Trainer:
                                amp=amp_on(cfg, self.device))
             self.step += 1
             interval["steps"] += 1
-            bad = [k for k in ("photometric", "smoothness", "loss") if not math.isfinite(terms[k])]
-            nonfinite, signum = agree([int(bool(bad)), stop.signum], self.device, info)
+            log_now = info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps)
+            values, nonfinite, signum = step_outcome(terms, stop.signum, info, need_values=log_now)
             if nonfinite:                        # nothing is saved: the model may hold NaNs now
-                where = ", ".join(f"{k}={terms[k]}" for k in bad) or "on another process"
+                bad = [f"{k}={v}" for k, v in zip(LOSS_TERMS, values) if not math.isfinite(v)]
+                where = ", ".join(bad) or "on another process"
                 return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
-            if info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                self.log(terms, interval)
+            if log_now:
+                self.log(dict(zip(LOSS_TERMS, values)), interval)
             epoch_end = b + 1 == self.steps_per_epoch
             if epoch_end:
                 self.epoch += 1
@@ -847,44 +908,123 @@ class Trainer:
                   flush=True)
 
 
+class PartClock:
+    """Where a training step's time goes, by part, for --profile. Forward: module hooks time the
+    depth net, the pose net and SSIM; the rest of the forward pass is warping and the loss. Backward:
+    autograd runs nodes in reverse order of creation, so the loss's backward comes first, then the
+    pose net's, then the depth net's; a gradient hook on each network's output marks the moment its
+    backward starts. On CUDA every mark synchronises, so each part is charged its own GPU time."""
+
+    NETS = ("depth net", "pose net")
+
+    def __init__(self, depth_net, pose_net, ssim, device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.handles, self.started = [], {}
+        self.watch("depth net", depth_net)
+        self.watch("pose net", pose_net)
+        if ssim is not None:
+            self.watch("ssim", ssim)
+        self.reset()
+
+    def now(self):
+        self.sync()
+        return time.perf_counter()
+
+    def reset(self):
+        """Forget what was booked (after the warm-up steps)."""
+        self.forward, self.backward, self.other = defaultdict(float), defaultdict(float), defaultdict(float)
+        self.begin_step()
+
+    def watch(self, part, module):
+        def before(module, inputs):
+            self.started[part] = self.now()
+
+        def after(module, inputs, output):
+            self.step_forward[part] += self.now() - self.started.pop(part)
+            for t in (output if isinstance(output, tuple) else (output,)) if part != "ssim" else ():
+                if t.requires_grad:
+                    t.register_hook(lambda grad: self.mark_gradient(part))
+
+        self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    def mark_gradient(self, part):
+        """The first gradient that reaches a network's output: its backward pass starts now."""
+        self.grad_marks.setdefault(part, self.now())
+
+    def begin_step(self):
+        self.step_forward, self.grad_marks = defaultdict(float), {}
+
+    def end_step(self, start, data_ready, forward_end, backward_end, optimizer_end):
+        """Book one step from the times at its start, when its batch was ready and at the ends of its
+        three phases (train_step's timer)."""
+        self.other["data wait"] += data_ready - start
+        nets = sum(self.step_forward[p] for p in self.NETS)
+        for part in self.NETS:
+            self.forward[part] += self.step_forward[part]
+        self.forward["warping + loss"] += forward_end - data_ready - nets
+        self.forward["of which SSIM"] += self.step_forward["ssim"]
+        depth = self.grad_marks.get("depth net", backward_end)
+        pose = self.grad_marks.get("pose net", depth)
+        self.backward["warping + loss"] += pose - forward_end
+        self.backward["pose net"] += depth - pose
+        self.backward["depth net"] += backward_end - depth
+        self.other["optimizer"] += optimizer_end - backward_end
+        self.begin_step()
+
+    def report(self, steps):
+        """Lines of the per-part table, in ms per step."""
+        total = sum(self.other.values()) + sum(self.backward.values()) + sum(
+            v for k, v in self.forward.items() if k != "of which SSIM")
+        per = 1000 / steps
+        lines = [f"  {'part':<18} {'forward':>8} {'backward':>9} {'total':>8}   ms/step, share"]
+        for part in ("data wait", "depth net", "pose net", "warping + loss", "of which SSIM", "optimizer"):
+            f, b, o = self.forward[part], self.backward[part], self.other[part]
+            if part == "of which SSIM":
+                lines.append(f"    {part:<16} {per * f:8.1f} {'(in loss)':>9}")
+                continue
+            cells = f"{'':8} {'':9}" if part in ("data wait", "optimizer") else f"{per * f:8.1f} {per * b:9.1f}"
+            lines.append(f"  {part:<18} {cells} {per * (f + b + o):8.1f}   {100 * (f + b + o) / total:4.1f}%")
+        return total, lines
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
 def profile(trainer, steps, warmup=2):
-    """--profile N: N timed steps after `warmup` untimed ones; prints throughput and where the
-    time goes (CUDA is synchronised at each boundary, so GPU time lands in its own phase)."""
+    """--profile N: N timed steps after `warmup` untimed ones; prints the throughput and where the
+    time goes by part (PartClock). Writes nothing."""
     cfg, device, info = trainer.cfg, trainer.device, trainer.info
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = PartClock(*map(_unwrap, trainer.nets), trainer.ssim, device)
 
     def endless():
         for epoch in range(10 ** 9):
             trainer.sampler.set_epoch(epoch)
             yield from trainer.train_loader
 
-    split, last, batches = defaultdict(float), [0.0], endless()
+    batches, phase_end = endless(), {}
 
     def timer(phase):
-        sync()
-        now = time.perf_counter()
-        split[phase] += now - last[0]
-        last[0] = now
+        phase_end[phase] = clock.now()
 
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start = clock.now()
         batch = to_device(next(batches), device, cfg.channels_last)
-        sync()
-        last[0] = time.perf_counter()
-        split["data wait"] += last[0] - start
+        data_ready = clock.now()
         train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim,
                    amp=amp_on(cfg, device), timer=timer)
+        clock.end_step(start, data_ready, phase_end["forward"], phase_end["backward"], phase_end["optimizer"])
         if i + 1 == warmup:
-            split.clear()
-    total = sum(split.values())
+            clock.reset()
+    clock.close()
+    total, lines = clock.report(steps)
     if info.main:
         print(f"profile: {steps} steps after {warmup} warm-up | batch {cfg.batch_size} x {info.world} | "
               f"{cfg.width}x{cfg.height} | {device} | amp {'on' if amp_on(cfg, device) else 'off'} | "
               f"channels_last {'on' if cfg.channels_last else 'off'} | workers {cfg.num_workers}")
         print(f"  throughput {steps * cfg.batch_size * info.world / total:8.1f} img/s "
               f"({1000 * total / steps:.1f} ms/step)")
-        for phase in ("data wait", "forward", "backward", "optimizer"):
-            print(f"  {phase:<10} {1000 * split[phase] / steps:8.1f} ms/step {100 * split[phase] / total:5.1f}%")
+        print("\n".join(lines))
     return 0
 
 

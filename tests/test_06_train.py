@@ -74,7 +74,7 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
     """Exercise 6.1: two train_step calls with SGD equal p <- p - lr * grad(loss)(p) applied twice,
     the gradients taken with torch.autograd.grad on copies of the networks (fails without
     zero_grad: the second step would use g1 + g2; without optimizer.step: nothing moves), and the
-    returned terms are the floats of the loss dict of the first step."""
+    returned terms are the detached 0-d tensors of the loss dict of each step."""
     t, g, data = train(), geo(), importlib.import_module("01_data")
     cfg = t.apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
@@ -110,13 +110,171 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
         torch.manual_seed(10 + step)
         terms = t.train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim)
         assert set(terms) == {"loss", "photometric", "smoothness"}
-        assert all(isinstance(v, float) for v in terms.values())
+        assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in terms.values())
         for k, v in expected_terms[step].items():
-            assert terms[k] == pytest.approx(v, rel=1e-5, abs=1e-7)
+            assert float(terms[k]) == pytest.approx(v, rel=1e-5, abs=1e-7)
     moved = max(float((p.detach() - b).abs().max()) for p, b in zip(params, before))
     assert moved > 1e-4, "train_step did not change the parameters (optimizer.step missing?)"
     for p, r in zip(params, ref_params):
         torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the GPU path, checked on CPU
+class HostReads:
+    """Counts the operations that make the host wait for a GPU result (a tensor read as a Python
+    number, a data-dependent shape, a tensor built from Python data and copied to the device),
+    seen through a dispatch mode: they dispatch the same on CPU, so a CPU test catches them."""
+    SYNCING = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "aten.nonzero",
+               "aten.masked_select", "aten.lift_fresh")
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+        self.seen = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                # x[i] = 1 lifts a 0-d Python number: on a GPU that is a fill kernel, not a copy
+                lifted_number = "lift_fresh" in str(func) and args[0].dim() == 0
+                if str(func).startswith(outer.SYNCING) and not lifted_number:
+                    outer.seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def tiny_step_setup(tiny_world, use_stereo, channels_last=False):
+    """Networks, optimizer (as the Trainer makes it), loss config and a float batch of 2 samples."""
+    t, data = train(), importlib.import_module("01_data")
+    cfg = t.apply_overrides(t.preset_config("synthetic-cpu"), dict(
+        num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
+        dim_feedforward=32, use_stereo=use_stereo, channels_last=channels_last))
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=t.frame_ids(cfg), is_train=True)
+    batch = t.to_device(data.collate([dataset[0], dataset[1]]), torch.device("cpu"), channels_last)
+    torch.manual_seed(0)
+    depth_net, pose_net = t.build_networks(cfg, torch.device("cpu"))
+    loss_cfg = t.loss_config(cfg)
+    return cfg, depth_net, pose_net, t.make_optimizer(cfg, depth_net, pose_net), loss_cfg, batch
+
+
+@pytest.mark.parametrize("use_stereo", [True, False])
+def test_train_step_never_waits_for_the_device(tiny_world, use_stereo):
+    """One train_step (mono with pose scaling, and MS) makes no host read at all: no .item()/float(),
+    no torch.tensor(python data), no data-dependent shapes between the forward pass and the optimizer
+    step. The loop then reads the three loss terms once (step_outcome). Adding a sync fails this."""
+    t = train()
+    cfg, depth_net, pose_net, optimizer, loss_cfg, batch = tiny_step_setup(tiny_world, use_stereo)
+    ssim = geo().make_ssim(loss_cfg)
+    t.train_step(depth_net, pose_net, batch, optimizer, loss_cfg, ssim)      # warm-up: optimizer state
+    with HostReads() as reads:
+        terms = t.train_step(depth_net, pose_net, batch, optimizer, loss_cfg, ssim)
+    assert reads.seen == []
+    values, nonfinite, signum = t.step_outcome(terms, 0, t.Dist(), need_values=False)
+    assert values == [float(terms[k]) for k in t.LOSS_TERMS] and not nonfinite and signum == 0
+
+
+def test_channels_last_lays_out_both_networks(tiny_world):
+    """--channels_last puts every 4-D weight of the depth AND the pose network in NHWC (a pose net
+    left NCHW would be re-laid-out at every call); without it both stay contiguous NCHW. A step in
+    NHWC gives the same loss as in NCHW (to float rounding)."""
+    t = train()
+    results = {}
+    for channels_last in (False, True):
+        cfg, depth_net, pose_net, optimizer, loss_cfg, batch = tiny_step_setup(tiny_world, True, channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for net in (depth_net, pose_net):
+            weights = [p for p in net.parameters() if p.dim() == 4]
+            assert weights and all(p.is_contiguous(memory_format=fmt) for p in weights)
+        depth_net.eval(), pose_net.eval()                                       # no dropout
+        torch.manual_seed(1)
+        results[channels_last] = t.train_step(depth_net, pose_net, batch, optimizer, loss_cfg,
+                                              geo().make_ssim(loss_cfg))["loss"]
+    torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_adam_matches_plain_adam():
+    """make_optimizer's Adam (fused where available) makes the same updates as torch's plain Adam,
+    with the pose network's own learning rate, to float rounding over five steps."""
+    t = train()
+    cfg = t.TrainConfig(lr=1e-2, pose_lr_scale=0.1)
+    torch.manual_seed(0)
+    nets = [torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 2)]
+    copies = copy.deepcopy(nets)
+    fast = t.make_optimizer(cfg, *nets)
+    plain = torch.optim.Adam([{"params": copies[0].parameters(), "lr": 1e-2},
+                              {"params": copies[1].parameters(), "lr": 1e-3}], foreach=False)
+    x, v = torch.rand(2, 3, 6, 6), torch.rand(3, 5)
+    for _ in range(5):
+        for (conv, lin), opt in ((nets, fast), (copies, plain)):
+            opt.zero_grad()
+            (conv(x).square().mean() + lin(v).sin().sum()).backward()
+            opt.step()
+    for a, b in zip([p for n in nets for p in n.parameters()], [p for n in copies for p in n.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_nonfinite_check_is_one_read_and_names_the_tensor():
+    """first_nonfinite reads the device once for all tensors (not once per tensor) and names the
+    first tensor holding a NaN or Inf; None when all are finite."""
+    t = train()
+    named = [(f"p{i}", torch.rand(3, 3)) for i in range(50)]
+    with HostReads() as reads:
+        assert t.first_nonfinite(named) is None
+    assert len(reads.seen) == 1
+    named[17][1][1, 2] = float("nan")
+    named[30][1][0, 0] = float("inf")
+    assert t.first_nonfinite(named) == "p17"
+
+
+def test_missing_cuda_device_or_too_many_processes_give_one_line(tmp_path, monkeypatch, capsys):
+    """--device cuda:N beyond the GPU count, torchrun with more processes than GPUs, --device cuda
+    without CUDA, and an unknown device: one `error:` line naming the value, exit 2 (checked with
+    a pretend 2-GPU machine; nothing reaches CUDA)."""
+    t = train()
+    args = ["--run_dir", str(tmp_path / "r"), "--no_eval"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    assert t.main(["--device", "cuda", *args]) == 2
+    assert "no CUDA device" in _one_error_line(capsys)
+    assert t.main(["--device", "tpu", *args]) == 2
+    assert "'tpu'" in _one_error_line(capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert t.main(["--device", "cuda:5", *args]) == 2
+    assert "cuda:5" in (line := _one_error_line(capsys)) and "2 CUDA device(s)" in line
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert t.main(["--device", "cuda", *args]) == 2
+    assert "LOCAL_RANK=2" in (line := _one_error_line(capsys)) and "--nproc_per_node 2" in line
+
+
+def test_profile_splits_a_step_into_parts_that_add_up(tiny_world, tmp_path, capsys):
+    """--profile 2 writes nothing, prints the throughput and one row per part (data wait, depth net,
+    pose net, warping + loss, optimizer) whose totals add up to the step time, with both networks
+    charged forward and backward time (the gradient hooks fired)."""
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "p", "--profile", "2") == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "p").exists()
+    step_ms = float(out.split(" ms/step)")[0].rsplit("(", 1)[1])
+    rows = {line[2:20].strip(): line[20:].split() for line in out.splitlines()
+            if line.startswith("  ") and line[2:20].strip() in ("data wait", "depth net", "pose net",
+                                                                "warping + loss", "optimizer")}
+    assert len(rows) == 5, out
+    assert sum(float(cells[-2]) for cells in rows.values()) == pytest.approx(step_ms, rel=0.01, abs=0.2)
+    for net in ("depth net", "pose net"):
+        forward, backward = float(rows[net][0]), float(rows[net][1])
+        assert forward > 0 and backward > 0, (net, rows[net])
 
 
 # ------------------------------------------------------------------ the loop
