@@ -152,14 +152,17 @@ class CostVolumeNet(nn.Module):
 
 
 def synthetic_frame(height, width, seed=0):
-    """One synthetic RGB frame [1,3,height,width] in [0,1] (from 01_data) and its thin-structure mask."""
+    """One synthetic RGB frame [1,3,height,width] in [0,1] (synthetic_world, read by 01_data) and its
+    thin-structure mask."""
     data = importlib.import_module("01_data")
+    import synthetic_world
     from PIL import Image
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
+        root = synthetic_world.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
         folder, frame, side = data.read_split(data.get_split_file("synthetic", "test", data_path=root))[0]
         sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
-        mask = np.asarray(Image.open(data.synthetic_thin_mask_path(root, folder, frame))) > 0  # (H_r, W_r)
+        mask_path = synthetic_world.synthetic_thin_mask_path(root, folder, frame)
+        mask = np.asarray(Image.open(mask_path)) > 0  # (H_r, W_r)
     return data.image_to_float(sample["color"][0]).unsqueeze(0), mask  # (1, 3, H, W) in [0, 1]
 
 

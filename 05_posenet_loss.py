@@ -17,7 +17,7 @@ Sec. 3; SQLDepth, AAAI 2024, Sec. 3.4 reuses it unchanged). This file adds:
   smoothness_loss               edge-aware smoothness on mean-normalised depth   (Exercise 5.5)
   LossConfig, predict_poses, self_supervised_loss   what 06_train.py calls every step
 
-Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, 01_data's synthetic world.
+Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, synthetic_world.py read by 01_data.
 Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame with its true
 depth and pose, saves a figure and prints the loss for true vs constant depth.
 Tests: tests/test_05_posenet_loss.py.
@@ -412,6 +412,7 @@ def synthetic_pair(root, height, width, sky_depth):
     (frames 0 and +1, float images), the true depth [1, 1, H, W] (sky filled with sky_depth) and the true
     T [1, 4, 4] target camera -> source camera, from poses.txt (camera-to-world matrices)."""
     data = importlib.import_module("01_data")
+    import synthetic_world
     lines = data.read_split(Path(root) / "splits" / "synthetic" / "train_files.txt")
     folder, frame, side = next(line for line in lines if line[2] == "l")   # poses are camera 2's
     dataset = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0, 1),
@@ -420,7 +421,7 @@ def synthetic_pair(root, height, width, sky_depth):
     depth = inputs["depth_gt"]                                          # (1, 1, Hgt, Wgt)
     depth = F.interpolate(depth, size=(height, width), mode="nearest")
     depth = torch.where(depth > 0, depth, torch.full_like(depth, sky_depth))
-    poses = torch.from_numpy(data.read_synthetic_poses(Path(root) / folder)).float()  # (N, 4, 4)
+    poses = torch.from_numpy(synthetic_world.read_synthetic_poses(Path(root) / folder)).float()  # (N, 4, 4)
     T = torch.linalg.inv(poses[frame + 1]) @ poses[frame]                # target -> source
     return inputs, depth, T[None]
 
@@ -430,12 +431,12 @@ def demo(cfg):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    data = importlib.import_module("01_data")
+    import synthetic_world
     loss_cfg = LossConfig(frame_ids=(0, 1), ssim_window=cfg.ssim_window)
     ssim = make_ssim(loss_cfg)                          # a bad window fails before rendering
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.make_synthetic_kitti(tmp, num_drives=3, frames_per_drive=4, height=cfg.height,
-                                         width=cfg.width, seed=cfg.seed)
+        root = synthetic_world.make_synthetic_kitti(tmp, num_drives=3, frames_per_drive=4, height=cfg.height,
+                                                    width=cfg.width, seed=cfg.seed)
         inputs, depth, T = synthetic_pair(root, cfg.height, cfg.width, cfg.sky_depth)
     torch.manual_seed(0)                                # the auto-mask's tie-breaking noise
     results = {}

@@ -309,12 +309,14 @@ class EpochBatches:
 
 
 def ensure_synthetic_world(cfg, info):
-    """The default data: generate data/synthetic with 01_data (rank 0; skipped when complete)."""
+    """The default data: generate data/synthetic with synthetic_world.py (rank 0; skipped when complete)."""
+    import synthetic_world
     root = HERE / "data" / "synthetic"
     if info.main:
         start = time.perf_counter()
-        data.make_synthetic_kitti(root, num_drives=cfg.synth_drives, frames_per_drive=cfg.synth_frames,
-                                  height=cfg.synth_height, width=cfg.synth_width, seed=0, workers=2)
+        synthetic_world.make_synthetic_kitti(root, num_drives=cfg.synth_drives,
+                                             frames_per_drive=cfg.synth_frames, height=cfg.synth_height,
+                                             width=cfg.synth_width, seed=0, workers=2)
         print(f"data: synthetic world at {root} ({time.perf_counter() - start:.0f} s)", flush=True)
     if info.world > 1:
         dist.barrier()

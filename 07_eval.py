@@ -314,9 +314,10 @@ def load_ground_truth(cfg, lines):
 
 def load_thin_masks(cfg, lines):
     """Thin-structure masks (H, W) bool of the synthetic world (None when the files are absent)."""
+    import synthetic_world
     masks = []
     for folder, frame, _ in lines:
-        path = Path(data.synthetic_thin_mask_path(cfg.data_path, folder, frame))
+        path = Path(synthetic_world.synthetic_thin_mask_path(cfg.data_path, folder, frame))
         if not path.is_file():
             return None
         masks.append(np.array(Image.open(path)) > 127)

@@ -1,13 +1,15 @@
-"""Tests of 01_data.py: calibration, velodyne ground truth, splits, KittiRaw, the synthetic world."""
+"""Tests of 01_data.py: calibration, velodyne ground truth, splits, KittiRaw, the command-line helper."""
+import argparse
 import colorsys
 import hashlib
 import http.server
 import importlib
-import os
 import pickle
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -172,25 +174,6 @@ def test_velodyne_to_depth_matches_monodepth2_oracle(tmp_path, vel_depth):
     assert got.dtype == np.float32 and got.shape == (height, width)
     np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-6)
     assert (expected > 0).sum() > 20
-
-
-def test_synthetic_lidar_round_trip(tiny_world):
-    """GT -> velodyne .bin (real velo_to_cam) -> velodyne_to_depth recovers the GT: >= 99% of the
-    lidar pixels within 0.1% relative, for every camera-2 frame of a drive."""
-    data = _data()
-    folder = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[0][0]
-    calib = data.read_calib_file(tiny_world / folder.split("/")[0] / "calib_velo_to_cam.txt")
-    np.testing.assert_allclose(calib["R"].reshape(3, 3), data.VELO_TO_CAM_R)
-    good = total = 0
-    for frame in range(8):
-        lidar = data.velodyne_to_depth(tiny_world / folder.split("/")[0],
-                                       tiny_world / folder / "velodyne_points" / "data" / f"{frame:010d}.bin")
-        gt = data.read_depth_png(tiny_world / folder / "proj_depth" / "groundtruth" / "image_02" / f"{frame:010d}.png")
-        on = lidar > 0
-        assert (gt[on] > 0).all()
-        good += (np.abs(lidar[on] - gt[on]) <= 1e-3 * gt[on]).sum()
-        total += on.sum()
-    assert total > 8 * 1000 and good >= 0.99 * total
 
 
 def test_read_depth_png_and_export(tiny_world, tmp_path):
@@ -544,104 +527,47 @@ def test_calibration_lacking_a_key(kitti_calib, tmp_path):
         data.velodyne_to_depth(kitti_calib, tmp_path / "none.bin")
 
 
-# ---------------------------------------------------------------------------------------------
-# The synthetic world
-# ---------------------------------------------------------------------------------------------
-def test_tiny_world_layout_and_splits(tiny_world):
-    """KITTI layout, calibration with the renderer's intrinsics (+1 for MATLAB pixels) and the
-    0.54 m baseline, one drive per split, drive-disjoint test/train, masks and poses present."""
-    data = _data()
-    splits = {k: data.read_split(data.get_split_file("synthetic", k, data_path=tiny_world))
-              for k in ("train", "val", "test")}
-    drives = {k: {l[0] for l in v} for k, v in splits.items()}
-    assert all(len(d) == 1 for d in drives.values())
-    assert data.check_split_overlap(splits["train"], splits["test"]) == []
-    assert {l[2] for l in splits["train"]} == {"l", "r"} and {l[1] for l in splits["test"]} == set(range(1, 7))
-    cam = data.read_calib_file(tiny_world / data.SYNTH_DATE / "calib_cam_to_cam.txt")
-    P2, P3 = cam["P_rect_02"].reshape(3, 4), cam["P_rect_03"].reshape(3, 4)
-    np.testing.assert_allclose(P2[:, :3], [[0.58 * 208, 0, 105], [0, 1.92 * 64, 33], [0, 0, 1]], rtol=1e-6)
-    assert P3[0, 3] == pytest.approx(-0.58 * 208 * 0.54)
-    np.testing.assert_allclose(cam["S_rect_02"], [208, 64])
-    drive = tiny_world / next(iter(drives["test"]))
-    poses = data.read_synthetic_poses(drive)
-    assert poses.shape == (8, 4, 4)
-    np.testing.assert_allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (8, 1, 1)),
-                               atol=1e-6)
-    step = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)
-    assert ((step > 0.6) & (step < 1.5)).all()
-    thin = sum((np.asarray(Image.open(data.synthetic_thin_mask_path(tiny_world, drive.relative_to(tiny_world).as_posix(), f)))
-                > 0).sum() for f in range(8))
-    assert thin > 0
-
-
-def _warp_error(src_img, tgt_img, depth, T_tgt_to_src, K):
-    """Mean |I_tgt - I_src(warped)| and mean |I_tgt - I_src| (no warp) over target pixels with depth
-    that land inside the source (nearest-pixel sampling, numpy), and that fraction of pixels."""
-    h, w = depth.shape
-    v, u = np.nonzero(depth > 0)
-    z = depth[v, u]
-    X = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, np.ones_like(z)])
-    Y = T_tgt_to_src @ X
-    us = np.round(K[0, 0] * Y[0] / Y[2] + K[0, 2]).astype(int)
-    vs = np.round(K[1, 1] * Y[1] / Y[2] + K[1, 2]).astype(int)
-    ok = (Y[2] > 0.1) & (us >= 0) & (us < w) & (vs >= 0) & (vs < h)
-    target = tgt_img[v[ok], u[ok]].astype(float)
-    warped = np.abs(target - src_img[vs[ok], us[ok]]).mean() / 255
-    unwarped = np.abs(target - src_img[v[ok], u[ok]]).mean() / 255
-    return warped, unwarped, ok.mean()
-
-
-def test_world_geometry_is_consistent(tiny_world):
-    """GT depth + poses.txt + K warp frame 5 and the right camera onto frame 4 (brightness constancy):
-    the mean photometric error is small, and far smaller than without warping."""
-    data = _data()
-    folder = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
-    drive = tiny_world / folder
-    poses = data.read_synthetic_poses(drive)
-    K = data.scale_K(data.normalised_K(), 208, 64)
-    image = lambda cam, f: np.asarray(Image.open(drive / cam / "data" / f"{f:010d}.jpg"))  # noqa: E731
-    depth = data.read_depth_png(drive / "proj_depth" / "groundtruth" / "image_02" / f"{4:010d}.png")
-    T = np.linalg.inv(poses[5]) @ poses[4]  # target (frame 4) to source (frame 5)
-    warped, unwarped, inside = _warp_error(image("image_02", 5), image("image_02", 4), depth, T, K)
-    assert inside > 0.7 and warped < 0.04 and warped < 0.5 * unwarped
-    stereo = np.eye(4)
-    stereo[0, 3] = -data.STEREO_BASELINE  # camera 2 coordinates -> camera 3 coordinates
-    warped, unwarped, _ = _warp_error(image("image_03", 4), image("image_02", 4), depth, stereo, K)
-    assert warped < 0.04 and warped < 0.5 * unwarped
-
-
-def test_world_is_deterministic_and_skips_complete_tree(tmp_path, tiny_world):
-    """Same seed -> same pixels (also from 2 worker processes); a complete tree with the same
-    arguments is not rewritten."""
-    data = _data()
-    root = data.make_synthetic_kitti(tmp_path / "w", num_drives=3, frames_per_drive=3, height=32, width=104, seed=5)
-    parallel = data.make_synthetic_kitti(tmp_path / "p", num_drives=3, frames_per_drive=3, height=32, width=104,
-                                         seed=5, workers=2)
-    for name in ("image_03/data/0000000001.jpg", "velodyne_points/data/0000000002.bin", "poses.txt"):
-        for d in range(3):
-            assert (root / data._drive_name(d) / name).read_bytes() == (parallel / data._drive_name(d) / name).read_bytes()
-    rng = np.random.default_rng([5, 1])
-    poses = data._trajectory(rng, 3)
-    street = data._Street(rng, poses[0, 2, 3] - 30.0, poses[-1, 2, 3] + data.MAX_GT_DEPTH + 30.0)
-    image, depth, _ = data.render_view(street, poses[2], 32, 104)
-    drive = root / data._drive_name(1)
-    np.testing.assert_array_equal(data.read_depth_png(drive / "proj_depth/groundtruth/image_02/0000000002.png"),
-                                  np.round(depth * 256.0) / 256.0)
-    marker = root / data.SYNTH_MARKER
-    stamp = os.stat(drive / "image_02/data/0000000002.jpg").st_mtime_ns
-    data.make_synthetic_kitti(root, num_drives=3, frames_per_drive=3, height=32, width=104, seed=5)
-    assert os.stat(drive / "image_02/data/0000000002.jpg").st_mtime_ns == stamp and marker.is_file()
-    assert (depth == 0).any() and depth.max() <= data.MAX_GT_DEPTH  # sky/far is "no data"
-
-
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     """The command line turns bad input into `error: ...` and exit status 2, without a traceback."""
     data = _data()
     assert data.main(["--bench", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data folder not found") and err.count("\n") == 1
-    with pytest.raises(ValueError, match="num_drives >= 3"):
-        data.make_synthetic_kitti(tmp_path / "w", num_drives=2, frames_per_drive=5)
+
+
+@dataclass
+class _FlagsConfig:
+    num_layers: int = 18  # ResNet depth (a % sign survives argparse)
+    use_stereo: bool = False  # add the stereo frame
+    pretrained: Optional[str] = None
+    model: dict = field(default_factory=dict)  # not a flag
+
+
+def test_add_dataclass_flags_spellings_bools_help_and_only_given():
+    """Both spellings, --flag/--no-flag bools, help text for every flag (comment or field name, then
+    the default), choices, preset defaults, and only_given parsing to None for flags not given."""
+    data = _data()
+    parser = argparse.ArgumentParser()
+    data.add_dataclass_flags(parser, _FlagsConfig, skip=("model",))
+    assert vars(parser.parse_args([])) == {"num_layers": 18, "use_stereo": False, "pretrained": None}
+    args = parser.parse_args(["--num-layers", "34", "--use_stereo", "--pretrained", "x.pth"])
+    assert (args.num_layers, args.use_stereo, args.pretrained) == (34, True, "x.pth")
+    assert parser.parse_args(["--use-stereo", "--no-use_stereo"]).use_stereo is False
+    helps = {a.dest: a.help % {} for a in parser._actions if a.dest != "help"}
+    assert helps == {"num_layers": "ResNet depth (a % sign survives argparse) (default: 18)",
+                     "use_stereo": "add the stereo frame (default: False)",
+                     "pretrained": "pretrained (default: None)"}
+    given = argparse.ArgumentParser()
+    data.add_dataclass_flags(given, _FlagsConfig, defaults={"num_layers": 50, "use_stereo": True},
+                             choices={"num_layers": [18, 34, 50], "bins": ["sql"]}, skip=("model",),
+                             only_given=True)
+    assert vars(given.parse_args([])) == {"num_layers": None, "use_stereo": None, "pretrained": None}
+    assert given.parse_args(["--no-use-stereo"]).use_stereo is False
+    text = " ".join(given.format_help().split())  # the help as one line
+    assert "(a % sign survives argparse) (default: 50)" in text and "frame (default: True)" in text
+    assert "--no-use-stereo" in text
+    with pytest.raises(SystemExit):
+        given.parse_args(["--num_layers", "20"])
 
 
 def test_loader_benchmark_reports_both_loaders(tiny_world, capsys):

@@ -283,9 +283,9 @@ def test_demo_figure_and_cli_errors(tmp_path):
     assert bins.main(["--bench", "--preset", "nope"]) == 2
     assert bins.main(["--bench", "--device", "tpu"]) == 2
     try:
-        importlib.import_module("01_data").make_synthetic_kitti
+        importlib.import_module("synthetic_world").make_synthetic_kitti
     except (ModuleNotFoundError, AttributeError):
-        pytest.skip("01_data.make_synthetic_kitti is not there yet")
+        pytest.skip("synthetic_world.make_synthetic_kitti is not there yet")
     out = tmp_path / "bins.png"
     assert bins.main(["--out", str(out)]) == 0
     assert out.stat().st_size > 0

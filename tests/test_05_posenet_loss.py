@@ -145,6 +145,7 @@ def synthetic_batch(tiny_world):
     the true depth (ground truth 0 = sky: filled with 80 m, and `valid` masks it out) and the true
     target->source transforms {-1: [B,4,4], 1: [B,4,4]} from poses.txt (camera-to-world)."""
     data = importlib.import_module("01_data")
+    import synthetic_world
     lines = data.read_split(tiny_world / "splits" / "synthetic" / "train_files.txt")
     lines = [line for line in lines if line[2] == "l"]                       # poses are camera 2's
     ds = data.KittiRaw(tiny_world, lines, 64, 208, frame_ids=(0, -1, 1), load_depth=True)
@@ -154,7 +155,7 @@ def synthetic_batch(tiny_world):
     depth = torch.where(valid, gt, torch.full_like(gt, 80.0))
     T = {-1: [], 1: []}
     for folder, frame, _ in lines:
-        poses = torch.from_numpy(data.read_synthetic_poses(tiny_world / folder)).float()  # (N, 4, 4)
+        poses = torch.from_numpy(synthetic_world.read_synthetic_poses(tiny_world / folder)).float()  # (N, 4, 4)
         for fid in T:
             T[fid].append(torch.linalg.inv(poses[frame + fid]) @ poses[frame])
     return inputs, depth, valid, {fid: torch.stack(Ts) for fid, Ts in T.items()}
