@@ -438,13 +438,14 @@ def describe_overlap(shared, num_eval_lines, against="the evaluation split"):
     return f"{len(shared)} drive(s) with {against} ({frames} of its {num_eval_lines} test frames): {listing}"
 
 
-def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="training split"):
+def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="training split",
+                            against="the evaluation split"):
     """Raise SplitOverlapError naming the shared drives (with line counts) and the number of test
     frames on them, unless allow_overlap; returns the check_split_overlap result."""
     shared = check_split_overlap(train_lines, eval_lines)
     if shared and not allow_overlap:
-        raise SplitOverlapError(f"{what} shares {describe_overlap(shared, len(eval_lines))} (train/test "
-                                f"leakage); pass --allow_split_overlap to train anyway")
+        raise SplitOverlapError(f"{what} shares {describe_overlap(shared, len(eval_lines), against)} "
+                                f"(train/test leakage); pass --allow_split_overlap to train anyway")
     return shared
 
 
