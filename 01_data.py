@@ -5,7 +5,8 @@ github.com/nianticlabs/monodepth2). This file rebuilds that pipeline:
   * the calibration files and the normalised intrinsics K, scaled to the training size (Exercise 1.1);
   * velodyne ground truth exactly as Monodepth2's `generate_depth_map` (Exercise 1.2), the improved
     ground-truth pngs, and an .npz export of the evaluation ground truth;
-  * split lists: parsing, download with a SHA-256 check, and the train/test drive-overlap check;
+  * split lists: parsing, any list a user brings (used as given), download of the standard lists
+    with a SHA-256 check of what was downloaded, and the train/test drive-overlap check;
   * `KittiRaw`, the Dataset that 06 and 07 read: frames 0/-1/+1 and the stereo partner "s", flip and
     colour jitter drawn once per sample, uint8 images batched by `collate`.
 Where we deviate from Monodepth2's loader, the function concerned says so. The synthetic mini-KITTI
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -314,10 +316,16 @@ SPLIT_SHA256 = {  # the standard lists (eigen test 697, eigen_benchmark test 652
     ("eigen_zhou", "train"): "00173a231642151c4693274e701ddd4cae7916520a757c7a94eae8e1173f7b0c",
     ("eigen_zhou", "val"): "64a868b8d2c66c3979a2d74c22ea2e9146850d5b9f5786ed8e5f92201ba1ad04",
 }
+SPLIT_LINES = {("eigen", "test"): 697, ("eigen_benchmark", "test"): 652,  # lines of each standard list,
+               ("eigen_zhou", "train"): 39810, ("eigen_zhou", "val"): 4424}  # for the "not standard" note
+DOWNLOAD_MARK = ".sha256"  # NAME/KIND_files.txt.sha256: written next to a list this program downloaded
 
 
 def read_split(path):
-    """Split file -> [(folder, frame, side)] with side "l"/"r" (accepts 2/3 and zero-padded frames)."""
+    """Split file -> [(folder, frame, side)] with side "l"/"r" (accepts 2/3 and zero-padded frames).
+
+    Blank lines are skipped; a malformed line, or a file without a single split line, is one
+    error naming the file (and the line number)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
@@ -330,7 +338,20 @@ def read_split(path):
             raise SplitLineError(f"{path}:{number}: bad split line {text.strip()!r} "
                                  f"(expected 'folder frame side' with side l/r/2/3)")
         lines.append((parts[0], int(parts[1]), SIDE_NAMES[parts[2]]))
+    if not lines:
+        raise DataError(f"split file {path} holds no split line (expected 'folder frame side' per line)")
     return lines
+
+
+def split_file_line_number(path, index):
+    """The line number in file `path` of its index-th split line (1-based; blank lines skipped), or
+    None when the file is not there or is shorter (for error messages only)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    filled = [number for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return filled[index - 1] if 0 < index <= len(filled) else None
 
 
 def write_split(path, lines):
@@ -345,12 +366,42 @@ def default_split_dir():
     return Path(os.environ.get("SQLDEPTH_SPLIT_DIR", Path.home() / ".cache" / "sqldepth" / "splits"))
 
 
-def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0):
-    """Path of split list `name`/`kind`_files.txt, downloaded and SHA-256 checked on first use.
+def write_atomic(path, payload):
+    """Write bytes to `path` through a temporary file of a name no other writer uses, then rename.
 
+    Several processes (torchrun ranks, two runs sharing a cache) may fetch the same file at once;
+    with one shared temporary name one of them could rename it while another was still writing,
+    and the second rename would fail. With a unique name per writer every rename succeeds, and a
+    reader sees either no file or a complete one (the last rename wins; the contents are equal).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "xb") as f:  # "x": never share a file with another writer
+            f.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
+    """Path of split list `name`/`kind`_files.txt in split_dir (default `default_split_dir()`).
+
+    Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there (a custom split is a
+    folder NAME with train_files.txt and val_files.txt). A missing standard list (SPLIT_SHA256) is
+    downloaded from base_url (default SPLIT_URL_BASE) and SHA-256 checked.
+    Which lists are checked against the known sums, as one rule: a list this program downloaded has
+    a sidecar KIND_files.txt.sha256 that the download writes; such a list must still have its known
+    sum (a changed or corrupted download is refused). A list without that sidecar was put there by
+    the user (in --split_dir, $SQLDEPTH_SPLIT_DIR or the cache by hand): it is used as given, and
+    when it carries a standard name but other contents, `log` gets one informative line.
     name "synthetic" is `synthetic_split_path(data_path, kind)` (written by synthetic_world.py).
-    The standard lists live in split_dir (default `default_split_dir()`), fetched from
-    base_url (default SPLIT_URL_BASE) when absent.
     """
     if name == "synthetic":
         if data_path is None:
@@ -359,17 +410,26 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
         if not path.is_file():
             raise DataError(f"split file not found: {path} (make the world: synthetic_world.py --make)")
         return path
-    if (name, kind) not in SPLIT_SHA256:
-        known = ", ".join(f"{n}/{k}" for n, k in SPLIT_SHA256)
-        raise DataError(f"unknown split list {name}/{kind} (known: {known}, synthetic/train|val|test)")
-    expected = SPLIT_SHA256[(name, kind)]
+    expected = SPLIT_SHA256.get((name, kind))
     path = Path(split_dir if split_dir is not None else default_split_dir()) / name / f"{kind}_files.txt"
+    mark = path.with_name(path.name + DOWNLOAD_MARK)
     if path.is_file():
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if got != expected:
+        got = _sha256(path)
+        if expected is None or got == expected:
+            return path
+        if mark.is_file():  # our own download, changed since: never train on a silently altered list
             raise DataError(f"split file {path} has SHA-256 {got}, expected {expected}: "
-                            f"delete it to download it again")
+                            f"delete it to download it again (or delete {mark.name} if the list is yours)")
+        if log is not None:
+            count = sum(1 for line in path.read_text().splitlines() if line.strip())
+            standard = SPLIT_LINES.get((name, kind))
+            log(f"note: {path} differs from the standard {name}/{kind} list"
+                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines and is used as given")
         return path
+    if expected is None:
+        known = ", ".join(f"{n}/{k}" for n, k in SPLIT_SHA256)
+        raise DataError(f"split file not found: {path} ({name}/{kind} is not a list this program downloads "
+                        f"({known}); a split NAME is NAME/train_files.txt + val_files.txt in --split_dir)")
     url = f"{(base_url or SPLIT_URL_BASE).rstrip('/')}/{name}/{kind}_files.txt"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -381,10 +441,8 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
     got = hashlib.sha256(payload).hexdigest()
     if got != expected:
         raise DataError(f"downloaded {url} has SHA-256 {got}, expected {expected}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(payload)
-    tmp.replace(path)  # atomic: a half-written list never looks valid
+    write_atomic(path, payload)  # the list first: a list without its mark only counts as the user's
+    write_atomic(mark, f"{got}  {url}\n".encode())
     return path
 
 
@@ -396,13 +454,22 @@ def check_split_overlap(train_lines, eval_lines):
     return [(drive, train_count[drive], eval_count[drive]) for drive in shared]
 
 
-def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False):
-    """Raise SplitOverlapError listing shared drives (with line counts) unless allow_overlap."""
+def describe_overlap(shared, num_eval_lines, against="the evaluation split"):
+    """'N drive(s) with <against> (M of its T test frames): drive (train a, eval b), ...' for a
+    check_split_overlap result (M = the test frames on shared drives, the ones a leak affects)."""
+    frames = sum(n for _, _, n in shared)
+    listing = ", ".join(f"{d} (train {a}, eval {b})" for d, a, b in shared)
+    return f"{len(shared)} drive(s) with {against} ({frames} of its {num_eval_lines} test frames): {listing}"
+
+
+def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="training split",
+                            against="the evaluation split"):
+    """Raise SplitOverlapError naming the shared drives (with line counts) and the number of test
+    frames on them, unless allow_overlap; returns the check_split_overlap result."""
     shared = check_split_overlap(train_lines, eval_lines)
     if shared and not allow_overlap:
-        listing = ", ".join(f"{d} (train {a}, eval {b})" for d, a, b in shared)
-        raise SplitOverlapError(f"training split shares {len(shared)} drive(s) with the evaluation split: "
-                                f"{listing}; pass --allow_split_overlap to train anyway")
+        raise SplitOverlapError(f"{what} shares {describe_overlap(shared, len(eval_lines), against)} "
+                                f"(train/test leakage); pass --allow_split_overlap to train anyway")
     return shared
 
 
@@ -435,10 +502,11 @@ class KittiRaw(torch.utils.data.Dataset):
     `flip_prob` and `jitter_prob` (0.5 each, training only) may be changed, e.g. by tests; the draws
     come from np.random.default_rng([seed, epoch, index]) (see set_epoch).
     depth_gt is returned at its stored size (not resized) and mirrored with the images.
+    split_file (optional): the file the lines came from, named with its line number when a frame is missing.
     """
 
     def __init__(self, data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=False,
-                 img_ext=".jpg", load_depth=False, drop_missing=False, seed=0):
+                 img_ext=".jpg", load_depth=False, drop_missing=False, seed=0, split_file=None):
         self.data_path = Path(data_path)
         if not self.data_path.is_dir():
             raise DataError(f"data folder not found: {self.data_path}")
@@ -469,8 +537,10 @@ class KittiRaw(torch.utils.data.Dataset):
                 kept.append((folder, int(frame), side))
             elif drop_missing:
                 self.dropped += 1
-            else:
-                raise DataError(f"missing file {missing} (split line {number}: {folder} {frame} {side}); "
+            else:  # name the list's file and line when known: the user can open it there
+                line = split_file_line_number(split_file, number) if split_file else None
+                where = f"line {line} of {split_file}" if line else f"split line {number}"
+                raise DataError(f"missing file {missing} ({where}: {folder} {frame} {side}); "
                                 f"use drop_missing / --drop_missing to skip such lines")
         self.lines = kept
 

@@ -137,8 +137,11 @@ def load_pretrained(encoder_module, spec):
         return
     if spec == "imagenet":
         url = IMAGENET_URLS[encoder_module.num_layers]
+        # torch.hub downloads into a temporary file of a unique name and then renames it, so several
+        # processes fetching at once (torchrun ranks, two runs) cannot break each other; check_hash
+        # compares the download with the SHA-256 prefix in torchvision's file name.
         try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
         except Exception as err:  # offline, proxy, certificate...: one clear line
             raise ValueError(f"could not download ImageNet weights from {url} ({type(err).__name__}); "
                              f"download the file elsewhere and pass its path as --pretrained PATH") from None

@@ -9,7 +9,9 @@ engineering that makes long runs safe and repeatable:
 - presets (`PRESETS`): the embedded CPU default on the synthetic world and the three KITTI set-ups
   of the released models; every field of `TrainConfig` (and of the model's DepthNetConfig, as flat
   flags such as --num_queries) can be overridden on the command line;
-- the split checker of 01_data refuses a train split that shares a drive with the test split;
+- any split a researcher brings: --split NAME reads SPLIT_DIR/NAME/{train,val}_files.txt, or
+  --train_files FILE --val_files FILE; whatever lists are in use, 01_data's checker refuses them
+  before any data is read when they share a drive with the evaluation split (--eval_split);
 - one fixed-format log line per interval and the same numbers in RUN/log.csv, curves in RUN/;
 - atomic checkpoints (RUN/ckpt.pt = last, RUN/best.pt = lowest validation loss, or the latest
   checkpoint until the first validation has run); `--resume RUN`
@@ -78,9 +80,11 @@ class TrainConfig:
     preset: str = "synthetic-cpu"   # starting point from PRESETS; every other field overrides it
     data: str = "synthetic"         # "synthetic" (generated world) or "kitti" (KITTI raw)
     data_path: str = ""             # dataset root; "" = data/synthetic here (generated if missing)
-    split: str = ""                 # split name for 01_data.get_split_file; "" = synthetic / eigen_zhou
-    split_dir: str = ""             # folder with <split>/<kind>_files.txt ("" = 01's download cache)
-    eval_split: str = ""            # test split that may share no drive with train; "" = synthetic/eigen
+    split: str = ""                 # NAME: SPLIT_DIR/NAME/{train,val}_files.txt; "" = synthetic / eigen_zhou
+    split_dir: str = ""             # SPLIT_DIR: your lists, used as given ("" = 01's download cache)
+    train_files: str = ""           # a one-off train list ("folder frame side" lines) instead of --split
+    val_files: str = ""             # the validation list file that goes with --train_files
+    eval_split: str = ""            # test split whose drives the train + val lists may not use; "" = synthetic/eigen
     allow_split_overlap: bool = False  # train anyway when train and test splits share drives (leakage!)
     img_ext: str = ".jpg"           # image file extension (KITTI as downloaded: .png)
     drop_missing: bool = False      # drop split lines whose frames are missing instead of stopping
@@ -166,6 +170,9 @@ CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"],
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
+# Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
+# 07_eval's leakage warning); not options, so --resume leaves them out of the TrainConfig.
+RECORD_KEYS = ("split_files", "train_drives")
 
 
 def _add_flag(parser, name, default, help_text):
@@ -187,7 +194,11 @@ def build_parser():
         prog="06_train.py",
         description="Self-supervised SQLDepth training. Without arguments: the synthetic-cpu preset "
                     "(generates data/synthetic, trains, evaluates with 07_eval.py).",
-        epilog="Model fields are flat flags (--num_layers 18 --num_queries 32 ...); --pretrained none "
+        epilog="Your own split: put NAME/train_files.txt and NAME/val_files.txt (lines 'folder frame side') "
+               "in a folder and pass --split NAME --split_dir FOLDER, or pass --train_files FILE --val_files "
+               "FILE; a run whose lists share a drive with the --eval_split test list is refused before any "
+               "data is read (unless --allow_split_overlap). "
+               "Model fields are flat flags (--num_layers 18 --num_queries 32 ...); --pretrained none "
                "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
                "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
     base = preset_config("synthetic-cpu")
@@ -230,6 +241,35 @@ class Dist:
     @property
     def main(self):
         return self.rank == 0
+
+
+class PeerFailed(Exception):
+    """Rank 0 failed at a step the other ranks wait for; rank 0 prints the one error line."""
+
+
+def main_rank_first(info, work):
+    """work() on rank 0 first, then on the other ranks: downloads into a shared cache (split lists,
+    ImageNet weights) and the synthetic world are made once, and the others find them complete.
+
+    The other ranks wait in a broadcast from rank 0 instead of a bare barrier: it says whether
+    rank 0 succeeded, so a failure there (offline, a leaking split) stops every rank at once
+    instead of leaving them at a barrier that rank 0 never reaches.
+    """
+    if info.world == 1:
+        return work()
+    result, error = None, None
+    if info.main:
+        try:
+            result = work()
+        except Exception as err:                 # re-raised below, after telling the others
+            error = err
+    box = [error is not None]
+    dist.broadcast_object_list(box, src=0)
+    if box[0]:
+        if info.main:
+            raise error
+        raise PeerFailed()
+    return result if info.main else work()
 
 
 def setup_process(cfg):
@@ -309,45 +349,78 @@ class EpochBatches:
 
 
 def ensure_synthetic_world(cfg, info):
-    """The default data: generate data/synthetic with synthetic_world.py (rank 0; skipped when complete)."""
-    import synthetic_world
+    """The default data: generate data/synthetic with synthetic_world.py (rank 0 first; skipped when
+    complete)."""
+    import synthetic_world                       # only the default run needs the renderer
     root = HERE / "data" / "synthetic"
-    if info.main:
-        start = time.perf_counter()
-        synthetic_world.make_synthetic_kitti(root, num_drives=cfg.synth_drives,
-                                             frames_per_drive=cfg.synth_frames, height=cfg.synth_height,
-                                             width=cfg.synth_width, seed=0, workers=2)
-        print(f"data: synthetic world at {root} ({time.perf_counter() - start:.0f} s)", flush=True)
-    if info.world > 1:
-        dist.barrier()
+
+    def make():
+        if info.main:
+            start = time.perf_counter()
+            synthetic_world.make_synthetic_kitti(root, num_drives=cfg.synth_drives,
+                                                 frames_per_drive=cfg.synth_frames, height=cfg.synth_height,
+                                                 width=cfg.synth_width, seed=0, workers=2)
+            print(f"data: synthetic world at {root} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    main_rank_first(info, make)
     return root
 
 
-def load_splits(cfg, root):
-    """(train lines, val lines), after 01's leakage check against the evaluation split's test list
-    (SPEC section 6: an old official train list shared 21 drives with the Eigen test split)."""
+def split_names(cfg):
+    """(training split name, evaluation split name) with the defaults of the data kind filled in."""
     synthetic = cfg.data == "synthetic"
-    split = cfg.split or ("synthetic" if synthetic else "eigen_zhou")
-    eval_split = cfg.eval_split or ("synthetic" if synthetic else "eigen")
-
-    def lines(name, kind):
-        return data.read_split(data.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root)))
-
-    train, val = lines(split, "train"), lines(split, "val")
-    shared = data.require_disjoint_splits(train, lines(eval_split, "test"), cfg.allow_split_overlap)
-    if shared:
-        print(f"warning: {split} train shares {len(shared)} drive(s) with the {eval_split} test split "
-              f"(allowed by --allow_split_overlap): test numbers will be optimistic", flush=True)
-    return train, val
+    return (cfg.split or ("synthetic" if synthetic else "eigen_zhou"),
+            cfg.eval_split or ("synthetic" if synthetic else "eigen"))
 
 
-def make_datasets(cfg, root):
-    """(train KittiRaw with augmentation, val KittiRaw without) at the network size."""
-    train_lines, val_lines = load_splits(cfg, root)
+def split_files(cfg, root, log=print):
+    """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
+    01_data.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
+    test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
+    informative line about a user's list that differs from the standard list of its name."""
+    split, eval_split = split_names(cfg)
+    if bool(cfg.train_files) != bool(cfg.val_files):
+        raise ValueError("--train_files and --val_files go together (a run needs a validation list)")
+    if cfg.train_files and cfg.split:
+        raise ValueError(f"give --split {cfg.split} or --train_files/--val_files, not both")
+
+    def find(name, kind):
+        return data.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
+
+    if cfg.train_files:
+        files = {"train": Path(cfg.train_files).resolve(), "val": Path(cfg.val_files).resolve()}
+    else:
+        files = {"train": find(split, "train"), "val": find(split, "val")}
+    files["test"] = find(eval_split, "test")
+    return files
+
+
+def load_splits(cfg, root, log=print):
+    """(train lines, val lines, list files), after 01's leakage check of the train and val lines
+    against the evaluation split's test list (an old official train list shared 21 drives with the
+    Eigen test split). Reads only the lists, no image: it runs before any data is read."""
+    files = split_files(cfg, root, log)
+    train, val, test = (data.read_split(files[k]) for k in ("train", "val", "test"))
+    split, eval_split = split_names(cfg)
+    what = f"the {'--train_files/--val_files' if cfg.train_files else split} split (train + val lines)"
+    against = f"the {eval_split} test split"
+    shared = data.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
+    if shared and log is not None:
+        log(f"warning: {what} shares {data.describe_overlap(shared, len(test), against)} "
+            f"(allowed by --allow_split_overlap): test numbers on these drives will be optimistic")
+    return train, val, files
+
+
+def make_datasets(cfg, root, info=None):
+    """(train KittiRaw with augmentation, val KittiRaw without, list files) at the network size.
+    The lists are resolved on rank 0 first (it downloads what is missing), then on the others."""
+    info = info or Dist()
+    log = (lambda line: print(line, flush=True)) if info.main else None
+    train_lines, val_lines, files = main_rank_first(info, lambda: load_splits(cfg, root, log))
     common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids(cfg), img_ext=cfg.img_ext,
                   drop_missing=cfg.drop_missing, seed=cfg.seed)
-    return (data.KittiRaw(str(root), train_lines, is_train=True, **common),
-            data.KittiRaw(str(root), val_lines, is_train=False, **common))
+    return (data.KittiRaw(str(root), train_lines, is_train=True, split_file=files["train"], **common),
+            data.KittiRaw(str(root), val_lines, is_train=False, split_file=files["val"], **common), files)
 
 
 def make_loaders(cfg, train_set, val_set, info, device):
@@ -551,7 +624,7 @@ def load_checkpoint(path):
 
 def resume_config(ckpt, given, run_dir):
     """The checkpoint's TrainConfig with the given flags applied; refuses architecture changes."""
-    stored = dict(ckpt["config"])
+    stored = {k: v for k, v in ckpt["config"].items() if k not in RECORD_KEYS}
     try:
         cfg = TrainConfig(**stored)
     except TypeError as err:
@@ -725,14 +798,20 @@ class Trainer:
         if not root.is_dir():
             raise FileNotFoundError(f"data path {root} not found")
         self.cfg = cfg = replace(cfg, data_path=str(root.resolve()))
-        train_set, val_set = make_datasets(cfg, root)
+        train_set, val_set, files = make_datasets(cfg, root, info)
+        # Recorded in the checkpoint for 07_eval (which warns when it evaluates on these drives),
+        # as drive names, so the check works wherever the list files end up.
+        self.split_record = {"split_files": {k: str(v) for k, v in files.items()},
+                             "train_drives": sorted({f for f, _, _ in train_set.lines + val_set.lines})}
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
-        self.depth_net, self.pose_net = build_networks(cfg, device, load_pretrained=ckpt is None)
+        # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
+        self.depth_net, self.pose_net = main_rank_first(
+            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
         self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
@@ -769,7 +848,8 @@ class Trainer:
         return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
-                "steps_per_epoch": self.steps_per_epoch, "config": asdict(self.cfg), "rng": rng_state()}
+                "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
+                "rng": rng_state()}
 
     def save(self, validate_too):
         """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
@@ -1085,6 +1165,8 @@ def main(argv=None):
         return code
     except (data.DataError, FileNotFoundError, ValueError) as err:   # SplitOverlapError is a DataError
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except PeerFailed:                           # rank 0 printed the reason
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted again before the checkpoint was saved; the previous checkpoint "

@@ -23,6 +23,11 @@ SQL internals: cost-volume slices and bin distributions), `--predict PATH` (dept
 colour PNG, .npy, optional .ply point cloud), `--official DIR` (the released SQLDepth weights through
 04_bins.convert_official_checkpoint).
 
+Leakage: 06_train records the drives of its train and val lists in the checkpoint. When they include
+drives of the evaluated lines, a WARNING line heads the printed and the markdown table and the
+model's row is marked, so a leaked number is never read as a clean one (a checkpoint without the
+record, e.g. the official weights: the overlap is reported as unknown).
+
 Deviation from the official code: the official SQLDepth evaluation passes its DEPTH output (named
 "disp") through Monodepth2's disparity post-processing unchanged; we do the same thing on purpose
 (flip-average of depth, not of 1/depth), so our numbers are comparable with the released ones.
@@ -275,7 +280,8 @@ def split_lines(cfg, kind="test"):
     if cfg.split_file and kind == "test":
         path = cfg.split_file
     else:
-        path = data.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path)
+        path = data.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
+                                   log=lambda line: print("   " + line))
     lines = data.read_split(path)
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines
 
@@ -361,19 +367,44 @@ def mean_training_depth(cfg):
 
 # ----------------------------------------------------------------------------- tables
 
-def format_table(rows):
-    """Fixed-width table (name + the seven metrics in the paper's order, + thin AbsRel when known)."""
+LEAK_MARK = " [trained on test drives]"  # appended to the model's row name when its training leaked
+
+
+def leakage_warning(config, lines, split):
+    """The warning line when the checkpoint's training lists used drives of the evaluated lines, else
+    None; "unknown" (a note, also returned as None) when the checkpoint does not record its drives.
+
+    06_train stores the drives of its train and val lists in the checkpoint config ("train_drives");
+    older checkpoints and the official weights lack it, so nothing can be said about them."""
+    drives = config.get("train_drives")
+    if drives is None:
+        print("   train/test drive overlap: unknown (the checkpoint does not record its training drives)")
+        return None
+    drives = set(drives)
+    shared = sorted({folder for folder, _, _ in lines} & drives)
+    if not shared:
+        return None
+    frames = sum(1 for folder, _, _ in lines if folder in drives)
+    return (f"WARNING: train/test leakage: the checkpoint trained on {len(shared)} drive(s) of this {split} "
+            f"test split ({frames} of its {len(lines)} frames): {', '.join(shared)}; these numbers are optimistic")
+
+
+def format_table(rows, warning=None):
+    """Fixed-width table (name + the seven metrics in the paper's order, + thin AbsRel when known),
+    headed by the warning line when one is given (a leaked number never appears without it)."""
     thin = any(np.isfinite(r.get("thin_abs_rel", np.nan)) for r in rows)
     head = f"{'model':<24}" + "".join(f"{k:>10}" for k in METRICS) + (f"{'thin_abs_rel':>14}" if thin else "")
-    lines = [head]
+    lines = ([warning] if warning else []) + [head]
     for r in rows:
         line = f"{r['name']:<24}" + "".join(f"{r[k]:>10.3f}" for k in METRICS)
         lines.append(line + (f"{r.get('thin_abs_rel', np.nan):>14.3f}" if thin else ""))
     return "\n".join(lines)
 
 
-def save_table(rows, out_dir, split):
-    """Write eval_<split>.csv and eval_<split>.md; returns their paths."""
+def save_table(rows, out_dir, split, warning=None):
+    """Write eval_<split>.csv and eval_<split>.md (the warning line above the markdown table when
+    given; in the CSV, which has no place for it, the model row's name carries LEAK_MARK); returns
+    their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = list(METRICS) + ["thin_abs_rel", "n"]
     csv_path, md_path = out_dir / f"eval_{split}.csv", out_dir / f"eval_{split}.md"
@@ -383,6 +414,7 @@ def save_table(rows, out_dir, split):
     md = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     md += ["| " + r["name"] + " | " + " | ".join(f"{r.get(c, np.nan):.3f}" if c != "n" else str(r["n"]) for c in cols)
            + " |" for r in rows]
+    md = ([f"> **{warning}**", ""] if warning else []) + md
     md_path.write_text("\n".join(md) + "\n")
     return csv_path, md_path
 
@@ -569,6 +601,7 @@ def evaluate(model, config, cfg, device):
     """The whole evaluation: predictions, metrics table (+ baselines), CSV/markdown, figures."""
     height, width = int(config["height"]), int(config["width"])
     lines = split_lines(cfg)
+    warning = leakage_warning(config, lines, cfg.split)
     gts = load_ground_truth(cfg, lines)
     thin = load_thin_masks(cfg, lines) if cfg.split == "synthetic" else None
     print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
@@ -581,7 +614,7 @@ def evaluate(model, config, cfg, device):
                                 keep_images=cfg.num_figure_frames if cfg.figures else 0)
     result = evaluate_predictions(gts, preds, cfg.split, median, scale, thin)
     print_ratio_stats(result["ratios"])
-    rows = [dict(result, name=cfg.model_name)]
+    rows = [dict(result, name=cfg.model_name + (LEAK_MARK if warning else ""))]
     if cfg.baselines and not (Path(cfg.data_path) / data.SYNTH_MARKER).is_file():
         print("   (the mean-training-depth baseline needs the dense GT of the synthetic world: skipped)")
     elif cfg.baselines:
@@ -593,8 +626,8 @@ def evaluate(model, config, cfg, device):
         untrained = bins.depthnet_from_config(config["model"]).to(device).eval()
         raw, _ = run_network(untrained, test_loader(cfg, lines, height, width), cfg, device)
         rows.append(dict(evaluate_predictions(gts, raw, cfg.split, median, scale, thin), name="untrained network"))
-    print("\n" + format_table(rows) + "\n")
-    csv_path, md_path = save_table(rows, Path(cfg.out), cfg.split)
+    print("\n" + format_table(rows, warning) + "\n")
+    csv_path, md_path = save_table(rows, Path(cfg.out), cfg.split, warning)
     print(f"-> table saved to {csv_path} and {md_path}")
     if cfg.figures and images:
         fig_path = Path(cfg.out) / f"eval_{cfg.split}_predictions.png"

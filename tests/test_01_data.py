@@ -202,7 +202,8 @@ def test_read_depth_png_and_export(tiny_world, tmp_path):
 # Splits
 # ---------------------------------------------------------------------------------------------
 def test_read_split_formats_and_bad_line(tmp_path):
-    """Zero-padded frames and sides l/r/2/3 parse; a bad line is a ValueError naming file and line."""
+    """Zero-padded frames and sides l/r/2/3 parse; a bad line is a ValueError naming file and line;
+    a missing or empty file is a DataError naming it."""
     data = _data()
     path = tmp_path / "s.txt"
     path.write_text("2011_09_26/d_0002_sync 0000000069 l\n\n2011_09_26/d_0002_sync 5 3\nx 7 2\n")
@@ -216,16 +217,21 @@ def test_read_split_formats_and_bad_line(tmp_path):
         data.read_split(path)
     with pytest.raises(data.DataError, match="not found"):
         data.read_split(tmp_path / "none.txt")
+    path.write_text("\n  \n")                         # a list without a single line is refused too
+    with pytest.raises(data.DataError, match=r"s\.txt holds no split line"):
+        data.read_split(path)
 
 
 def test_split_overlap_checker():
-    """Shared drives are listed with both line counts; the guard refuses unless allowed."""
+    """Shared drives are listed with both line counts and the number of test frames on them (3 of
+    the 4 here); the guard refuses unless allowed."""
     data = _data()
     train = [("a", 1, "l"), ("a", 2, "r"), ("b", 1, "l"), ("c", 4, "l")]
     test = [("a", 9, "l"), ("c", 1, "l"), ("c", 2, "l"), ("d", 1, "l")]
     assert data.check_split_overlap(train, test) == [("a", 2, 1), ("c", 1, 2)]
     assert data.check_split_overlap(train, [("z", 1, "l")]) == []
-    with pytest.raises(data.SplitOverlapError, match=r"a \(train 2, eval 1\).*c \(train 1, eval 2\)"):
+    with pytest.raises(data.SplitOverlapError, match=r"2 drive\(s\).*\(3 of its 4 test frames\): "
+                                                    r"a \(train 2, eval 1\), c \(train 1, eval 2\)"):
         data.require_disjoint_splits(train, test)
     assert len(data.require_disjoint_splits(train, test, allow_overlap=True)) == 2
 
@@ -248,7 +254,8 @@ def split_server(tmp_path):
 
 
 def test_get_split_file_download_and_hash(split_server, tmp_path, monkeypatch):
-    """First use downloads and caches the list; a wrong hash is refused; the cache works offline."""
+    """First use downloads and caches the list with its download mark (no temporary file left); a
+    wrong hash is refused; the cache works offline; a downloaded list that changed is still refused."""
     data = _data()
     url, digest = split_server
     monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), "0" * 64)
@@ -259,23 +266,77 @@ def test_get_split_file_download_and_hash(split_server, tmp_path, monkeypatch):
     path = data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
     assert path == tmp_path / "cache" / "eigen" / "test_files.txt"
     assert len(data.read_split(path)) == 5
+    assert (path.parent / "test_files.txt.sha256").read_text().split()[0] == digest
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test_files.txt", "test_files.txt.sha256"]
     # Cached: no server needed (an unreachable URL), and the env var selects the folder.
     monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
     assert data.get_split_file("eigen", "test", base_url="http://127.0.0.1:9") == path
-    # A corrupted cache is refused rather than used.
+    # A corrupted download is refused rather than used (it carries the mark of a download).
     path.write_text("x 1 l\n")
     with pytest.raises(data.DataError, match="delete it"):
         data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
 
 
+def test_user_lists_are_used_as_given_with_one_note(tmp_path):
+    """A list the user put in a split folder (no download mark) is never hash-checked or fetched:
+    with a standard name but other contents it is used with one line naming the standard list and
+    both line counts; a custom name (any name) is used silently; the standard contents give no note."""
+    data = _data()
+    mine = tmp_path / "their_splits"
+    data.write_split(mine / "eigen_zhou" / "train_files.txt", [("2011_09_26/d_0001_sync", i, "l") for i in range(3)])
+    data.write_split(mine / "my_split" / "val_files.txt", [("2011_09_26/d_0001_sync", 1, "r")])
+    notes = []
+    offline = "http://127.0.0.1:9"                       # nothing may be downloaded
+    path = data.get_split_file("eigen_zhou", "train", mine, base_url=offline, log=notes.append)
+    assert path == mine / "eigen_zhou" / "train_files.txt" and len(data.read_split(path)) == 3
+    assert len(notes) == 1 and "\n" not in notes[0], notes
+    assert "standard eigen_zhou/train list (39,810 lines)" in notes[0] and "3 lines" in notes[0]
+    assert str(path) in notes[0]
+    notes.clear()
+    assert data.get_split_file("my_split", "val", mine, log=notes.append) == mine / "my_split" / "val_files.txt"
+    with pytest.raises(data.DataError, match=r"not found: .*my_split.train_files\.txt"):
+        data.get_split_file("my_split", "train", mine, log=notes.append)
+    standard = hashlib.sha256(path.read_bytes()).hexdigest()
+    data.SPLIT_SHA256[("eigen_zhou", "train")], old = standard, data.SPLIT_SHA256[("eigen_zhou", "train")]
+    try:
+        assert data.get_split_file("eigen_zhou", "train", mine, log=notes.append) == path
+    finally:
+        data.SPLIT_SHA256[("eigen_zhou", "train")] = old
+    assert notes == []
+
+
+def test_a_download_finishing_meanwhile_cannot_break_ours(split_server, tmp_path, monkeypatch):
+    """Two writers of one list (torchrun ranks sharing a cache): another process completes the same
+    download between our write and our rename. Each writer has its own temporary file, so both
+    renames succeed, the list is intact and no temporary file is left (one shared `.part` name
+    would have been renamed away under us: FileNotFoundError)."""
+    data = _data()
+    url, digest = split_server
+    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), digest)
+    real_replace, interleaved = os.replace, []
+
+    def replace_after_another_writer(src, dst):
+        if not interleaved:                              # the other process, once, just before us
+            interleaved.append(src)
+            data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", replace_after_another_writer)
+    path = data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
+    assert interleaved and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test_files.txt", "test_files.txt.sha256"]
+
+
 def test_get_split_file_offline_and_names(tmp_path, tiny_world):
-    """Offline: one line that names --split_dir; unknown names are refused; synthetic is local."""
+    """Offline: one line that names --split_dir; a list neither on disk nor downloadable is one line
+    naming the path; synthetic is local."""
     data = _data()
     with pytest.raises(data.DataError) as err:
         data.get_split_file("eigen_zhou", "train", tmp_path, base_url="http://127.0.0.1:9", timeout=2)
     assert "--split_dir" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(data.DataError, match="unknown split"):
+    with pytest.raises(data.DataError, match="not a list this program downloads") as err:
         data.get_split_file("eigen", "train", tmp_path)
+    assert str(tmp_path / "eigen" / "train_files.txt") in str(err.value) and "\n" not in str(err.value)
     path = data.get_split_file("synthetic", "val", data_path=tiny_world)
     assert path == tiny_world / "splits" / "synthetic" / "val_files.txt"
     with pytest.raises(data.DataError):
@@ -480,7 +541,8 @@ def test_resize_is_pil_lanczos(tiny_world):
 
 
 def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
-    """Missing data folder / neighbour frame: DataError with the path; drop_missing counts them."""
+    """Missing data folder / neighbour frame: DataError with the path (and the split file and its
+    line number when known); drop_missing counts them."""
     data = _data()
     with pytest.raises(data.DataError, match="data folder not found"):
         data.KittiRaw(tmp_path / "nowhere", [], 32, 104)
@@ -490,6 +552,10 @@ def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
         data.KittiRaw(tiny_world, lines[1:], 32, 104)
     with pytest.raises(data.DataError, match="split line 1"):
         data.KittiRaw(tiny_world, lines, 32, 104)
+    listed = tmp_path / "mine.txt"                        # with its file: the file's own line number
+    listed.write_text(f"\n{folder} 3 l\n\n{folder} 7 r\n")
+    with pytest.raises(data.DataError, match=r"line 4 of .*mine\.txt"):
+        data.KittiRaw(tiny_world, data.read_split(listed), 32, 104, split_file=listed)
     ds = data.KittiRaw(tiny_world, lines, 32, 104, drop_missing=True)
     assert ds.lines == [(folder, 3, "l")] and ds.dropped == 2
     with pytest.raises(data.DataError, match="image_02"):

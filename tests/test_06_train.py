@@ -528,3 +528,157 @@ def test_cli_bad_input_has_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
     assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ split lists a researcher brings
+def _split_dir_from_world(world, root, name, train_drives=None):
+    """root/name/{train,val}_files.txt made of the tiny world's own lines (train lines of the given
+    drives, default the world's train drives; the val list as it is); returns root."""
+    data = importlib.import_module("01_data")
+    synthetic = Path(world) / "splits" / "synthetic"
+    train = data.read_split(synthetic / "train_files.txt")
+    if train_drives is not None:
+        everything = train + data.read_split(synthetic / "test_files.txt")
+        train = [line for line in everything if line[0] in train_drives]
+    data.write_split(root / name / "train_files.txt", train)
+    data.write_split(root / name / "val_files.txt", data.read_split(synthetic / "val_files.txt"))
+    return root
+
+
+def test_a_custom_split_name_trains_and_the_checkpoint_records_its_drives(tiny_world, tmp_path):
+    """--split my_split --split_dir D reads D/my_split/train_files.txt and val_files.txt (a name
+    this program never heard of), trains, and the checkpoint records the list files and the drives
+    of the train + val lines (what 07_eval's leakage warning needs)."""
+    data = importlib.import_module("01_data")
+    splits = _split_dir_from_world(tiny_world, tmp_path / "splits", "my_split")
+    assert run(tiny_world, tmp_path / "r", "--split", "my_split", "--split_dir", str(splits),
+               "--max_steps", "1", "--val_batches", "1") == 0
+    config = load(tmp_path / "r" / "ckpt.pt")["config"]
+    assert config["split_files"]["train"] == str(splits / "my_split" / "train_files.txt")
+    assert config["split_files"]["val"] == str(splits / "my_split" / "val_files.txt")
+    lines = data.read_split(splits / "my_split" / "train_files.txt") + data.read_split(
+        splits / "my_split" / "val_files.txt")
+    assert config["train_drives"] == sorted({line[0] for line in lines})
+
+
+def test_a_user_list_with_a_standard_name_trains_with_one_note(tiny_world, tmp_path, capsys):
+    """A user's eigen_zhou/ in --split_dir whose lists are not the standard ones (no download mark)
+    is used as given: the run trains, printing one note per list that names the standard list and
+    both line counts, and no error."""
+    splits = _split_dir_from_world(tiny_world, tmp_path / "theirs", "eigen_zhou")
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--split", "eigen_zhou", "--split_dir", str(splits),
+               "--max_steps", "1", "--val_batches", "1") == 0
+    out = capsys.readouterr()
+    notes = [line for line in out.out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2 and out.err == "", out
+    assert "standard eigen_zhou/train list (39,810 lines)" in notes[0]
+    assert "standard eigen_zhou/val list (4,424 lines)" in notes[1]
+    assert (tmp_path / "r" / "ckpt.pt").is_file()
+
+
+def test_user_lists_sharing_test_drives_are_refused_before_any_data_is_read(tiny_world, tmp_path, capsys,
+                                                                           monkeypatch):
+    """A user's eigen_zhou train list (via --split_dir) or a one-off --train_files list that uses
+    the test split's drive is refused with exit 2 and one line naming the shared drive and the
+    number of test frames on it, before a dataset is built and before the run folder exists;
+    --train_files without --val_files is one error line too; --allow_split_overlap lets the lists
+    load with a warning line naming the drive."""
+    data = importlib.import_module("01_data")
+    synthetic = tiny_world / "splits" / "synthetic"
+    test = data.read_split(synthetic / "test_files.txt")
+    test_drive = test[0][0]
+    built = []
+    monkeypatch.setattr(train().data, "KittiRaw", lambda *a, **k: built.append(1))
+    splits = _split_dir_from_world(tiny_world, tmp_path / "theirs", "eigen_zhou", {test_drive})
+    leaky = splits / "eigen_zhou" / "train_files.txt"
+    capsys.readouterr()
+    for flags in (["--split", "eigen_zhou", "--split_dir", str(splits)],
+                  ["--train_files", str(leaky), "--val_files", str(synthetic / "val_files.txt")]):
+        assert run(tiny_world, tmp_path / "r", *flags) == 2, flags
+        err = _one_error_line(capsys)
+        assert test_drive in err and f"({len(test)} of its {len(test)} test frames)" in err, err
+        assert "--allow_split_overlap" in err
+    assert built == [] and not (tmp_path / "r").exists()
+    assert run(tiny_world, tmp_path / "r", "--train_files", str(leaky)) == 2
+    assert "--val_files" in _one_error_line(capsys)
+    cfg, _ = train().parse_args(["--data_path", str(tiny_world), "--split", "eigen_zhou", "--split_dir", str(splits),
+                                 "--allow_split_overlap"])
+    logged = []                                          # the override: the lists load, with a warning
+    assert len(train().load_splits(cfg, tiny_world, logged.append)[0]) == len(data.read_split(leaky))
+    assert logged[-1].startswith("warning: the eigen_zhou split") and test_drive in logged[-1]
+
+
+_RANK_SCRIPT = r"""
+import importlib, json, os, sys
+sys.path.insert(0, os.getcwd())
+t = importlib.import_module("06_train")
+url, world, digests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+t.data.SPLIT_URL_BASE = url
+t.data.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
+info, device = t.setup_process(t.TrainConfig(device="cpu"))
+for eval_split in ("", "not_served"):
+    cfg = t.TrainConfig(data="kitti", data_path=world, eval_split=eval_split, device="cpu", height=64, width=208)
+    try:
+        train_set, val_set, files = t.make_datasets(cfg, world, info)
+        print("rank", info.rank, "lines", len(train_set), len(val_set), files["train"], flush=True)
+    except t.PeerFailed:
+        print("rank", info.rank, "peer failed", flush=True)
+    except t.data.DataError as err:
+        print("rank", info.rank, "error", err, flush=True)
+t.dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_fetch_the_split_lists_into_an_empty_cache(tiny_world, tmp_path):
+    """Two gloo processes (torchrun's RANK/WORLD_SIZE/MASTER_* variables) start with an empty
+    $SQLDEPTH_SPLIT_DIR and a local HTTP server holding eigen_zhou train/val and eigen test: rank 0
+    downloads each list once (rank 1 waits and downloads nothing), then both ranks read the same
+    intact lists (no temporary file left).
+    When rank 0 fails (a list the server lacks), it prints the error and rank 1 stops too instead of
+    waiting for it."""
+    import hashlib
+    import http.server
+    import json
+    import threading
+    from functools import partial
+    synthetic = tiny_world / "splits" / "synthetic"
+    served = tmp_path / "served"
+    lists = {("eigen_zhou", "train"): "train", ("eigen_zhou", "val"): "val", ("eigen", "test"): "test"}
+    for (name, kind), source in lists.items():
+        (served / name).mkdir(parents=True, exist_ok=True)
+        (served / name / f"{kind}_files.txt").write_bytes((synthetic / f"{source}_files.txt").read_bytes())
+    digests = [(n, k, hashlib.sha256((served / n / f"{k}_files.txt").read_bytes()).hexdigest()) for n, k in lists]
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache, port = tmp_path / "cache", _free_port()
+    try:
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", _RANK_SCRIPT, f"http://127.0.0.1:{server.server_address[1]}", str(tiny_world),
+             json.dumps(digests)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "SQLDEPTH_SPLIT_DIR": str(cache)})
+            for r in range(2)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        server.shutdown()
+        server.server_close()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, out + err[-3000:]
+    rank0, rank1 = (out.splitlines() for out, _ in outputs)
+    train_lines = (synthetic / "train_files.txt").read_text().count("\n")
+    val_lines = (synthetic / "val_files.txt").read_text().count("\n")
+    expected = f"lines {train_lines} {val_lines} {cache / 'eigen_zhou' / 'train_files.txt'}"
+    assert rank0[0] == f"rank 0 {expected}" and rank1[0] == f"rank 1 {expected}", (rank0, rank1)
+    assert rank0[1].startswith("rank 0 error") and "not_served/test_files.txt" in rank0[1], rank0
+    assert rank1[1] == "rank 1 peer failed", rank1
+    assert sorted(path for path in requests) == sorted(f"/{n}/{k}_files.txt" for n, k in lists)  # once each
+    for name, kind, digest in digests:
+        assert hashlib.sha256((cache / name / f"{kind}_files.txt").read_bytes()).hexdigest() == digest
+    assert not list(cache.rglob("*.part"))

@@ -39,13 +39,14 @@ def _slow_metrics(gt, pred):
     return out
 
 
-def _tiny_checkpoint(path, height=64, width=208, data_path="", model_cfg=None, seed=0, use_stereo=False):
-    """A checkpoint in 06_train.py's format around a randomly initialised tiny DepthNet."""
+def _tiny_checkpoint(path, height=64, width=208, data_path="", model_cfg=None, seed=0, use_stereo=False, **record):
+    """A checkpoint in 06_train.py's format around a randomly initialised tiny DepthNet (`record`:
+    more config entries, e.g. train_drives)."""
     bins = importlib.import_module("04_bins")
     torch.manual_seed(seed)
     net = bins.DepthNet(bins.DepthNetConfig(**TINY))
     config = {"model": model_cfg or asdict(net.cfg), "height": height, "width": width, "data": "synthetic",
-              "data_path": str(data_path), "split": "synthetic", "use_stereo": use_stereo}
+              "data_path": str(data_path), "split": "synthetic", "use_stereo": use_stereo, **record}
     torch.save({"model": net.state_dict(), "config": config, "step": 0, "epoch": 0}, path)
     return net
 
@@ -294,6 +295,38 @@ def test_evaluation_with_baselines_figures_and_tables(tmp_path, tiny_world, caps
     assert (tmp_path / "eval_synthetic.md").read_text().count("\n") == 5
     for name in ("eval_synthetic_predictions.png", "eval_synthetic_internals.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def test_evaluation_of_a_checkpoint_trained_on_test_drives_is_marked(tmp_path, tiny_world, capsys):
+    """A checkpoint whose recorded training drives include drives of the evaluated lines: a WARNING
+    line heads the printed table and the markdown (naming the drive and the frames on it) and the
+    model's CSV row carries the mark; with disjoint drives nothing is marked; a checkpoint without
+    the record says the overlap is unknown."""
+    data = importlib.import_module("01_data")
+    splits = tiny_world / "splits" / "synthetic"
+    test_drive = data.read_split(splits / "test_files.txt")[0][0]
+    train_drive = data.read_split(splits / "train_files.txt")[0][0]
+    cases = {"leak": [train_drive, test_drive], "clean": [train_drive]}
+    for name, drives in cases.items():
+        _tiny_checkpoint(tmp_path / f"{name}.pt", data_path=tiny_world, train_drives=drives)
+        code, out, err = _run_main(["--checkpoint", tmp_path / f"{name}.pt", "--max_images", "2",
+                                    "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        table = out[out.index("\n\n") + 2:].splitlines()
+        md = (tmp_path / name / "eval_synthetic.md").read_text()
+        row = (tmp_path / name / "eval_synthetic.csv").read_text().splitlines()[1]
+        if name == "leak":
+            assert table[0].startswith("WARNING: train/test leakage") and table[1].startswith("model"), table
+            assert test_drive in table[0] and "(2 of its 2 frames)" in table[0] and train_drive not in table[0]
+            assert md.splitlines()[0] == f"> **{table[0]}**"
+            assert row.startswith(f"SQLDepth {name}.pt{ev().LEAK_MARK},")
+        else:
+            assert "WARNING" not in out and "WARNING" not in md and row.startswith(f"SQLDepth {name}.pt,")
+        assert "overlap: unknown" not in out
+    _tiny_checkpoint(tmp_path / "old.pt", data_path=tiny_world)
+    code, out, _ = _run_main(["--checkpoint", tmp_path / "old.pt", "--max_images", "1", "--out", tmp_path / "old"],
+                             capsys)
+    assert code == 0 and "train/test drive overlap: unknown" in out and "WARNING" not in out
 
 
 def test_velodyne_ground_truth_path_with_a_custom_split_file(tmp_path, tiny_world, capsys):
