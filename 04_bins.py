@@ -18,6 +18,10 @@ Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in
 E -> 256 -> 256 -> D), "sql" (above); queries "learned" (03) and "none": no self-query layer, a plain
 conv head regresses depth from S0 as min + (max - min) * sigmoid(.) (the paper's no-query baseline).
 
+Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 = collapsed
+queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
+`internals_stats(net, images)`, all three at once for logging.
+
 Also here: `PRESETS` (the released models, exact parameter counts), conversion of the official
 encoder.pth + depth.pth into our state dict, and a benchmark. Run `python 04_bins.py` for the demo
 figure (bin centres and per-pixel bin probabilities), `python 04_bins.py --bench` for the speed table.
