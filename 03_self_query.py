@@ -103,6 +103,8 @@ class SelfQueryLayer(nn.Module):
         return self.transformer(embed_patches(s0, self.patch_embed, self.pos_encoding))  # (B, N, E)
 
     def forward(self, s0, return_tokens=False):
+        """(V, S); with return_tokens also the tokens [B,N,E] and the queries K [B,Q,E] (for 04's bins
+        and diagnostics: for "learned" queries K cannot be read back from the tokens)."""
         tokens = self.tokens(s0)  # (B, N, E)
         if self.queries == "self":
             K = tokens[:, : self.num_queries]  # (B, Q, E): the first Q tokens in raster order
@@ -114,7 +116,7 @@ class SelfQueryLayer(nn.Module):
         with torch.autocast(device_type=s0.device.type, enabled=False):
             S = self.fine_conv(s0.float())  # (B, E, h, w)
             V = self_cost_volume(S, K.float())  # (B, Q, h, w)
-        return (V, S, tokens) if return_tokens else (V, S)
+        return (V, S, tokens, K) if return_tokens else (V, S)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -18,6 +18,10 @@ Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in
 E -> 256 -> 256 -> D), "sql" (above); queries "learned" (03) and "none": no self-query layer, a plain
 conv head regresses depth from S0 as min + (max - min) * sigmoid(.) (the paper's no-query baseline).
 
+Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 = collapsed
+queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
+`internals_stats(net, images)`, all three at once for logging.
+
 Also here: `PRESETS` (the released models, exact parameter counts), conversion of the official
 encoder.pth + depth.pth into our state dict, and a benchmark. Run `python 04_bins.py` for the demo
 figure (bin centres and per-pixel bin probabilities), `python 04_bins.py --bench` for the speed table.
@@ -148,7 +152,7 @@ class DepthNet(nn.Module):
         if cfg.queries == "none":
             depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
             return {"depth": depth} if return_extras else depth  # (B, 1, H/2, W/2)
-        V, S, tokens = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w) float32; (B,N,E)
+        V, S, tokens, K = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w) float32; (B,N,E), (B,Q,E)
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
@@ -166,8 +170,88 @@ class DepthNet(nn.Module):
                 centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
             depth, P = combine_probabilities(self.to_logits(V), centres)  # (B,1,h,w), (B,D,h,w)
         if return_extras:
-            return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P}
+            return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P,
+                    "queries": K}
         return depth
+
+
+# ----------------------------------------------------------------------------- diagnostics
+# Is the self-query layer used as intended? Three numbers, each defined so that its extremes are easy
+# to read: queries that all point one way (collapse), a cost volume whose Q slices are one image in Q
+# copies, and a few bins carrying all the probability while the rest sit unused.
+INTERNALS_STATS = ("query_similarity", "effective_rank", "bins_99")
+
+
+def query_similarity(queries):
+    """Mean pairwise cosine similarity of the Q query vectors, queries [B,Q,E] -> float.
+
+    The off-diagonal mean of each image's Q x Q cosine matrix, averaged over the batch: 1.0 = every
+    query points the same way (collapsed), 0.0 = mutually orthogonal. NaN when Q < 2.
+    """
+    B, Q, _ = queries.shape
+    if Q < 2:
+        return float("nan")
+    unit = F.normalize(queries.detach().float(), dim=-1)  # (B, Q, E); a zero vector stays zero
+    cos = torch.bmm(unit, unit.transpose(1, 2))  # (B, Q, Q)
+    off_diagonal = cos.sum((1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)  # (B,)
+    return float((off_diagonal / (Q * (Q - 1))).mean())
+
+
+def cost_volume_effective_rank(V):
+    """Effective rank (Roy & Vetterli 2007) of the cost volume V [B,Q,h,w] -> float in [1, Q].
+
+    Per image, V as a Q x (h*w) matrix: singular values s, p = s / sum(s), rank = exp(-sum p ln p)
+    (0 ln 0 = 0), then the mean over the batch. 1 = every slice is a multiple of one image; Q = Q
+    orthogonal slices of equal energy. V is not centred: a constant offset per slice counts as
+    a direction of its own.
+    """
+    B, Q, h, w = V.shape
+    s = torch.linalg.svdvals(V.detach().float().reshape(B, Q, h * w))  # (B, min(Q, h*w))
+    p = s / s.sum(-1, keepdim=True).clamp_min(1e-30)  # (B, min(Q, h*w)); an all-zero V has p = 0
+    entropy = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros_like(p)).sum(-1)  # (B,)
+    return float(torch.exp(entropy).mean())
+
+
+def bins_holding_mass(probabilities, fraction=0.99):
+    """How many bins hold `fraction` of the probability mass, probabilities [B,D,h,w] -> float.
+
+    Per image: the mean of P over the pixels gives one mass per bin (D,); sorted in descending
+    order, count bins until the cumulative mass reaches `fraction`. Averaged over the batch: a small
+    number out of D means most bins are never used.
+    """
+    mass = probabilities.detach().float().mean((2, 3))  # (B, D), each row sums to 1
+    cumulative = mass.sort(dim=1, descending=True).values.cumsum(1)  # (B, D)
+    # The 1e-6 keeps float round-off (a total of 0.9999999) from counting one bin too many.
+    count = (cumulative < fraction - 1e-6).sum(1) + 1  # (B,) bins needed to reach the fraction
+    return float(count.clamp(max=mass.shape[1]).float().mean())
+
+
+def stats_from_extras(extras):
+    """The three diagnostics of one forward pass's extras dict (DepthNet(img, return_extras=True)).
+
+    Returns {name: float} for the names in INTERNALS_STATS; NaN where the variant lacks the part
+    (queries="none" has no queries, no cost volume and no bins).
+    """
+    nan = float("nan")
+    return {"query_similarity": query_similarity(extras["queries"]) if "queries" in extras else nan,
+            "effective_rank": cost_volume_effective_rank(extras["cost_volume"]) if "cost_volume" in extras else nan,
+            "bins_99": bins_holding_mass(extras["probs"]) if "probs" in extras else nan}
+
+
+@torch.no_grad()
+def internals_stats(depth_net, images):
+    """Query similarity, cost-volume effective rank and bins holding 99% of P for images [B,3,H,W].
+
+    For logging during training: runs depth_net (a DepthNet, also inside DDP) in eval mode under
+    no_grad and restores its mode. Returns {name: float} (see stats_from_extras).
+    """
+    was_training = depth_net.training
+    depth_net.eval()
+    try:
+        extras = depth_net(images, return_extras=True)
+    finally:
+        depth_net.train(was_training)
+    return stats_from_extras(extras)
 
 
 # ----------------------------------------------------------------------------- official checkpoints

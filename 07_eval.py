@@ -21,7 +21,8 @@ world, plus AbsRel on thin-structure pixels), and `--split_file` for any list in
 Also: `--baselines` (mean training depth map, untrained network), `--figures` (predictions and the
 SQL internals: cost-volume slices and bin distributions), `--predict PATH` (depth for your images:
 colour PNG, .npy, optional .ply point cloud), `--official DIR` (the released SQLDepth weights through
-04_bins.convert_official_checkpoint).
+04_bins.convert_official_checkpoint), `--compare RUN RUN ...` (several runs on one test split, one
+table row per variant with mean +- std over its seeds, plus 04's query/bin diagnostics and a figure).
 
 Leakage: 06_train records the drives of its train and val lists in the checkpoint. When they include
 drives of the evaluated lines, a WARNING line heads the printed and the markdown table and the
@@ -35,7 +36,8 @@ The untrained-network baseline is built with pretrained=None (truly untrained, a
 
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
 (runs this file as a subprocess at the end of the default run).
-Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`.
+Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`,
+`python 07_eval.py --compare runs/A_s0 runs/A_s1 runs/B_s0 runs/B_s1 --out runs/ablation`.
 Tests: tests/test_07_eval.py.
 """
 import argparse
@@ -43,7 +45,7 @@ import hashlib
 import importlib
 import os
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +89,11 @@ class EvalConfig:
     fy: float = 0.0  # focal length y, pixels
     cx: float = 0.0  # principal point x, pixels
     cy: float = 0.0  # principal point y, pixels
-    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict)
+    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict; --compare: <runs>/compare)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seed of the untrained-network baseline
     model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
+    compare: list = field(default_factory=list)  # run folders (best.pt) or checkpoints: one table, seeds averaged
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -200,6 +203,12 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
     result = {k: float(np.mean([e[k] for e in errors])) for k in METRICS}
     result.update(n=len(errors), ratios=np.array(ratios), thin_abs_rel=thin_err / thin_n if thin_n else float("nan"))
     return result
+
+
+def scaling(cfg):
+    """(median_scaling, scale) of evaluate_predictions: per-image median scaling for monocular models,
+    or metric scale x5.4 with --eval_stereo."""
+    return (False, STEREO_SCALE_FACTOR) if cfg.eval_stereo else (True, 1.0)
 
 
 def print_ratio_stats(ratios):
@@ -338,13 +347,18 @@ def test_loader(cfg, lines, height, width):
                                        num_workers=cfg.num_workers, collate_fn=data.collate)
 
 
-def run_network(model, loader, cfg, device, keep_images=0):
-    """Predictions (list of (h, w) depth) for every test frame, plus the first keep_images inputs."""
+def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
+    """Predictions (list of (h, w) depth) for every test frame, plus the first keep_images inputs.
+
+    on_batch(img), if given, sees every input batch (B, 3, H, W) too (the comparison's statistics).
+    """
     preds, images = [], []
     for batch in loader:
         img = data.image_to_float(batch["color"][0].to(device))  # (B, 3, H, W) in [0, 1]
         preds.extend(predict_depth(model, img, cfg.post_process))
         images.extend(img[: max(0, keep_images - len(images))].cpu())
+        if on_batch is not None:
+            on_batch(img)
     return preds, images
 
 
@@ -471,7 +485,12 @@ def save_internals_figure(model, image, path, num_slices=4):
     volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # (Q, h, w), (D,)
     probs = out["probs"][0].cpu() if "probs" in out else None  # (D, h, w)
     h, w = volume.shape[-2:]
+    stats = bins.stats_from_extras(out)
     fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
+    # The numbers say what the picture only suggests: do the queries differ, are the bins used?
+    fig.suptitle(f"query similarity {stats['query_similarity']:.2f} (1 = collapsed) | cost-volume effective rank "
+                 f"{stats['effective_rank']:.1f} of Q={volume.shape[0]} | {stats['bins_99']:.0f} of "
+                 f"D={len(centres)} bins hold 99% of P", fontsize=10)
     for i, q in enumerate(np.linspace(0, volume.shape[0] - 1, num_slices).astype(int)):
         axes[0, i].imshow(volume[q].numpy(), cmap="viridis")
         axes[0, i].set_title(f"cost volume slice q={q}", fontsize=8)
@@ -489,10 +508,260 @@ def save_internals_figure(model, image, path, num_slices=4):
     axes[1, 3].imshow(colorize_inverse_depth(out["depth"][0, 0].cpu().numpy()))
     axes[1, 3].set_title("depth (1/depth, magma)", fontsize=8)
     axes[1, 3].axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title line
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
+
+
+# ----------------------------------------------------------------------------- run comparison
+# `--compare RUN ...`: what does each variant buy? One run's noise can be as large as the effect of
+# a design choice, so runs that differ only by seed are one variant, reported as mean +- std.
+
+# Stored training-config fields that do not change what a run learns, only its random draws or its
+# bookkeeping: runs whose configs differ in these alone are seeds of one variant. (data_path too:
+# every run is scored on the same test split anyway, and a note is printed when it differs.)
+BOOKKEEPING_FIELDS = frozenset({
+    "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
+    "persistent_workers", "channels_last", "log_every", "save_every", "no_eval", "profile"})
+COMPARE_COLUMNS = METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
+COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
+
+
+def resolve_run(spec):
+    """Checkpoint of one --compare entry: a run folder's best.pt (else its ckpt.pt) or a checkpoint file."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("best.pt", "ckpt.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise data.DataError(f"--compare {spec}: the folder holds neither best.pt nor ckpt.pt")
+    if not path.is_file():
+        raise data.DataError(f"--compare {spec}: no such run folder or checkpoint file")
+    return path
+
+
+def flat_config(config):
+    """A stored training config as one flat dict: the model's fields beside the run's ("model.x" on a clash)."""
+    flat = {k: v for k, v in config.items() if k != "model"}
+    for k, v in config.get("model", {}).items():
+        flat["model." + k if k in flat else k] = v
+    return flat
+
+
+def group_runs(configs):
+    """Runs grouped into variants: (groups, labels), each group a list of indices into configs.
+
+    Two runs are one variant when their flattened configs agree on every field outside
+    BOOKKEEPING_FIELDS (a field one config lacks counts as None). Groups keep the order in which
+    their first run was given. A label names the fields whose values differ between the groups,
+    e.g. "queries=none" or "bins=fixed, use_stereo=False"; "default" when there is only one group.
+    """
+    flats = [{k: v for k, v in flat_config(c).items() if k not in BOOKKEEPING_FIELDS} for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))  # every field, in config order
+    groups, by_signature = [], {}
+    for i, f in enumerate(flats):
+        signature = repr([f.get(k) for k in keys])
+        if signature not in by_signature:
+            by_signature[signature] = len(groups)
+            groups.append([])
+        groups[by_signature[signature]].append(i)
+    differing = [k for k in keys if len({repr(flats[g[0]].get(k)) for g in groups}) > 1]
+    labels = [", ".join(f"{k}={flats[g[0]].get(k)}" for k in differing) or "default" for g in groups]
+    return groups, labels
+
+
+def mean_std(values):
+    """(mean, sample standard deviation with ddof=1) of per-seed values; std is NaN for a single run."""
+    values = np.asarray(values, np.float64)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def densest_window(mask, height, width):
+    """(top, left) of the height x width window of a (H, W) bool mask holding the most True pixels.
+
+    A summed-area table gives every window's count at once; ties go to the first window in raster
+    order. The window is shrunk to the mask where the mask is smaller.
+    """
+    H, W = mask.shape
+    height, width = min(height, H), min(width, W)
+    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # (H+1, W+1)
+    counts = (table[height:, width:] - table[:-height, width:] - table[height:, :-width]
+              + table[:-height, :-width])  # (H-height+1, W-width+1): window counts by top-left corner
+    top, left = np.unravel_index(np.argmax(counts), counts.shape)
+    return int(top), int(left)
+
+
+def score_run(model, config, cfg, device, lines, gts, thin):
+    """One run on the test split: evaluate_predictions' dict plus bins.INTERNALS_STATS averaged over the
+    frames (each batch weighted by its size), and the predictions."""
+    sums, count = dict.fromkeys(bins.INTERNALS_STATS, 0.0), [0]
+
+    def add_internals(img):
+        stats = bins.internals_stats(model, img)
+        for k in sums:
+            sums[k] += stats[k] * len(img)
+        count[0] += len(img)
+    loader = test_loader(cfg, lines, int(config["height"]), int(config["width"]))
+    preds, _ = run_network(model, loader, cfg, device, on_batch=add_internals)
+    result = evaluate_predictions(gts, preds, cfg.split, *scaling(cfg), thin)
+    result.update({k: v / max(count[0], 1) for k, v in sums.items()})
+    return result, preds
+
+
+def _cell(value, column, std=None):
+    """Table text of a value (+- its std); "-" for NaN (a variant without queries has no query numbers)."""
+    if not np.isfinite(value):
+        return "-"
+    digits = COMPARE_DIGITS.get(column, 3)
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
+
+
+def compare_tables(runs, groups, labels):
+    """(aggregated rows, per-run rows) for the CSVs, and the markdown table text.
+
+    runs: list of dicts with "run", "seed", "frames" and every COMPARE_COLUMNS value of that run.
+    """
+    per_run = [dict(run, variant=labels[g]) for g, members in enumerate(groups) for run in
+               (runs[i] for i in members)]
+    aggregated = []
+    for members, label in zip(groups, labels):
+        row = {"variant": label, "n": len(members), "seeds": " ".join(str(runs[i]["seed"]) for i in members)}
+        for c in COMPARE_COLUMNS:
+            row[c + "_mean"], row[c + "_std"] = mean_std([runs[i][c] for i in members])
+        aggregated.append(row)
+    header = ["variant", "n"] + list(COMPARE_COLUMNS)
+    body = [[r["variant"], str(r["n"])] + [_cell(r[c + "_mean"], c, r[c + "_std"]) for c in COMPARE_COLUMNS]
+            for r in aggregated]
+    widths = [max(len(row[j]) for row in [header] + body) for j in range(len(header))]
+    md = ["| " + " | ".join(t.ljust(w) for t, w in zip(row, widths)) + " |" for row in [header] + body]
+    md.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return aggregated, per_run, "\n".join(md)
+
+
+COMPARE_LEGEND = """\
+Mean ± sample standard deviation (ddof 1) over the n runs (seeds) of each variant; every run scored on
+the same test frames. thin_abs_rel: AbsRel pooled over thin-structure pixels. query_similarity: mean
+cosine similarity of distinct queries (1 = all queries identical, collapsed). effective_rank: effective
+rank of the cost volume V as a Q x (h*w) matrix (1 = one image in Q copies, Q = fully diverse).
+bins_99: bins holding 99% of the mean probability mass (out of D). "-": the variant has no queries."""
+
+
+def save_compare(aggregated, per_run, md, out_dir, split):
+    """compare_<split>.csv (one row per variant: <column>_mean, <column>_std), compare_<split>_runs.csv
+    (one row per run) and compare_<split>.md; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / f"compare_{split}.csv", out_dir / f"compare_{split}_runs.csv", out_dir / f"compare_{split}.md"
+
+    def text(value):  # floats with 6 significant digits (NaN stays "nan"); no comma may split a cell
+        return (f"{value:.6g}" if isinstance(value, float) else str(value)).replace(",", ";")
+    stats = [c + s for c in COMPARE_COLUMNS for s in ("_mean", "_std")]
+    for path, rows, cols in ((paths[0], aggregated, ["variant", "n", "seeds"] + stats),
+                             (paths[1], per_run, ["variant", "run", "seed"] + list(COMPARE_COLUMNS) + ["frames"])):
+        lines = [",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    paths[2].write_text(md + "\n\n" + COMPARE_LEGEND + "\n")
+    return paths
+
+
+def save_compare_figure(images, gts, thin, columns, path, names=None):
+    """The same test frames side by side: per frame a row of inputs (the crop outlined), a row of
+    inverse depth and a row of an enlarged crop around the densest thin structures (outlined in cyan).
+
+    images: list of (3, H, W) inputs; gts, thin: their (H_gt, W_gt) GT depth and thin masks (thin may be
+    None); columns: list of (title, list of (h, w) predictions of those frames, None for the GT column);
+    names: a caption per frame.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    panel_w = 3.2  # inches per column
+    aspect = gts[0].shape[0] / gts[0].shape[1]  # H / W (KITTI's GT sizes differ by a few pixels)
+    ratios = [aspect, aspect, 0.4] * len(images)  # the crop is 1:2, shown a little smaller
+    fig, axes = plt.subplots(3 * len(images), len(columns), squeeze=False, gridspec_kw={"height_ratios": ratios},
+                             figsize=(panel_w * len(columns), panel_w * sum(ratios) + 0.6 * len(images)))
+    for f, (img, gt) in enumerate(zip(images, gts)):
+        H, W = gt.shape
+        crop_h, crop_w = max(H // 2, 1), min(W, H)  # a 1:2 window: poles and signs are tall and thin
+        mask = thin[f] if thin is not None else np.zeros(gt.shape, bool)
+        if mask.any():
+            top, left = densest_window(mask, crop_h, crop_w)
+        else:  # no thin structure in this frame: the image centre
+            top, left = (H - crop_h) // 2, (W - crop_w) // 2
+        window = (slice(top, top + crop_h), slice(left, left + crop_w))
+        for c, (title, preds) in enumerate(columns):
+            if preds is None:  # ground truth: pixels without GT drawn as far as the farthest GT pixel
+                colour = colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
+            else:
+                colour = colorize_inverse_depth(resize_to(preds[f], H, W))
+            ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
+            ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
+            ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
+            ax_img.set_title(f"{title}" if f == 0 else "", fontsize=8)
+            ax_depth.imshow(colour)
+            ax_crop.imshow(colour[window], interpolation="nearest")
+            if mask[window].any():
+                ax_crop.contour(mask[window].astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
+            caption = names[f] if names else f"frame {f}"
+            ax_crop.set_title(f"{caption}: thin structures (cyan), x{W / crop_w:.1f}" if c == 0 else "", fontsize=7)
+            for ax in (ax_img, ax_depth, ax_crop):
+                ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run_compare(cfg, device):
+    """--compare: score every run on one test split, group seeds into variants, write the tables and figure."""
+    paths = [resolve_run(spec) for spec in cfg.compare]
+    model, config = load_model(paths[0], device)
+    first = Path(cfg.compare[0]) if Path(cfg.compare[0]).is_dir() else paths[0].parent
+    _defaults_from(config, cfg, first.resolve().parent / "compare")  # the first run's data and split
+    lines = split_lines(cfg)
+    gts = load_ground_truth(cfg, lines)
+    thin = load_thin_masks(cfg, lines) if cfg.split == "synthetic" else None
+    print(f"-> comparing {len(paths)} runs on {len(lines)} {cfg.split} frames from {cfg.data_path}"
+          f"{', post-processed' if cfg.post_process else ''}; "
+          f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median scaling'}")
+    # The figure's frames: spread evenly over the split (neighbouring frames of a drive look alike).
+    frames = sorted(set(np.linspace(0, len(lines) - 1, min(cfg.num_figure_frames, len(lines))).round().astype(int)))
+    runs, configs, figure_preds = [], [], []
+    for spec, path in zip(cfg.compare, paths):
+        if model is None:  # (the first run's network was loaded above, for its data and split)
+            model, config = load_model(path, device)
+        if config.get("use_stereo") and not cfg.eval_stereo:
+            print(f"   hint: {spec} was trained with stereo; --eval_stereo scores every run at metric scale")
+        if config.get("data_path") and Path(config["data_path"]).resolve() != Path(cfg.data_path).resolve():
+            print(f"   note: {spec} was trained on {config['data_path']}; it is scored on {cfg.data_path}")
+        result, preds = score_run(model, config, cfg, device, lines, gts, thin)
+        runs.append({**{c: result[c] for c in COMPARE_COLUMNS}, "run": str(spec), "seed": config.get("seed", ""),
+                     "frames": result["n"]})
+        configs.append(config)
+        figure_preds.append([preds[i] for i in frames])
+        print(f"   {spec}: " + " ".join(f"{c} {result[c]:.4f}" for c in COMPARE_COLUMNS))
+        model = None  # one network in memory at a time
+    groups, labels = group_runs(configs)
+    for members, label in zip(groups, labels):
+        seeds = [str(runs[i]["seed"]) for i in members]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # the same run given twice, or a copy: its std is no seed spread
+            print(f"   note: variant {label} has seed {', '.join(repeated)} more than once")
+    aggregated, per_run, md = compare_tables(runs, groups, labels)
+    print("\n" + md + "\n")
+    out_dir = Path(cfg.out)
+    written = list(save_compare(aggregated, per_run, md, out_dir, cfg.split))
+    # Images for the figure: the first run's test frames at its input size; predictions of each
+    # variant's first seed.
+    dataset = test_loader(cfg, lines, int(configs[0]["height"]), int(configs[0]["width"])).dataset
+    images = [data.image_to_float(dataset[i]["color"][0]) for i in frames]
+    columns = [("ground truth", None)] + [(labels[g], figure_preds[members[0]]) for g, members in enumerate(groups)]
+    fig_path = out_dir / f"compare_{cfg.split}.png"
+    save_compare_figure(images, [gts[i] for i in frames], [thin[i] for i in frames] if thin else None,
+                        columns, fig_path, names=[f"test frame {i}" for i in frames])
+    written.append(fig_path)
+    print("-> " + ", ".join(str(p) for p in written))
+    return aggregated, per_run
 
 
 # ----------------------------------------------------------------------------- inference on own images
@@ -608,7 +877,7 @@ def evaluate(model, config, cfg, device):
           f"{', post-processed' if cfg.post_process else ''}")
     if config.get("use_stereo") and not cfg.eval_stereo:
         print("   hint: this model was trained with stereo; --eval_stereo scores it at metric scale (x5.4)")
-    median, scale = not cfg.eval_stereo, STEREO_SCALE_FACTOR if cfg.eval_stereo else 1.0
+    median, scale = scaling(cfg)
     print("   stereo evaluation: x5.4, no median scaling" if cfg.eval_stereo else "   mono evaluation: median scaling")
     preds, images = run_network(model, test_loader(cfg, lines, height, width), cfg, device,
                                 keep_images=cfg.num_figure_frames if cfg.figures else 0)
@@ -647,6 +916,9 @@ def parse_args(argv=None):
         names = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
         if isinstance(f.default, bool):
             parser.add_argument(*names, dest=f.name, action="store_true", help=comments.get(f.name))
+        elif f.default is MISSING:  # a list field (--compare A B C)
+            parser.add_argument(*names, dest=f.name, nargs="+", default=f.default_factory(), metavar="RUN",
+                                help=comments.get(f.name))
         else:
             parser.add_argument(*names, dest=f.name, type=type(f.default), default=f.default,
                                 help=f"{comments.get(f.name, '')} (default: {f.default!r})")
@@ -657,14 +929,19 @@ def main(argv=None):
     """CLI entry point; returns the exit status (0 ok, 2 bad input with one `error:` line)."""
     cfg = parse_args(argv)
     try:
-        if bool(cfg.checkpoint) == bool(cfg.official):
-            raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
+        if sum(map(bool, (cfg.checkpoint, cfg.official, cfg.compare))) != 1:
+            raise data.DataError("give exactly one of --checkpoint FILE, --official DIR or --compare RUN RUN ...")
+        if cfg.compare and (cfg.predict or cfg.baselines):
+            raise data.DataError("--compare scores runs on a test split: it takes neither --predict nor --baselines")
         try:
             device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
         except RuntimeError:
             raise data.DataError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise data.DataError(f"--device {cfg.device}: no CUDA device is available")
+        if cfg.compare:
+            run_compare(cfg, device)
+            return 0
         if cfg.checkpoint:
             model, config = load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent

@@ -1,5 +1,6 @@
 """Tests of 04_bins.py: summaries, bins, probabilistic combination, DepthNet, presets, official conversion."""
 import importlib
+import math
 from dataclasses import asdict
 
 import pytest
@@ -165,6 +166,77 @@ def test_bad_config_raises():
         bins.DepthNet(bins.DepthNetConfig(**SMALL, bins="nope"))
     with pytest.raises(ValueError, match="queries='x'"):
         bins.DepthNet(bins.DepthNetConfig(**SMALL, queries="x"))
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def test_query_similarity_identical_orthogonal_and_a_slow_loop():
+    """Identical queries (any positive scale) -> 1; orthogonal -> 0; random -> the mean of cos(q_i, q_j)
+    over all ordered pairs i != j, computed by a loop; averaged over the batch."""
+    bins = bins_module()
+    same = torch.randn(1, 1, 8).expand(2, 5, 8) * torch.tensor([1.0, 2, 3, 4, 5])[None, :, None]  # (2, 5, 8)
+    assert bins.query_similarity(same) == pytest.approx(1.0, abs=1e-6)
+    assert bins.query_similarity(torch.eye(6)[None, :4] * 3.0) == pytest.approx(0.0, abs=1e-7)
+    torch.manual_seed(0)
+    K = torch.randn(2, 4, 3)
+    per_image = []
+    for b in range(2):
+        pairs = [F.cosine_similarity(K[b, i], K[b, j], dim=0) for i in range(4) for j in range(4) if i != j]
+        per_image.append(sum(pairs) / len(pairs))
+    assert bins.query_similarity(K) == pytest.approx(float(sum(per_image) / 2), abs=1e-6)
+    assert bins.query_similarity(K[:, :1]) != bins.query_similarity(K[:, :1])  # NaN: one query has no pair
+
+
+def test_cost_volume_effective_rank_closed_forms():
+    """Rank-1 V (every slice a multiple of one image) -> 1; Q one-hot slices of equal norm -> Q; two
+    orthogonal slices with norms 3 and 1 -> exp(H([3/4, 1/4])); the result is the mean over the batch."""
+    bins = bins_module()
+    torch.manual_seed(0)
+    rank_one = torch.randn(5)[:, None, None] * torch.randn(1, 6, 7)  # (Q=5, h=6, w=7)
+    assert bins.cost_volume_effective_rank(rank_one[None]) == pytest.approx(1.0, abs=1e-4)
+    identity = torch.eye(6 * 7)[:5].reshape(1, 5, 6, 7) * 2.0  # slice q lights pixel q only
+    assert bins.cost_volume_effective_rank(identity) == pytest.approx(5.0, rel=1e-5)
+    two = torch.zeros(1, 2, 2, 3)
+    two[0, 0, 0, 0], two[0, 1, 1, 2] = 3.0, 1.0
+    expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert bins.cost_volume_effective_rank(two) == pytest.approx(expected, rel=1e-5)
+    batch = torch.cat([two, identity[:, :2, :2, :3]])  # (2, 2, 2, 3): effective ranks 1.75..., 2
+    assert bins.cost_volume_effective_rank(batch) == pytest.approx((expected + 2.0) / 2, rel=1e-5)
+
+
+def test_bins_holding_mass_counts_bins_until_the_fraction():
+    """One-hot probabilities on 3 of 16 bins (pixel shares 1/2, 1/3, 1/6) -> 3 bins hold 99%; with
+    fraction 0.5 the biggest bin alone; uniform P over 16 bins -> 16; averaged over the batch."""
+    bins = bins_module()
+    P = torch.zeros(1, 16, 2, 3)  # 6 pixels
+    for pixel, d in enumerate([4, 4, 4, 9, 9, 13]):
+        P[0, d, pixel // 3, pixel % 3] = 1.0
+    assert bins.bins_holding_mass(P) == 3.0
+    assert bins.bins_holding_mass(P, fraction=0.5) == 1.0
+    assert bins.bins_holding_mass(P, fraction=0.8) == 2.0  # 1/2 + 1/3 = 0.83 >= 0.8
+    uniform = torch.full((1, 16, 2, 3), 1 / 16)
+    assert bins.bins_holding_mass(uniform) == 16.0
+    assert bins.bins_holding_mass(torch.cat([P, uniform])) == pytest.approx(9.5)
+
+
+def test_internals_stats_of_a_depthnet_and_of_the_no_query_variant():
+    """internals_stats equals the three functions applied to the extras of the same forward pass, keeps
+    the train/eval mode of the net, and gives NaN for queries="none" (no queries, V or bins)."""
+    bins = bins_module()
+    torch.manual_seed(0)
+    net = bins.DepthNet(bins.DepthNetConfig(**SMALL)).train()
+    img = torch.rand(2, 3, 64, 96)
+    stats = bins.internals_stats(net, img)
+    assert net.training and set(stats) == set(bins.INTERNALS_STATS)
+    with torch.no_grad():
+        out = net.eval()(img, return_extras=True)
+    assert out["queries"].shape == (2, SMALL["num_queries"], SMALL["model_dim"])
+    assert stats["query_similarity"] == pytest.approx(bins.query_similarity(out["queries"]), abs=1e-6)
+    assert stats["effective_rank"] == pytest.approx(bins.cost_volume_effective_rank(out["cost_volume"]), rel=1e-5)
+    assert stats["bins_99"] == bins.bins_holding_mass(out["probs"])
+    assert 1.0 <= stats["effective_rank"] <= SMALL["num_queries"] and 1 <= stats["bins_99"] <= SMALL["num_bins"]
+    none = bins.DepthNet(bins.DepthNetConfig(**SMALL, queries="none"))
+    assert all(math.isnan(v) for v in bins.internals_stats(none, img).values())
 
 
 def official_shapes(num_layers, nf, E, p, Q, D, ffn, n_tr=4):
