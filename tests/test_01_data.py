@@ -4,6 +4,7 @@ import colorsys
 import hashlib
 import http.server
 import importlib
+import os
 import pickle
 import threading
 from collections import Counter
