@@ -535,12 +535,14 @@ LOSS_TERMS = ("loss", "photometric", "smoothness")
 
 @torch.no_grad()
 def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
-    """Mean self-supervised loss over the val split (all ranks' shards). Eval mode, and a forked
-    RNG seeded with cfg.seed: the auto-mask noise is the same at every validation and the training
-    RNG stream is untouched (so validating or not never changes the training run)."""
+    """(mean self-supervised loss over the val split (all ranks' shards), the self-query diagnostics
+    of 04_bins.stats_from_extras on this rank's first val batch). Eval mode, and a forked RNG seeded
+    with cfg.seed: the auto-mask noise is the same at every validation and the training RNG stream
+    is untouched (so validating or not never changes the training run)."""
     depth_net.eval()
     pose_net.eval()
     loss_sum, count = torch.zeros((), dtype=torch.float64, device=device), 0   # summed on the device
+    stats = dict.fromkeys(bins.INTERNALS_STATS, float("nan"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         for i, batch in enumerate(loader):
@@ -548,7 +550,10 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
                 break
             batch = to_device(batch, device, cfg.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
-                depth = depth_net(batch["color"][0]).float()           # as in train_step
+                out = depth_net(batch["color"][0], return_extras=True)
+            depth = out["depth"].float()                                # as in train_step
+            if i == 0:   # do the queries differ, how many bins are used? (reads the device: once)
+                stats = bins.stats_from_extras(out)
             poses = geo.predict_poses(pose_net, batch, loss_cfg, depth=depth)
             loss = geo.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
             loss_sum += loss.double() * len(depth)
@@ -559,7 +564,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
     if info.world > 1:
         dist.all_reduce(total)
     loss_sum, count = total.tolist()                                 # the one host read
-    return loss_sum / count if count > 0 else float("nan")
+    return (loss_sum / count if count > 0 else float("nan")), stats
 
 
 def amp_on(cfg, device):
@@ -655,7 +660,7 @@ def _unwrap(net):
 # ----------------------------------------------------------------------------------------------
 LOG_COLUMNS = ("step", "epoch", "loss", "photometric", "smoothness", "lr", "img_per_s",
                "data_wait_pct", "eta_s")
-VAL_COLUMNS = ("step", "epoch", "val_loss", "best_val_loss")
+VAL_COLUMNS = ("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS
 
 
 def append_csv(path, columns, row):
@@ -686,8 +691,9 @@ def format_time(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def save_plots(run_dir):
-    """RUN/curves.png: training loss terms, validation loss, learning rate and throughput."""
+def save_plots(run_dir, model):
+    """RUN/curves.png: training loss terms, validation loss, learning rate, throughput and the
+    self-query diagnostics of each validation (model: the run's DepthNetConfig as a dict)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -702,7 +708,7 @@ def save_plots(run_dir):
     log, val = read(run_dir / "log.csv"), read(run_dir / "val.csv")
     if not log:
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     axes[0, 0].plot(log["step"], log["loss"], label="total")
     axes[0, 0].plot(log["step"], log["photometric"], label="photometric", alpha=0.7)
     axes[0, 0].set_title("training loss")
@@ -715,6 +721,15 @@ def save_plots(run_dir):
     axes[1, 0].set_title("learning rate")
     axes[1, 1].plot(log["step"], log["img_per_s"])
     axes[1, 1].set_title("throughput (img/s, all processes)")
+    if val and "query_similarity" in val:  # older runs lack these columns
+        axes[0, 2].plot(val["step"], val["query_similarity"], "o-", label="query cosine similarity")
+        axes[0, 2].plot(val["step"], val["effective_rank"] / model["num_queries"], "s-",
+                        label="cost-volume effective rank / Q")
+        axes[0, 2].plot(val["step"], val["bins_99"] / model["num_bins"], "^-", label="bins holding 99% / D")
+        axes[0, 2].set_ylim(0, 1.05)
+        axes[0, 2].legend(fontsize=8)
+    axes[0, 2].set_title("self-query layer (1st val batch)")
+    axes[1, 2].axis("off")
     for ax in axes.flat:
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -861,8 +876,8 @@ class Trainer:
             raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
         improved = False
         if validate_too:
-            val = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
-                           self.cfg, self.device, self.info)
+            val, stats = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
+                                  self.cfg, self.device, self.info)
             improved = val < self.best_val
             self.best_val = val if improved else self.best_val
         if not self.info.main:
@@ -873,9 +888,11 @@ class Trainer:
             save_checkpoint(state, self.run_dir / "best.pt")
         if validate_too:
             append_csv(self.run_dir / "val.csv", VAL_COLUMNS,
-                       dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val))
+                       dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats))
             print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
-                  f"{' -> best.pt' if improved else ''}", flush=True)
+                  f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
+                  f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
+                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']}", flush=True)
 
     def batches(self):
         """(batch index within the epoch, batch) from the current position to total_steps."""
@@ -1156,7 +1173,7 @@ def main(argv=None):
         with stop.installed():
             code = trainer.fit(stop)
         if info.main and code != EXIT_NONFINITE:
-            curves = save_plots(trainer.run_dir)
+            curves = save_plots(trainer.run_dir, trainer.cfg.model)
         if info.main and code == 0:
             print(f"done: step {trainer.step}, best validation loss {trainer.best_val:.4f}, checkpoints "
                   f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)

@@ -297,6 +297,18 @@ def test_two_step_smoke_run_writes_checkpoints_log_and_curves(two_step_run):
     assert (two_step_run / "val.csv").exists() and (two_step_run / "curves.png").exists()
 
 
+def test_validation_logs_the_self_query_diagnostics(two_step_run):
+    """Each val.csv row carries the self-query diagnostics of 04_bins, inside their ranges: query
+    cosine similarity in [-1, 1], cost-volume effective rank in [1, Q], bins holding 99% in [1, D]."""
+    with open(two_step_run / "val.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        assert -1 <= float(row["query_similarity"]) <= 1
+        assert 1 <= float(row["effective_rank"]) <= 8 + 1e-4          # Q = 8 in the tiny model
+        assert 1 <= float(row["bins_99"]) <= 16                         # D = 16
+
+
 def test_stereo_run_adds_the_stereo_source(tiny_world, tmp_path, monkeypatch):
     """--use_stereo ("MS") trains with frame ids 0 -1 1 s: the loss sees the poses of -1, 1 and
     the fixed stereo transform, and the checkpoint records use_stereo for 07_eval."""
