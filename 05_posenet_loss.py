@@ -189,18 +189,48 @@ def warp(source, depth, K, inv_K, T):
 
 
 # --- Photometric error, minimum reprojection, smoothness
-def box_mean(x, window):
-    """Mean of every window x window block of x (N, C, H, W) -> (N, C, H-window+1, W-window+1).
+def window_sum(x, window, dim):
+    """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
 
-    An integral image: a cumulative sum along a row turns the sum of `window` neighbours into one
-    difference, c[j + window] - c[j]; the same along the columns finishes the 2-D box. Two cumsums
-    and two subtractions, whatever the window, instead of window x window additions per pixel
-    (what avg_pool2d does); the result is the same up to float rounding (tests/test_05_posenet_loss.py).
+    A running sum: the first window summed, then each step adds the entry that enters the window
+    and subtracts the one that leaves it, all in one cumsum. O(1) per entry whatever the window,
+    and the partial sums never grow beyond one window, so float32 keeps its precision (a plain
+    cumsum differenced at two points would carry the whole row's total in every difference).
     """
-    c = F.pad(x.cumsum(-1), (1, 0))                                    # (N, C, H, W+1), c[..., 0] = 0
-    rows = c[..., window:] - c[..., :-window]                           # (N, C, H, W-window+1)
-    c = F.pad(rows.cumsum(-2), (0, 0, 1, 0))                            # (N, C, H+1, W-window+1)
-    return (c[..., window:, :] - c[..., :-window, :]) / (window * window)
+    n = x.shape[dim]
+    first = x.narrow(dim, 0, window).sum(dim, keepdim=True)
+    steps = x.narrow(dim, window, n - window) - x.narrow(dim, 0, n - window)
+    return torch.cat([first, steps], dim).cumsum(dim)
+
+
+def box_sum(x, window):
+    """Sum of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1]:
+    window sums along the rows, then along the columns (a box filter is separable)."""
+    return window_sum(window_sum(x, window, -1), window, -2)
+
+
+class BoxMean(torch.autograd.Function):
+    """Mean of every window x window block ('valid', stride 1), with a backward pass of its own.
+
+    Autograd would differentiate box_sum's cumsums and slices one by one (three times the forward
+    time). The adjoint of a box filter is the same box filter over the gradient padded with
+    window - 1 zeros on every side: one more box_sum. Same numbers as avg_pool2d(x, window, 1) up
+    to float rounding (tests/test_05_posenet_loss.py, with gradcheck)."""
+
+    @staticmethod
+    def forward(ctx, x, window):
+        ctx.window = window
+        return box_sum(x, window) / (window * window)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = ctx.window
+        return box_sum(F.pad(grad, (w - 1, w - 1, w - 1, w - 1)), w) / (w * w), None
+
+
+def box_mean(x, window):
+    """avg_pool2d(x, window, stride=1) for x [N, C, H, W], by integral images (BoxMean)."""
+    return BoxMean.apply(x, window)
 
 
 class SSIM(nn.Module):

@@ -245,20 +245,23 @@ def image_pair(shape, seed=0):
     return x, y
 
 
-def test_box_mean_equals_average_pooling():
-    """box_mean (two cumulative sums) equals avg_pool2d with stride 1 for several windows."""
+def test_box_mean_equals_average_pooling_and_passes_gradcheck():
+    """box_mean (two cumulative sums) equals avg_pool2d with stride 1 for several windows, and its
+    hand-written backward (a box filter of the zero-padded gradient) passes gradcheck."""
     x = torch.rand(2, 3, 17, 23, dtype=torch.float64)
     for window in (3, 5, 7):
         torch.testing.assert_close(geo().box_mean(x, window), F.avg_pool2d(x, window, 1), rtol=0, atol=1e-12)
+    small = torch.rand(2, 2, 9, 11, dtype=torch.float64, requires_grad=True)
+    for window in (3, 5):
+        assert torch.autograd.gradcheck(lambda t: geo().box_mean(t, window), (small,))
 
 
 @pytest.mark.parametrize("window", [7, 3])
 def test_fast_ssim_equals_pooled_reference_with_gradients(window):
     """The box-sum SSIM equals the avg_pool2d formulation, values and gradients: to 1e-10 in
-    float64. In float32, at the default run's size, it is at least as close to the float64 result
-    as the float32 pooled version (whose own rounding reaches ~1e-4 on bright flat areas): within
-    1e-5 for the 7x7 window; a 3x3 window divides by fewer pixels and float32 arithmetic alone
-    leaves a few 1e-5 there."""
+    float64. In float32, at the default run's size, its values are within 1e-5 of the float64
+    result (closer than the float32 pooled version, whose own rounding reaches ~1e-4 on bright
+    flat areas) and its gradients within 1e-5 + 1e-4 relative."""
     ssim = geo().SSIM(window)
     x, y = image_pair((2, 3, 64, 208))
     weights = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -276,10 +279,10 @@ def test_fast_ssim_equals_pooled_reference_with_gradients(window):
     pooled_error = (pooled_ssim(x, y, window).double() - gold).abs().max()
     with torch.no_grad():
         error = (ssim(x, y).double() - gold).abs().max()
-    assert error <= pooled_error and error < {7: 1e-5, 3: 5e-5}[window], (float(error), float(pooled_error))
+    assert error <= pooled_error and error < 1e-5, (float(error), float(pooled_error))
     got32, grad32 = value_and_grad(ssim, x, y)
     assert torch.equal(got32, ssim(x, y).double())          # the same with and without autograd
-    torch.testing.assert_close(grad32, gold_grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(grad32, gold_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_ssim_rejects_even_window():
