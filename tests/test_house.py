@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(ROOT.glob("0[1-7]_*.py"))
 WORLD = ROOT / "synthetic_world.py"
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "PIL", "matplotlib"}
-LOCAL_MODULES = {"synthetic_world"}  # unnumbered files of this repository, importable by name
+LOCAL_MODULES = {"synthetic_world", "cli"}  # unnumbered files of this repository, importable by name
 
 
 def _imports(path):
