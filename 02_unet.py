@@ -119,12 +119,12 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x):
-        """x: normalised image [B,3,H,W] -> [f0 /2, f1 /4, f2 /8, f3 /16, f4 /32]."""
-        f0 = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
-        f1 = self.layer1(self.maxpool(f0))  # (B, C1, H/4, W/4)
-        f2 = self.layer2(f1)  # (B, C2, H/8, W/8)
-        f3 = self.layer3(f2)  # (B, C3, H/16, W/16)
-        f4 = self.layer4(f3)  # (B, C4, H/32, W/32)
+        """x: normalised image [B, 3, H, W] -> [f0 /2, f1 /4, f2 /8, f3 /16, f4 /32]."""
+        f0 = self.relu(self.bn1(self.conv1(x)))  # [B, 64, H/2, W/2]
+        f1 = self.layer1(self.maxpool(f0))  # [B, C1, H/4, W/4]
+        f2 = self.layer2(f1)  # [B, C2, H/8, W/8]
+        f3 = self.layer3(f2)  # [B, C3, H/16, W/16]
+        f4 = self.layer4(f3)  # [B, C4, H/32, W/32]
         return [f0, f1, f2, f3, f4]
 
 
@@ -170,13 +170,13 @@ def normalise(img):
 def up_block(x, skip, net):
     """Exercise 2.1: one U-Net up-block: upsample, concatenate the skip, then two conv-BN-LeakyReLU.
 
-    x [B,C,h,w] (coarse), skip [B,Cs,H',W'] (finer), net: the Sequential(conv3x3, BN, LeakyReLU,
-    conv3x3, BN, LeakyReLU) taking C + Cs channels. Returns net's output [B,C_out,H',W'].
+    x [B, C, h, w] (coarse), skip [B, Cs, H', W'] (finer), net: the Sequential(conv3x3, BN, LeakyReLU,
+    conv3x3, BN, LeakyReLU) taking C + Cs channels. Returns net's output [B, C_out, H', W'].
     Hint: F.interpolate to skip's exact size (not scale_factor: sizes need not be 2x), bilinear with
     align_corners=True as in the official code; concatenate [upsampled x, skip] in that order.
     """
-    up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)  # (B, C, H', W')
-    return net(torch.cat([up, skip], dim=1))  # (B, C_out, H', W')
+    up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)  # [B, C, H', W']
+    return net(torch.cat([up, skip], dim=1))  # [B, C_out, H', W']
 
 
 class UpBlock(nn.Module):
@@ -208,16 +208,16 @@ class UNetDecoder(nn.Module):
 
     def forward(self, feats):
         f0, f1, f2, f3, f4 = feats
-        x = self.conv2(f4)  # (B, nf, H/32 + 2, W/32 + 2)
-        x = self.up1(x, f3)  # (B, nf/2, H/16, W/16)
-        x = self.up2(x, f2)  # (B, nf/4, H/8, W/8)
-        x = self.up3(x, f1)  # (B, nf/8, H/4, W/4)
-        x = self.up4(x, f0)  # (B, nf/16, H/2, W/2)
-        return self.conv3(x)  # (B, E, H/2, W/2)
+        x = self.conv2(f4)  # [B, nf, H/32 + 2, W/32 + 2]
+        x = self.up1(x, f3)  # [B, nf/2, H/16, W/16]
+        x = self.up2(x, f2)  # [B, nf/4, H/8, W/8]
+        x = self.up3(x, f1)  # [B, nf/8, H/4, W/4]
+        x = self.up4(x, f0)  # [B, nf/16, H/2, W/2]
+        return self.conv3(x)  # [B, E, H/2, W/2]
 
 
 class ResnetUNet(nn.Module):
-    """Image [B,3,H,W] in [0,1] -> S0 [B,E,H/2,W/2] (ResNet encoder + U-Net decoder)."""
+    """Image [B, 3, H, W] in [0, 1] -> S0 [B, E, H/2, W/2] (ResNet encoder + U-Net decoder)."""
 
     def __init__(self, num_layers=50, num_features=256, model_dim=32):
         super().__init__()
@@ -227,7 +227,7 @@ class ResnetUNet(nn.Module):
         self.decoder = UNetDecoder(self.encoder.channels, num_features, model_dim)
 
     def forward(self, img):
-        return self.decoder(self.encoder.features(normalise(img)))  # (B, E, H/2, W/2)
+        return self.decoder(self.encoder.features(normalise(img)))  # [B, E, H/2, W/2]
 
 
 @dataclass

@@ -66,11 +66,11 @@ class PoseCNN(nn.Module):
         Returns axis-angle and translation, each [B, 3] for a pair, [B, N-1, 3] otherwise."""
         x = frames
         for conv in self.net:
-            x = F.relu(conv(x))                                # (B, C, H/2^k, W/2^k)
-        out = 0.01 * self.pose_conv(x).mean(dim=(2, 3))        # (B, 6 * (N-1))
-        out = out.view(-1, self.num_input_frames - 1, 6)       # (B, N-1, 6)
+            x = F.relu(conv(x))                                # [B, C, H/2^k, W/2^k]
+        out = 0.01 * self.pose_conv(x).mean(dim=(2, 3))        # [B, 6 * (N-1)]
+        out = out.view(-1, self.num_input_frames - 1, 6)       # [B, N-1, 6]
         if self.num_input_frames == 2:
-            out = out[:, 0]                                    # (B, 6)
+            out = out[:, 0]                                    # [B, 6]
         return out[..., :3], out[..., 3:]
 
 
@@ -99,9 +99,9 @@ class PoseResNet(nn.Module):
 
     def forward(self, frames):
         """frames [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])."""
-        deepest = self.encoder.features(unet.normalise(frames))[-1]  # (B, C4, H/32, W/32)
-        out = self.pose(F.relu(self.squeeze(deepest)))         # (B, 6, H/32, W/32)
-        out = 0.01 * out.mean(dim=(2, 3))                      # (B, 6)
+        deepest = self.encoder.features(unet.normalise(frames))[-1]  # [B, C4, H/32, W/32]
+        out = self.pose(F.relu(self.squeeze(deepest)))         # [B, 6, H/32, W/32]
+        out = 0.01 * out.mean(dim=(2, 3))                      # [B, 6]
         return out[:, :3], out[:, 3:]
 
 
@@ -114,13 +114,13 @@ def rot_from_axisangle(axisangle):
         R = I + sin(a) [k]x + (1 - cos(a)) [k]x^2,   [k]x = [[0,-kz,ky],[kz,0,-kx],[-ky,kx,0]].
     Hint: a = norm of the vector (add 1e-7 before dividing, so a zero rotation gives I).
     """
-    angle = torch.linalg.vector_norm(axisangle, dim=1, keepdim=True)    # (B, 1)
-    kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)                 # each (B,)
+    angle = torch.linalg.vector_norm(axisangle, dim=1, keepdim=True)    # [B, 1]
+    kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)                 # each [B]
     zero = torch.zeros_like(kx)
     skew = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], 1).view(-1, 3, 3)
-    sin, cos = torch.sin(angle)[..., None], torch.cos(angle)[..., None]  # (B, 1, 1)
+    sin, cos = torch.sin(angle)[..., None], torch.cos(angle)[..., None]  # [B, 1, 1]
     eye = torch.eye(3, dtype=axisangle.dtype, device=axisangle.device)
-    rot = eye + sin * skew + (1 - cos) * (skew @ skew)                  # (B, 3, 3)
+    rot = eye + sin * skew + (1 - cos) * (skew @ skew)                  # [B, 3, 3]
     out = torch.zeros(axisangle.shape[0], 4, 4, dtype=axisangle.dtype, device=axisangle.device)
     out[:, :3, :3] = rot
     out[:, 3, 3] = 1
@@ -131,13 +131,13 @@ def transformation_from_parameters(axisangle, translation, invert=False):
     """(axis-angle [B, 3], translation [B, 3]) -> T [B, 4, 4] = [R | t] (rotate, then translate).
     invert=True returns T^-1 = [R^T | -R^T t]: the pose net always sees frames in temporal order,
     so for the source -1 it predicts the motion I-1 -> I0 and we need the inverse."""
-    rot = rot_from_axisangle(axisangle.reshape(-1, 3))                  # (B, 4, 4)
-    t = translation.reshape(-1, 3)                                      # (B, 3)
+    rot = rot_from_axisangle(axisangle.reshape(-1, 3))                  # [B, 4, 4]
+    t = translation.reshape(-1, 3)                                      # [B, 3]
     if invert:
         rot = rot.transpose(1, 2)
         t = -t
     trans = torch.eye(4, dtype=rot.dtype, device=rot.device).repeat(rot.shape[0], 1, 1)
-    trans[:, :3, 3] = t                                                 # (B, 4, 4) pure translation
+    trans[:, :3, 3] = t                                                 # [B, 4, 4] pure translation
     return rot @ trans if invert else trans @ rot
 
 
@@ -155,10 +155,10 @@ class BackprojectDepth(nn.Module):
         b, _, h, w = depth.shape
         opts = dict(dtype=depth.dtype, device=depth.device)
         v, u = torch.meshgrid(torch.arange(h, **opts), torch.arange(w, **opts), indexing="ij")
-        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, **opts)], 0)  # (3, HW)
-        rays = inv_K[:, :3, :3] @ pix                                   # (B, 3, HW)
-        points = rays * depth.reshape(b, 1, h * w)                      # (B, 3, HW)
-        return torch.cat([points, torch.ones(b, 1, h * w, **opts)], 1)  # (B, 4, HW)
+        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, **opts)], 0)  # [3, HW]
+        rays = inv_K[:, :3, :3] @ pix                                   # [B, 3, HW]
+        points = rays * depth.reshape(b, 1, h * w)                      # [B, 3, HW]
+        return torch.cat([points, torch.ones(b, 1, h * w, **opts)], 1)  # [B, 4, HW]
 
 
 class Project3D(nn.Module):
@@ -170,36 +170,36 @@ class Project3D(nn.Module):
         self.eps = eps      # keeps the division finite for points on the camera plane
 
     def forward(self, points, K, T, height, width):
-        proj = (K @ T)[:, :3, :]                                        # (B, 3, 4)
-        cam = proj @ points                                             # (B, 3, HW)
-        pix = cam[:, :2] / (cam[:, 2:3] + self.eps)                     # (B, 2, HW) pixels
+        proj = (K @ T)[:, :3, :]                                        # [B, 3, 4]
+        cam = proj @ points                                             # [B, 3, HW]
+        pix = cam[:, :2] / (cam[:, 2:3] + self.eps)                     # [B, 2, HW] pixels
         # To [-1, 1] with Python numbers: a torch.tensor([W - 1, H - 1]) made here would be a copy
         # from host memory in the middle of every forward pass (a host sync on a GPU).
         grid = torch.stack([pix[:, 0] * (2 / (width - 1)), pix[:, 1] * (2 / (height - 1))], -1) - 1
-        return grid.view(-1, height, width, 2)                          # (B, H, W, 2)
+        return grid.view(-1, height, width, 2)                          # [B, H, W, 2]
 
 
 def warp(source, depth, K, inv_K, T):
     """Synthesise the target view from `source` [B, C, H, W] given the target depth [B, 1, H, W]
     and T [B, 4, 4] (target camera -> source camera). Out-of-image samples repeat the border."""
     h, w = depth.shape[-2:]
-    points = BackprojectDepth()(depth, inv_K)                           # (B, 4, HW)
-    grid = Project3D()(points, K, T, h, w)                              # (B, H, W, 2)
+    points = BackprojectDepth()(depth, inv_K)                           # [B, 4, HW]
+    grid = Project3D()(points, K, T, h, w)                              # [B, H, W, 2]
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 # --- Photometric error, minimum reprojection, smoothness
 def box_mean(x, window):
-    """Mean of every window x window block of x (N, C, H, W) -> (N, C, H-window+1, W-window+1).
+    """Mean of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1].
 
     An integral image: a cumulative sum along a row turns the sum of `window` neighbours into one
     difference, c[j + window] - c[j]; the same along the columns finishes the 2-D box. Two cumsums
     and two subtractions, whatever the window, instead of window x window additions per pixel
     (what avg_pool2d does); the result is the same up to float rounding (tests/test_05_posenet_loss.py).
     """
-    c = F.pad(x.cumsum(-1), (1, 0))                                    # (N, C, H, W+1), c[..., 0] = 0
-    rows = c[..., window:] - c[..., :-window]                           # (N, C, H, W-window+1)
-    c = F.pad(rows.cumsum(-2), (0, 0, 1, 0))                            # (N, C, H+1, W-window+1)
+    c = F.pad(x.cumsum(-1), (1, 0))                                    # [N, C, H, W+1], c[..., 0] = 0
+    rows = c[..., window:] - c[..., :-window]                           # [N, C, H, W-window+1]
+    c = F.pad(rows.cumsum(-2), (0, 0, 1, 0))                            # [N, C, H+1, W-window+1]
     return (c[..., window:, :] - c[..., :-window, :]) / (window * window)
 
 
@@ -227,11 +227,11 @@ class SSIM(nn.Module):
         # The variances are shift-invariant: subtracting each image-channel's mean level c first
         # changes nothing mathematically, but E[x^2] - mu^2 then cancels far less in float32
         # (10-100x smaller rounding error than on raw [0, 1] values); c is added back to the means.
-        c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # (B, C, 1, 1)
+        c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # [B, C, 1, 1]
         x, y = x - c, y - c
-        maps = torch.cat([x, y, x * x, y * y, x * y])                      # (5B, C, H, W): one pass
-        means = box_mean(F.pad(maps, [r, r, r, r], mode="reflect"), self.window)   # (5B, C, H, W)
-        mu_x, mu_y, e_xx, e_yy, e_xy = means.chunk(5)                       # each (B, C, H, W)
+        maps = torch.cat([x, y, x * x, y * y, x * y])                      # [5B, C, H, W]: one pass
+        means = box_mean(F.pad(maps, [r, r, r, r], mode="reflect"), self.window)   # [5B, C, H, W]
+        mu_x, mu_y, e_xx, e_yy, e_xy = means.chunk(5)                       # each [B, C, H, W]
         sigma_x, sigma_y, sigma_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
         mu_x, mu_y = mu_x + c, mu_y + c
         num = (2 * mu_x * mu_y + self.C1) * (2 * sigma_xy + self.C2)
@@ -242,7 +242,7 @@ class SSIM(nn.Module):
 def photometric_loss(pred, target, ssim):
     """Per-pixel error [B, 1, H, W] = 0.85 * mean_c SSIM-dissimilarity + 0.15 * mean_c |pred -
     target| (Monodepth2 Eq. 1). ssim=None gives the plain L1 (Monodepth2's --no_ssim)."""
-    l1 = (pred - target).abs().mean(1, keepdim=True)                    # (B, 1, H, W)
+    l1 = (pred - target).abs().mean(1, keepdim=True)                    # [B, 1, H, W]
     if ssim is None:
         return l1
     return 0.85 * ssim(pred, target).mean(1, keepdim=True) + 0.15 * l1
@@ -263,8 +263,8 @@ def min_reprojection(reprojection, identity=None):
         best = reprojection.min(dim=1, keepdim=True).values
         return best, torch.ones_like(best, dtype=torch.bool)
     identity = identity + 1e-5 * torch.randn_like(identity)
-    combined = torch.cat([identity, reprojection], dim=1)               # (B, 2S, H, W)
-    best, index = combined.min(dim=1, keepdim=True)                     # (B, 1, H, W) each
+    combined = torch.cat([identity, reprojection], dim=1)               # [B, 2S, H, W]
+    best, index = combined.min(dim=1, keepdim=True)                     # [B, 1, H, W] each
     return best, index >= identity.shape[1]
 
 
@@ -275,12 +275,12 @@ def smoothness_loss(depth, img):
     take absolute differences between horizontal neighbours ([..., :, 1:] vs [..., :, :-1]) and
     vertical neighbours, weight each by exp(-|image difference in the SAME direction|) averaged
     over colour channels, and return mean(x-term) + mean(y-term).
-    Hint: x[..., :, 1:] - x[..., :, :-1] is (B, C, H, W-1); average the image term with
+    Hint: x[..., :, 1:] - x[..., :, :-1] is [B, C, H, W-1]; average the image term with
     .mean(1, keepdim=True). SQLDepth (official) smooths depth, Monodepth2 disparity (1/depth).
     """
-    norm = depth / (depth.mean(dim=(2, 3), keepdim=True) + 1e-7)       # (B, 1, H, W)
-    grad_x = (norm[..., :, 1:] - norm[..., :, :-1]).abs()               # (B, 1, H, W-1)
-    grad_y = (norm[..., 1:, :] - norm[..., :-1, :]).abs()               # (B, 1, H-1, W)
+    norm = depth / (depth.mean(dim=(2, 3), keepdim=True) + 1e-7)       # [B, 1, H, W]
+    grad_x = (norm[..., :, 1:] - norm[..., :, :-1]).abs()               # [B, 1, H, W-1]
+    grad_y = (norm[..., 1:, :] - norm[..., :-1, :]).abs()               # [B, 1, H-1, W]
     edge_x = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
     edge_y = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     return (grad_x * torch.exp(-edge_x)).mean() + (grad_y * torch.exp(-edge_y)).mean()
@@ -343,15 +343,15 @@ def predict_poses(pose_net, inputs, cfg, depth=None):
     if cfg.pose_scaling != "none" and not cfg.use_stereo:
         if depth is None:
             raise ValueError(f"pose_scaling={cfg.pose_scaling!r} needs the predicted depth")
-        depth = _full_precision(depth).clamp(cfg.min_depth, cfg.max_depth)  # (B, 1, h, w)
-        scale = (depth if cfg.pose_scaling == "depth" else 1 / depth).mean(dim=(1, 2, 3))  # (B,)
+        depth = _full_precision(depth).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, h, w]
+        scale = (depth if cfg.pose_scaling == "depth" else 1 / depth).mean(dim=(1, 2, 3))  # [B]
     for fid in sources:
         if fid == "s":
             poses["s"] = inputs["stereo_T"]
             continue
         colour = inputs["color_aug"]
         pair = [colour[fid], colour[0]] if fid < 0 else [colour[0], colour[fid]]
-        axisangle, translation = pose_net(torch.cat(pair, 1))          # (B, 3) each
+        axisangle, translation = pose_net(torch.cat(pair, 1))          # [B, 3] each
         with torch.autocast(device_type=axisangle.device.type, enabled=False):
             axisangle, translation = _full_precision(axisangle), _full_precision(translation)
             if scale is not None:
@@ -365,11 +365,11 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
     weighted smoothness. depth [B, 1, H/2, W/2] is upsampled to the image size first. Returns
     loss (scalar, with graph) and, detached, photometric and smoothness (0-d tensors: no host
     sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}."""
-    target = inputs["color"][0]                                         # (B, 3, H, W)
+    target = inputs["color"][0]                                         # [B, 3, H, W]
     h, w = target.shape[-2:]
     with torch.autocast(device_type=depth.device.type, enabled=False):  # see _full_precision
         depth = F.interpolate(_full_precision(depth), size=(h, w), mode="bilinear",
-                              align_corners=False).clamp(cfg.min_depth, cfg.max_depth)  # (B,1,H,W)
+                              align_corners=False).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, H, W]
         warped, reprojection, identity = {}, [], []
         for fid in source_ids(cfg):
             if fid not in poses:
@@ -377,7 +377,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
             source = inputs["color"][fid]
             T = _full_precision(poses[fid])
             warped[fid] = warp(source, depth, inputs["K"], inputs["inv_K"], T)
-            reprojection.append(photometric_loss(warped[fid], target, ssim))  # (B, 1, H, W)
+            reprojection.append(photometric_loss(warped[fid], target, ssim))  # [B, 1, H, W]
             if cfg.automask:            # unwarped source vs target: no parameter involved
                 with torch.no_grad():
                     identity.append(photometric_loss(source, target, ssim))
@@ -418,10 +418,10 @@ def synthetic_pair(root, height, width, sky_depth):
     dataset = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0, 1),
                             load_depth=True, img_ext=".jpg")
     inputs = data.images_to_float(data.collate([dataset[0]]))          # images as float in [0, 1]
-    depth = inputs["depth_gt"]                                          # (1, 1, Hgt, Wgt)
+    depth = inputs["depth_gt"]                                          # [1, 1, Hgt, Wgt]
     depth = F.interpolate(depth, size=(height, width), mode="nearest")
     depth = torch.where(depth > 0, depth, torch.full_like(depth, sky_depth))
-    poses = torch.from_numpy(synthetic_world.read_synthetic_poses(Path(root) / folder)).float()  # (N, 4, 4)
+    poses = torch.from_numpy(synthetic_world.read_synthetic_poses(Path(root) / folder)).float()  # [N, 4, 4]
     T = torch.linalg.inv(poses[frame + 1]) @ poses[frame]                # target -> source
     return inputs, depth, T[None]
 
@@ -458,7 +458,7 @@ def demo(cfg):
               ("auto-mask (white = pixel used)", true["automask"].float())]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.0 * len(panels)))
     for ax, (title, img) in zip(axes, panels):
-        img = img[0].permute(1, 2, 0).numpy()                          # (H, W, C)
+        img = img[0].permute(1, 2, 0).numpy()                          # [H, W, C]
         ax.imshow(img.clip(0, 1) if img.shape[2] == 3 else img[..., 0],
                   cmap=None if img.shape[2] == 3 else ("magma" if "error" in title else "gray"))
         ax.set_title(title, fontsize=9)

@@ -501,8 +501,8 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     """One optimisation step of self-supervised training; returns the loss terms (0-d tensors).
 
     Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
-    [B,1,H/2,W/2] of the augmented target frame inputs["color_aug"][0] [B,3,H,W], the source
-    poses with geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B,4,4]}), the
+    [B, 1, H/2, W/2] of the augmented target frame inputs["color_aug"][0] [B, 3, H, W], the source
+    poses with geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B, 4, 4]}), the
     loss dict with geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim), back-propagate
     its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
     "smoothness"} as detached 0-d tensors, not floats: float() makes the host wait for the GPU,
@@ -515,12 +515,12 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     nothing learns (tests/test_06_train.py checks both against a step computed by hand).
     """
     tick = timer or (lambda phase: None)
-    target = inputs["color_aug"][0]                                    # (B, 3, H, W)
+    target = inputs["color_aug"][0]                                    # [B, 3, H, W]
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=target.device.type, dtype=torch.bfloat16, enabled=amp):
-        depth = depth_net(target)                                      # (B, 1, H/2, W/2)
+        depth = depth_net(target)                                      # [B, 1, H/2, W/2]
     depth = depth.float()
-    poses = geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: (B, 4, 4)}
+    poses = geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: [B, 4, 4]}
     out = geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim)
     tick("forward")
     out["loss"].backward()
@@ -748,7 +748,7 @@ class NonFinite(Exception):
 def first_nonfinite(named_tensors):
     """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
     one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # (P,) bools
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # [P] bools
     if bool(finite.all()):
         return None
     return named_tensors[int((~finite).int().argmax())][0]
@@ -787,7 +787,7 @@ def step_outcome(terms, signum, info, need_values):
     after a step, with one host read, after the optimizer step. One process: the three terms
     themselves. Under torchrun: a (non-finite, signal) pair reduced with max over all processes on
     the device, so everyone stops together; the terms only when logged (need_values) or bad."""
-    values = torch.stack([terms[k] for k in LOSS_TERMS])              # (3,) on the device
+    values = torch.stack([terms[k] for k in LOSS_TERMS])              # [3] on the device
     if info.world == 1:
         host = values.tolist()
         return host, not all(map(math.isfinite, host)), signum

@@ -101,7 +101,7 @@ class EvalConfig:
 def median_scale(gt, pred):
     """Per-image median scaling of a scale-ambiguous monocular prediction.
 
-    Exercise 7.1: given the valid GT and predicted depths of ONE image, 1-D arrays (N,), return
+    Exercise 7.1: given the valid GT and predicted depths of ONE image, 1-D arrays [N], return
     (pred * ratio, ratio) with ratio = median(gt) / median(pred), so the scaled prediction has the
     same median as the GT. Hint: the ratio multiplies the prediction (not divides it).
     """
@@ -113,7 +113,7 @@ def compute_depth_errors(gt, pred):
     """The seven standard depth metrics between matching valid depths.
 
     Exercise 7.2: implement the metrics of Eigen et al. (paper Table 1) on 1-D float arrays gt, pred
-    (N,) of positive depths in metres, returning a dict with keys abs_rel = mean(|gt-pred|/gt),
+    [N] of positive depths in metres, returning a dict with keys abs_rel = mean(|gt-pred|/gt),
     sq_rel = mean((gt-pred)^2/gt), rmse = sqrt(mean((gt-pred)^2)), rmse_log = sqrt(mean((ln gt -
     ln pred)^2)) and a1, a2, a3 = fraction of pixels with max(gt/pred, pred/gt) < 1.25, 1.25^2, 1.25^3.
     Hint: natural logarithms, and a strict "<" for the thresholds.
@@ -132,7 +132,7 @@ def compute_depth_errors(gt, pred):
 
 
 def garg_crop_mask(height, width):
-    """Boolean (H, W) mask of the Garg et al. crop used with the eigen split (fractions of the size)."""
+    """Boolean [H, W] mask of the Garg et al. crop used with the eigen split (fractions of the size)."""
     top, bottom, left, right = (np.array(GARG_CROP) * [height, height, width, width]).astype(np.int32)
     mask = np.zeros((height, width), bool)
     mask[top:bottom, left:right] = True
@@ -150,13 +150,13 @@ def evaluation_mask(gt, split):
 def post_process_depth(depth, depth_flipped_back):
     """Monodepth(1)'s flip post-processing with 5% border ramps, applied to depth as the official code does.
 
-    depth, depth_flipped_back: (B, 1, h, w); the second is the prediction for the mirrored image,
+    depth, depth_flipped_back: [B, 1, h, w]; the second is the prediction for the mirrored image,
     mirrored back. Near the left border the mirrored prediction is used (its view of that border is
     not disoccluded), near the right border the direct one; in the middle their mean. Weights: 1 on
     the outer 5% of the width, a linear ramp to 0 at 10%.
     """
     w = depth.shape[-1]
-    x = torch.linspace(0, 1, w, device=depth.device, dtype=depth.dtype)  # (w,)
+    x = torch.linspace(0, 1, w, device=depth.device, dtype=depth.dtype)  # [w]
     left = 1.0 - torch.clamp(20 * (x - 0.05), 0, 1)  # 1 near the left border, 0 after 10%
     right = left.flip(0)  # mirror image of the left ramp
     mean = 0.5 * (depth + depth_flipped_back)
@@ -164,18 +164,18 @@ def post_process_depth(depth, depth_flipped_back):
 
 
 def resize_to(pred, height, width):
-    """Bilinear resize of a (h, w) numpy prediction to (height, width) (cv2.resize's half-pixel rule)."""
+    """Bilinear resize of a [h, w] numpy prediction to (height, width) (cv2.resize's half-pixel rule)."""
     if pred.shape == (height, width):
         return pred
-    t = torch.from_numpy(np.ascontiguousarray(pred, np.float32))[None, None]  # (1, 1, h, w)
+    t = torch.from_numpy(np.ascontiguousarray(pred, np.float32))[None, None]  # [1, 1, h, w]
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin_masks=None):
     """Score predictions against GT per image, then average (SPEC section 4).
 
-    gts: list of (H_i, W_i) GT depth (0 = none); preds: list of (h, w) predicted depth at any size;
-    thin_masks: optional list of (H_i, W_i) bool masks of thin structures. Returns a dict with the
+    gts: list of [H_i, W_i] GT depth (0 = none); preds: list of [h, w] predicted depth at any size;
+    thin_masks: optional list of [H_i, W_i] bool masks of thin structures. Returns a dict with the
     seven metrics, "n" (frames scored), "ratios" (median-scaling ratios) and "thin_abs_rel"
     (pooled over every valid thin pixel of every frame; NaN without masks or thin pixels).
     """
@@ -185,7 +185,7 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
         mask = evaluation_mask(gt, split)
         if not mask.any():
             continue  # a frame without valid GT cannot be scored (Monodepth2 would produce NaN)
-        gt_valid, pred_valid = gt[mask], pred[mask] * scale  # (N,)
+        gt_valid, pred_valid = gt[mask], pred[mask] * scale  # [N]
         ratio = 1.0
         if median_scaling:
             pred_valid, ratio = median_scale(gt_valid, pred_valid)
@@ -273,12 +273,12 @@ def load_official(folder, device):
 
 @torch.no_grad()
 def predict_depth(model, images, post_process=False):
-    """Network depth (B, h, w) numpy for images (B, 3, H, W) in [0, 1]; h, w = H/2, W/2."""
+    """Network depth [B, h, w] numpy for images [B, 3, H, W] in [0, 1]; h, w = H/2, W/2."""
     if post_process:  # one pass on the image and its mirror, like Monodepth2
-        both = model(torch.cat([images, images.flip(-1)], 0))  # (2B, 1, h, w)
+        both = model(torch.cat([images, images.flip(-1)], 0))  # [2B, 1, h, w]
         depth = post_process_depth(both[: len(images)], both[len(images):].flip(-1))
     else:
-        depth = model(images)  # (B, 1, h, w)
+        depth = model(images)  # [B, 1, h, w]
     return depth[:, 0].float().cpu().numpy()
 
 
@@ -296,7 +296,7 @@ def split_lines(cfg, kind="test"):
 
 
 def load_ground_truth(cfg, lines):
-    """List of (H, W) float32 GT depths for the lines: eigen from an .npz, others from pngs."""
+    """List of [H, W] float32 GT depths for the lines: eigen from an .npz, others from pngs."""
     if cfg.split != "eigen":
         gts = []
         for folder, frame, side in lines:
@@ -328,7 +328,7 @@ def load_ground_truth(cfg, lines):
 
 
 def load_thin_masks(cfg, lines):
-    """Thin-structure masks (H, W) bool of the synthetic world (None when the files are absent)."""
+    """Thin-structure masks [H, W] bool of the synthetic world (None when the files are absent)."""
     import synthetic_world
     masks = []
     for folder, frame, _ in lines:
@@ -348,13 +348,13 @@ def test_loader(cfg, lines, height, width):
 
 
 def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
-    """Predictions (list of (h, w) depth) for every test frame, plus the first keep_images inputs.
+    """Predictions (list of [h, w] depth) for every test frame, plus the first keep_images inputs.
 
-    on_batch(img), if given, sees every input batch (B, 3, H, W) too (the comparison's statistics).
+    on_batch(img), if given, sees every input batch [B, 3, H, W] too (the comparison's statistics).
     """
     preds, images = [], []
     for batch in loader:
-        img = data.image_to_float(batch["color"][0].to(device))  # (B, 3, H, W) in [0, 1]
+        img = data.image_to_float(batch["color"][0].to(device))  # [B, 3, H, W] in [0, 1]
         preds.extend(predict_depth(model, img, cfg.post_process))
         images.extend(img[: max(0, keep_images - len(images))].cpu())
         if on_batch is not None:
@@ -363,7 +363,7 @@ def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
 
 
 def mean_training_depth(cfg):
-    """Baseline: the per-pixel mean of the dense training GT maps of the synthetic world, ignoring zeros (H, W)."""
+    """Baseline: the per-pixel mean of the dense training GT maps of the synthetic world, ignoring zeros [H, W]."""
     total = count = None
     train = replace(cfg, split="synthetic")  # a custom split file may sit on a synthetic tree too
     for folder, frame, side in split_lines(train, "train"):
@@ -436,7 +436,7 @@ def save_table(rows, out_dir, split, warning=None):
 # ----------------------------------------------------------------------------- pictures
 
 def colorize_inverse_depth(depth):
-    """(H, W) depth -> (H, W, 3) uint8 magma of 1/depth, normalised per image by robust percentiles.
+    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
 
     The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
     constant offset) never leave the picture black (SPEC section 6).
@@ -482,8 +482,8 @@ def save_internals_figure(model, image, path, num_slices=4):
     if "cost_volume" not in out or "bin_centers" not in out:
         print("   (this variant has no cost volume / bins: internals figure skipped)")
         return False
-    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # (Q, h, w), (D,)
-    probs = out["probs"][0].cpu() if "probs" in out else None  # (D, h, w)
+    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # [Q, h, w], [D]
+    probs = out["probs"][0].cpu() if "probs" in out else None  # [D, h, w]
     h, w = volume.shape[-2:]
     stats = bins.stats_from_extras(out)
     fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
@@ -578,16 +578,16 @@ def mean_std(values):
 
 
 def densest_window(mask, height, width):
-    """(top, left) of the height x width window of a (H, W) bool mask holding the most True pixels.
+    """(top, left) of the height x width window of a [H, W] bool mask holding the most True pixels.
 
     A summed-area table gives every window's count at once; ties go to the first window in raster
     order. The window is shrunk to the mask where the mask is smaller.
     """
     H, W = mask.shape
     height, width = min(height, H), min(width, W)
-    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # (H+1, W+1)
+    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # [H+1, W+1]
     counts = (table[height:, width:] - table[:-height, width:] - table[height:, :-width]
-              + table[:-height, :-width])  # (H-height+1, W-width+1): window counts by top-left corner
+              + table[:-height, :-width])  # [H-height+1, W-width+1]: window counts by top-left corner
     top, left = np.unravel_index(np.argmax(counts), counts.shape)
     return int(top), int(left)
 
@@ -668,8 +668,8 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
     """The same test frames side by side: per frame a row of inputs (the crop outlined), a row of
     inverse depth and a row of an enlarged crop around the densest thin structures (outlined in cyan).
 
-    images: list of (3, H, W) inputs; gts, thin: their (H_gt, W_gt) GT depth and thin masks (thin may be
-    None); columns: list of (title, list of (h, w) predictions of those frames, None for the GT column);
+    images: list of [3, H, W] inputs; gts, thin: their [H_gt, W_gt] GT depth and thin masks (thin may be
+    None); columns: list of (title, list of [h, w] predictions of those frames, None for the GT column);
     names: a caption per frame.
     """
     import matplotlib
@@ -791,7 +791,7 @@ def _output_names(paths):
 
 
 def write_ply(path, points, colors, ascii=False):
-    """Coloured point cloud: points (N, 3) float32 metres, colors (N, 3) uint8; PLY 1.0 by hand."""
+    """Coloured point cloud: points [N, 3] float32 metres, colors [N, 3] uint8; PLY 1.0 by hand."""
     header = ("ply\nformat {} 1.0\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").format(
         "ascii" if ascii else "binary_little_endian", len(points))
@@ -808,9 +808,9 @@ def write_ply(path, points, colors, ascii=False):
 
 
 def back_project(depth, K):
-    """Camera-frame points (H*W, 3) from depth (H, W) and pixel intrinsics K (3x3 or 4x4)."""
+    """Camera-frame points [H*W, 3] from depth [H, W] and pixel intrinsics K (3x3 or 4x4)."""
     h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) pixel rows, columns
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)  # [H, W] pixel rows, columns
     x = (u - K[0, 2]) / K[0, 0] * depth  # X right, Y down, Z forward (camera convention)
     y = (v - K[1, 2]) / K[1, 1] * depth
     return np.stack([x, y, depth], -1).reshape(-1, 3)
@@ -829,8 +829,8 @@ def run_predict(model, config, cfg, device, out_dir):
         except OSError as err:
             raise data.DataError(f"cannot read image {path}: {_one_line(err)}") from None
         w0, h0 = image.size
-        net_in = np.asarray(image.resize((width, height), Image.LANCZOS), np.float32) / 255.0  # (H, W, 3)
-        tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # (1, 3, H, W)
+        net_in = np.asarray(image.resize((width, height), Image.LANCZOS), np.float32) / 255.0  # [H, W, 3]
+        tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W]
         depth = resize_to(predict_depth(model, tensor, cfg.post_process)[0], h0, w0) * scale  # (h0, w0)
         stem = out_dir / f"{name}_depth"
         Image.fromarray(colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
