@@ -1,39 +1,38 @@
-"""02 - The feature extractor: a ResNet encoder and a U-Net decoder producing S0 at half resolution.
+"""02 - unet: the feature extractor, a ResNet encoder and a U-Net decoder giving S0 at half size.
 
-Concept: SQLDepth (SPEC.md section 1, paper section 3.1) first turns the image into a dense, fairly
-coarse-grained feature map S0 [B, E, H/2, W/2] with an ordinary encoder-decoder. Everything clever
-(the self-query layer, 03; the bins, 04) happens on top of S0.
+SQLDepth (paper Sec. 3.1) first turns the image into a dense, fairly coarse-grained feature map
+S0 [B, E, H/2, W/2] with an ordinary encoder-decoder. Everything clever (the self-query layer, 03;
+the bins, 04) happens on top of S0.
 
 - Encoder: ResNet-18/34/50 written here in plain PyTorch with *torchvision's parameter names*
   (conv1, bn1, layer1.0.conv1, ..., layer4, fc), so torchvision-format ImageNet weights load with
   strict=True (`load_pretrained`). The classifier `fc` is never used but is kept so the weights
   load strictly and the parameter counts match the paper's 31M / 37M.
 - Input in [0, 1], normalised inside with (x - 0.45) / 0.225 like Monodepth2 and the official code.
-- Decoder (official `DecoderBN`): a 1x1 conv on layer4 then four up-blocks (Exercise 2.1), each
-  "bilinear upsample to the skip's size (align_corners=True), concatenate the skip, [conv3x3 -> BN ->
-  LeakyReLU(0.01)] x 2", and a final conv3x3 to E channels with no activation.
+- Decoder (the official `DecoderBN`, github.com/hisfog/SfMNeXt-Impl): a 1x1 conv on layer4 then
+  four up-blocks (Exercise 2.1), each "bilinear upsample to the skip's size (align_corners=True),
+  concatenate the skip, [conv3x3 -> BN -> LeakyReLU(0.01)] x 2", and a final conv3x3 to E channels
+  with no activation.
 
 Deviation kept on purpose: the official 1x1 bottleneck conv has padding=1, which adds a one-pixel
 border of pure bias to the coarsest map (the next upsample then stretches it). It is harmless but
-odd; we keep it so the released checkpoints load and give the same numbers.
+odd; we keep it so the released checkpoints load and give the same numbers (README, "Where we
+follow the paper, and where the official code").
 
-Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num-layers 18]` prints the feature shapes.
+Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num_layers 18]` prints the feature shapes.
 Tests: tests/test_02_unet.py.
 """
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
-IMAGENET_URLS = {
-    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-}
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# ---- Encoder: ResNet-18/34/50 with torchvision's parameter names ----
 # (block type, blocks per stage) of each depth, as in the ResNet paper / torchvision.
 RESNET_LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 
@@ -87,7 +86,7 @@ def _shortcut(in_ch, out_ch, stride):
 
 
 class ResNet(nn.Module):
-    """ResNet-18/34/50 with torchvision's module names; `features` returns the five maps of SPEC.md."""
+    """ResNet-18/34/50 with torchvision's module names; `features` returns the five maps the U-Net uses."""
 
     def __init__(self, num_layers):
         super().__init__()
@@ -128,39 +127,7 @@ class ResNet(nn.Module):
         return [f0, f1, f2, f3, f4]
 
 
-def load_pretrained(encoder_module, spec):
-    """Load ImageNet weights into a `ResNet`: spec None (nothing), "imagenet" (download) or a file path.
-
-    Loading is strict: a file with other keys or shapes raises ValueError naming the file.
-    """
-    if spec is None or spec == "" or spec == "none":
-        return
-    if spec == "imagenet":
-        url = IMAGENET_URLS[encoder_module.num_layers]
-        # torch.hub downloads into a temporary file of a unique name and then renames it, so several
-        # processes fetching at once (torchrun ranks, two runs) cannot break each other; check_hash
-        # compares the download with the SHA-256 prefix in torchvision's file name.
-        try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
-        except Exception as err:  # offline, proxy, certificate...: one clear line
-            raise ValueError(f"could not download ImageNet weights from {url} ({type(err).__name__}); "
-                             f"download the file elsewhere and pass its path as --pretrained PATH") from None
-        source = url
-    else:
-        try:
-            state = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as err:  # missing file, not a torch file, pickled objects, ...: one line
-            raise ValueError(f"cannot read pretrained weights {spec} (not a PyTorch weights file? "
-                             f"{type(err).__name__}: {err})".splitlines()[0]) from None
-        source = spec
-    try:
-        encoder_module.load_state_dict(state, strict=True)
-    except (RuntimeError, AttributeError, TypeError) as err:
-        first = str(err).splitlines()[1:2] or [str(err)]
-        raise ValueError(f"{source} is not a torchvision ResNet-{encoder_module.num_layers} state dict: "
-                         f"{first[0].strip()}") from None
-
-
+# ---- Decoder: the U-Net that gives S0 ----
 def normalise(img):
     """Images in [0, 1] -> the encoders' input: (x - 0.45) / 0.225 as Monodepth2 and the official
     code (not ImageNet's per-channel mean and std)."""
@@ -230,8 +197,53 @@ class ResnetUNet(nn.Module):
         return self.decoder(self.encoder.features(normalise(img)))  # [B, E, H/2, W/2]
 
 
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# ImageNet weights for the encoder (download or file), the demo and the command line.
+# ==============================================================================================
+# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
+IMAGENET_URLS = {
+    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+
+def load_pretrained(encoder_module, spec):
+    """Load ImageNet weights into a `ResNet`: spec None (nothing), "imagenet" (download) or a file path.
+
+    Loading is strict: a file with other keys or shapes raises ValueError naming the file.
+    """
+    if spec is None or spec == "" or spec == "none":
+        return
+    if spec == "imagenet":
+        url = IMAGENET_URLS[encoder_module.num_layers]
+        # torch.hub downloads into a temporary file of a unique name and then renames it, so several
+        # processes fetching at once (torchrun ranks, two runs) cannot break each other; check_hash
+        # compares the download with the SHA-256 prefix in torchvision's file name.
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
+        except Exception as err:  # offline, proxy, certificate...: one clear line
+            raise ValueError(f"could not download ImageNet weights from {url} ({type(err).__name__}); "
+                             f"download the file elsewhere and pass its path as --pretrained PATH") from None
+        source = url
+    else:
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as err:  # missing file, not a torch file, pickled objects, ...: one line
+            raise ValueError(f"cannot read pretrained weights {spec} (not a PyTorch weights file? "
+                             f"{type(err).__name__}: {err})".splitlines()[0]) from None
+        source = spec
+    try:
+        encoder_module.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).splitlines()[1:2] or [str(err)]
+        raise ValueError(f"{source} is not a torchvision ResNet-{encoder_module.num_layers} state dict: "
+                         f"{first[0].strip()}") from None
+
+
 @dataclass
 class UNetDemoConfig:
+    """What `python 02_unet.py` does: print the feature shapes of one random image."""
     num_layers: int = 50  # ResNet depth: 18, 34 or 50
     num_features: int = 256  # decoder width nf (released models: 256)
     model_dim: int = 32  # E, channels of S0
@@ -241,9 +253,9 @@ class UNetDemoConfig:
 
 
 def main(argv=None):
+    """Command line generated from UNetDemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Print the shapes of the ResNet + U-Net features.")
-    for f in fields(UNetDemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, UNetDemoConfig)
     cfg = UNetDemoConfig(**vars(parser.parse_args(argv)))
     try:
         net = ResnetUNet(cfg.num_layers, cfg.num_features, cfg.model_dim).eval()

@@ -1,6 +1,6 @@
-"""03 - The Self-Query Layer: patch tokens, a transformer, queries, and the self-cost volume.
+"""03 - self-query: the Self-Query Layer: patch tokens, a transformer, queries, the self-cost volume.
 
-Concept (SPEC.md section 1, paper section 3.2, Eq. 1-3): the U-Net feature map S0 [B, E, h, w] is cut
+Concept (paper Sec. 3.2, Eq. 1-3): the U-Net feature map S0 [B, E, h, w] is cut
 into p x p patches (Exercise 3.1), the patch tokens (plus a learned positional encoding) go through
 a small transformer encoder, and the first Q output tokens become *queries* K [B, Q, E]: coarse,
 image-wide summaries of what is in the scene. Each query is compared (a plain dot product, no
@@ -25,13 +25,17 @@ import argparse
 import importlib
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
 
 MAX_TOKENS = 500  # rows of the learned positional encoding (official value)
@@ -119,9 +123,14 @@ class SelfQueryLayer(nn.Module):
         return (V, S, tokens, K) if return_tokens else (V, S)
 
 
-# ----------------------------------------------------------------------------- demo
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The demo (a U-Net + Self-Query Layer without 04, a synthetic frame, a trained checkpoint) and the
+# command line.
+# ==============================================================================================
 @dataclass
 class CostVolumeDemoConfig:
+    """What `python 03_self_query.py` does: save cost-volume slices of a synthetic frame."""
     checkpoint: str = ""  # optional trained checkpoint (06_train format); its model config is used
     num_layers: int = 18  # ResNet depth of the untrained network (kitti-r18-640x192 preset)
     num_features: int = 256  # U-Net width nf of the untrained network
@@ -186,9 +195,9 @@ def load_trained(path):
 
 
 def main(argv=None):
+    """Command line generated from CostVolumeDemoConfig; returns the exit status (2 = bad input)."""
     parser = argparse.ArgumentParser(description="Save cost-volume slices of a synthetic frame.")
-    for f in fields(CostVolumeDemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, CostVolumeDemoConfig)
     cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
     import matplotlib
     matplotlib.use("Agg")

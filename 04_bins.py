@@ -1,17 +1,19 @@
-"""04 - Depth from the self-cost volume: adaptive bins, probabilities, and the full DepthNet.
+"""04 - bins: depth from the self-cost volume: adaptive bins, probabilities, and the full DepthNet.
 
-Concept (SPEC.md section 1, paper section 3.3, Eq. 4-6). From the cost volume V [B, Q, h, w] and the
-fine features S [B, E, h, w] of 03:
+Concept (paper Sec. 3.3, Eq. 4-6). From the cost volume V [B, Q, h, w] and the fine features
+S [B, E, h, w] of 03:
 1. Eq. 4: each query "counts" the pixels it matches: a softmax of V over the h*w positions weights
    S into one summary per query -> [B, Q, E] (Exercise 4.1). As in the official code, the summaries
    use S (after the 3x3 conv), not S0.
 2. An MLP (Q*E -> 16Q -> 256 -> D, LeakyReLU) regresses D numbers per image; relu + 0.1, normalise,
-   scale to (max - min), cumsum from min_depth -> D+1 bin edges and D centres per image
+   scale to (max - min), cumsum from min_depth -> D+1 bin edges and D centres c per image
    (Exercise 4.2).
 3. Eq. 5-6: a 1x1 conv maps V's Q channels to D logits per pixel, a softmax over the D bins gives
-   probabilities, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the softmax
-   index as Q; the code, and we, use D.)
+   probabilities P, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the
+   softmax index as Q; the official code, and we, use D.)
 `DepthNet` assembles 02 + 03 + this file: image [B, 3, H, W] in [0, 1] -> depth [B, 1, H/2, W/2] metres.
+`PRESETS` are the released models (their parameter counts are exact: README, "Where we follow the
+paper, and where the official code").
 
 Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in [min, max]),
 "adabins" (AdaBins' mini-ViT: the bins come from the first transformer token through an MLP
@@ -22,17 +24,17 @@ Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 =
 queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
 `internals_stats(net, images)`, all three at once for logging.
 
-Also here: `PRESETS` (the released models, exact parameter counts), conversion of the official
-encoder.pth + depth.pth into our state dict, and a benchmark. Run `python 04_bins.py` for the demo
-figure (bin centres and per-pixel bin probabilities), `python 04_bins.py --bench` for the speed table.
-Tests: tests/test_04_bins.py.
+Below the engineering banner: conversion of the official encoder.pth + depth.pth
+(github.com/hisfog/SfMNeXt-Impl) into our state dict, MAC counting and a benchmark, loading our
+checkpoints, and the demo. Run `python 04_bins.py` for the demo figure (bin centres and per-pixel
+bin probabilities), `python 04_bins.py --bench` for the speed table. Tests: tests/test_04_bins.py.
 """
 import argparse
 import copy
 import importlib
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -41,8 +43,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
-sql = importlib.import_module("03_self_query")
+self_query = importlib.import_module("03_self_query")
 
 
 def spatial_softmax_summaries(V, S):
@@ -135,7 +141,8 @@ class DepthNet(nn.Module):
         if cfg.queries == "none":  # no cost volume: regress depth directly from S0
             self.head = nn.Sequential(nn.Conv2d(E, E, 3, 1, 1), nn.LeakyReLU(0.01), nn.Conv2d(E, 1, 3, 1, 1))
         else:
-            self.sql = sql.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward, queries=cfg.queries)
+            self.sql = self_query.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward,
+                                                 queries=cfg.queries)
             if cfg.bins == "sql":
                 self.bins_mlp = _mlp([Q * E, 16 * Q, 256, D])  # official bins_regressor
             elif cfg.bins == "adabins":
@@ -152,7 +159,8 @@ class DepthNet(nn.Module):
         if cfg.queries == "none":
             depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
             return {"depth": depth} if return_extras else depth  # [B, 1, H/2, W/2]
-        V, S, tokens, K = self.sql(s0, return_tokens=True)  # [B, Q, h, w], [B, E, h, w] float32; [B, N, E], [B, Q, E]
+        # V [B, Q, h, w] and S [B, E, h, w] in float32, tokens [B, N, E], queries K [B, Q, E]
+        V, S, tokens, K = self.sql(s0, return_tokens=True)
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
@@ -175,7 +183,7 @@ class DepthNet(nn.Module):
         return depth
 
 
-# ----------------------------------------------------------------------------- diagnostics
+# ---- Diagnostics ----
 # Is the self-query layer used as intended? Three numbers, each defined so that its extremes are easy
 # to read: queries that all point one way (collapse), a cost volume whose Q slices are one image in Q
 # copies, and a few bins carrying all the probability while the rest sit unused.
@@ -234,7 +242,8 @@ def stats_from_extras(extras):
     """
     nan = float("nan")
     return {"query_similarity": query_similarity(extras["queries"]) if "queries" in extras else nan,
-            "effective_rank": cost_volume_effective_rank(extras["cost_volume"]) if "cost_volume" in extras else nan,
+            "effective_rank": (cost_volume_effective_rank(extras["cost_volume"])
+                               if "cost_volume" in extras else nan),
             "bins_99": bins_holding_mass(extras["probs"]) if "probs" in extras else nan}
 
 
@@ -254,7 +263,12 @@ def internals_stats(depth_net, images):
     return stats_from_extras(extras)
 
 
-# ----------------------------------------------------------------------------- official checkpoints
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# Official checkpoint conversion, MAC counting and the benchmark, loading our checkpoints, the demo
+# and the command line.
+# ==============================================================================================
+# ---- Official checkpoints ----
 # Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
 # Lite_Depth_Decoder_QueryTr) -> our prefix.
 OFFICIAL_PREFIXES = [
@@ -331,7 +345,7 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
     return out
 
 
-# ----------------------------------------------------------------------------- benchmark
+# ---- MAC counting and the benchmark ----
 def count_macs(model, img):
     """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
 
@@ -409,8 +423,10 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
 
 
+# ---- Our checkpoints, the demo and the command line ----
 @dataclass
 class BinsDemoConfig:
+    """What `python 04_bins.py` does: the demo figure, or the speed table with --bench."""
     bench: bool = False  # run the benchmark instead of the demo figure
     preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -484,7 +500,7 @@ def run_demo(cfg):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
-    img, thin = sql.synthetic_frame(h, w, cfg.seed)
+    img, thin = self_query.synthetic_frame(h, w, cfg.seed)
     with torch.no_grad():
         out = net.eval()(img, return_extras=True)
     if "probs" not in out:
@@ -514,13 +530,9 @@ def run_demo(cfg):
 
 
 def main(argv=None):
+    """Command line generated from BinsDemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Bins demo figure, or --bench for the speed table.")
-    for f in fields(BinsDemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, BinsDemoConfig)
     cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))
     try:
         if cfg.device == "auto":
