@@ -1,11 +1,20 @@
-"""Step 5: how a depth network learns from video alone - pose, view synthesis, the loss.
+"""05 - pose net and loss: how a depth network learns from video alone: pose, view synthesis, loss.
 
 Concept. If the depth D of every pixel of the target frame I0 and the camera motion T from I0 to
 a neighbouring frame Is are right, each target pixel can be lifted to 3D (back-projection with
 inv(K)), moved by T, projected into Is (with K), and the colour found there must equal the
 target's colour. The photometric difference between I0 and this "warped" Is is therefore a
 training signal for both networks, and no ground-truth depth is needed (Monodepth2, ICCV 2019,
-Sec. 3; SQLDepth, AAAI 2024, Sec. 3.4 reuses it unchanged). This file adds:
+Sec. 3; SQLDepth, AAAI 2024, Sec. 3.4 reuses it unchanged). In symbols, for a target pixel p:
+
+  Is->0(p) = Is< proj(K T D(p) inv(K) p) >        (bilinear sampling of Is: `warp`)
+  pe(a, b) = 0.85 (1 - SSIM(a, b)) / 2 + 0.15 |a - b|   (mean over colour channels)
+  L = mean_p min_s pe(I0, Is->0)(p)  +  lambda * smoothness(D / mean(D), I0),   lambda = 1e-3
+
+with the minimum over the sources s in {-1, +1} (and the stereo partner "s" in MS training) and
+Monodepth2's auto-mask: the unwarped sources join the minimum, so a pixel that one of them already
+matches better (a static scene, a car moving with the camera) gives no gradient.
+This file adds:
 
   PoseCNN / PoseResNet          the pose network: (axis-angle, translation) for a frame pair
   rot_from_axisangle            Rodrigues' formula                               (Exercise 5.1)
@@ -22,7 +31,8 @@ Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame w
 depth and pose, saves a figure and prints the loss for true vs constant depth.
 Tests: tests/test_05_posenet_loss.py.
 
-Where we differ from the official code (hisfog/SfMNeXt-Impl, itself Monodepth2's trainer):
+Where we differ from the official code (github.com/hisfog/SfMNeXt-Impl, itself Monodepth2's
+trainer, github.com/nianticlabs/monodepth2):
 - BackprojectDepth/Project3D take their sizes from the tensors, so any batch size works (the
   originals fix the batch size in __init__ and need drop_last=True).
 - SSIM uses a 7x7 window (SQLDepth) where Monodepth2 uses 3x3; both are available.
@@ -33,17 +43,22 @@ import argparse
 import importlib
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
 
 
-# --- Pose networks: a frame pair [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])
+# ---- Pose networks ----
+# A frame pair [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3]).
 class PoseCNN(nn.Module):
     """The official trainer's pose network: 7 strided convs + ReLU, no BatchNorm, 1x1 conv to 6
     numbers per predicted transform, spatial mean, x 0.01 (small initial motions).
@@ -105,7 +120,7 @@ class PoseResNet(nn.Module):
         return out[:, :3], out[:, 3:]
 
 
-# --- Pose maths
+# ---- Pose maths ----
 def rot_from_axisangle(axisangle):
     """Rotation matrix of an axis-angle vector, as a homogeneous 4x4.
 
@@ -141,7 +156,7 @@ def transformation_from_parameters(axisangle, translation, invert=False):
     return rot @ trans if invert else trans @ rot
 
 
-# --- View synthesis: back-project, transform, project, sample
+# ---- View synthesis: back-project, transform, project, sample ----
 class BackprojectDepth(nn.Module):
     """depth [B, 1, H, W] + inv_K [B, 4, 4] -> homogeneous camera points [B, 4, H*W]."""
 
@@ -188,7 +203,7 @@ def warp(source, depth, K, inv_K, T):
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-# --- Photometric error, minimum reprojection, smoothness
+# ---- Photometric error, minimum reprojection, smoothness ----
 def box_mean(x, window):
     """Mean of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1].
 
@@ -286,14 +301,14 @@ def smoothness_loss(depth, img):
     return (grad_x * torch.exp(-edge_x)).mean() + (grad_y * torch.exp(-edge_y)).mean()
 
 
-# --- What the training loop calls
+# ---- What the training loop calls ----
 @dataclass
 class LossConfig:
     """What self_supervised_loss and predict_poses compute (06_train.py builds it from its config)."""
     frame_ids: tuple = (0, -1, 1)     # target 0 first, then temporal sources; "s" allowed with use_stereo
     use_stereo: bool = False         # add the other camera "s" as a source (fixed inputs["stereo_T"])
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
-    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (SPEC sec. 2)
+    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
     # "inv_depth": t * mean(1/depth), the official code (from arXiv 1712.00175). "depth": t * mean
@@ -361,7 +376,7 @@ def predict_poses(pose_net, inputs, cfg, depth=None):
 
 
 def self_supervised_loss(inputs, depth, poses, cfg, ssim):
-    """The total loss of one batch (SPEC sec. 2): minimum reprojection with auto-masking plus
+    """The total loss of one batch (module docstring): minimum reprojection with auto-masking plus
     weighted smoothness. depth [B, 1, H/2, W/2] is upsampled to the image size first. Returns
     loss (scalar, with graph) and, detached, photometric and smoothness (0-d tensors: no host
     sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}."""
@@ -396,9 +411,13 @@ def make_ssim(cfg):
     return SSIM(cfg.ssim_window) if cfg.ssim_window else None
 
 
-# --- Demo: warp a synthetic frame with its true depth and pose
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The demo (warp a synthetic frame with its true depth and pose) and the command line.
+# ==============================================================================================
 @dataclass
 class DemoConfig:
+    """What `python 05_posenet_loss.py` does: warp a synthetic frame, compare losses, save a figure."""
     out: str = "runs/demo_05_posenet_loss.png"   # where the figure is saved
     height: int = 128        # synthetic image height
     width: int = 416         # synthetic image width
@@ -470,10 +489,10 @@ def demo(cfg):
 
 
 def main(argv=None):
+    """Command line generated from DemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Warp a synthetic frame with its true depth and "
                                      "pose; compare the loss with that of a constant depth.")
-    for f in fields(DemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, DemoConfig)
     cfg = DemoConfig(**vars(parser.parse_args(argv)))
     torch.set_grad_enabled(False)
     data = importlib.import_module("01_data")
