@@ -1,7 +1,8 @@
-"""07 - Evaluation: the Eigen protocol, the synthetic test split, baselines, figures, and inference.
+"""07 - eval: the Eigen protocol, the synthetic test split, baselines, figures, and inference.
 
-Concept: how monocular depth is scored (SPEC.md section 4; paper section 4, Tables 1-2; the protocol
-of Eigen et al. 2014 as coded by Monodepth2, which SQLDepth's official code reuses unchanged):
+Concept: how monocular depth is scored (paper Sec. 4, Tables 1-2; the protocol of Eigen et al. 2014
+as coded by Monodepth2, github.com/nianticlabs/monodepth2, which SQLDepth's official code,
+github.com/hisfog/SfMNeXt-Impl, reuses unchanged):
 
 1. predict depth at the network's input size (optionally `--post_process`: average with the
    flipped-back prediction of the mirrored image, with 5% ramps at the borders);
@@ -34,6 +35,8 @@ Deviation from the official code: the official SQLDepth evaluation passes its DE
 (flip-average of depth, not of 1/depth), so our numbers are comparable with the released ones.
 The untrained-network baseline is built with pretrained=None (truly untrained, and no download).
 
+The metrics come first; below the engineering banner: loading models, data and ground truth,
+tables, pictures, `--compare`, `--predict` with PLY point clouds, and the command line.
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
 (runs this file as a subprocess at the end of the default run).
 Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`,
@@ -45,7 +48,7 @@ import hashlib
 import importlib
 import os
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
 
@@ -63,41 +70,7 @@ METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")  # the pap
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
-@dataclass
-class EvalConfig:
-    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
-    official: str = ""  # or a folder with the released official encoder.pth + depth.pth
-    data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
-    data_path: str = ""  # dataset root; "" = the checkpoint's data_path
-    split: str = ""  # eigen | eigen_benchmark | synthetic; "" = synthetic or eigen by data
-    split_file: str = ""  # a custom list of "folder frame side" lines; GT kind still set by --split
-    split_dir: str = ""  # folder of downloaded split lists; "" = the checkpoint's (else 01's cache)
-    gt_path: str = ""  # eigen: a GT .npz from 01_data.export_gt_depth ("" = made in data_path)
-    img_ext: str = ""  # image extension; "" = the checkpoint's (else .jpg)
-    batch_size: int = 4  # images per forward pass
-    num_workers: int = 0  # DataLoader workers
-    post_process: bool = False  # flip averaging with 5% border ramps (Monodepth2 / official)
-    eval_stereo: bool = False  # metric scale x5.4 instead of per-image median scaling
-    max_images: int = 0  # evaluate only the first N frames (0 = all)
-    baselines: bool = False  # add the mean-training-depth and untrained-network rows
-    figures: bool = False  # save prediction and cost-volume/bin figures
-    num_figure_frames: int = 4  # rows of the prediction figure
-    predict: str = ""  # an image, a folder of images or a glob: run inference only
-    ply: bool = False  # --predict: also write a coloured point cloud
-    ply_ascii: bool = False  # write ASCII PLY instead of binary little-endian
-    fx: float = 0.0  # --ply intrinsics in pixels of the input image (0 = KITTI's normalised K)
-    fy: float = 0.0  # focal length y, pixels
-    cx: float = 0.0  # principal point x, pixels
-    cy: float = 0.0  # principal point y, pixels
-    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict; --compare: <runs>/compare)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0  # seed of the untrained-network baseline
-    model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
-    compare: list = field(default_factory=list)  # run folders (best.pt) or checkpoints: one table, seeds averaged
-
-
-# ----------------------------------------------------------------------------- metrics
-
+# ---- Metrics ----
 def median_scale(gt, pred):
     """Per-image median scaling of a scale-ambiguous monocular prediction.
 
@@ -172,7 +145,7 @@ def resize_to(pred, height, width):
 
 
 def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin_masks=None):
-    """Score predictions against GT per image, then average (SPEC section 4).
+    """Score predictions against GT per image, then average (steps 2-5 of the module docstring).
 
     gts: list of [H_i, W_i] GT depth (0 = none); preds: list of [h, w] predicted depth at any size;
     thin_masks: optional list of [H_i, W_i] bool masks of thin structures. Returns a dict with the
@@ -201,7 +174,8 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
     if not errors:
         raise data.DataError(f"no frame of the {split} split has valid ground truth")
     result = {k: float(np.mean([e[k] for e in errors])) for k in METRICS}
-    result.update(n=len(errors), ratios=np.array(ratios), thin_abs_rel=thin_err / thin_n if thin_n else float("nan"))
+    result.update(n=len(errors), ratios=np.array(ratios),
+                  thin_abs_rel=thin_err / thin_n if thin_n else float("nan"))
     return result
 
 
@@ -218,8 +192,23 @@ def print_ratio_stats(ratios):
         print(f"   median scaling ratios | median {med:.3f} | std/median {np.std(ratios / med):.3f}")
 
 
-# ----------------------------------------------------------------------------- models
+@torch.no_grad()
+def predict_depth(model, images, post_process=False):
+    """Network depth [B, h, w] numpy for images [B, 3, H, W] in [0, 1]; h, w = H/2, W/2."""
+    if post_process:  # one pass on the image and its mirror, like Monodepth2
+        both = model(torch.cat([images, images.flip(-1)], 0))  # [2B, 1, h, w]
+        depth = post_process_depth(both[: len(images)], both[len(images):].flip(-1))
+    else:
+        depth = model(images)  # [B, 1, h, w]
+    return depth[:, 0].float().cpu().numpy()
 
+
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# Loading models, data and ground truth, tables, pictures, run comparison (--compare), inference on
+# your own images (--predict, PLY) and the command line.
+# ==============================================================================================
+# ---- Models ----
 def _one_line(err):
     """First line of an exception message (PyTorch's state-dict errors span many lines)."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -271,19 +260,7 @@ def load_official(folder, device):
     return _build_and_load(config["model"], state_dict, folder, device), config
 
 
-@torch.no_grad()
-def predict_depth(model, images, post_process=False):
-    """Network depth [B, h, w] numpy for images [B, 3, H, W] in [0, 1]; h, w = H/2, W/2."""
-    if post_process:  # one pass on the image and its mirror, like Monodepth2
-        both = model(torch.cat([images, images.flip(-1)], 0))  # [2B, 1, h, w]
-        depth = post_process_depth(both[: len(images)], both[len(images):].flip(-1))
-    else:
-        depth = model(images)  # [B, 1, h, w]
-    return depth[:, 0].float().cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- data and GT
-
+# ---- Data and ground truth ----
 def split_lines(cfg, kind="test"):
     """Split lines (folder, frame, side) of --split_file, or of the named split's `kind` list."""
     if cfg.split_file and kind == "test":
@@ -379,8 +356,7 @@ def mean_training_depth(cfg):
     return np.where(count > 0, total / np.maximum(count, 1.0), fill).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- tables
-
+# ---- Tables ----
 LEAK_MARK = " [trained on test drives]"  # appended to the model's row name when its training leaked
 
 
@@ -433,13 +409,12 @@ def save_table(rows, out_dir, split, warning=None):
     return csv_path, md_path
 
 
-# ----------------------------------------------------------------------------- pictures
-
+# ---- Pictures ----
 def colorize_inverse_depth(depth):
     """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
 
     The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
-    constant offset) never leave the picture black (SPEC section 6).
+    constant offset) never leave the picture black (README, "KITTI").
     """
     import matplotlib
     inv = 1.0 / np.maximum(depth, MIN_DEPTH)
@@ -514,7 +489,7 @@ def save_internals_figure(model, image, path, num_slices=4):
     return True
 
 
-# ----------------------------------------------------------------------------- run comparison
+# ---- Run comparison ----
 # `--compare RUN ...`: what does each variant buy? One run's noise can be as large as the effect of
 # a design choice, so runs that differ only by seed are one variant, reported as mean +- std.
 
@@ -764,8 +739,7 @@ def run_compare(cfg, device):
     return aggregated, per_run
 
 
-# ----------------------------------------------------------------------------- inference on own images
-
+# ---- Inference on your own images ----
 def list_images(spec):
     """Image paths of --predict: one file, every image of a folder (sorted), or a glob pattern."""
     path = Path(spec)
@@ -850,7 +824,40 @@ def run_predict(model, config, cfg, device, out_dir):
     return 0
 
 
-# ----------------------------------------------------------------------------- main
+# ---- Command line ----
+@dataclass
+class EvalConfig:
+    """What `python 07_eval.py` does: evaluate a checkpoint, compare runs, or predict for images."""
+    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
+    official: str = ""  # or a folder with the released official encoder.pth + depth.pth
+    data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
+    data_path: str = ""  # dataset root; "" = the checkpoint's data_path
+    split: str = ""  # eigen | eigen_benchmark | synthetic; "" = synthetic or eigen by data
+    split_file: str = ""  # a custom list of "folder frame side" lines; GT kind still set by --split
+    split_dir: str = ""  # folder of downloaded split lists; "" = the checkpoint's (else 01's cache)
+    gt_path: str = ""  # eigen: a GT .npz from 01_data.export_gt_depth ("" = made in data_path)
+    img_ext: str = ""  # image extension; "" = the checkpoint's (else .jpg)
+    batch_size: int = 4  # images per forward pass
+    num_workers: int = 0  # DataLoader workers
+    post_process: bool = False  # flip averaging with 5% border ramps (Monodepth2 / official)
+    eval_stereo: bool = False  # metric scale x5.4 instead of per-image median scaling
+    max_images: int = 0  # evaluate only the first N frames (0 = all)
+    baselines: bool = False  # add the mean-training-depth and untrained-network rows
+    figures: bool = False  # save prediction and cost-volume/bin figures
+    num_figure_frames: int = 4  # rows of the prediction figure
+    predict: str = ""  # an image, a folder of images or a glob: run inference only
+    ply: bool = False  # --predict: also write a coloured point cloud
+    ply_ascii: bool = False  # write ASCII PLY instead of binary little-endian
+    fx: float = 0.0  # --ply intrinsics in pixels of the input image (0 = KITTI's normalised K)
+    fy: float = 0.0  # focal length y, pixels
+    cx: float = 0.0  # principal point x, pixels
+    cy: float = 0.0  # principal point y, pixels
+    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict; --compare: <runs>/compare)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seed of the untrained-network baseline
+    model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
+    compare: list = field(default_factory=list)  # run folders (best.pt) or checkpoints: one table, seeds averaged
+
 
 def _defaults_from(config, cfg, source_dir):
     """Fill the empty fields of cfg from the checkpoint's training config."""
@@ -909,19 +916,9 @@ def evaluate(model, config, cfg, device):
 
 
 def parse_args(argv=None):
-    """EvalConfig from the command line (one flag per field; --a_b and --a-b both work)."""
+    """EvalConfig from the command line (one flag per field, generated by cli.add_dataclass_flags)."""
     parser = argparse.ArgumentParser(description="Evaluate SQLDepth (Eigen protocol) or predict depth for images.")
-    comments = {k: v.replace("%", "%%") for k, v in data.field_comments(EvalConfig).items()}  # argparse %-formats
-    for f in fields(EvalConfig):
-        names = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
-        if isinstance(f.default, bool):
-            parser.add_argument(*names, dest=f.name, action="store_true", help=comments.get(f.name))
-        elif f.default is MISSING:  # a list field (--compare A B C)
-            parser.add_argument(*names, dest=f.name, nargs="+", default=f.default_factory(), metavar="RUN",
-                                help=comments.get(f.name))
-        else:
-            parser.add_argument(*names, dest=f.name, type=type(f.default), default=f.default,
-                                help=f"{comments.get(f.name, '')} (default: {f.default!r})")
+    add_dataclass_flags(parser, EvalConfig)
     return EvalConfig(**vars(parser.parse_args(argv)))
 
 
