@@ -399,7 +399,8 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
             count = sum(1 for line in path.read_text().splitlines() if line.strip())
             standard = SPLIT_LINES.get((name, kind))
             log(f"note: {path} differs from the standard {name}/{kind} list"
-                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines and is used as given")
+                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines "
+                f"and is used as given")
         return path
     if expected is None:
         known = ", ".join(f"{n}/{k}" for n, k in SPLIT_SHA256)
