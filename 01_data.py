@@ -210,7 +210,6 @@ def velo_to_image_matrix(calib_dir, cam=2):
 
 def velodyne_to_depth(calib_dir, velo_path, cam=2, vel_depth=False):
     """Sparse depth map [H, W] float32 from a velodyne scan, as Monodepth2's generate_depth_map.
-
     Steps: keep points with x >= 0 (in front of the sensor, an approximation of "in front of the
     image plane"), project with P_rect @ R_rect_00 @ velo_to_cam, depth = projected z (or the
     velodyne x when vel_depth, the legacy Eigen choice), column/row = round(coord) - 1 (KITTI's
@@ -310,7 +309,6 @@ DOWNLOAD_MARK = ".sha256"  # NAME/KIND_files.txt.sha256: written next to a list 
 
 def read_split(path):
     """Split file -> [(folder, frame, side)] with side "l"/"r" (accepts 2/3 and zero-padded frames).
-
     Blank lines are skipped; a malformed line, or a file without a single split line, is one
     error naming the file (and the line number)."""
     path = Path(path)
@@ -371,7 +369,6 @@ def write_atomic(path, payload):
 
 def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
     """Path of split list `name`/`kind`_files.txt in split_dir (default `default_split_dir()`).
-
     Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there. A missing standard list
     (SPLIT_SHA256) is downloaded from base_url (default SPLIT_URL_BASE), SHA-256 checked, and marked
     by a sidecar KIND_files.txt.sha256: only such a list is held to its known sum. A list without
@@ -466,7 +463,6 @@ def load_rgb(path, size=None):
 
 class KittiRaw(torch.utils.data.Dataset):
     """KITTI raw (or the synthetic world) as training/evaluation samples, one dict per split line.
-
     Each item: {"color": {fid: [3, H, W]}, "color_aug": {fid: [3, H, W]}, "K", "inv_K": [4, 4],
     "stereo_T": [4, 4] (when "s" in frame_ids), "depth_gt": [1, Hgt, Wgt] (when load_depth), "index"}.
     Images are uint8 as decoded (the jittered copy rounded once; Monodepth2's PIL jitter rounds after
@@ -662,7 +658,6 @@ def hsv_to_rgb(hsv):
 
 def shift_hue(rgb, hue):
     """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns (saturation and value kept) -> new array.
-
     The maths of hsv_to_rgb(rgb_to_hsv(x) with h + hue), rewritten without branches because this is
     the loader's most expensive step (numpy's masked selects cost ~30x an add). In HSV terms
     v = max(r, g, b), v*s = max - min = d, and 6h = pos, the position on the colour hexagon,
@@ -718,7 +713,6 @@ def _grey(x):
 
 def color_jitter(imgs, brightness, contrast, saturation, hue):
     """One colour jitter applied identically to a stack of frames [F, 3, H, W] -> new float32 array in [0, 1].
-
     Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order per
     call: a documented deviation). Brightness scales, contrast blends with each frame's mean grey,
     saturation with each pixel's grey (clamped to [0, 1] after each as torchvision, skipped for a
@@ -896,10 +890,8 @@ def main(argv=None):
             root = Path(cfg.bench)
             if not root.is_dir():
                 raise DataError(f"data folder not found: {root}")
-            if (root / SYNTH_MARKER).is_file():
-                lines = read_split(get_split_file("synthetic", cfg.split, data_path=root))
-            else:
-                lines = read_split(get_split_file("eigen_zhou", cfg.split, cfg.split_dir or None))
+            name = "synthetic" if (root / SYNTH_MARKER).is_file() else "eigen_zhou"
+            lines = read_split(get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
             results = loader_benchmark(root, lines, cfg.bench_height, cfg.bench_width, cfg.samples,
                                        cfg.img_ext)
             print(f"loader at {cfg.bench_width}x{cfg.bench_height}, {min(cfg.samples, len(lines))} samples "
