@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import add_dataclass_flags, field_comments  # the command line of every script (cli.py)
+# Every script's command line (cli.py); importable from here too, as data.field_comments.
+from cli import add_dataclass_flags, field_comments
 
 
 # ---- Errors ----
