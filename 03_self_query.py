@@ -1,12 +1,12 @@
 """03 - self-query: the Self-Query Layer: patch tokens, a transformer, queries, the self-cost volume.
 
-Concept (paper Sec. 3.2, Eq. 1-3): the U-Net feature map S0 [B, E, h, w] is cut
-into p x p patches (Exercise 3.1), the patch tokens (plus a learned positional encoding) go through
-a small transformer encoder, and the first Q output tokens become *queries* K [B, Q, E]: coarse,
-image-wide summaries of what is in the scene. Each query is compared (a plain dot product, no
-1/sqrt(E) scaling) with every pixel of a fine feature map S = conv3x3(S0) (Exercise 3.2), giving
-the self-cost volume V [B, Q, h, w]: how much each pixel "looks like" each query. 04 turns V into
-depth bins and per-pixel probabilities.
+Concept (paper Sec. 3.2, Eq. 1-3): the U-Net feature map S0 [B, E, h, w] is cut into p x p patches
+(Exercise 3.1), the patch tokens (plus a learned positional encoding) go through a small transformer
+encoder, and the first Q output tokens become *queries* K [B, Q, E]: coarse, image-wide summaries of
+what is in the scene. Each query is compared (a plain dot product, no 1/sqrt(E) scaling) with every
+pixel of a fine feature map S = conv3x3(S0) (Exercise 3.2), giving the self-cost volume V
+[B, Q, h, w]: how much each pixel "looks like" each query. 04 turns V into depth bins and per-pixel
+probabilities.
 
 Variants (paper ablations): queries="self" (above, the released models) or "learned": DETR-style
 nn.Embedding queries that attend to the tokens through a TransformerDecoder (our choice of
