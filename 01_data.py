@@ -19,7 +19,6 @@ Tests: tests/test_01_data.py
 import argparse
 import ctypes
 import hashlib
-import inspect
 import os
 import re
 import sys
@@ -28,17 +27,18 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+# Every script's command line (cli.py); importable from here too, as data.field_comments.
+from cli import add_dataclass_flags, field_comments
 
-# ----------------------------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------------------------
+
+# ---- Errors ----
 class DataError(Exception):
     """Bad input data (missing folder/frame, corrupt file, bad calibration): one line naming the file.
     One string argument, so it pickles across DataLoader workers; re-raised in the main process, its
@@ -61,9 +61,7 @@ class SplitLineError(DataError, ValueError):
     """A split file line that is not `folder frame side` (also a ValueError, for callers that catch those)."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Calibration and intrinsics
-# ----------------------------------------------------------------------------------------------
+# ---- Calibration and intrinsics ----
 def read_calib_file(path):
     """KITTI calibration text file -> {key: float64 array}; keys whose values are not numbers are skipped."""
     path = Path(path)
@@ -121,9 +119,7 @@ def scale_K(K_norm, width, height):
     return K
 
 
-# ----------------------------------------------------------------------------------------------
-# The folder layout of KITTI raw (the synthetic world writes the same one)
-# ----------------------------------------------------------------------------------------------
+# ---- The folder layout of KITTI raw (the synthetic world writes the same one) ----
 # <data_path>/<date>/calib_cam_to_cam.txt, calib_velo_to_cam.txt        one calibration per day
 # <data_path>/<date>/<drive>/image_02/data/<frame>.jpg                  camera 2 (left), side "l"
 # <data_path>/<date>/<drive>/image_03/data/<frame>.jpg                  camera 3 (right), side "r"
@@ -167,9 +163,7 @@ def synthetic_split_path(data_path, kind):
     return Path(data_path) / "splits" / "synthetic" / f"{kind}_files.txt"
 
 
-# ----------------------------------------------------------------------------------------------
-# Velodyne ground truth (Monodepth2's generate_depth_map, reproduced exactly)
-# ----------------------------------------------------------------------------------------------
+# ---- Velodyne ground truth (Monodepth2's generate_depth_map, reproduced exactly) ----
 def load_velodyne(path):
     """KITTI velodyne .bin -> float32 [N, 4] (x forward, y left, z up, reflectance)."""
     path = Path(path)
@@ -201,10 +195,8 @@ def project_velo_to_image(points_velo, P_velo2im):
 def velo_to_image_matrix(calib_dir, cam=2):
     """P_rect_0cam @ R_rect_00 @ [R|T]velo->cam [4, 4] and the image size (H, W) from S_rect_02."""
     calib_dir = Path(calib_dir)
-    cam2cam_path = calib_dir / CAM_TO_CAM_FILE
-    velo2cam_path = calib_dir / VELO_TO_CAM_FILE
-    cam2cam = read_calib_file(cam2cam_path)
-    velo2cam = read_calib_file(velo2cam_path)
+    cam2cam_path, velo2cam_path = calib_dir / CAM_TO_CAM_FILE, calib_dir / VELO_TO_CAM_FILE
+    cam2cam, velo2cam = read_calib_file(cam2cam_path), read_calib_file(velo2cam_path)
     T = np.eye(4)
     T[:3, :3] = _calib_value(velo2cam, "R", 9, velo2cam_path).reshape(3, 3)
     T[:3, 3] = _calib_value(velo2cam, "T", 3, velo2cam_path)
@@ -219,7 +211,6 @@ def velo_to_image_matrix(calib_dir, cam=2):
 
 def velodyne_to_depth(calib_dir, velo_path, cam=2, vel_depth=False):
     """Sparse depth map [H, W] float32 from a velodyne scan, as Monodepth2's generate_depth_map.
-
     Steps: keep points with x >= 0 (in front of the sensor, an approximation of "in front of the
     image plane"), project with P_rect @ R_rect_00 @ velo_to_cam, depth = projected z (or the
     velodyne x when vel_depth, the legacy Eigen choice), column/row = round(coord) - 1 (KITTI's
@@ -279,12 +270,10 @@ def gt_depth_key(folder, frame, side):
 
 
 def export_gt_depth(data_path, split_lines, out_path, source="auto"):
-    """Write the ground truth of every split line into an .npz (one float32 array per image, no pickle).
-
-    source: "velodyne" (Monodepth2's Eigen GT: camera 2, velodyne x as depth), "png" (the improved
-    ground truth proj_depth/groundtruth/image_0{2,3} by side, e.g. eigen_benchmark, synthetic) or
-    "auto" (png for a synthetic tree, velodyne otherwise). Keys come from `gt_depth_key`.
-    """
+    """Write the ground truth of every split line into an .npz (one float32 array per image, no pickle,
+    keys from `gt_depth_key`). source: "velodyne" (Monodepth2's Eigen GT: camera 2, velodyne x as
+    depth), "png" (the improved GT proj_depth/groundtruth/image_0{2,3} by side: eigen_benchmark,
+    synthetic) or "auto" (png for a synthetic tree, velodyne otherwise)."""
     data_path = Path(data_path)
     if source == "auto":
         source = "png" if (data_path / SYNTH_MARKER).is_file() else "velodyne"
@@ -304,9 +293,7 @@ def export_gt_depth(data_path, split_lines, out_path, source="auto"):
     return out_path
 
 
-# ----------------------------------------------------------------------------------------------
-# Split lists
-# ----------------------------------------------------------------------------------------------
+# ---- Split lists ----
 # Training and test splits must share no drive: an older official SQLDepth train list shared 21 of
 # the 28 Eigen test drives, and with them 451 of the 697 test frames (README, "KITTI").
 SPLIT_URL_BASE = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits"
@@ -323,7 +310,6 @@ DOWNLOAD_MARK = ".sha256"  # NAME/KIND_files.txt.sha256: written next to a list 
 
 def read_split(path):
     """Split file -> [(folder, frame, side)] with side "l"/"r" (accepts 2/3 and zero-padded frames).
-
     Blank lines are skipped; a malformed line, or a file without a single split line, is one
     error naming the file (and the line number)."""
     path = Path(path)
@@ -368,12 +354,8 @@ def default_split_dir():
 
 def write_atomic(path, payload):
     """Write bytes to `path` through a temporary file of a name no other writer uses, then rename.
-
-    Several processes (torchrun ranks, two runs sharing a cache) may fetch the same file at once;
-    with one shared temporary name one of them could rename it while another was still writing,
-    and the second rename would fail. With a unique name per writer every rename succeeds, and a
-    reader sees either no file or a complete one (the last rename wins; the contents are equal).
-    """
+    Several processes (torchrun ranks, two runs sharing a cache) may fetch one file at once: with a
+    unique temporary name each, every rename succeeds and a reader sees no file or a complete one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
@@ -386,22 +368,13 @@ def write_atomic(path, payload):
             tmp.unlink()
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
     """Path of split list `name`/`kind`_files.txt in split_dir (default `default_split_dir()`).
-
-    Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there (a custom split is a
-    folder NAME with train_files.txt and val_files.txt). A missing standard list (SPLIT_SHA256) is
-    downloaded from base_url (default SPLIT_URL_BASE) and SHA-256 checked.
-    Which lists are checked against the known sums, as one rule: a list this program downloaded has
-    a sidecar KIND_files.txt.sha256 that the download writes; such a list must still have its known
-    sum (a changed or corrupted download is refused). A list without that sidecar was put there by
-    the user (in --split_dir, $SQLDEPTH_SPLIT_DIR or the cache by hand): it is used as given, and
-    when it carries a standard name but other contents, `log` gets one informative line.
-    name "synthetic" is `synthetic_split_path(data_path, kind)` (written by synthetic_world.py).
+    Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there. A missing standard list
+    (SPLIT_SHA256) is downloaded from base_url (default SPLIT_URL_BASE), SHA-256 checked, and marked
+    by a sidecar KIND_files.txt.sha256: only such a list is held to its known sum. A list without
+    the sidecar is the user's, used as given (`log` gets one line when it has a standard name but
+    other contents; README, "KITTI"). "synthetic" is `synthetic_split_path(data_path, kind)`.
     """
     if name == "synthetic":
         if data_path is None:
@@ -414,7 +387,7 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
     path = Path(split_dir if split_dir is not None else default_split_dir()) / name / f"{kind}_files.txt"
     mark = path.with_name(path.name + DOWNLOAD_MARK)
     if path.is_file():
-        got = _sha256(path)
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
         if expected is None or got == expected:
             return path
         if mark.is_file():  # our own download, changed since: never train on a silently altered list
@@ -424,7 +397,8 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
             count = sum(1 for line in path.read_text().splitlines() if line.strip())
             standard = SPLIT_LINES.get((name, kind))
             log(f"note: {path} differs from the standard {name}/{kind} list"
-                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines and is used as given")
+                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines "
+                f"and is used as given")
         return path
     if expected is None:
         known = ", ".join(f"{n}/{k}" for n, k in SPLIT_SHA256)
@@ -473,9 +447,7 @@ def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="
     return shared
 
 
-# ----------------------------------------------------------------------------------------------
-# The dataset
-# ----------------------------------------------------------------------------------------------
+# ---- The dataset ----
 def load_rgb(path, size=None):
     """Image file -> uint8 array [H, W, 3], resized with LANCZOS to size=(width, height) if given."""
     try:
@@ -492,17 +464,14 @@ def load_rgb(path, size=None):
 
 class KittiRaw(torch.utils.data.Dataset):
     """KITTI raw (or the synthetic world) as training/evaluation samples, one dict per split line.
-
     Each item: {"color": {fid: [3, H, W]}, "color_aug": {fid: [3, H, W]}, "K", "inv_K": [4, 4],
     "stereo_T": [4, 4] (when "s" in frame_ids), "depth_gt": [1, Hgt, Wgt] (when load_depth), "index"}.
-    The images are uint8, as decoded (the jittered copies rounded back to uint8 once, where Monodepth2's
-    PIL-based jitter rounds after every step): a quarter of the bytes of float images through the DataLoader's
-    shared memory and on to the GPU. `images_to_float` turns them into float32 in [0, 1] where they
-    are used (06 and 07 do it after moving a batch to the device); `collate` batches them.
-    `flip_prob` and `jitter_prob` (0.5 each, training only) may be changed, e.g. by tests; the draws
-    come from np.random.default_rng([seed, epoch, index]) (see set_epoch).
-    depth_gt is returned at its stored size (not resized) and mirrored with the images.
-    split_file (optional): the file the lines came from, named with its line number when a frame is missing.
+    Images are uint8 as decoded (the jittered copy rounded once; Monodepth2's PIL jitter rounds after
+    every step): a quarter of the bytes of float images on their way to the GPU, where 06 and 07
+    turn them into float in [0, 1] (`images_to_float`). Flip and jitter (`flip_prob`, `jitter_prob`:
+    0.5, training only) are drawn from np.random.default_rng([seed, epoch, index]) (see set_epoch).
+    depth_gt keeps its stored size and is mirrored with the images. split_file (optional): the file
+    the lines came from, named with the line number when a frame is missing.
     """
 
     def __init__(self, data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=False,
@@ -511,13 +480,10 @@ class KittiRaw(torch.utils.data.Dataset):
         if not self.data_path.is_dir():
             raise DataError(f"data folder not found: {self.data_path}")
         self.height, self.width = int(height), int(width)
-        self.frame_ids = tuple(frame_ids)
-        self.is_train = is_train
-        self.img_ext = img_ext
-        self.load_depth = load_depth
+        self.frame_ids, self.is_train = tuple(frame_ids), is_train
+        self.img_ext, self.load_depth = img_ext, load_depth
         self.synthetic = (self.data_path / SYNTH_MARKER).is_file()
-        self.flip_prob = 0.5
-        self.jitter_prob = 0.5
+        self.flip_prob, self.jitter_prob = 0.5, 0.5
         self.seed, self.epoch = int(seed), 0
         K = scale_K(normalised_K(), self.width, self.height)  # [4, 4] at the training size
         self.K = torch.from_numpy(K)
@@ -635,11 +601,9 @@ IMAGE_KEYS = ("color", "color_aug")
 
 
 def collate(samples):
-    """KittiRaw samples -> one batch, as torch's default_collate, except that all images of the
-    batch are stacked into ONE tensor [2F*B, 3, H, W] whose slices fill the color and color_aug
-    dicts. A DataLoader worker hands each tensor of a batch to the main process as its own
-    shared-memory block, at a cost per block; one block instead of 2F makes a batch much cheaper
-    to pass (see the loader benchmark)."""
+    """KittiRaw samples -> one batch, as torch's default_collate, except that all images of the batch
+    are ONE tensor [2F*B, 3, H, W] whose slices fill the color and color_aug dicts: a DataLoader
+    worker pays per shared-memory block it hands over, so one block beats 2F (loader benchmark)."""
     keys = [(key, fid) for key in IMAGE_KEYS for fid in samples[0][key]]
     images = torch.utils.data.default_collate([s[key][fid] for key, fid in keys for s in samples])
     images = images.view(len(keys), len(samples), *images.shape[1:])  # [2F, B, 3, H, W]
@@ -662,10 +626,9 @@ def images_to_float(inputs):
                          for key in IMAGE_KEYS if key in inputs}}
 
 
-# ----------------------------------------------------------------------------------------------
-# Colour augmentation (numpy, no torchvision; numpy because it stays single-threaded, so a
-# DataLoader without workers does not fight the training loop for cores)
-# ----------------------------------------------------------------------------------------------
+# ---- Colour augmentation ----
+# numpy, no torchvision: numpy stays single-threaded, so a DataLoader without workers does not
+# fight the training loop for cores.
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey weights, as PIL and torchvision
 LUMA_ROW = np.array(LUMA, dtype=np.float32)
 HUE_OFFSETS = np.array([5.0, 3.0, 1.0], dtype=np.float32).reshape(1, 3, 1, 1)  # r, g, b on the hexagon
@@ -696,7 +659,6 @@ def hsv_to_rgb(hsv):
 
 def shift_hue(rgb, hue):
     """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns (saturation and value kept) -> new array.
-
     The maths of hsv_to_rgb(rgb_to_hsv(x) with h + hue), rewritten without branches because this is
     the loader's most expensive step (numpy's masked selects cost ~30x an add). In HSV terms
     v = max(r, g, b), v*s = max - min = d, and 6h = pos, the position on the colour hexagon,
@@ -752,13 +714,11 @@ def _grey(x):
 
 def color_jitter(imgs, brightness, contrast, saturation, hue):
     """One colour jitter applied identically to a stack of frames [F, 3, H, W] -> new float32 array in [0, 1].
-
     Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order per
-    call; we fix it, a documented deviation). Brightness scales, contrast blends with each frame's
-    mean grey value, saturation with each pixel's grey value (clamping to [0, 1] after each, as
-    torchvision; a factor <= 1 blends within [0, 1], so its clamp is skipped), hue rotates the HSV
-    hue. Accepts float frames in [0, 1] or uint8 frames (numpy arrays or CPU tensors); returns a
-    C-contiguous numpy array.
+    call: a documented deviation). Brightness scales, contrast blends with each frame's mean grey,
+    saturation with each pixel's grey (clamped to [0, 1] after each as torchvision, skipped for a
+    factor <= 1, which stays within [0, 1]), hue rotates the HSV hue. Takes float frames in [0, 1] or
+    uint8 (numpy or CPU tensors); returns a C-contiguous numpy array.
     """
     imgs = np.asarray(imgs)
     scale = brightness / 255.0 if imgs.dtype == np.uint8 else brightness
@@ -782,21 +742,16 @@ def color_jitter(imgs, brightness, contrast, saturation, hue):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Loader speed (glibc's malloc, the loader benchmark) and the command-line helpers.
+# Loader speed (glibc's malloc, the loader benchmark), the demo and the command line.
 # ==============================================================================================
 _MALLOC_TUNED_PID = None
 
 
 def retain_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
-
-    A training sample allocates a few MB of fresh float arrays (frames, jitter temporaries) and frees
-    them again. By default glibc hands such blocks straight back to the kernel, so every sample
-    page-faults its memory anew: about 2,000 faults and more than half of the loading time of a
-    416x128 sample on our test machine. Keeping blocks up to 32 MB on the heap (and up to 128 MB of
-    free heap before trimming) removes those faults. Once per process (DataLoader workers included);
-    does nothing where the C library is not glibc.
-    """
+    """Ask glibc's malloc to keep freed memory (blocks up to 32 MB, 128 MB of free heap) for reuse.
+    Otherwise each sample's few MB of arrays go back to the kernel and the next sample page-faults
+    them in again: ~2,000 faults, over half the loading time of a 416x128 sample (README,
+    "Benchmarks"). Once per process (DataLoader workers too); a no-op where libc is not glibc."""
     global _MALLOC_TUNED_PID
     if _MALLOC_TUNED_PID == os.getpid():
         return
@@ -824,10 +779,9 @@ class DecodeOnly(torch.utils.data.Dataset):
 
 def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg", workers=(0, 1, 2),
                      batch_size=8, repeats=3):
-    """Samples/s of KittiRaw training samples (frames 0, -1, +1, flip + jitter at their training
-    probabilities) through a DataLoader with n workers, next to the bound: the same loader over
-    DecodeOnly, i.e. decoding and resizing the same image files and nothing else -> {n: (bound, rate)}.
-    Each figure is the best of `repeats` passes, the two loaders taking turns (a shared machine is noisy)."""
+    """{n workers: (bound, rate)}: samples/s of KittiRaw training samples (frames 0, -1, +1, flip and
+    jitter at their training probabilities) and of the bound, the same loader over DecodeOnly (decode
+    and resize only). Best of `repeats` passes, the two loaders taking turns (shared machines are noisy)."""
     dataset = KittiRaw(data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=True, img_ext=img_ext)
     count = min(samples, len(dataset))
     if count <= batch_size:
@@ -857,59 +811,7 @@ def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg
     return results
 
 
-def field_comments(cls):
-    """{field: its trailing '# comment'} from a dataclass's source: the --help text of each flag
-    (every script's command line is generated from its config dataclass)."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
-    found = (re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line) for line in lines)
-    return {m.group(1): m.group(2).strip() for m in found if m}
-
-
-def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), only_given=False):
-    """One flag per field of the dataclass `cls`, added to `parser` (a parser or an argument group).
-
-    Each flag has both spellings --a_b and --a-b (dest "a_b"), the type of its default (str for None)
-    and as help the field's trailing `# comment` + "(default: ...)"; a bool is a --flag / --no-flag pair.
-    defaults: {field: value} or an instance of cls, shown and used instead of the dataclass defaults
-    (a preset's); choices: {field: allowed values} (other names are ignored: one dict can serve several
-    dataclasses); skip: fields without a flag; only_given: every flag parses to None unless given (the
-    help still shows the default), so a caller can apply the given flags over a preset.
-    Use: `add_dataclass_flags(parser, Config); cfg = Config(**vars(parser.parse_args(argv)))`.
-    """
-    helps = field_comments(cls)
-    if defaults is not None and not isinstance(defaults, dict):
-        defaults = {f.name: getattr(defaults, f.name) for f in fields(cls)}
-    defaults, choices = defaults or {}, choices or {}
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        if f.name in defaults:
-            default = defaults[f.name]
-        elif f.default is not MISSING:
-            default = f.default
-        else:
-            default = f.default_factory() if f.default_factory is not MISSING else None
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        text = f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default!r})"
-        kw = dict(dest=f.name, help=text.replace("%", "%%"))  # argparse %-formats help texts
-        if f.name in choices:
-            kw["choices"] = choices[f.name]
-        if isinstance(default, bool):
-            # Made with default None, then set: Python 3.9's BooleanOptionalAction would otherwise
-            # append a second "(default: ...)" to the help.
-            action = parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, **kw)
-            action.default = None if only_given else default
-        else:
-            parser.add_argument(*names, type=str if default is None else type(default),
-                                default=None if only_given else default, **kw)
-
-
-# ----------------------------------------------------------------------------------------------
-# Demo and command line
-# ----------------------------------------------------------------------------------------------
+# ---- Demo and command line ----
 @dataclass
 class DataConfig:
     """What `python 01_data.py` does: the demo by default, or the loader benchmark (--bench DIR)."""
@@ -931,11 +833,9 @@ def demo(cfg):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    # The world is a data source, not a reading step: only this demo imports it. Run as
-    # `python 01_data.py`, this file is the module __main__, and synthetic_world's own import of
-    # "01_data" loads a second copy of it, whose DataError is another class than ours. So the demo
-    # asks the world only to render (its errors here are ValueError / OSError) and reads the result
-    # with this file's own functions.
+    # The world is a data source, not a reading step: only this demo imports it. Run as a script,
+    # this file is __main__ and the world's import of "01_data" loads a second copy (another
+    # DataError class): so the world only renders here, and this file's own functions read it.
     import synthetic_world
     out = Path(cfg.out)
     root = out.parent / "demo_01_world"
@@ -961,22 +861,19 @@ def demo(cfg):
     lidar = velodyne_to_depth(calib_folder(root, folder), velodyne_path(root, folder, frame))
     gt = read_depth_png(gt_png_path(root, folder, frame, side))
     image = load_rgb(dataset.image_path(folder, frame, side))
-    fig, axes = plt.subplots(3, 2, figsize=(12, 6))
-    for ax, fid in zip(axes[0], (-1, 1)):
-        ax.imshow(load_rgb(dataset.image_path(folder, frame + fid, side)))
-        ax.set_title(f"frame {fid:+d}")
-    axes[1, 0].imshow(image)
-    axes[1, 0].set_title("frame 0 (camera 2)")
-    axes[1, 1].imshow(load_rgb(dataset.image_path(folder, frame, "r")))
-    axes[1, 1].set_title("stereo partner (camera 3)")
-    axes[2, 0].imshow(np.where(gt > 0, 1.0 / np.maximum(gt, 1e-3), np.nan), cmap="magma")
-    axes[2, 0].set_title("dense GT (inverse depth; sky = no data)")
     rows, cols = np.nonzero(lidar)
-    axes[2, 1].imshow(image)
-    axes[2, 1].scatter(cols, rows, c=lidar[rows, cols], s=0.5, cmap="jet_r")
-    axes[2, 1].set_title(f"velodyne_to_depth: {len(rows)} lidar pixels")
-    for ax in axes.ravel():
+    panels = [(load_rgb(dataset.image_path(folder, frame - 1, side)), "frame -1"),
+              (load_rgb(dataset.image_path(folder, frame + 1, side)), "frame +1"),
+              (image, "frame 0 (camera 2)"),
+              (load_rgb(dataset.image_path(folder, frame, "r")), "stereo partner (camera 3)"),
+              (np.where(gt > 0, 1.0 / np.maximum(gt, 1e-3), np.nan), "dense GT (inverse depth; sky = no data)"),
+              (image, f"velodyne_to_depth: {len(rows)} lidar pixels")]
+    fig, axes = plt.subplots(3, 2, figsize=(12, 6))
+    for ax, (picture, title) in zip(axes.ravel(), panels):
+        ax.imshow(picture, cmap="magma" if picture.ndim == 2 else None)
+        ax.set_title(title)
         ax.axis("off")
+    axes[2, 1].scatter(cols, rows, c=lidar[rows, cols], s=0.5, cmap="jet_r")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
@@ -994,10 +891,8 @@ def main(argv=None):
             root = Path(cfg.bench)
             if not root.is_dir():
                 raise DataError(f"data folder not found: {root}")
-            if (root / SYNTH_MARKER).is_file():
-                lines = read_split(get_split_file("synthetic", cfg.split, data_path=root))
-            else:
-                lines = read_split(get_split_file("eigen_zhou", cfg.split, cfg.split_dir or None))
+            name = "synthetic" if (root / SYNTH_MARKER).is_file() else "eigen_zhou"
+            lines = read_split(get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
             results = loader_benchmark(root, lines, cfg.bench_height, cfg.bench_width, cfg.samples,
                                        cfg.img_ext)
             print(f"loader at {cfg.bench_width}x{cfg.bench_height}, {min(cfg.samples, len(lines))} samples "

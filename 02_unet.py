@@ -1,39 +1,38 @@
-"""02 - The feature extractor: a ResNet encoder and a U-Net decoder producing S0 at half resolution.
+"""02 - unet: the feature extractor, a ResNet encoder and a U-Net decoder giving S0 at half size.
 
-Concept: SQLDepth (SPEC.md section 1, paper section 3.1) first turns the image into a dense, fairly
-coarse-grained feature map S0 [B, E, H/2, W/2] with an ordinary encoder-decoder. Everything clever
-(the self-query layer, 03; the bins, 04) happens on top of S0.
+SQLDepth (paper Sec. 3.1) first turns the image into a dense, fairly coarse-grained feature map
+S0 [B, E, H/2, W/2] with an ordinary encoder-decoder. Everything clever (the self-query layer, 03;
+the bins, 04) happens on top of S0.
 
 - Encoder: ResNet-18/34/50 written here in plain PyTorch with *torchvision's parameter names*
   (conv1, bn1, layer1.0.conv1, ..., layer4, fc), so torchvision-format ImageNet weights load with
   strict=True (`load_pretrained`). The classifier `fc` is never used but is kept so the weights
   load strictly and the parameter counts match the paper's 31M / 37M.
 - Input in [0, 1], normalised inside with (x - 0.45) / 0.225 like Monodepth2 and the official code.
-- Decoder (official `DecoderBN`): a 1x1 conv on layer4 then four up-blocks (Exercise 2.1), each
-  "bilinear upsample to the skip's size (align_corners=True), concatenate the skip, [conv3x3 -> BN ->
-  LeakyReLU(0.01)] x 2", and a final conv3x3 to E channels with no activation.
+- Decoder (the official `DecoderBN`, github.com/hisfog/SfMNeXt-Impl): a 1x1 conv on layer4 then
+  four up-blocks (Exercise 2.1), each "bilinear upsample to the skip's size (align_corners=True),
+  concatenate the skip, [conv3x3 -> BN -> LeakyReLU(0.01)] x 2", and a final conv3x3 to E channels
+  with no activation.
 
 Deviation kept on purpose: the official 1x1 bottleneck conv has padding=1, which adds a one-pixel
 border of pure bias to the coarsest map (the next upsample then stretches it). It is harmless but
-odd; we keep it so the released checkpoints load and give the same numbers.
+odd; we keep it so the released checkpoints load and give the same numbers (README, "Where we
+follow the paper, and where the official code").
 
-Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num-layers 18]` prints the feature shapes.
+Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num_layers 18]` prints the feature shapes.
 Tests: tests/test_02_unet.py.
 """
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
-IMAGENET_URLS = {
-    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-}
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# ---- Encoder: ResNet-18/34/50 with torchvision's parameter names ----
 # (block type, blocks per stage) of each depth, as in the ResNet paper / torchvision.
 RESNET_LAYOUT = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 
@@ -87,7 +86,7 @@ def _shortcut(in_ch, out_ch, stride):
 
 
 class ResNet(nn.Module):
-    """ResNet-18/34/50 with torchvision's module names; `features` returns the five maps of SPEC.md."""
+    """ResNet-18/34/50 with torchvision's module names; `features` returns the five maps the U-Net uses."""
 
     def __init__(self, num_layers):
         super().__init__()
@@ -119,14 +118,95 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x):
-        """x: normalised image [B,3,H,W] -> [f0 /2, f1 /4, f2 /8, f3 /16, f4 /32]."""
-        f0 = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
-        f1 = self.layer1(self.maxpool(f0))  # (B, C1, H/4, W/4)
-        f2 = self.layer2(f1)  # (B, C2, H/8, W/8)
-        f3 = self.layer3(f2)  # (B, C3, H/16, W/16)
-        f4 = self.layer4(f3)  # (B, C4, H/32, W/32)
+        """x: normalised image [B, 3, H, W] -> [f0 /2, f1 /4, f2 /8, f3 /16, f4 /32]."""
+        f0 = self.relu(self.bn1(self.conv1(x)))  # [B, 64, H/2, W/2]
+        f1 = self.layer1(self.maxpool(f0))  # [B, C1, H/4, W/4]
+        f2 = self.layer2(f1)  # [B, C2, H/8, W/8]
+        f3 = self.layer3(f2)  # [B, C3, H/16, W/16]
+        f4 = self.layer4(f3)  # [B, C4, H/32, W/32]
         return [f0, f1, f2, f3, f4]
 
+
+# ---- Decoder: the U-Net that gives S0 ----
+def normalise(img):
+    """Images in [0, 1] -> the encoders' input: (x - 0.45) / 0.225 as Monodepth2 and the official
+    code (not ImageNet's per-channel mean and std)."""
+    return (img - 0.45) / 0.225
+
+
+def up_block(x, skip, net):
+    """Exercise 2.1: one U-Net up-block: upsample, concatenate the skip, then two conv-BN-LeakyReLU.
+
+    x [B, C, h, w] (coarse), skip [B, Cs, H', W'] (finer), net: the Sequential(conv3x3, BN, LeakyReLU,
+    conv3x3, BN, LeakyReLU) taking C + Cs channels. Returns net's output [B, C_out, H', W'].
+    Hint: F.interpolate to skip's exact size (not scale_factor: sizes need not be 2x), bilinear with
+    align_corners=True as in the official code; concatenate [upsampled x, skip] in that order.
+    """
+    up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)  # [B, C, H', W']
+    return net(torch.cat([up, skip], dim=1))  # [B, C_out, H', W']
+
+
+class UpBlock(nn.Module):
+    """Parameters of one up-block; named `_net.{0,1,3,4}` like the official UpSampleBN."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self._net = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01),
+            nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
+
+    def forward(self, x, skip):
+        return up_block(x, skip, self._net)
+
+
+class UNetDecoder(nn.Module):
+    """Official DecoderBN: conv2 (1x1, padding=1 quirk), up1..up4 with skips layer3..conv1, conv3."""
+
+    def __init__(self, enc_channels, num_features, model_dim):
+        super().__init__()
+        nf = int(num_features)
+        c0, c1, c2, c3, c4 = enc_channels
+        self.conv2 = nn.Conv2d(c4, nf, 1, 1, padding=1)  # padding=1: official quirk, see module doc
+        self.up1 = UpBlock(nf + c3, nf // 2)
+        self.up2 = UpBlock(nf // 2 + c2, nf // 4)
+        self.up3 = UpBlock(nf // 4 + c1, nf // 8)
+        self.up4 = UpBlock(nf // 8 + c0, nf // 16)
+        self.conv3 = nn.Conv2d(nf // 16, model_dim, 3, 1, 1)  # no activation: S0 is a raw embedding
+
+    def forward(self, feats):
+        f0, f1, f2, f3, f4 = feats
+        x = self.conv2(f4)  # [B, nf, H/32 + 2, W/32 + 2]
+        x = self.up1(x, f3)  # [B, nf/2, H/16, W/16]
+        x = self.up2(x, f2)  # [B, nf/4, H/8, W/8]
+        x = self.up3(x, f1)  # [B, nf/8, H/4, W/4]
+        x = self.up4(x, f0)  # [B, nf/16, H/2, W/2]
+        return self.conv3(x)  # [B, E, H/2, W/2]
+
+
+class ResnetUNet(nn.Module):
+    """Image [B, 3, H, W] in [0, 1] -> S0 [B, E, H/2, W/2] (ResNet encoder + U-Net decoder)."""
+
+    def __init__(self, num_layers=50, num_features=256, model_dim=32):
+        super().__init__()
+        if num_features % 16 or num_features < 16:
+            raise ValueError(f"num_features={num_features} must be a positive multiple of 16")
+        self.encoder = ResNet(num_layers)
+        self.decoder = UNetDecoder(self.encoder.channels, num_features, model_dim)
+
+    def forward(self, img):
+        return self.decoder(self.encoder.features(normalise(img)))  # [B, E, H/2, W/2]
+
+
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# ImageNet weights for the encoder (download or file), the demo and the command line.
+# ==============================================================================================
+# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
+IMAGENET_URLS = {
+    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
 
 def load_pretrained(encoder_module, spec):
     """Load ImageNet weights into a `ResNet`: spec None (nothing), "imagenet" (download) or a file path.
@@ -161,77 +241,9 @@ def load_pretrained(encoder_module, spec):
                          f"{first[0].strip()}") from None
 
 
-def normalise(img):
-    """Images in [0, 1] -> the encoders' input: (x - 0.45) / 0.225 as Monodepth2 and the official
-    code (not ImageNet's per-channel mean and std)."""
-    return (img - 0.45) / 0.225
-
-
-def up_block(x, skip, net):
-    """Exercise 2.1: one U-Net up-block: upsample, concatenate the skip, then two conv-BN-LeakyReLU.
-
-    x [B,C,h,w] (coarse), skip [B,Cs,H',W'] (finer), net: the Sequential(conv3x3, BN, LeakyReLU,
-    conv3x3, BN, LeakyReLU) taking C + Cs channels. Returns net's output [B,C_out,H',W'].
-    Hint: F.interpolate to skip's exact size (not scale_factor: sizes need not be 2x), bilinear with
-    align_corners=True as in the official code; concatenate [upsampled x, skip] in that order.
-    """
-    up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)  # (B, C, H', W')
-    return net(torch.cat([up, skip], dim=1))  # (B, C_out, H', W')
-
-
-class UpBlock(nn.Module):
-    """Parameters of one up-block; named `_net.{0,1,3,4}` like the official UpSampleBN."""
-
-    def __init__(self, in_ch, out_ch):
-        super().__init__()
-        self._net = nn.Sequential(
-            nn.Conv2d(in_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01),
-            nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01))
-
-    def forward(self, x, skip):
-        return up_block(x, skip, self._net)
-
-
-class UNetDecoder(nn.Module):
-    """Official DecoderBN: conv2 (1x1, padding=1 quirk), up1..up4 with skips layer3..conv1, conv3."""
-
-    def __init__(self, enc_channels, num_features, model_dim):
-        super().__init__()
-        nf = int(num_features)
-        c0, c1, c2, c3, c4 = enc_channels
-        self.conv2 = nn.Conv2d(c4, nf, 1, 1, padding=1)  # padding=1: official quirk, see module doc
-        self.up1 = UpBlock(nf + c3, nf // 2)
-        self.up2 = UpBlock(nf // 2 + c2, nf // 4)
-        self.up3 = UpBlock(nf // 4 + c1, nf // 8)
-        self.up4 = UpBlock(nf // 8 + c0, nf // 16)
-        self.conv3 = nn.Conv2d(nf // 16, model_dim, 3, 1, 1)  # no activation: S0 is a raw embedding
-
-    def forward(self, feats):
-        f0, f1, f2, f3, f4 = feats
-        x = self.conv2(f4)  # (B, nf, H/32 + 2, W/32 + 2)
-        x = self.up1(x, f3)  # (B, nf/2, H/16, W/16)
-        x = self.up2(x, f2)  # (B, nf/4, H/8, W/8)
-        x = self.up3(x, f1)  # (B, nf/8, H/4, W/4)
-        x = self.up4(x, f0)  # (B, nf/16, H/2, W/2)
-        return self.conv3(x)  # (B, E, H/2, W/2)
-
-
-class ResnetUNet(nn.Module):
-    """Image [B,3,H,W] in [0,1] -> S0 [B,E,H/2,W/2] (ResNet encoder + U-Net decoder)."""
-
-    def __init__(self, num_layers=50, num_features=256, model_dim=32):
-        super().__init__()
-        if num_features % 16 or num_features < 16:
-            raise ValueError(f"num_features={num_features} must be a positive multiple of 16")
-        self.encoder = ResNet(num_layers)
-        self.decoder = UNetDecoder(self.encoder.channels, num_features, model_dim)
-
-    def forward(self, img):
-        return self.decoder(self.encoder.features(normalise(img)))  # (B, E, H/2, W/2)
-
-
 @dataclass
 class UNetDemoConfig:
+    """What `python 02_unet.py` does: print the feature shapes of one random image."""
     num_layers: int = 50  # ResNet depth: 18, 34 or 50
     num_features: int = 256  # decoder width nf (released models: 256)
     model_dim: int = 32  # E, channels of S0
@@ -241,9 +253,9 @@ class UNetDemoConfig:
 
 
 def main(argv=None):
+    """Command line generated from UNetDemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Print the shapes of the ResNet + U-Net features.")
-    for f in fields(UNetDemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, UNetDemoConfig)
     cfg = UNetDemoConfig(**vars(parser.parse_args(argv)))
     try:
         net = ResnetUNet(cfg.num_layers, cfg.num_features, cfg.model_dim).eval()

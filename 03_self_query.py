@@ -1,12 +1,12 @@
-"""03 - The Self-Query Layer: patch tokens, a transformer, queries, and the self-cost volume.
+"""03 - self-query: the Self-Query Layer: patch tokens, a transformer, queries, the self-cost volume.
 
-Concept (SPEC.md section 1, paper section 3.2, Eq. 1-3): the U-Net feature map S0 [B,E,h,w] is cut
-into p x p patches (Exercise 3.1), the patch tokens (plus a learned positional encoding) go through
-a small transformer encoder, and the first Q output tokens become *queries* K [B,Q,E]: coarse,
-image-wide summaries of what is in the scene. Each query is compared (a plain dot product, no
-1/sqrt(E) scaling) with every pixel of a fine feature map S = conv3x3(S0) (Exercise 3.2), giving
-the self-cost volume V [B,Q,h,w]: how much each pixel "looks like" each query. 04 turns V into
-depth bins and per-pixel probabilities.
+Concept (paper Sec. 3.2, Eq. 1-3): the U-Net feature map S0 [B, E, h, w] is cut into p x p patches
+(Exercise 3.1), the patch tokens (plus a learned positional encoding) go through a small transformer
+encoder, and the first Q output tokens become *queries* K [B, Q, E]: coarse, image-wide summaries of
+what is in the scene. Each query is compared (a plain dot product, no 1/sqrt(E) scaling) with every
+pixel of a fine feature map S = conv3x3(S0) (Exercise 3.2), giving the self-cost volume V
+[B, Q, h, w]: how much each pixel "looks like" each query. 04 turns V into depth bins and per-pixel
+probabilities.
 
 Variants (paper ablations): queries="self" (above, the released models) or "learned": DETR-style
 nn.Embedding queries that attend to the tokens through a TransformerDecoder (our choice of
@@ -25,13 +25,17 @@ import argparse
 import importlib
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
 
 MAX_TOKENS = 500  # rows of the learned positional encoding (official value)
@@ -40,29 +44,29 @@ MAX_TOKENS = 500  # rows of the learned positional encoding (official value)
 def embed_patches(s0, patch_conv, pos_encoding):
     """Exercise 3.1: patch embedding plus learned positional encoding -> tokens.
 
-    s0 [B,E,h,w]; patch_conv: Conv2d(E, E, kernel p, stride p); pos_encoding [500, E].
-    Returns tokens [B,N,E] with N = floor(h/p) * floor(w/p) in raster order (row by row), token n
+    s0 [B, E, h, w]; patch_conv: Conv2d(E, E, kernel p, stride p); pos_encoding [500, E].
+    Returns tokens [B, N, E] with N = floor(h/p) * floor(w/p) in raster order (row by row), token n
     having pos_encoding[n] added. Hint: conv -> flatten the two spatial dims -> move E last.
     """
-    patches = patch_conv(s0)  # (B, E, h/p, w/p)
-    tokens = patches.flatten(2).transpose(1, 2)  # (B, N, E)
-    return tokens + pos_encoding[: tokens.shape[1]].unsqueeze(0)  # (B, N, E)
+    patches = patch_conv(s0)  # [B, E, h/p, w/p]
+    tokens = patches.flatten(2).transpose(1, 2)  # [B, N, E]
+    return tokens + pos_encoding[: tokens.shape[1]].unsqueeze(0)  # [B, N, E]
 
 
 def self_cost_volume(S, K):
     """Exercise 3.2: the self-cost volume V = S^T K of the paper's Eq. 3, reshaped per query.
 
-    S [B,E,h,w] (fine per-pixel features), K [B,Q,E] (queries). Returns V [B,Q,h,w] with
-    V[b,q,i,j] = sum_e K[b,q,e] * S[b,e,i,j]: raw dot products, no scaling, no softmax.
-    Hint: one batched matmul of K [B,Q,E] with S flattened to [B,E,h*w], then reshape.
+    S [B, E, h, w] (fine per-pixel features), K [B, Q, E] (queries). Returns V [B, Q, h, w] with
+    V[b, q, i, j] = sum_e K[b, q, e] * S[b, e, i, j]: raw dot products, no scaling, no softmax.
+    Hint: one batched matmul of K [B, Q, E] with S flattened to [B, E, h*w], then reshape.
     """
     B, E, h, w = S.shape
-    V = torch.bmm(K, S.reshape(B, E, h * w))  # (B, Q, h*w)
-    return V.reshape(B, K.shape[1], h, w)  # (B, Q, h, w)
+    V = torch.bmm(K, S.reshape(B, E, h * w))  # [B, Q, h*w]
+    return V.reshape(B, K.shape[1], h, w)  # [B, Q, h, w]
 
 
 class SelfQueryLayer(nn.Module):
-    """S0 [B,E,h,w] -> (V [B,Q,h,w] self-cost volume, S [B,E,h,w] fine features)."""
+    """S0 [B, E, h, w] -> (V [B, Q, h, w] self-cost volume, S [B, E, h, w] fine features)."""
 
     def __init__(self, model_dim, patch_size, num_queries, dim_feedforward=512, num_layers=4,
                  num_heads=4, queries="self"):
@@ -98,30 +102,35 @@ class SelfQueryLayer(nn.Module):
         return N
 
     def tokens(self, s0):
-        """S0 [B,E,h,w] -> transformer output tokens [B,N,E]."""
+        """S0 [B, E, h, w] -> transformer output tokens [B, N, E]."""
         self.check_size(*s0.shape[-2:])
-        return self.transformer(embed_patches(s0, self.patch_embed, self.pos_encoding))  # (B, N, E)
+        return self.transformer(embed_patches(s0, self.patch_embed, self.pos_encoding))  # [B, N, E]
 
     def forward(self, s0, return_tokens=False):
-        """(V, S); with return_tokens also the tokens [B,N,E] and the queries K [B,Q,E] (for 04's bins
+        """(V, S); with return_tokens also the tokens [B, N, E] and the queries K [B, Q, E] (for 04's bins
         and diagnostics: for "learned" queries K cannot be read back from the tokens)."""
-        tokens = self.tokens(s0)  # (B, N, E)
+        tokens = self.tokens(s0)  # [B, N, E]
         if self.queries == "self":
-            K = tokens[:, : self.num_queries]  # (B, Q, E): the first Q tokens in raster order
+            K = tokens[:, : self.num_queries]  # [B, Q, E]: the first Q tokens in raster order
         else:
-            tgt = self.query_embed.weight.unsqueeze(0).expand(s0.shape[0], -1, -1)  # (B, Q, E)
-            K = self.query_decoder(tgt, tokens)  # (B, Q, E)
+            tgt = self.query_embed.weight.unsqueeze(0).expand(s0.shape[0], -1, -1)  # [B, Q, E]
+            K = self.query_decoder(tgt, tokens)  # [B, Q, E]
         # V holds unscaled dot products that 04 exponentiates (two softmaxes): under bf16 autocast
         # their rounding error would grow with their size, so S and V are float32 (cheap: E channels).
         with torch.autocast(device_type=s0.device.type, enabled=False):
-            S = self.fine_conv(s0.float())  # (B, E, h, w)
-            V = self_cost_volume(S, K.float())  # (B, Q, h, w)
+            S = self.fine_conv(s0.float())  # [B, E, h, w]
+            V = self_cost_volume(S, K.float())  # [B, Q, h, w]
         return (V, S, tokens, K) if return_tokens else (V, S)
 
 
-# ----------------------------------------------------------------------------- demo
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The demo (a U-Net + Self-Query Layer without 04, a synthetic frame, a trained checkpoint) and the
+# command line.
+# ==============================================================================================
 @dataclass
 class CostVolumeDemoConfig:
+    """What `python 03_self_query.py` does: save cost-volume slices of a synthetic frame."""
     checkpoint: str = ""  # optional trained checkpoint (06_train format); its model config is used
     num_layers: int = 18  # ResNet depth of the untrained network (kitti-r18-640x192 preset)
     num_features: int = 256  # U-Net width nf of the untrained network
@@ -149,12 +158,12 @@ class CostVolumeNet(nn.Module):
         self.sql = SelfQueryLayer(model_dim, patch_size, num_queries, dim_feedforward, queries=queries)
 
     def forward(self, img):
-        V, _ = self.sql(self.unet(img))  # (B, Q, h, w)
+        V, _ = self.sql(self.unet(img))  # [B, Q, h, w]
         return V
 
 
 def synthetic_frame(height, width, seed=0):
-    """One synthetic RGB frame [1,3,height,width] in [0,1] (synthetic_world, read by 01_data) and its
+    """One synthetic RGB frame [1, 3, height, width] in [0, 1] (synthetic_world, read by 01_data) and its
     thin-structure mask."""
     data = importlib.import_module("01_data")
     import synthetic_world
@@ -164,8 +173,8 @@ def synthetic_frame(height, width, seed=0):
         folder, frame, side = data.read_split(data.get_split_file("synthetic", "test", data_path=root))[0]
         sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
         mask_path = synthetic_world.synthetic_thin_mask_path(root, folder, frame)
-        mask = np.asarray(Image.open(mask_path)) > 0  # (H_r, W_r)
-    return data.image_to_float(sample["color"][0]).unsqueeze(0), mask  # (1, 3, H, W) in [0, 1]
+        mask = np.asarray(Image.open(mask_path)) > 0  # [H_r, W_r]
+    return data.image_to_float(sample["color"][0]).unsqueeze(0), mask  # [1, 3, H, W] in [0, 1]
 
 
 def load_trained(path):
@@ -186,9 +195,9 @@ def load_trained(path):
 
 
 def main(argv=None):
+    """Command line generated from CostVolumeDemoConfig; returns the exit status (2 = bad input)."""
     parser = argparse.ArgumentParser(description="Save cost-volume slices of a synthetic frame.")
-    for f in fields(CostVolumeDemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, CostVolumeDemoConfig)
     cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
     import matplotlib
     matplotlib.use("Agg")
@@ -210,7 +219,7 @@ def main(argv=None):
     for name, net, h, w in nets:
         img, _ = synthetic_frame(h, w, cfg.seed)
         with torch.no_grad():
-            V = net.eval()(img)[0]  # (Q, h/2, w/2)
+            V = net.eval()(img)[0]  # [Q, h/2, w/2]
         picks = np.linspace(0, V.shape[0] - 1, cfg.num_slices).round().astype(int)
         print(f"{name}: image {tuple(img.shape)} -> cost volume {tuple(V.shape)}, "
               f"values in [{V.min():.1f}, {V.max():.1f}]")

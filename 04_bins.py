@@ -1,17 +1,19 @@
-"""04 - Depth from the self-cost volume: adaptive bins, probabilities, and the full DepthNet.
+"""04 - bins: depth from the self-cost volume: adaptive bins, probabilities, and the full DepthNet.
 
-Concept (SPEC.md section 1, paper section 3.3, Eq. 4-6). From the cost volume V [B,Q,h,w] and the
-fine features S [B,E,h,w] of 03:
+Concept (paper Sec. 3.3, Eq. 4-6). From the cost volume V [B, Q, h, w] and the fine features
+S [B, E, h, w] of 03:
 1. Eq. 4: each query "counts" the pixels it matches: a softmax of V over the h*w positions weights
-   S into one summary per query -> [B,Q,E] (Exercise 4.1). As in the official code, the summaries
+   S into one summary per query -> [B, Q, E] (Exercise 4.1). As in the official code, the summaries
    use S (after the 3x3 conv), not S0.
 2. An MLP (Q*E -> 16Q -> 256 -> D, LeakyReLU) regresses D numbers per image; relu + 0.1, normalise,
-   scale to (max - min), cumsum from min_depth -> D+1 bin edges and D centres per image
+   scale to (max - min), cumsum from min_depth -> D+1 bin edges and D centres c per image
    (Exercise 4.2).
 3. Eq. 5-6: a 1x1 conv maps V's Q channels to D logits per pixel, a softmax over the D bins gives
-   probabilities, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the softmax
-   index as Q; the code, and we, use D.)
-`DepthNet` assembles 02 + 03 + this file: image [B,3,H,W] in [0,1] -> depth [B,1,H/2,W/2] metres.
+   probabilities P, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the
+   softmax index as Q; the official code, and we, use D.)
+`DepthNet` assembles 02 + 03 + this file: image [B, 3, H, W] in [0, 1] -> depth [B, 1, H/2, W/2] metres.
+`PRESETS` are the released models (their parameter counts are exact: README, "Where we follow the
+paper, and where the official code").
 
 Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in [min, max]),
 "adabins" (AdaBins' mini-ViT: the bins come from the first transformer token through an MLP
@@ -22,17 +24,17 @@ Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 =
 queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
 `internals_stats(net, images)`, all three at once for logging.
 
-Also here: `PRESETS` (the released models, exact parameter counts), conversion of the official
-encoder.pth + depth.pth into our state dict, and a benchmark. Run `python 04_bins.py` for the demo
-figure (bin centres and per-pixel bin probabilities), `python 04_bins.py --bench` for the speed table.
-Tests: tests/test_04_bins.py.
+Below the engineering banner: conversion of the official encoder.pth + depth.pth
+(github.com/hisfog/SfMNeXt-Impl) into our state dict, MAC counting and a benchmark, loading our
+checkpoints, and the demo. Run `python 04_bins.py` for the demo figure (bin centres and per-pixel
+bin probabilities), `python 04_bins.py --bench` for the speed table. Tests: tests/test_04_bins.py.
 """
 import argparse
 import copy
 import importlib
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -41,47 +43,51 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
-sql = importlib.import_module("03_self_query")
+self_query = importlib.import_module("03_self_query")
 
 
 def spatial_softmax_summaries(V, S):
     """Exercise 4.1: per-query summaries of the fine features (paper Eq. 4).
 
-    V [B,Q,h,w] cost volume, S [B,E,h,w] fine features. For each query q: a softmax of V[b,q] over
+    V [B, Q, h, w] cost volume, S [B, E, h, w] fine features. For each query q: a softmax of V[b, q] over
     all h*w pixels gives weights that sum to 1; the summary is the weighted sum of S's pixel
-    vectors. Returns [B,Q,E]. Hint: flatten the spatial dims, softmax over them, one bmm.
+    vectors. Returns [B, Q, E]. Hint: flatten the spatial dims, softmax over them, one bmm.
     """
     B, Q, h, w = V.shape
-    weights = torch.softmax(V.reshape(B, Q, h * w), dim=-1)  # (B, Q, h*w), each row sums to 1
-    return torch.bmm(weights, S.reshape(B, S.shape[1], h * w).transpose(1, 2))  # (B, Q, E)
+    weights = torch.softmax(V.reshape(B, Q, h * w), dim=-1)  # [B, Q, h*w], each row sums to 1
+    return torch.bmm(weights, S.reshape(B, S.shape[1], h * w).transpose(1, 2))  # [B, Q, E]
 
 
 def bins_from_mlp_output(y, min_depth, max_depth):
     """Exercise 4.2: bin edges and centres from the MLP's raw output (per image).
 
-    y [B,D] raw numbers. widths: relu(y) + 0.1, divided by their sum, times (max - min).
-    edges = min_depth followed by the cumulative sum of the widths added to it -> [B,D+1]
-    (first = min_depth, last = max_depth); centres = mid-points of consecutive edges -> [B,D].
+    y [B, D] raw numbers. widths: relu(y) + 0.1, divided by their sum, times (max - min).
+    edges = min_depth followed by the cumulative sum of the widths added to it -> [B, D+1]
+    (first = min_depth, last = max_depth); centres = mid-points of consecutive edges -> [B, D].
     Returns (edges, centres). Hint: F.pad(widths, (1, 0), value=min_depth) then cumsum.
     """
     y = torch.relu(y) + 0.1  # the 0.1 keeps every bin strictly wider than zero
-    widths = (max_depth - min_depth) * y / y.sum(dim=1, keepdim=True)  # (B, D)
-    edges = torch.cumsum(F.pad(widths, (1, 0), value=min_depth), dim=1)  # (B, D+1)
-    centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
+    widths = (max_depth - min_depth) * y / y.sum(dim=1, keepdim=True)  # [B, D]
+    edges = torch.cumsum(F.pad(widths, (1, 0), value=min_depth), dim=1)  # [B, D+1]
+    centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # [B, D]
     return edges, centres
 
 
 def combine_probabilities(logits, centres):
     """Exercise 4.3: probabilistic combination (paper Eq. 5-6).
 
-    logits [B,D,h,w] (one score per bin and pixel), centres [B,D] (per-image bin centres).
-    P = softmax over the D bins at each pixel; depth = sum_d P_d * c_d -> [B,1,h,w].
-    Returns (depth [B,1,h,w], P [B,D,h,w]). Hint: the bins are dim 1; broadcast the centres as
-    [B,D,1,1] and keep the summed dimension so depth stays 4-D.
+    logits [B, D, h, w] (one score per bin and pixel), centres [B, D] (per-image bin centres).
+    P = softmax over the D bins at each pixel; depth = sum_d P_d * c_d -> [B, 1, h, w].
+    Returns (depth [B, 1, h, w], P [B, D, h, w]). Hint: the bins are dim 1; broadcast the centres as
+    [B, D, 1, 1] and keep the summed dimension so depth stays 4-D.
     """
-    P = torch.softmax(logits, dim=1)  # (B, D, h, w), sums to 1 over D
-    depth = (P * centres[:, :, None, None]).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+    P = torch.softmax(logits, dim=1)  # [B, D, h, w], sums to 1 over D
+    depth = (P * centres[:, :, None, None]).sum(dim=1, keepdim=True)  # [B, 1, h, w]
     return depth, P
 
 
@@ -119,7 +125,7 @@ def _mlp(sizes):
 
 
 class DepthNet(nn.Module):
-    """Image [B,3,H,W] in [0,1] -> depth [B,1,H/2,W/2] in metres (SQLDepth and its ablations)."""
+    """Image [B, 3, H, W] in [0, 1] -> depth [B, 1, H/2, W/2] in metres (SQLDepth and its ablations)."""
 
     def __init__(self, cfg: DepthNetConfig):
         super().__init__()
@@ -135,7 +141,8 @@ class DepthNet(nn.Module):
         if cfg.queries == "none":  # no cost volume: regress depth directly from S0
             self.head = nn.Sequential(nn.Conv2d(E, E, 3, 1, 1), nn.LeakyReLU(0.01), nn.Conv2d(E, 1, 3, 1, 1))
         else:
-            self.sql = sql.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward, queries=cfg.queries)
+            self.sql = self_query.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward,
+                                                 queries=cfg.queries)
             if cfg.bins == "sql":
                 self.bins_mlp = _mlp([Q * E, 16 * Q, 256, D])  # official bins_regressor
             elif cfg.bins == "adabins":
@@ -147,35 +154,36 @@ class DepthNet(nn.Module):
         return self.depth_from_features(self.unet(img), return_extras)
 
     def depth_from_features(self, s0, return_extras=False):
-        """S0 [B,E,h,w] -> depth [B,1,h,w] (or the extras dict): everything after the U-Net."""
+        """S0 [B, E, h, w] -> depth [B, 1, h, w] (or the extras dict): everything after the U-Net."""
         cfg = self.cfg
         if cfg.queries == "none":
             depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
-            return {"depth": depth} if return_extras else depth  # (B, 1, H/2, W/2)
-        V, S, tokens, K = self.sql(s0, return_tokens=True)  # (B,Q,h,w), (B,E,h,w) float32; (B,N,E), (B,Q,E)
+            return {"depth": depth} if return_extras else depth  # [B, 1, H/2, W/2]
+        # V [B, Q, h, w] and S [B, E, h, w] in float32, tokens [B, N, E], queries K [B, Q, E]
+        V, S, tokens, K = self.sql(s0, return_tokens=True)
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
         with torch.autocast(device_type=V.device.type, enabled=False):
             if cfg.bins == "sql":
-                summaries = spatial_softmax_summaries(V, S)  # (B, Q, E)
-                y = self.bins_mlp(summaries.flatten(1))  # (B, D)
+                summaries = spatial_softmax_summaries(V, S)  # [B, Q, E]
+                y = self.bins_mlp(summaries.flatten(1))  # [B, D]
                 edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
             elif cfg.bins == "adabins":
-                y = self.bins_mlp(tokens[:, 0].float())  # (B, D), from the first token only
+                y = self.bins_mlp(tokens[:, 0].float())  # [B, D], from the first token only
                 edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
             else:  # fixed: uniform edges, the same for every image
                 edges = torch.linspace(cfg.min_depth, cfg.max_depth, cfg.num_bins + 1, device=V.device)
-                edges = edges.expand(V.shape[0], -1)  # (B, D+1)
-                centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # (B, D)
-            depth, P = combine_probabilities(self.to_logits(V), centres)  # (B,1,h,w), (B,D,h,w)
+                edges = edges.expand(V.shape[0], -1)  # [B, D+1]
+                centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # [B, D]
+            depth, P = combine_probabilities(self.to_logits(V), centres)  # [B, 1, h, w], [B, D, h, w]
         if return_extras:
             return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P,
                     "queries": K}
         return depth
 
 
-# ----------------------------------------------------------------------------- diagnostics
+# ---- Diagnostics ----
 # Is the self-query layer used as intended? Three numbers, each defined so that its extremes are easy
 # to read: queries that all point one way (collapse), a cost volume whose Q slices are one image in Q
 # copies, and a few bins carrying all the probability while the rest sit unused.
@@ -183,7 +191,7 @@ INTERNALS_STATS = ("query_similarity", "effective_rank", "bins_99")
 
 
 def query_similarity(queries):
-    """Mean pairwise cosine similarity of the Q query vectors, queries [B,Q,E] -> float.
+    """Mean pairwise cosine similarity of the Q query vectors, queries [B, Q, E] -> float.
 
     The off-diagonal mean of each image's Q x Q cosine matrix, averaged over the batch: 1.0 = every
     query points the same way (collapsed), 0.0 = mutually orthogonal. NaN when Q < 2.
@@ -191,14 +199,14 @@ def query_similarity(queries):
     B, Q, _ = queries.shape
     if Q < 2:
         return float("nan")
-    unit = F.normalize(queries.detach().float(), dim=-1)  # (B, Q, E); a zero vector stays zero
-    cos = torch.bmm(unit, unit.transpose(1, 2))  # (B, Q, Q)
-    off_diagonal = cos.sum((1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)  # (B,)
+    unit = F.normalize(queries.detach().float(), dim=-1)  # [B, Q, E]; a zero vector stays zero
+    cos = torch.bmm(unit, unit.transpose(1, 2))  # [B, Q, Q]
+    off_diagonal = cos.sum((1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)  # [B]
     return float((off_diagonal / (Q * (Q - 1))).mean())
 
 
 def cost_volume_effective_rank(V):
-    """Effective rank (Roy & Vetterli 2007) of the cost volume V [B,Q,h,w] -> float in [1, Q].
+    """Effective rank (Roy & Vetterli 2007) of the cost volume V [B, Q, h, w] -> float in [1, Q].
 
     Per image, V as a Q x (h*w) matrix: singular values s, p = s / sum(s), rank = exp(-sum p ln p)
     (0 ln 0 = 0), then the mean over the batch. 1 = every slice is a multiple of one image; Q = Q
@@ -206,23 +214,23 @@ def cost_volume_effective_rank(V):
     a direction of its own.
     """
     B, Q, h, w = V.shape
-    s = torch.linalg.svdvals(V.detach().float().reshape(B, Q, h * w))  # (B, min(Q, h*w))
-    p = s / s.sum(-1, keepdim=True).clamp_min(1e-30)  # (B, min(Q, h*w)); an all-zero V has p = 0
-    entropy = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros_like(p)).sum(-1)  # (B,)
+    s = torch.linalg.svdvals(V.detach().float().reshape(B, Q, h * w))  # [B, min(Q, h*w)]
+    p = s / s.sum(-1, keepdim=True).clamp_min(1e-30)  # [B, min(Q, h*w)]; an all-zero V has p = 0
+    entropy = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros_like(p)).sum(-1)  # [B]
     return float(torch.exp(entropy).mean())
 
 
 def bins_holding_mass(probabilities, fraction=0.99):
-    """How many bins hold `fraction` of the probability mass, probabilities [B,D,h,w] -> float.
+    """How many bins hold `fraction` of the probability mass, probabilities [B, D, h, w] -> float.
 
-    Per image: the mean of P over the pixels gives one mass per bin (D,); sorted in descending
+    Per image: the mean of P over the pixels gives one mass per bin [D]; sorted in descending
     order, count bins until the cumulative mass reaches `fraction`. Averaged over the batch: a small
     number out of D means most bins are never used.
     """
-    mass = probabilities.detach().float().mean((2, 3))  # (B, D), each row sums to 1
-    cumulative = mass.sort(dim=1, descending=True).values.cumsum(1)  # (B, D)
+    mass = probabilities.detach().float().mean((2, 3))  # [B, D], each row sums to 1
+    cumulative = mass.sort(dim=1, descending=True).values.cumsum(1)  # [B, D]
     # The 1e-6 keeps float round-off (a total of 0.9999999) from counting one bin too many.
-    count = (cumulative < fraction - 1e-6).sum(1) + 1  # (B,) bins needed to reach the fraction
+    count = (cumulative < fraction - 1e-6).sum(1) + 1  # [B] bins needed to reach the fraction
     return float(count.clamp(max=mass.shape[1]).float().mean())
 
 
@@ -234,13 +242,14 @@ def stats_from_extras(extras):
     """
     nan = float("nan")
     return {"query_similarity": query_similarity(extras["queries"]) if "queries" in extras else nan,
-            "effective_rank": cost_volume_effective_rank(extras["cost_volume"]) if "cost_volume" in extras else nan,
+            "effective_rank": (cost_volume_effective_rank(extras["cost_volume"])
+                               if "cost_volume" in extras else nan),
             "bins_99": bins_holding_mass(extras["probs"]) if "probs" in extras else nan}
 
 
 @torch.no_grad()
 def internals_stats(depth_net, images):
-    """Query similarity, cost-volume effective rank and bins holding 99% of P for images [B,3,H,W].
+    """Query similarity, cost-volume effective rank and bins holding 99% of P for images [B, 3, H, W].
 
     For logging during training: runs depth_net (a DepthNet, also inside DDP) in eval mode under
     no_grad and restores its mode. Returns {name: float} (see stats_from_extras).
@@ -254,7 +263,12 @@ def internals_stats(depth_net, images):
     return stats_from_extras(extras)
 
 
-# ----------------------------------------------------------------------------- official checkpoints
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# Official checkpoint conversion, MAC counting and the benchmark, loading our checkpoints, the demo
+# and the command line.
+# ==============================================================================================
+# ---- Official checkpoints ----
 # Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
 # Lite_Depth_Decoder_QueryTr) -> our prefix.
 OFFICIAL_PREFIXES = [
@@ -331,7 +345,7 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
     return out
 
 
-# ----------------------------------------------------------------------------- benchmark
+# ---- MAC counting and the benchmark ----
 def count_macs(model, img):
     """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
 
@@ -368,7 +382,7 @@ def count_macs(model, img):
 
 
 def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3):
-    """(params, MACs/image, inference ms/image, train step ms) of one preset at (H, W)."""
+    """(params, MACs/image, inference ms/image, train step ms) of one preset at size (H, W)."""
     torch.manual_seed(0)
     model = DepthNet(PRESETS[preset]).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -409,8 +423,10 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
 
 
+# ---- Our checkpoints, the demo and the command line ----
 @dataclass
 class BinsDemoConfig:
+    """What `python 04_bins.py` does: the demo figure, or the speed table with --bench."""
     bench: bool = False  # run the benchmark instead of the demo figure
     preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -484,12 +500,12 @@ def run_demo(cfg):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
-    img, thin = sql.synthetic_frame(h, w, cfg.seed)
+    img, thin = self_query.synthetic_frame(h, w, cfg.seed)
     with torch.no_grad():
         out = net.eval()(img, return_extras=True)
     if "probs" not in out:
         raise ValueError("this model has no bins (queries='none'): nothing to plot")
-    P, c = out["probs"][0], out["bin_centers"][0]  # (D, h/2, w/2), (D,)
+    P, c = out["probs"][0], out["bin_centers"][0]  # [D, h/2, w/2], [D]
     ph, pw = P.shape[-2:]
     pixels = {"near road": (ph - 3, pw // 2), "far (image centre)": (int(ph * 0.4), pw // 2)}
     if thin is not None and thin.any():
@@ -514,13 +530,9 @@ def run_demo(cfg):
 
 
 def main(argv=None):
+    """Command line generated from BinsDemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Bins demo figure, or --bench for the speed table.")
-    for f in fields(BinsDemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, BinsDemoConfig)
     cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))
     try:
         if cfg.device == "auto":

@@ -1,11 +1,20 @@
-"""Step 5: how a depth network learns from video alone - pose, view synthesis, the loss.
+"""05 - pose net and loss: how a depth network learns from video alone: pose, view synthesis, loss.
 
 Concept. If the depth D of every pixel of the target frame I0 and the camera motion T from I0 to
 a neighbouring frame Is are right, each target pixel can be lifted to 3D (back-projection with
 inv(K)), moved by T, projected into Is (with K), and the colour found there must equal the
 target's colour. The photometric difference between I0 and this "warped" Is is therefore a
 training signal for both networks, and no ground-truth depth is needed (Monodepth2, ICCV 2019,
-Sec. 3; SQLDepth, AAAI 2024, Sec. 3.4 reuses it unchanged). This file adds:
+Sec. 3; SQLDepth, AAAI 2024, Sec. 3.4 reuses it unchanged). In symbols, for a target pixel p:
+
+  Is->0(p) = Is< proj(K T D(p) inv(K) p) >        (bilinear sampling of Is: `warp`)
+  pe(a, b) = 0.85 (1 - SSIM(a, b)) / 2 + 0.15 |a - b|   (mean over colour channels)
+  L = mean_p min_s pe(I0, Is->0)(p)  +  lambda * smoothness(D / mean(D), I0),   lambda = 1e-3
+
+with the minimum over the sources s in {-1, +1} (and the stereo partner "s" in MS training) and
+Monodepth2's auto-mask: the unwarped sources join the minimum, so a pixel that one of them already
+matches better (a static scene, a car moving with the camera) gives no gradient.
+This file adds:
 
   PoseCNN / PoseResNet          the pose network: (axis-angle, translation) for a frame pair
   rot_from_axisangle            Rodrigues' formula                               (Exercise 5.1)
@@ -22,7 +31,8 @@ Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame w
 depth and pose, saves a figure and prints the loss for true vs constant depth.
 Tests: tests/test_05_posenet_loss.py.
 
-Where we differ from the official code (hisfog/SfMNeXt-Impl, itself Monodepth2's trainer):
+Where we differ from the official code (github.com/hisfog/SfMNeXt-Impl, itself Monodepth2's
+trainer, github.com/nianticlabs/monodepth2):
 - BackprojectDepth/Project3D take their sizes from the tensors, so any batch size works (the
   originals fix the batch size in __init__ and need drop_last=True).
 - SSIM uses a 7x7 window (SQLDepth) where Monodepth2 uses 3x3; both are available.
@@ -33,17 +43,22 @@ import argparse
 import importlib
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 unet = importlib.import_module("02_unet")
 
 
-# --- Pose networks: a frame pair [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])
+# ---- Pose networks ----
+# A frame pair [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3]).
 class PoseCNN(nn.Module):
     """The official trainer's pose network: 7 strided convs + ReLU, no BatchNorm, 1x1 conv to 6
     numbers per predicted transform, spatial mean, x 0.01 (small initial motions).
@@ -66,11 +81,11 @@ class PoseCNN(nn.Module):
         Returns axis-angle and translation, each [B, 3] for a pair, [B, N-1, 3] otherwise."""
         x = frames
         for conv in self.net:
-            x = F.relu(conv(x))                                # (B, C, H/2^k, W/2^k)
-        out = 0.01 * self.pose_conv(x).mean(dim=(2, 3))        # (B, 6 * (N-1))
-        out = out.view(-1, self.num_input_frames - 1, 6)       # (B, N-1, 6)
+            x = F.relu(conv(x))                                # [B, C, H/2^k, W/2^k]
+        out = 0.01 * self.pose_conv(x).mean(dim=(2, 3))        # [B, 6 * (N-1)]
+        out = out.view(-1, self.num_input_frames - 1, 6)       # [B, N-1, 6]
         if self.num_input_frames == 2:
-            out = out[:, 0]                                    # (B, 6)
+            out = out[:, 0]                                    # [B, 6]
         return out[..., :3], out[..., 3:]
 
 
@@ -99,13 +114,13 @@ class PoseResNet(nn.Module):
 
     def forward(self, frames):
         """frames [B, 6, H, W] in [0, 1] -> (axis-angle [B, 3], translation [B, 3])."""
-        deepest = self.encoder.features(unet.normalise(frames))[-1]  # (B, C4, H/32, W/32)
-        out = self.pose(F.relu(self.squeeze(deepest)))         # (B, 6, H/32, W/32)
-        out = 0.01 * out.mean(dim=(2, 3))                      # (B, 6)
+        deepest = self.encoder.features(unet.normalise(frames))[-1]  # [B, C4, H/32, W/32]
+        out = self.pose(F.relu(self.squeeze(deepest)))         # [B, 6, H/32, W/32]
+        out = 0.01 * out.mean(dim=(2, 3))                      # [B, 6]
         return out[:, :3], out[:, 3:]
 
 
-# --- Pose maths
+# ---- Pose maths ----
 def rot_from_axisangle(axisangle):
     """Rotation matrix of an axis-angle vector, as a homogeneous 4x4.
 
@@ -114,13 +129,13 @@ def rot_from_axisangle(axisangle):
         R = I + sin(a) [k]x + (1 - cos(a)) [k]x^2,   [k]x = [[0,-kz,ky],[kz,0,-kx],[-ky,kx,0]].
     Hint: a = norm of the vector (add 1e-7 before dividing, so a zero rotation gives I).
     """
-    angle = torch.linalg.vector_norm(axisangle, dim=1, keepdim=True)    # (B, 1)
-    kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)                 # each (B,)
+    angle = torch.linalg.vector_norm(axisangle, dim=1, keepdim=True)    # [B, 1]
+    kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)                 # each [B]
     zero = torch.zeros_like(kx)
     skew = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], 1).view(-1, 3, 3)
-    sin, cos = torch.sin(angle)[..., None], torch.cos(angle)[..., None]  # (B, 1, 1)
+    sin, cos = torch.sin(angle)[..., None], torch.cos(angle)[..., None]  # [B, 1, 1]
     eye = torch.eye(3, dtype=axisangle.dtype, device=axisangle.device)
-    rot = eye + sin * skew + (1 - cos) * (skew @ skew)                  # (B, 3, 3)
+    rot = eye + sin * skew + (1 - cos) * (skew @ skew)                  # [B, 3, 3]
     out = torch.zeros(axisangle.shape[0], 4, 4, dtype=axisangle.dtype, device=axisangle.device)
     out[:, :3, :3] = rot
     out[:, 3, 3] = 1
@@ -131,17 +146,17 @@ def transformation_from_parameters(axisangle, translation, invert=False):
     """(axis-angle [B, 3], translation [B, 3]) -> T [B, 4, 4] = [R | t] (rotate, then translate).
     invert=True returns T^-1 = [R^T | -R^T t]: the pose net always sees frames in temporal order,
     so for the source -1 it predicts the motion I-1 -> I0 and we need the inverse."""
-    rot = rot_from_axisangle(axisangle.reshape(-1, 3))                  # (B, 4, 4)
-    t = translation.reshape(-1, 3)                                      # (B, 3)
+    rot = rot_from_axisangle(axisangle.reshape(-1, 3))                  # [B, 4, 4]
+    t = translation.reshape(-1, 3)                                      # [B, 3]
     if invert:
         rot = rot.transpose(1, 2)
         t = -t
     trans = torch.eye(4, dtype=rot.dtype, device=rot.device).repeat(rot.shape[0], 1, 1)
-    trans[:, :3, 3] = t                                                 # (B, 4, 4) pure translation
+    trans[:, :3, 3] = t                                                 # [B, 4, 4] pure translation
     return rot @ trans if invert else trans @ rot
 
 
-# --- View synthesis: back-project, transform, project, sample
+# ---- View synthesis: back-project, transform, project, sample ----
 class BackprojectDepth(nn.Module):
     """depth [B, 1, H, W] + inv_K [B, 4, 4] -> homogeneous camera points [B, 4, H*W]."""
 
@@ -155,10 +170,10 @@ class BackprojectDepth(nn.Module):
         b, _, h, w = depth.shape
         opts = dict(dtype=depth.dtype, device=depth.device)
         v, u = torch.meshgrid(torch.arange(h, **opts), torch.arange(w, **opts), indexing="ij")
-        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, **opts)], 0)  # (3, HW)
-        rays = inv_K[:, :3, :3] @ pix                                   # (B, 3, HW)
-        points = rays * depth.reshape(b, 1, h * w)                      # (B, 3, HW)
-        return torch.cat([points, torch.ones(b, 1, h * w, **opts)], 1)  # (B, 4, HW)
+        pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, **opts)], 0)  # [3, HW]
+        rays = inv_K[:, :3, :3] @ pix                                   # [B, 3, HW]
+        points = rays * depth.reshape(b, 1, h * w)                      # [B, 3, HW]
+        return torch.cat([points, torch.ones(b, 1, h * w, **opts)], 1)  # [B, 4, HW]
 
 
 class Project3D(nn.Module):
@@ -170,25 +185,25 @@ class Project3D(nn.Module):
         self.eps = eps      # keeps the division finite for points on the camera plane
 
     def forward(self, points, K, T, height, width):
-        proj = (K @ T)[:, :3, :]                                        # (B, 3, 4)
-        cam = proj @ points                                             # (B, 3, HW)
-        pix = cam[:, :2] / (cam[:, 2:3] + self.eps)                     # (B, 2, HW) pixels
+        proj = (K @ T)[:, :3, :]                                        # [B, 3, 4]
+        cam = proj @ points                                             # [B, 3, HW]
+        pix = cam[:, :2] / (cam[:, 2:3] + self.eps)                     # [B, 2, HW] pixels
         # To [-1, 1] with Python numbers: a torch.tensor([W - 1, H - 1]) made here would be a copy
         # from host memory in the middle of every forward pass (a host sync on a GPU).
         grid = torch.stack([pix[:, 0] * (2 / (width - 1)), pix[:, 1] * (2 / (height - 1))], -1) - 1
-        return grid.view(-1, height, width, 2)                          # (B, H, W, 2)
+        return grid.view(-1, height, width, 2)                          # [B, H, W, 2]
 
 
 def warp(source, depth, K, inv_K, T):
     """Synthesise the target view from `source` [B, C, H, W] given the target depth [B, 1, H, W]
     and T [B, 4, 4] (target camera -> source camera). Out-of-image samples repeat the border."""
     h, w = depth.shape[-2:]
-    points = BackprojectDepth()(depth, inv_K)                           # (B, 4, HW)
-    grid = Project3D()(points, K, T, h, w)                              # (B, H, W, 2)
+    points = BackprojectDepth()(depth, inv_K)                           # [B, 4, HW]
+    grid = Project3D()(points, K, T, h, w)                              # [B, H, W, 2]
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-# --- Photometric error, minimum reprojection, smoothness
+# ---- Photometric error, minimum reprojection, smoothness ----
 def window_sum(x, window, dim):
     """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
 
@@ -229,7 +244,7 @@ class BoxMean(torch.autograd.Function):
 
 
 def box_mean(x, window):
-    """avg_pool2d(x, window, stride=1) for x [N, C, H, W], by integral images (BoxMean)."""
+    """avg_pool2d(x, window, stride=1) for x [N, C, H, W], by running window sums (BoxMean)."""
     return BoxMean.apply(x, window)
 
 
@@ -257,11 +272,11 @@ class SSIM(nn.Module):
         # The variances are shift-invariant: subtracting each image-channel's mean level c first
         # changes nothing mathematically, but E[x^2] - mu^2 then cancels far less in float32
         # (10-100x smaller rounding error than on raw [0, 1] values); c is added back to the means.
-        c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # (B, C, 1, 1)
+        c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # [B, C, 1, 1]
         x, y = x - c, y - c
-        maps = torch.cat([x, y, x * x, y * y, x * y])                      # (5B, C, H, W): one pass
-        means = box_mean(F.pad(maps, [r, r, r, r], mode="reflect"), self.window)   # (5B, C, H, W)
-        mu_x, mu_y, e_xx, e_yy, e_xy = means.chunk(5)                       # each (B, C, H, W)
+        maps = torch.cat([x, y, x * x, y * y, x * y])                      # [5B, C, H, W]: one pass
+        means = box_mean(F.pad(maps, [r, r, r, r], mode="reflect"), self.window)   # [5B, C, H, W]
+        mu_x, mu_y, e_xx, e_yy, e_xy = means.chunk(5)                       # each [B, C, H, W]
         sigma_x, sigma_y, sigma_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
         mu_x, mu_y = mu_x + c, mu_y + c
         num = (2 * mu_x * mu_y + self.C1) * (2 * sigma_xy + self.C2)
@@ -272,7 +287,7 @@ class SSIM(nn.Module):
 def photometric_loss(pred, target, ssim):
     """Per-pixel error [B, 1, H, W] = 0.85 * mean_c SSIM-dissimilarity + 0.15 * mean_c |pred -
     target| (Monodepth2 Eq. 1). ssim=None gives the plain L1 (Monodepth2's --no_ssim)."""
-    l1 = (pred - target).abs().mean(1, keepdim=True)                    # (B, 1, H, W)
+    l1 = (pred - target).abs().mean(1, keepdim=True)                    # [B, 1, H, W]
     if ssim is None:
         return l1
     return 0.85 * ssim(pred, target).mean(1, keepdim=True) + 0.15 * l1
@@ -293,8 +308,8 @@ def min_reprojection(reprojection, identity=None):
         best = reprojection.min(dim=1, keepdim=True).values
         return best, torch.ones_like(best, dtype=torch.bool)
     identity = identity + 1e-5 * torch.randn_like(identity)
-    combined = torch.cat([identity, reprojection], dim=1)               # (B, 2S, H, W)
-    best, index = combined.min(dim=1, keepdim=True)                     # (B, 1, H, W) each
+    combined = torch.cat([identity, reprojection], dim=1)               # [B, 2S, H, W]
+    best, index = combined.min(dim=1, keepdim=True)                     # [B, 1, H, W] each
     return best, index >= identity.shape[1]
 
 
@@ -305,25 +320,25 @@ def smoothness_loss(depth, img):
     take absolute differences between horizontal neighbours ([..., :, 1:] vs [..., :, :-1]) and
     vertical neighbours, weight each by exp(-|image difference in the SAME direction|) averaged
     over colour channels, and return mean(x-term) + mean(y-term).
-    Hint: x[..., :, 1:] - x[..., :, :-1] is (B, C, H, W-1); average the image term with
+    Hint: x[..., :, 1:] - x[..., :, :-1] is [B, C, H, W-1]; average the image term with
     .mean(1, keepdim=True). SQLDepth (official) smooths depth, Monodepth2 disparity (1/depth).
     """
-    norm = depth / (depth.mean(dim=(2, 3), keepdim=True) + 1e-7)       # (B, 1, H, W)
-    grad_x = (norm[..., :, 1:] - norm[..., :, :-1]).abs()               # (B, 1, H, W-1)
-    grad_y = (norm[..., 1:, :] - norm[..., :-1, :]).abs()               # (B, 1, H-1, W)
+    norm = depth / (depth.mean(dim=(2, 3), keepdim=True) + 1e-7)       # [B, 1, H, W]
+    grad_x = (norm[..., :, 1:] - norm[..., :, :-1]).abs()               # [B, 1, H, W-1]
+    grad_y = (norm[..., 1:, :] - norm[..., :-1, :]).abs()               # [B, 1, H-1, W]
     edge_x = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
     edge_y = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     return (grad_x * torch.exp(-edge_x)).mean() + (grad_y * torch.exp(-edge_y)).mean()
 
 
-# --- What the training loop calls
+# ---- What the training loop calls ----
 @dataclass
 class LossConfig:
     """What self_supervised_loss and predict_poses compute (06_train.py builds it from its config)."""
     frame_ids: tuple = (0, -1, 1)     # target 0 first, then temporal sources; "s" allowed with use_stereo
     use_stereo: bool = False         # add the other camera "s" as a source (fixed inputs["stereo_T"])
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
-    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (SPEC sec. 2)
+    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
     # "inv_depth": t * mean(1/depth), the official code (from arXiv 1712.00175). "depth": t * mean
@@ -373,15 +388,15 @@ def predict_poses(pose_net, inputs, cfg, depth=None):
     if cfg.pose_scaling != "none" and not cfg.use_stereo:
         if depth is None:
             raise ValueError(f"pose_scaling={cfg.pose_scaling!r} needs the predicted depth")
-        depth = _full_precision(depth).clamp(cfg.min_depth, cfg.max_depth)  # (B, 1, h, w)
-        scale = (depth if cfg.pose_scaling == "depth" else 1 / depth).mean(dim=(1, 2, 3))  # (B,)
+        depth = _full_precision(depth).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, h, w]
+        scale = (depth if cfg.pose_scaling == "depth" else 1 / depth).mean(dim=(1, 2, 3))  # [B]
     for fid in sources:
         if fid == "s":
             poses["s"] = inputs["stereo_T"]
             continue
         colour = inputs["color_aug"]
         pair = [colour[fid], colour[0]] if fid < 0 else [colour[0], colour[fid]]
-        axisangle, translation = pose_net(torch.cat(pair, 1))          # (B, 3) each
+        axisangle, translation = pose_net(torch.cat(pair, 1))          # [B, 3] each
         with torch.autocast(device_type=axisangle.device.type, enabled=False):
             axisangle, translation = _full_precision(axisangle), _full_precision(translation)
             if scale is not None:
@@ -391,15 +406,15 @@ def predict_poses(pose_net, inputs, cfg, depth=None):
 
 
 def self_supervised_loss(inputs, depth, poses, cfg, ssim):
-    """The total loss of one batch (SPEC sec. 2): minimum reprojection with auto-masking plus
+    """The total loss of one batch (module docstring): minimum reprojection with auto-masking plus
     weighted smoothness. depth [B, 1, H/2, W/2] is upsampled to the image size first. Returns
     loss (scalar, with graph) and, detached, photometric and smoothness (0-d tensors: no host
     sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}."""
-    target = inputs["color"][0]                                         # (B, 3, H, W)
+    target = inputs["color"][0]                                         # [B, 3, H, W]
     h, w = target.shape[-2:]
     with torch.autocast(device_type=depth.device.type, enabled=False):  # see _full_precision
         depth = F.interpolate(_full_precision(depth), size=(h, w), mode="bilinear",
-                              align_corners=False).clamp(cfg.min_depth, cfg.max_depth)  # (B,1,H,W)
+                              align_corners=False).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, H, W]
         warped, reprojection, identity = {}, [], []
         for fid in source_ids(cfg):
             if fid not in poses:
@@ -407,7 +422,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
             source = inputs["color"][fid]
             T = _full_precision(poses[fid])
             warped[fid] = warp(source, depth, inputs["K"], inputs["inv_K"], T)
-            reprojection.append(photometric_loss(warped[fid], target, ssim))  # (B, 1, H, W)
+            reprojection.append(photometric_loss(warped[fid], target, ssim))  # [B, 1, H, W]
             if cfg.automask:            # unwarped source vs target: no parameter involved
                 with torch.no_grad():
                     identity.append(photometric_loss(source, target, ssim))
@@ -426,9 +441,13 @@ def make_ssim(cfg):
     return SSIM(cfg.ssim_window) if cfg.ssim_window else None
 
 
-# --- Demo: warp a synthetic frame with its true depth and pose
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The demo (warp a synthetic frame with its true depth and pose) and the command line.
+# ==============================================================================================
 @dataclass
 class DemoConfig:
+    """What `python 05_posenet_loss.py` does: warp a synthetic frame, compare losses, save a figure."""
     out: str = "runs/demo_05_posenet_loss.png"   # where the figure is saved
     height: int = 128        # synthetic image height
     width: int = 416         # synthetic image width
@@ -448,10 +467,10 @@ def synthetic_pair(root, height, width, sky_depth):
     dataset = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0, 1),
                             load_depth=True, img_ext=".jpg")
     inputs = data.images_to_float(data.collate([dataset[0]]))          # images as float in [0, 1]
-    depth = inputs["depth_gt"]                                          # (1, 1, Hgt, Wgt)
+    depth = inputs["depth_gt"]                                          # [1, 1, Hgt, Wgt]
     depth = F.interpolate(depth, size=(height, width), mode="nearest")
     depth = torch.where(depth > 0, depth, torch.full_like(depth, sky_depth))
-    poses = torch.from_numpy(synthetic_world.read_synthetic_poses(Path(root) / folder)).float()  # (N, 4, 4)
+    poses = torch.from_numpy(synthetic_world.read_synthetic_poses(Path(root) / folder)).float()  # [N, 4, 4]
     T = torch.linalg.inv(poses[frame + 1]) @ poses[frame]                # target -> source
     return inputs, depth, T[None]
 
@@ -488,7 +507,7 @@ def demo(cfg):
               ("auto-mask (white = pixel used)", true["automask"].float())]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.0 * len(panels)))
     for ax, (title, img) in zip(axes, panels):
-        img = img[0].permute(1, 2, 0).numpy()                          # (H, W, C)
+        img = img[0].permute(1, 2, 0).numpy()                          # [H, W, C]
         ax.imshow(img.clip(0, 1) if img.shape[2] == 3 else img[..., 0],
                   cmap=None if img.shape[2] == 3 else ("magma" if "error" in title else "gray"))
         ax.set_title(title, fontsize=9)
@@ -500,10 +519,10 @@ def demo(cfg):
 
 
 def main(argv=None):
+    """Command line generated from DemoConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description="Warp a synthetic frame with its true depth and "
                                      "pose; compare the loss with that of a constant depth.")
-    for f in fields(DemoConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_dataclass_flags(parser, DemoConfig)
     cfg = DemoConfig(**vars(parser.parse_args(argv)))
     torch.set_grad_enabled(False)
     data = importlib.import_module("01_data")

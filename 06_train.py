@@ -1,26 +1,19 @@
-"""Step 6: training - presets, the self-supervised loop, checkpoints, exact resume, AMP and DDP.
+"""06 - train: the self-supervised training program: presets, the loop, checkpoints, exact resume.
 
-Concept. Everything before this file is a piece; here they become a program (SPEC.md section 3,
-the protocol of Monodepth2 that SQLDepth reuses): a batch of frame triplets (I-1, I0, I+1) from
-01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two camera motions from the pose network
-and the photometric loss of 05_posenet_loss, minimised with Adam; StepLR divides the learning rate
-by 10 after `lr_step` epochs. `train_step` is one step of that (Exercise 6.1); the rest is the
-engineering that makes long runs safe and repeatable:
-- presets (`PRESETS`): the embedded CPU default on the synthetic world and the three KITTI set-ups
-  of the released models; every field of `TrainConfig` (and of the model's DepthNetConfig, as flat
-  flags such as --num_queries) can be overridden on the command line;
-- any split a researcher brings: --split NAME reads SPLIT_DIR/NAME/{train,val}_files.txt, or
-  --train_files FILE --val_files FILE; whatever lists are in use, 01_data's checker refuses them
-  before any data is read when they share a drive with the evaluation split (--eval_split);
-- one fixed-format log line per interval and the same numbers in RUN/log.csv, curves in RUN/;
-- atomic checkpoints (RUN/ckpt.pt = last, RUN/best.pt = lowest validation loss, or the latest
-  checkpoint until the first validation has run); `--resume RUN`
-  continues with the same loss sequence as an uninterrupted run (CPU): the sample order comes from
-  (seed, epoch), augmentation from (seed, epoch, index) inside KittiRaw, and the RNG states are
-  saved; Ctrl-C / SIGTERM save and exit; a NaN/Inf loss stops before anything is overwritten;
-- GPU: --amp (bf16 autocast), --channels_last, pinned memory, persistent workers, --profile;
-- torchrun: DistributedDataParallel, each process its own shard of the data, rank 0 writes;
-  --batch_size is per process (N processes: N x batch_size images per step, same lr).
+Concept. Everything before this file is a piece; here they become a program, following the
+protocol of Monodepth2 that SQLDepth reuses (paper Sec. 4, implementation details): a batch of
+frame triplets (I-1, I0, I+1) from 01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two
+camera motions from the pose network and the photometric loss of 05_posenet_loss, minimised with
+Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in this order:
+`TrainConfig` and `PRESETS` (the CPU default on the synthetic world and the three KITTI set-ups of
+the released models), `build_networks`, `loss_config`, `train_step` (one step: Exercise 6.1),
+`validate`, and `Trainer.fit` (the loop: RUN/ckpt.pt after every epoch, RUN/best.pt = lowest
+validation loss). Below the engineering banner: the command line (every field of TrainConfig and
+of the model's DepthNetConfig is a flag), torchrun / DistributedDataParallel, a batch sampler
+whose order is a function of (seed, epoch) so that --resume continues with the same loss sequence,
+split lists checked for train/test drive overlap, atomic checkpoints, logs and curves, Ctrl-C /
+SIGTERM handling, --profile, and main. Where we differ from the official trainer: README, "Where we
+follow the paper, and where the official code".
 
 Run: `python 06_train.py` (synthetic world, about 11 minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
@@ -31,16 +24,6 @@ imports 07). Tests: tests/test_06_train.py.
 Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss, 130 stopped by SIGINT,
 143 stopped by SIGTERM (the shell convention 128 + signal number; a checkpoint was saved first),
 otherwise the exit code of 07_eval.py when the final evaluation fails.
-
-Where we differ from the official trainer (hisfog/SfMNeXt-Impl, Monodepth2's trainer.py):
-- the monocular translation scaling defaults to "depth" (t x mean depth), not the official
-  "inv_depth" (t x mean 1/depth): the SQL head starts near 40 m, so the official choice shrinks the
-  first camera motions to ~2e-4 and a prototype stalled, then collapsed its depth scale (05's
-  LossConfig.pose_scaling explains more; --pose_scaling inv_depth restores the official one);
-- AMP covers the depth network only; poses, warping and SSIM stay in float32;
-- the sample order is drawn from (seed, epoch) instead of the global RNG, so runs resume exactly;
-- best.pt is chosen by the validation self-supervised loss (works without ground truth); the
-  official code keeps the checkpoint of every epoch and evaluates them offline.
 """
 import argparse
 import csv
@@ -62,17 +45,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
-geo = importlib.import_module("05_posenet_loss")
+posenet_loss = importlib.import_module("05_posenet_loss")
 
 HERE = Path(__file__).resolve().parent
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
 
-# ----------------------------------------------------------------------------------------------
-# Configuration and presets
-# ----------------------------------------------------------------------------------------------
+# ---- Configuration and presets ----
 @dataclass
 class TrainConfig:
     """Everything a run needs; the defaults, with _synthetic_model() and use_stereo, make the
@@ -84,7 +69,7 @@ class TrainConfig:
     split_dir: str = ""             # SPLIT_DIR: your lists, used as given ("" = 01's download cache)
     train_files: str = ""           # a one-off train list ("folder frame side" lines) instead of --split
     val_files: str = ""             # the validation list file that goes with --train_files
-    eval_split: str = ""            # test split whose drives the train + val lists may not use; "" = synthetic/eigen
+    eval_split: str = ""            # test split whose drives train + val may not use ("" = synthetic/eigen)
     allow_split_overlap: bool = False  # train anyway when train and test splits share drives (leakage!)
     img_ext: str = ".jpg"           # image file extension (KITTI as downloaded: .png)
     drop_missing: bool = False      # drop split lines whose frames are missing instead of stopping
@@ -133,7 +118,7 @@ def _synthetic_model():
 
 
 def _kitti_preset(name, height, width):
-    """A released-model set-up: SPEC section 3 (Adam 1e-4, batch 16, 25 epochs, StepLR(15, 0.1))."""
+    """A released-model set-up: Adam 1e-4, batch 16, 25 epochs, StepLR(15, 0.1) (README, "KITTI")."""
     model = asdict(replace(bins.PRESETS[name], pretrained="imagenet"))
     return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
                 lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
@@ -160,11 +145,336 @@ def preset_config(name):
     return TrainConfig(**PRESETS[name]())
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line: one flag per TrainConfig field, model fields as flat flags
-# ----------------------------------------------------------------------------------------------
+# ---- Networks, the loss configuration, one training step, validation ----
+def build_networks(cfg, device, load_pretrained=True):
+    """(DepthNet, pose network) on the device, initialised from the global torch RNG."""
+    model = dict(cfg.model) if load_pretrained else {**cfg.model, "pretrained": None}
+    depth_net = bins.DepthNet(bins.DepthNetConfig(**model))
+    # Monodepth2's ResNet pose encoder starts from ImageNet when the depth encoder does (a local
+    # --pretrained file is a depth-encoder checkpoint, possibly ResNet-50: not for the pose net).
+    pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
+    pose_net = (posenet_loss.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
+                else posenet_loss.PoseResNet(18, pose_pretrained))
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
+    return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)
+
+
+def make_optimizer(cfg, depth_net, pose_net):
+    """Adam over both networks (pose lr = lr x pose_lr_scale). The fused kernel (one pass over all
+    parameters instead of several ops per tensor; the same update up to float rounding) where the
+    installed PyTorch has it for the device; the plain one otherwise."""
+    groups = [{"params": list(depth_net.parameters()), "lr": cfg.lr},
+              {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):             # no fused Adam for this device / PyTorch version
+        return torch.optim.Adam(groups)
+
+
+def frame_ids(cfg):
+    """The frames of a sample: target 0, sources -1 and +1, plus "s" (the other camera) with stereo."""
+    return (0, -1, 1) + (("s",) if cfg.use_stereo else ())
+
+
+def loss_config(cfg):
+    """05's LossConfig of this run."""
+    return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
+                                   ssim_window=cfg.ssim_window, smoothness_weight=cfg.smoothness_weight,
+                                   automask=cfg.automask, pose_scaling=cfg.pose_scaling,
+                                   min_depth=cfg.model["min_depth"], max_depth=cfg.model["max_depth"])
+
+
+def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
+    """One optimisation step of self-supervised training; returns the loss terms (0-d tensors).
+
+    Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
+    [B, 1, H/2, W/2] of the augmented target frame inputs["color_aug"][0] [B, 3, H, W], the source
+    poses with posenet_loss.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B, 4, 4]}),
+    the loss dict with posenet_loss.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim),
+    back-propagate its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
+    "smoothness"} as detached 0-d tensors, not floats: float() makes the host wait for the GPU,
+    and the loop reads all three at once, after the step. Only the depth network runs under
+    torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
+    float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
+    rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
+    timer("backward"), timer("optimizer") after each phase (--profile).
+    Hint: without zero_grad the gradients of all earlier steps add up; without optimizer.step()
+    nothing learns (tests/test_06_train.py checks both against a step computed by hand).
+    """
+    tick = timer or (lambda phase: None)
+    target = inputs["color_aug"][0]                                    # [B, 3, H, W]
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=target.device.type, dtype=torch.bfloat16, enabled=amp):
+        depth = depth_net(target)                                      # [B, 1, H/2, W/2]
+    depth = depth.float()
+    poses = posenet_loss.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: [B, 4, 4]}
+    out = posenet_loss.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim)
+    tick("forward")
+    out["loss"].backward()
+    tick("backward")
+    optimizer.step()
+    tick("optimizer")
+    return {k: out[k].detach() for k in LOSS_TERMS}
+
+
+LOSS_TERMS = ("loss", "photometric", "smoothness")
+
+
+@torch.no_grad()
+def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
+    """(mean self-supervised loss over the val split (all ranks' shards), the self-query diagnostics
+    of 04_bins.stats_from_extras on this rank's first val batch). Eval mode, and a forked RNG seeded
+    with cfg.seed: the auto-mask noise is the same at every validation and the training RNG stream
+    is untouched (so validating or not never changes the training run)."""
+    depth_net.eval()
+    pose_net.eval()
+    loss_sum, count = torch.zeros((), dtype=torch.float64, device=device), 0   # summed on the device
+    stats = dict.fromkeys(bins.INTERNALS_STATS, float("nan"))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        for i, batch in enumerate(loader):
+            if cfg.val_batches and i >= cfg.val_batches:
+                break
+            batch = to_device(batch, device, cfg.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
+                out = depth_net(batch["color"][0], return_extras=True)
+            depth = out["depth"].float()                                # as in train_step
+            if i == 0:   # do the queries differ, how many bins are used? (reads the device: once)
+                stats = bins.stats_from_extras(out)
+            poses = posenet_loss.predict_poses(pose_net, batch, loss_cfg, depth=depth)
+            loss = posenet_loss.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
+            loss_sum += loss.double() * len(depth)
+            count += len(depth)
+    depth_net.train()
+    pose_net.train()
+    total = torch.stack([loss_sum, torch.full((), count, dtype=torch.float64, device=device)])
+    if info.world > 1:
+        dist.all_reduce(total)
+    loss_sum, count = total.tolist()                                 # the one host read
+    return (loss_sum / count if count > 0 else float("nan")), stats
+
+
+def amp_on(cfg, device):
+    """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
+    return cfg.amp and device.type == "cuda"
+
+
+# ---- The loop ----
+class Trainer:
+    """State of one run: networks, optimiser, schedule, loaders, counters, log files."""
+
+    def __init__(self, cfg, info, device, ckpt=None):
+        self.cfg, self.info, self.device = cfg, info, device
+        if cfg.data == "kitti" and not cfg.data_path:
+            raise ValueError("--data kitti needs --data_path DIR (the KITTI raw root with the date folders)")
+        default_world = cfg.data == "synthetic" and not cfg.data_path
+        root = ensure_synthetic_world(cfg, info) if default_world else Path(cfg.data_path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data path {root} not found")
+        self.cfg = cfg = replace(cfg, data_path=str(root.resolve()))
+        train_set, val_set, files = make_datasets(cfg, root, info)
+        # Recorded in the checkpoint for 07_eval (which warns when it evaluates on these drives),
+        # as drive names, so the check works wherever the list files end up.
+        self.split_record = {"split_files": {k: str(v) for k, v in files.items()},
+                             "train_drives": sorted({f for f, _, _ in train_set.lines + val_set.lines})}
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+
+        torch.manual_seed(cfg.seed)              # same initial weights on every rank
+        # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
+        self.depth_net, self.pose_net = main_rank_first(
+            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
+        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
+        self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
+        self.ssim = posenet_loss.make_ssim(self.loss_cfg)
+        self.ssim = self.ssim.to(device) if self.ssim is not None else None
+        if ckpt is not None:
+            self.load_state(ckpt)
+        else:
+            torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
+        self.nets = (self.depth_net, self.pose_net)
+        if info.world > 1:                       # static_graph: the encoder's fc is never used
+            wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+            self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
+        self.run_dir = Path(cfg.run_dir)
+
+    def fit(self, stop):
+        """The loop until total_steps, a signal or a non-finite loss; returns the exit code."""
+        cfg, info = self.cfg, self.info
+        if info.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("log.csv", "val.csv"):
+                truncate_csv(self.run_dir / name, self.step)
+            print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
+                  f"{info.world} process(es) | {self.steps_per_epoch} steps/epoch | step {self.step} -> "
+                  f"{self.total_steps} | {self.device} | {self.run_dir}", flush=True)
+        interval = dict(start=time.perf_counter(), data=0.0, steps=0)
+        last_saved, data_iter = self.step, self.batches()
+        while self.step < self.total_steps:
+            tick = time.perf_counter()
+            try:
+                b, batch = next(data_iter)
+            except Exception:
+                if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
+                    break
+                raise
+            interval["data"] += time.perf_counter() - tick
+            batch = to_device(batch, self.device, cfg.channels_last)
+            terms = train_step(*self.nets, batch, self.optimizer, self.loss_cfg, self.ssim,
+                               amp=amp_on(cfg, self.device))
+            self.step += 1
+            interval["steps"] += 1
+            log_now = info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps)
+            values, nonfinite, signum = step_outcome(terms, stop.signum, info, need_values=log_now)
+            if nonfinite:                        # nothing is saved: the model may hold NaNs now
+                bad = [f"{k}={v}" for k, v in zip(LOSS_TERMS, values) if not math.isfinite(v)]
+                where = ", ".join(bad) or "on another process"
+                return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
+            if log_now:
+                self.log(dict(zip(LOSS_TERMS, values)), interval)
+            epoch_end = b + 1 == self.steps_per_epoch
+            if epoch_end:
+                self.epoch += 1
+                self.scheduler.step()            # StepLR counts epochs (after the optimizer steps)
+            if signum:
+                stop.signum = signum
+                break
+            if epoch_end or (cfg.save_every and self.step % cfg.save_every == 0):
+                paused = time.perf_counter()
+                try:
+                    self.save(validate_too=epoch_end)
+                except NonFinite as err:
+                    return self.stop_nonfinite(str(err), last_saved)
+                last_saved = self.step
+                interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
+        data_iter.close()
+        try:
+            if stop.signum or last_saved != self.step:
+                self.save(validate_too=not stop.signum)   # no validation when asked to stop
+        except NonFinite as err:
+            return self.stop_nonfinite(str(err), last_saved)
+        if stop.signum:
+            if info.main:
+                print(f"{signal.Signals(stop.signum).name}: saved {self.run_dir / 'ckpt.pt'} at step "
+                      f"{self.step}; continue with --resume {self.run_dir}", flush=True)
+            return 128 + stop.signum
+        self.ddp_check()
+        return 0
+
+    def batches(self):
+        """(batch index within the epoch, batch) from the current position to total_steps."""
+        while self.step < self.total_steps:
+            skip = self.step - self.epoch * self.steps_per_epoch  # > 0 only when resumed mid-epoch
+            self.sampler.set_epoch(self.epoch, skip)
+            for b, batch in enumerate(self.train_loader, start=skip):
+                yield b, batch
+                if self.step >= self.total_steps:
+                    return
+
+    def save(self, validate_too):
+        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
+        with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
+        written: NonFinite is raised instead."""
+        bad = first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
+                               ("pose", self.pose_net)) for n, p in net.named_parameters()])
+        if bad:
+            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
+        improved = False
+        if validate_too:
+            val, stats = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
+                                  self.cfg, self.device, self.info)
+            improved = val < self.best_val
+            self.best_val = val if improved else self.best_val
+        if not self.info.main:
+            return
+        state = self.state()
+        save_checkpoint(state, self.run_dir / "ckpt.pt")
+        if improved or not (self.run_dir / "best.pt").exists():
+            save_checkpoint(state, self.run_dir / "best.pt")
+        if validate_too:
+            row = dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats)
+            append_csv(self.run_dir / "val.csv", VAL_COLUMNS, row)
+            print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
+                  f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
+                  f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
+                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']}", flush=True)
+
+    def log(self, terms, interval):
+        """One fixed-format line and one log.csv row; throughput over the interval since the last."""
+        now = time.perf_counter()
+        elapsed = max(now - interval["start"], 1e-9)
+        row = dict(step=self.step, epoch=self.epoch, loss=terms["loss"], photometric=terms["photometric"],
+                   smoothness=terms["smoothness"], lr=float(self.optimizer.param_groups[0]["lr"]),
+                   img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
+                   data_wait_pct=100.0 * interval["data"] / elapsed,
+                   eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
+        append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
+        print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
+              f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
+              f"lr {row['lr']:.1e} | "
+              f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
+              f"ETA {format_time(row['eta_s'])}", flush=True)
+        interval.update(start=now, data=0.0, steps=0)
+
+    def stop_nonfinite(self, what, last_saved):
+        """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
+        if self.info.main:
+            print(f"error: {what}; stopped without saving, the last good checkpoint is "
+                  f"{self.run_dir / 'ckpt.pt'} (step {last_saved})", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+
+    def ddp_check(self):
+        """Under torchrun: gather a checksum of each rank's parameters; rank 0 prints them (they
+        must agree, or the gradients were not averaged)."""
+        if self.info.world == 1:
+            return
+        params = [p.detach().double() for n in self.nets for p in _unwrap(n).parameters()]
+        mine = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)]).to(self.device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.info.world)]
+        dist.all_gather(gathered, mine)
+        if self.info.main:
+            sums = [tuple(float(x) for x in g.cpu()) for g in gathered]
+            same = all(s == sums[0] for s in sums)
+            print(f"ddp: parameter checksums of {len(sums)} ranks {'agree' if same else 'DIFFER'}: {sums}",
+                  flush=True)
+
+    def load_state(self, ckpt):
+        """Continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)."""
+        try:
+            self.depth_net.load_state_dict(ckpt["model"])
+            self.pose_net.load_state_dict(ckpt["pose"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"the checkpoint does not match its config: {_one_line(err)}") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
+        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
+                             f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
+        set_rng_state(ckpt["rng"])
+        if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
+            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
+
+    def state(self):
+        return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
+                "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
+                "rng": rng_state()}
+
+
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The command line, processes and devices (torchrun / DDP), the batch sampler, data loading,
+# checkpoints and RNG states (exact resume), logging and plots, signals, profiling, main.
+# ==============================================================================================
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags ----
 CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"],
-           "pose_scaling": list(geo.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
+           "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
            "queries": ["self", "learned", "none"]}
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
@@ -173,19 +483,6 @@ ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
 # Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
 # 07_eval's leakage warning); not options, so --resume leaves them out of the TrainConfig.
 RECORD_KEYS = ("split_files", "train_drives")
-
-
-def _add_flag(parser, name, default, help_text):
-    """--name with the type of the default; bools get --name / --no-name; default None = not given."""
-    text = f"{help_text or ''} (default: {default!r})".replace("%", "%%")   # argparse %-formats help
-    kw = dict(default=None, help=text)
-    if name in CHOICES:
-        kw["choices"] = CHOICES[name]
-    if isinstance(default, bool):
-        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **kw)
-    else:
-        kind = str if default is None else type(default)
-        parser.add_argument(f"--{name}", type=kind, **kw)
 
 
 def build_parser():
@@ -202,14 +499,11 @@ def build_parser():
                "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
                "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
     base = preset_config("synthetic-cpu")
-    helps = data.field_comments(TrainConfig)
-    for f in fields(TrainConfig):
-        if f.name != "model":
-            _add_flag(parser, f.name, getattr(base, f.name), helps.get(f.name))
+    # only_given: a flag not given parses to None, so parse_args applies only the given ones over
+    # the chosen preset (the help shows the synthetic-cpu values).
+    add_dataclass_flags(parser, TrainConfig, defaults=base, choices=CHOICES, skip=("model",), only_given=True)
     group = parser.add_argument_group("model (04_bins.DepthNetConfig; defaults: the preset's)")
-    model_helps = data.field_comments(bins.DepthNetConfig)
-    for name in MODEL_FIELDS:
-        _add_flag(group, name, base.model[name], model_helps.get(name))
+    add_dataclass_flags(group, bins.DepthNetConfig, defaults=base.model, choices=CHOICES, only_given=True)
     return parser
 
 
@@ -229,9 +523,7 @@ def apply_overrides(cfg, given):
     return replace(cfg, **train, model=model)
 
 
-# ----------------------------------------------------------------------------------------------
-# Processes, devices, data
-# ----------------------------------------------------------------------------------------------
+# ---- Processes and devices ----
 @dataclass
 class Dist:
     rank: int = 0        # this process's rank (torchrun's RANK)
@@ -317,6 +609,7 @@ def choose_device(spec, info):
     return torch.device("cuda", index)
 
 
+# ---- The batch sampler ----
 class EpochBatches:
     """Batch sampler whose order is a pure function of (seed, epoch): rank r takes every world-th
     index of one permutation (a DistributedSampler without padding), `drop_last`; set_epoch(epoch,
@@ -348,6 +641,7 @@ class EpochBatches:
             yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
 
 
+# ---- Data loading ----
 def ensure_synthetic_world(cfg, info):
     """The default data: generate data/synthetic with synthetic_world.py (rank 0 first; skipped when
     complete)."""
@@ -455,126 +749,7 @@ def to_device(batch, device, channels_last=False):
     return data.images_to_float(move(batch))
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks and one training step
-# ----------------------------------------------------------------------------------------------
-def build_networks(cfg, device, load_pretrained=True):
-    """(DepthNet, pose network) on the device, initialised from the global torch RNG."""
-    model = dict(cfg.model) if load_pretrained else {**cfg.model, "pretrained": None}
-    depth_net = bins.DepthNet(bins.DepthNetConfig(**model))
-    # Monodepth2's ResNet pose encoder starts from ImageNet when the depth encoder does (a local
-    # --pretrained file is a depth-encoder checkpoint, possibly ResNet-50: not for the pose net).
-    pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
-    pose_net = (geo.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
-                else geo.PoseResNet(18, pose_pretrained))
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
-    return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)
-
-
-def make_optimizer(cfg, depth_net, pose_net):
-    """Adam over both networks (pose lr = lr x pose_lr_scale). The fused kernel (one pass over all
-    parameters instead of several ops per tensor; the same update up to float rounding) where the
-    installed PyTorch has it for the device; the plain one otherwise."""
-    groups = [{"params": list(depth_net.parameters()), "lr": cfg.lr},
-              {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
-    try:
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError):             # no fused Adam for this device / PyTorch version
-        return torch.optim.Adam(groups)
-
-
-def frame_ids(cfg):
-    """The frames of a sample: target 0, sources -1 and +1, plus "s" (the other camera) with stereo."""
-    return (0, -1, 1) + (("s",) if cfg.use_stereo else ())
-
-
-def loss_config(cfg):
-    """05's LossConfig of this run."""
-    return geo.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo, ssim_window=cfg.ssim_window,
-                          smoothness_weight=cfg.smoothness_weight, automask=cfg.automask,
-                          pose_scaling=cfg.pose_scaling, min_depth=cfg.model["min_depth"],
-                          max_depth=cfg.model["max_depth"])
-
-
-def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
-    """One optimisation step of self-supervised training; returns the loss terms (0-d tensors).
-
-    Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
-    [B,1,H/2,W/2] of the augmented target frame inputs["color_aug"][0] [B,3,H,W], the source
-    poses with geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B,4,4]}), the
-    loss dict with geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim), back-propagate
-    its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
-    "smoothness"} as detached 0-d tensors, not floats: float() makes the host wait for the GPU,
-    and the loop reads all three at once, after the step. Only the depth network runs under
-    torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
-    float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
-    rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
-    timer("backward"), timer("optimizer") after each phase (--profile).
-    Hint: without zero_grad the gradients of all earlier steps add up; without optimizer.step()
-    nothing learns (tests/test_06_train.py checks both against a step computed by hand).
-    """
-    tick = timer or (lambda phase: None)
-    target = inputs["color_aug"][0]                                    # (B, 3, H, W)
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=target.device.type, dtype=torch.bfloat16, enabled=amp):
-        depth = depth_net(target)                                      # (B, 1, H/2, W/2)
-    depth = depth.float()
-    poses = geo.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: (B, 4, 4)}
-    out = geo.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim)
-    tick("forward")
-    out["loss"].backward()
-    tick("backward")
-    optimizer.step()
-    tick("optimizer")
-    return {k: out[k].detach() for k in LOSS_TERMS}
-
-
-LOSS_TERMS = ("loss", "photometric", "smoothness")
-
-
-@torch.no_grad()
-def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
-    """(mean self-supervised loss over the val split (all ranks' shards), the self-query diagnostics
-    of 04_bins.stats_from_extras on this rank's first val batch). Eval mode, and a forked RNG seeded
-    with cfg.seed: the auto-mask noise is the same at every validation and the training RNG stream
-    is untouched (so validating or not never changes the training run)."""
-    depth_net.eval()
-    pose_net.eval()
-    loss_sum, count = torch.zeros((), dtype=torch.float64, device=device), 0   # summed on the device
-    stats = dict.fromkeys(bins.INTERNALS_STATS, float("nan"))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
-        for i, batch in enumerate(loader):
-            if cfg.val_batches and i >= cfg.val_batches:
-                break
-            batch = to_device(batch, device, cfg.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
-                out = depth_net(batch["color"][0], return_extras=True)
-            depth = out["depth"].float()                                # as in train_step
-            if i == 0:   # do the queries differ, how many bins are used? (reads the device: once)
-                stats = bins.stats_from_extras(out)
-            poses = geo.predict_poses(pose_net, batch, loss_cfg, depth=depth)
-            loss = geo.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
-            loss_sum += loss.double() * len(depth)
-            count += len(depth)
-    depth_net.train()
-    pose_net.train()
-    total = torch.stack([loss_sum, torch.full((), count, dtype=torch.float64, device=device)])
-    if info.world > 1:
-        dist.all_reduce(total)
-    loss_sum, count = total.tolist()                                 # the one host read
-    return (loss_sum / count if count > 0 else float("nan")), stats
-
-
-def amp_on(cfg, device):
-    """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
-    return cfg.amp and device.type == "cuda"
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints (atomic) and RNG states
-# ----------------------------------------------------------------------------------------------
+# ---- Checkpoints (atomic) and RNG states ----
 def rng_state():
     """torch / CUDA / numpy / python RNG states in types torch.load(weights_only=True) accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -655,9 +830,7 @@ def _unwrap(net):
     return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
 
-# ----------------------------------------------------------------------------------------------
-# Logging and plots (rank 0)
-# ----------------------------------------------------------------------------------------------
+# ---- Logging and plots (rank 0) ----
 LOG_COLUMNS = ("step", "epoch", "loss", "photometric", "smoothness", "lr", "img_per_s",
                "data_wait_pct", "eta_s")
 VAL_COLUMNS = ("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS
@@ -738,9 +911,7 @@ def save_plots(run_dir, model):
     return run_dir / "curves.png"
 
 
-# ----------------------------------------------------------------------------------------------
-# Signals: finish the step, save, exit
-# ----------------------------------------------------------------------------------------------
+# ---- Signals: finish the step, save, exit ----
 class NonFinite(Exception):
     """A NaN/Inf weight found when about to save."""
 
@@ -748,7 +919,7 @@ class NonFinite(Exception):
 def first_nonfinite(named_tensors):
     """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
     one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # (P,) bools
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # [P] bools
     if bool(finite.all()):
         return None
     return named_tensors[int((~finite).int().argmax())][0]
@@ -787,7 +958,7 @@ def step_outcome(terms, signum, info, need_values):
     after a step, with one host read, after the optimizer step. One process: the three terms
     themselves. Under torchrun: a (non-finite, signal) pair reduced with max over all processes on
     the device, so everyone stops together; the terms only when logged (need_values) or bad."""
-    values = torch.stack([terms[k] for k in LOSS_TERMS])              # (3,) on the device
+    values = torch.stack([terms[k] for k in LOSS_TERMS])              # [3] on the device
     if info.world == 1:
         host = values.tolist()
         return host, not all(map(math.isfinite, host)), signum
@@ -798,215 +969,7 @@ def step_outcome(terms, signum, info, need_values):
     return (values.tolist() if need_values or nonfinite else None), bool(nonfinite), signum
 
 
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
-class Trainer:
-    """State of one run: networks, optimiser, schedule, loaders, counters, log files."""
-
-    def __init__(self, cfg, info, device, ckpt=None):
-        self.cfg, self.info, self.device = cfg, info, device
-        if cfg.data == "kitti" and not cfg.data_path:
-            raise ValueError("--data kitti needs --data_path DIR (the KITTI raw root with the date folders)")
-        default_world = cfg.data == "synthetic" and not cfg.data_path
-        root = ensure_synthetic_world(cfg, info) if default_world else Path(cfg.data_path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"data path {root} not found")
-        self.cfg = cfg = replace(cfg, data_path=str(root.resolve()))
-        train_set, val_set, files = make_datasets(cfg, root, info)
-        # Recorded in the checkpoint for 07_eval (which warns when it evaluates on these drives),
-        # as drive names, so the check works wherever the list files end up.
-        self.split_record = {"split_files": {k: str(v) for k, v in files.items()},
-                             "train_drives": sorted({f for f, _, _ in train_set.lines + val_set.lines})}
-        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        total = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
-
-        torch.manual_seed(cfg.seed)              # same initial weights on every rank
-        # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
-        self.depth_net, self.pose_net = main_rank_first(
-            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
-        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
-        self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
-        self.ssim = geo.make_ssim(self.loss_cfg)
-        self.ssim = self.ssim.to(device) if self.ssim is not None else None
-        if ckpt is not None:
-            self.load_state(ckpt)
-        else:
-            torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
-        self.nets = (self.depth_net, self.pose_net)
-        if info.world > 1:                       # static_graph: the encoder's fc is never used
-            wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
-            self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
-        self.run_dir = Path(cfg.run_dir)
-
-    def load_state(self, ckpt):
-        """Continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)."""
-        try:
-            self.depth_net.load_state_dict(ckpt["model"])
-            self.pose_net.load_state_dict(ckpt["pose"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"the checkpoint does not match its config: {_one_line(err)}") from None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
-        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
-                             f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
-        set_rng_state(ckpt["rng"])
-        if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
-            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
-
-    def state(self):
-        return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
-                "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
-                "rng": rng_state()}
-
-    def save(self, validate_too):
-        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
-        with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
-        written: NonFinite is raised instead."""
-        bad = first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
-                               ("pose", self.pose_net)) for n, p in net.named_parameters()])
-        if bad:
-            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
-        improved = False
-        if validate_too:
-            val, stats = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
-                                  self.cfg, self.device, self.info)
-            improved = val < self.best_val
-            self.best_val = val if improved else self.best_val
-        if not self.info.main:
-            return
-        state = self.state()
-        save_checkpoint(state, self.run_dir / "ckpt.pt")
-        if improved or not (self.run_dir / "best.pt").exists():
-            save_checkpoint(state, self.run_dir / "best.pt")
-        if validate_too:
-            append_csv(self.run_dir / "val.csv", VAL_COLUMNS,
-                       dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats))
-            print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
-                  f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
-                  f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
-                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']}", flush=True)
-
-    def batches(self):
-        """(batch index within the epoch, batch) from the current position to total_steps."""
-        while self.step < self.total_steps:
-            skip = self.step - self.epoch * self.steps_per_epoch  # > 0 only when resumed mid-epoch
-            self.sampler.set_epoch(self.epoch, skip)
-            for b, batch in enumerate(self.train_loader, start=skip):
-                yield b, batch
-                if self.step >= self.total_steps:
-                    return
-
-    def fit(self, stop):
-        """The loop until total_steps, a signal or a non-finite loss; returns the exit code."""
-        cfg, info = self.cfg, self.info
-        if info.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("log.csv", "val.csv"):
-                truncate_csv(self.run_dir / name, self.step)
-            print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
-                  f"{info.world} process(es) | {self.steps_per_epoch} steps/epoch | step {self.step} -> "
-                  f"{self.total_steps} | {self.device} | {self.run_dir}", flush=True)
-        interval = dict(start=time.perf_counter(), data=0.0, steps=0)
-        last_saved, data_iter = self.step, self.batches()
-        while self.step < self.total_steps:
-            tick = time.perf_counter()
-            try:
-                b, batch = next(data_iter)
-            except Exception:
-                if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
-                    break
-                raise
-            interval["data"] += time.perf_counter() - tick
-            batch = to_device(batch, self.device, cfg.channels_last)
-            terms = train_step(*self.nets, batch, self.optimizer, self.loss_cfg, self.ssim,
-                               amp=amp_on(cfg, self.device))
-            self.step += 1
-            interval["steps"] += 1
-            log_now = info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps)
-            values, nonfinite, signum = step_outcome(terms, stop.signum, info, need_values=log_now)
-            if nonfinite:                        # nothing is saved: the model may hold NaNs now
-                bad = [f"{k}={v}" for k, v in zip(LOSS_TERMS, values) if not math.isfinite(v)]
-                where = ", ".join(bad) or "on another process"
-                return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
-            if log_now:
-                self.log(dict(zip(LOSS_TERMS, values)), interval)
-            epoch_end = b + 1 == self.steps_per_epoch
-            if epoch_end:
-                self.epoch += 1
-                self.scheduler.step()            # StepLR counts epochs (after the optimizer steps)
-            if signum:
-                stop.signum = signum
-                break
-            if epoch_end or (cfg.save_every and self.step % cfg.save_every == 0):
-                paused = time.perf_counter()
-                try:
-                    self.save(validate_too=epoch_end)
-                except NonFinite as err:
-                    return self.stop_nonfinite(str(err), last_saved)
-                last_saved = self.step
-                interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
-        data_iter.close()
-        try:
-            if stop.signum or last_saved != self.step:
-                self.save(validate_too=not stop.signum)   # no validation when asked to stop
-        except NonFinite as err:
-            return self.stop_nonfinite(str(err), last_saved)
-        if stop.signum:
-            if info.main:
-                print(f"{signal.Signals(stop.signum).name}: saved {self.run_dir / 'ckpt.pt'} at step "
-                      f"{self.step}; continue with --resume {self.run_dir}", flush=True)
-            return 128 + stop.signum
-        self.ddp_check()
-        return 0
-
-    def stop_nonfinite(self, what, last_saved):
-        """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
-        if self.info.main:
-            print(f"error: {what}; stopped without saving, the last good checkpoint is "
-                  f"{self.run_dir / 'ckpt.pt'} (step {last_saved})", file=sys.stderr, flush=True)
-        return EXIT_NONFINITE
-
-    def log(self, terms, interval):
-        """One fixed-format line and one log.csv row; throughput over the interval since the last."""
-        now = time.perf_counter()
-        elapsed = max(now - interval["start"], 1e-9)
-        row = dict(step=self.step, epoch=self.epoch, loss=terms["loss"], photometric=terms["photometric"],
-                   smoothness=terms["smoothness"], lr=float(self.optimizer.param_groups[0]["lr"]),
-                   img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
-                   data_wait_pct=100.0 * interval["data"] / elapsed,
-                   eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
-        append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
-        print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
-              f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
-              f"lr {row['lr']:.1e} | "
-              f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
-              f"ETA {format_time(row['eta_s'])}", flush=True)
-        interval.update(start=now, data=0.0, steps=0)
-
-    def ddp_check(self):
-        """Under torchrun: gather a checksum of each rank's parameters; rank 0 prints them (they
-        must agree, or the gradients were not averaged)."""
-        if self.info.world == 1:
-            return
-        params = [p.detach().double() for n in self.nets for p in _unwrap(n).parameters()]
-        mine = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)]).to(self.device)
-        gathered = [torch.zeros_like(mine) for _ in range(self.info.world)]
-        dist.all_gather(gathered, mine)
-        if self.info.main:
-            sums = [tuple(float(x) for x in g.cpu()) for g in gathered]
-            same = all(s == sums[0] for s in sums)
-            print(f"ddp: parameter checksums of {len(sums)} ranks {'agree' if same else 'DIFFER'}: {sums}",
-                  flush=True)
-
-
+# ---- Profiling ----
 class PartClock:
     """Where a training step's time goes, by part, for --profile. Forward: module hooks time the
     depth net, the pose net and SSIM; the rest of the forward pass is warping and the loss. Backward:
@@ -1127,6 +1090,7 @@ def profile(trainer, steps, warmup=2):
     return 0
 
 
+# ---- The final evaluation, the run folder, main ----
 def run_eval(run_dir):
     """The final evaluation, exactly as a user would type it (06 never imports 07)."""
     cmd = [sys.executable, "07_eval.py", "--checkpoint", str(run_dir / "best.pt"), "--baselines", "--figures"]

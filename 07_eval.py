@@ -1,7 +1,8 @@
-"""07 - Evaluation: the Eigen protocol, the synthetic test split, baselines, figures, and inference.
+"""07 - eval: the Eigen protocol, the synthetic test split, baselines, figures, and inference.
 
-Concept: how monocular depth is scored (SPEC.md section 4; paper section 4, Tables 1-2; the protocol
-of Eigen et al. 2014 as coded by Monodepth2, which SQLDepth's official code reuses unchanged):
+Concept: how monocular depth is scored (paper Sec. 4, Tables 1-2; the protocol of Eigen et al. 2014
+as coded by Monodepth2, github.com/nianticlabs/monodepth2, which SQLDepth's official code,
+github.com/hisfog/SfMNeXt-Impl, reuses unchanged):
 
 1. predict depth at the network's input size (optionally `--post_process`: average with the
    flipped-back prediction of the mirrored image, with 5% ramps at the borders);
@@ -34,6 +35,8 @@ Deviation from the official code: the official SQLDepth evaluation passes its DE
 (flip-average of depth, not of 1/depth), so our numbers are comparable with the released ones.
 The untrained-network baseline is built with pretrained=None (truly untrained, and no download).
 
+The metrics come first; below the engineering banner: loading models, data and ground truth,
+tables, pictures, `--compare`, `--predict` with PLY point clouds, and the command line.
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
 (runs this file as a subprocess at the end of the default run).
 Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`,
@@ -45,7 +48,7 @@ import hashlib
 import importlib
 import os
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
 
@@ -63,45 +70,11 @@ METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")  # the pap
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
 
-@dataclass
-class EvalConfig:
-    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
-    official: str = ""  # or a folder with the released official encoder.pth + depth.pth
-    data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
-    data_path: str = ""  # dataset root; "" = the checkpoint's data_path
-    split: str = ""  # eigen | eigen_benchmark | synthetic; "" = synthetic or eigen by data
-    split_file: str = ""  # a custom list of "folder frame side" lines; GT kind still set by --split
-    split_dir: str = ""  # folder of downloaded split lists; "" = the checkpoint's (else 01's cache)
-    gt_path: str = ""  # eigen: a GT .npz from 01_data.export_gt_depth ("" = made in data_path)
-    img_ext: str = ""  # image extension; "" = the checkpoint's (else .jpg)
-    batch_size: int = 4  # images per forward pass
-    num_workers: int = 0  # DataLoader workers
-    post_process: bool = False  # flip averaging with 5% border ramps (Monodepth2 / official)
-    eval_stereo: bool = False  # metric scale x5.4 instead of per-image median scaling
-    max_images: int = 0  # evaluate only the first N frames (0 = all)
-    baselines: bool = False  # add the mean-training-depth and untrained-network rows
-    figures: bool = False  # save prediction and cost-volume/bin figures
-    num_figure_frames: int = 4  # rows of the prediction figure
-    predict: str = ""  # an image, a folder of images or a glob: run inference only
-    ply: bool = False  # --predict: also write a coloured point cloud
-    ply_ascii: bool = False  # write ASCII PLY instead of binary little-endian
-    fx: float = 0.0  # --ply intrinsics in pixels of the input image (0 = KITTI's normalised K)
-    fy: float = 0.0  # focal length y, pixels
-    cx: float = 0.0  # principal point x, pixels
-    cy: float = 0.0  # principal point y, pixels
-    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict; --compare: <runs>/compare)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0  # seed of the untrained-network baseline
-    model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
-    compare: list = field(default_factory=list)  # run folders (best.pt) or checkpoints: one table, seeds averaged
-
-
-# ----------------------------------------------------------------------------- metrics
-
+# ---- Metrics ----
 def median_scale(gt, pred):
     """Per-image median scaling of a scale-ambiguous monocular prediction.
 
-    Exercise 7.1: given the valid GT and predicted depths of ONE image, 1-D arrays (N,), return
+    Exercise 7.1: given the valid GT and predicted depths of ONE image, 1-D arrays [N], return
     (pred * ratio, ratio) with ratio = median(gt) / median(pred), so the scaled prediction has the
     same median as the GT. Hint: the ratio multiplies the prediction (not divides it).
     """
@@ -113,7 +86,7 @@ def compute_depth_errors(gt, pred):
     """The seven standard depth metrics between matching valid depths.
 
     Exercise 7.2: implement the metrics of Eigen et al. (paper Table 1) on 1-D float arrays gt, pred
-    (N,) of positive depths in metres, returning a dict with keys abs_rel = mean(|gt-pred|/gt),
+    [N] of positive depths in metres, returning a dict with keys abs_rel = mean(|gt-pred|/gt),
     sq_rel = mean((gt-pred)^2/gt), rmse = sqrt(mean((gt-pred)^2)), rmse_log = sqrt(mean((ln gt -
     ln pred)^2)) and a1, a2, a3 = fraction of pixels with max(gt/pred, pred/gt) < 1.25, 1.25^2, 1.25^3.
     Hint: natural logarithms, and a strict "<" for the thresholds.
@@ -132,7 +105,7 @@ def compute_depth_errors(gt, pred):
 
 
 def garg_crop_mask(height, width):
-    """Boolean (H, W) mask of the Garg et al. crop used with the eigen split (fractions of the size)."""
+    """Boolean [H, W] mask of the Garg et al. crop used with the eigen split (fractions of the size)."""
     top, bottom, left, right = (np.array(GARG_CROP) * [height, height, width, width]).astype(np.int32)
     mask = np.zeros((height, width), bool)
     mask[top:bottom, left:right] = True
@@ -150,13 +123,13 @@ def evaluation_mask(gt, split):
 def post_process_depth(depth, depth_flipped_back):
     """Monodepth(1)'s flip post-processing with 5% border ramps, applied to depth as the official code does.
 
-    depth, depth_flipped_back: (B, 1, h, w); the second is the prediction for the mirrored image,
+    depth, depth_flipped_back: [B, 1, h, w]; the second is the prediction for the mirrored image,
     mirrored back. Near the left border the mirrored prediction is used (its view of that border is
     not disoccluded), near the right border the direct one; in the middle their mean. Weights: 1 on
     the outer 5% of the width, a linear ramp to 0 at 10%.
     """
     w = depth.shape[-1]
-    x = torch.linspace(0, 1, w, device=depth.device, dtype=depth.dtype)  # (w,)
+    x = torch.linspace(0, 1, w, device=depth.device, dtype=depth.dtype)  # [w]
     left = 1.0 - torch.clamp(20 * (x - 0.05), 0, 1)  # 1 near the left border, 0 after 10%
     right = left.flip(0)  # mirror image of the left ramp
     mean = 0.5 * (depth + depth_flipped_back)
@@ -164,18 +137,18 @@ def post_process_depth(depth, depth_flipped_back):
 
 
 def resize_to(pred, height, width):
-    """Bilinear resize of a (h, w) numpy prediction to (height, width) (cv2.resize's half-pixel rule)."""
+    """Bilinear resize of a [h, w] numpy prediction to (height, width) (cv2.resize's half-pixel rule)."""
     if pred.shape == (height, width):
         return pred
-    t = torch.from_numpy(np.ascontiguousarray(pred, np.float32))[None, None]  # (1, 1, h, w)
+    t = torch.from_numpy(np.ascontiguousarray(pred, np.float32))[None, None]  # [1, 1, h, w]
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin_masks=None):
-    """Score predictions against GT per image, then average (SPEC section 4).
+    """Score predictions against GT per image, then average (steps 2-5 of the module docstring).
 
-    gts: list of (H_i, W_i) GT depth (0 = none); preds: list of (h, w) predicted depth at any size;
-    thin_masks: optional list of (H_i, W_i) bool masks of thin structures. Returns a dict with the
+    gts: list of [H_i, W_i] GT depth (0 = none); preds: list of [h, w] predicted depth at any size;
+    thin_masks: optional list of [H_i, W_i] bool masks of thin structures. Returns a dict with the
     seven metrics, "n" (frames scored), "ratios" (median-scaling ratios) and "thin_abs_rel"
     (pooled over every valid thin pixel of every frame; NaN without masks or thin pixels).
     """
@@ -185,7 +158,7 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
         mask = evaluation_mask(gt, split)
         if not mask.any():
             continue  # a frame without valid GT cannot be scored (Monodepth2 would produce NaN)
-        gt_valid, pred_valid = gt[mask], pred[mask] * scale  # (N,)
+        gt_valid, pred_valid = gt[mask], pred[mask] * scale  # [N]
         ratio = 1.0
         if median_scaling:
             pred_valid, ratio = median_scale(gt_valid, pred_valid)
@@ -201,7 +174,8 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
     if not errors:
         raise data.DataError(f"no frame of the {split} split has valid ground truth")
     result = {k: float(np.mean([e[k] for e in errors])) for k in METRICS}
-    result.update(n=len(errors), ratios=np.array(ratios), thin_abs_rel=thin_err / thin_n if thin_n else float("nan"))
+    result.update(n=len(errors), ratios=np.array(ratios),
+                  thin_abs_rel=thin_err / thin_n if thin_n else float("nan"))
     return result
 
 
@@ -218,8 +192,23 @@ def print_ratio_stats(ratios):
         print(f"   median scaling ratios | median {med:.3f} | std/median {np.std(ratios / med):.3f}")
 
 
-# ----------------------------------------------------------------------------- models
+@torch.no_grad()
+def predict_depth(model, images, post_process=False):
+    """Network depth [B, h, w] numpy for images [B, 3, H, W] in [0, 1]; h, w = H/2, W/2."""
+    if post_process:  # one pass on the image and its mirror, like Monodepth2
+        both = model(torch.cat([images, images.flip(-1)], 0))  # [2B, 1, h, w]
+        depth = post_process_depth(both[: len(images)], both[len(images):].flip(-1))
+    else:
+        depth = model(images)  # [B, 1, h, w]
+    return depth[:, 0].float().cpu().numpy()
 
+
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# Loading models, data and ground truth, tables, pictures, run comparison (--compare), inference on
+# your own images (--predict, PLY) and the command line.
+# ==============================================================================================
+# ---- Models ----
 def _one_line(err):
     """First line of an exception message (PyTorch's state-dict errors span many lines)."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -271,19 +260,7 @@ def load_official(folder, device):
     return _build_and_load(config["model"], state_dict, folder, device), config
 
 
-@torch.no_grad()
-def predict_depth(model, images, post_process=False):
-    """Network depth (B, h, w) numpy for images (B, 3, H, W) in [0, 1]; h, w = H/2, W/2."""
-    if post_process:  # one pass on the image and its mirror, like Monodepth2
-        both = model(torch.cat([images, images.flip(-1)], 0))  # (2B, 1, h, w)
-        depth = post_process_depth(both[: len(images)], both[len(images):].flip(-1))
-    else:
-        depth = model(images)  # (B, 1, h, w)
-    return depth[:, 0].float().cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- data and GT
-
+# ---- Data and ground truth ----
 def split_lines(cfg, kind="test"):
     """Split lines (folder, frame, side) of --split_file, or of the named split's `kind` list."""
     if cfg.split_file and kind == "test":
@@ -296,7 +273,7 @@ def split_lines(cfg, kind="test"):
 
 
 def load_ground_truth(cfg, lines):
-    """List of (H, W) float32 GT depths for the lines: eigen from an .npz, others from pngs."""
+    """List of [H, W] float32 GT depths for the lines: eigen from an .npz, others from pngs."""
     if cfg.split != "eigen":
         gts = []
         for folder, frame, side in lines:
@@ -328,7 +305,7 @@ def load_ground_truth(cfg, lines):
 
 
 def load_thin_masks(cfg, lines):
-    """Thin-structure masks (H, W) bool of the synthetic world (None when the files are absent)."""
+    """Thin-structure masks [H, W] bool of the synthetic world (None when the files are absent)."""
     import synthetic_world
     masks = []
     for folder, frame, _ in lines:
@@ -348,13 +325,13 @@ def test_loader(cfg, lines, height, width):
 
 
 def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
-    """Predictions (list of (h, w) depth) for every test frame, plus the first keep_images inputs.
+    """Predictions (list of [h, w] depth) for every test frame, plus the first keep_images inputs.
 
-    on_batch(img), if given, sees every input batch (B, 3, H, W) too (the comparison's statistics).
+    on_batch(img), if given, sees every input batch [B, 3, H, W] too (the comparison's statistics).
     """
     preds, images = [], []
     for batch in loader:
-        img = data.image_to_float(batch["color"][0].to(device))  # (B, 3, H, W) in [0, 1]
+        img = data.image_to_float(batch["color"][0].to(device))  # [B, 3, H, W] in [0, 1]
         preds.extend(predict_depth(model, img, cfg.post_process))
         images.extend(img[: max(0, keep_images - len(images))].cpu())
         if on_batch is not None:
@@ -363,7 +340,7 @@ def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
 
 
 def mean_training_depth(cfg):
-    """Baseline: the per-pixel mean of the dense training GT maps of the synthetic world, ignoring zeros (H, W)."""
+    """Baseline: the per-pixel mean of the dense training GT maps of the synthetic world, ignoring zeros [H, W]."""
     total = count = None
     train = replace(cfg, split="synthetic")  # a custom split file may sit on a synthetic tree too
     for folder, frame, side in split_lines(train, "train"):
@@ -379,8 +356,7 @@ def mean_training_depth(cfg):
     return np.where(count > 0, total / np.maximum(count, 1.0), fill).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- tables
-
+# ---- Tables ----
 LEAK_MARK = " [trained on test drives]"  # appended to the model's row name when its training leaked
 
 
@@ -433,13 +409,12 @@ def save_table(rows, out_dir, split, warning=None):
     return csv_path, md_path
 
 
-# ----------------------------------------------------------------------------- pictures
-
+# ---- Pictures ----
 def colorize_inverse_depth(depth):
-    """(H, W) depth -> (H, W, 3) uint8 magma of 1/depth, normalised per image by robust percentiles.
+    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
 
     The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
-    constant offset) never leave the picture black (SPEC section 6).
+    constant offset) never leave the picture black (README, "KITTI").
     """
     import matplotlib
     inv = 1.0 / np.maximum(depth, MIN_DEPTH)
@@ -482,8 +457,8 @@ def save_internals_figure(model, image, path, num_slices=4):
     if "cost_volume" not in out or "bin_centers" not in out:
         print("   (this variant has no cost volume / bins: internals figure skipped)")
         return False
-    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # (Q, h, w), (D,)
-    probs = out["probs"][0].cpu() if "probs" in out else None  # (D, h, w)
+    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # [Q, h, w], [D]
+    probs = out["probs"][0].cpu() if "probs" in out else None  # [D, h, w]
     h, w = volume.shape[-2:]
     stats = bins.stats_from_extras(out)
     fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
@@ -514,7 +489,7 @@ def save_internals_figure(model, image, path, num_slices=4):
     return True
 
 
-# ----------------------------------------------------------------------------- run comparison
+# ---- Run comparison ----
 # `--compare RUN ...`: what does each variant buy? One run's noise can be as large as the effect of
 # a design choice, so runs that differ only by seed are one variant, reported as mean +- std.
 
@@ -578,16 +553,16 @@ def mean_std(values):
 
 
 def densest_window(mask, height, width):
-    """(top, left) of the height x width window of a (H, W) bool mask holding the most True pixels.
+    """(top, left) of the height x width window of a [H, W] bool mask holding the most True pixels.
 
     A summed-area table gives every window's count at once; ties go to the first window in raster
     order. The window is shrunk to the mask where the mask is smaller.
     """
     H, W = mask.shape
     height, width = min(height, H), min(width, W)
-    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # (H+1, W+1)
+    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # [H+1, W+1]
     counts = (table[height:, width:] - table[:-height, width:] - table[height:, :-width]
-              + table[:-height, :-width])  # (H-height+1, W-width+1): window counts by top-left corner
+              + table[:-height, :-width])  # [H-height+1, W-width+1]: window counts by top-left corner
     top, left = np.unravel_index(np.argmax(counts), counts.shape)
     return int(top), int(left)
 
@@ -668,8 +643,8 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
     """The same test frames side by side: per frame a row of inputs (the crop outlined), a row of
     inverse depth and a row of an enlarged crop around the densest thin structures (outlined in cyan).
 
-    images: list of (3, H, W) inputs; gts, thin: their (H_gt, W_gt) GT depth and thin masks (thin may be
-    None); columns: list of (title, list of (h, w) predictions of those frames, None for the GT column);
+    images: list of [3, H, W] inputs; gts, thin: their [H_gt, W_gt] GT depth and thin masks (thin may be
+    None); columns: list of (title, list of [h, w] predictions of those frames, None for the GT column);
     names: a caption per frame.
     """
     import matplotlib
@@ -764,8 +739,7 @@ def run_compare(cfg, device):
     return aggregated, per_run
 
 
-# ----------------------------------------------------------------------------- inference on own images
-
+# ---- Inference on your own images ----
 def list_images(spec):
     """Image paths of --predict: one file, every image of a folder (sorted), or a glob pattern."""
     path = Path(spec)
@@ -791,7 +765,7 @@ def _output_names(paths):
 
 
 def write_ply(path, points, colors, ascii=False):
-    """Coloured point cloud: points (N, 3) float32 metres, colors (N, 3) uint8; PLY 1.0 by hand."""
+    """Coloured point cloud: points [N, 3] float32 metres, colors [N, 3] uint8; PLY 1.0 by hand."""
     header = ("ply\nformat {} 1.0\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").format(
         "ascii" if ascii else "binary_little_endian", len(points))
@@ -808,9 +782,9 @@ def write_ply(path, points, colors, ascii=False):
 
 
 def back_project(depth, K):
-    """Camera-frame points (H*W, 3) from depth (H, W) and pixel intrinsics K (3x3 or 4x4)."""
+    """Camera-frame points [H*W, 3] from depth [H, W] and pixel intrinsics K (3x3 or 4x4)."""
     h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) pixel rows, columns
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)  # [H, W] pixel rows, columns
     x = (u - K[0, 2]) / K[0, 0] * depth  # X right, Y down, Z forward (camera convention)
     y = (v - K[1, 2]) / K[1, 1] * depth
     return np.stack([x, y, depth], -1).reshape(-1, 3)
@@ -829,8 +803,8 @@ def run_predict(model, config, cfg, device, out_dir):
         except OSError as err:
             raise data.DataError(f"cannot read image {path}: {_one_line(err)}") from None
         w0, h0 = image.size
-        net_in = np.asarray(image.resize((width, height), Image.LANCZOS), np.float32) / 255.0  # (H, W, 3)
-        tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # (1, 3, H, W)
+        net_in = np.asarray(image.resize((width, height), Image.LANCZOS), np.float32) / 255.0  # [H, W, 3]
+        tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W]
         depth = resize_to(predict_depth(model, tensor, cfg.post_process)[0], h0, w0) * scale  # (h0, w0)
         stem = out_dir / f"{name}_depth"
         Image.fromarray(colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
@@ -850,7 +824,40 @@ def run_predict(model, config, cfg, device, out_dir):
     return 0
 
 
-# ----------------------------------------------------------------------------- main
+# ---- Command line ----
+@dataclass
+class EvalConfig:
+    """What `python 07_eval.py` does: evaluate a checkpoint, compare runs, or predict for images."""
+    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
+    official: str = ""  # or a folder with the released official encoder.pth + depth.pth
+    data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
+    data_path: str = ""  # dataset root; "" = the checkpoint's data_path
+    split: str = ""  # eigen | eigen_benchmark | synthetic; "" = synthetic or eigen by data
+    split_file: str = ""  # a custom list of "folder frame side" lines; GT kind still set by --split
+    split_dir: str = ""  # folder of downloaded split lists; "" = the checkpoint's (else 01's cache)
+    gt_path: str = ""  # eigen: a GT .npz from 01_data.export_gt_depth ("" = made in data_path)
+    img_ext: str = ""  # image extension; "" = the checkpoint's (else .jpg)
+    batch_size: int = 4  # images per forward pass
+    num_workers: int = 0  # DataLoader workers
+    post_process: bool = False  # flip averaging with 5% border ramps (Monodepth2 / official)
+    eval_stereo: bool = False  # metric scale x5.4 instead of per-image median scaling
+    max_images: int = 0  # evaluate only the first N frames (0 = all)
+    baselines: bool = False  # add the mean-training-depth and untrained-network rows
+    figures: bool = False  # save prediction and cost-volume/bin figures
+    num_figure_frames: int = 4  # rows of the prediction figure
+    predict: str = ""  # an image, a folder of images or a glob: run inference only
+    ply: bool = False  # --predict: also write a coloured point cloud
+    ply_ascii: bool = False  # write ASCII PLY instead of binary little-endian
+    fx: float = 0.0  # --ply intrinsics in pixels of the input image (0 = KITTI's normalised K)
+    fy: float = 0.0  # focal length y, pixels
+    cx: float = 0.0  # principal point x, pixels
+    cy: float = 0.0  # principal point y, pixels
+    out: str = ""  # output folder ("" = next to the checkpoint; --predict: <that>/predict; --compare: <runs>/compare)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seed of the untrained-network baseline
+    model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
+    compare: list = field(default_factory=list)  # run folders (best.pt) or checkpoints: one table, seeds averaged
+
 
 def _defaults_from(config, cfg, source_dir):
     """Fill the empty fields of cfg from the checkpoint's training config."""
@@ -909,19 +916,9 @@ def evaluate(model, config, cfg, device):
 
 
 def parse_args(argv=None):
-    """EvalConfig from the command line (one flag per field; --a_b and --a-b both work)."""
+    """EvalConfig from the command line (one flag per field, generated by cli.add_dataclass_flags)."""
     parser = argparse.ArgumentParser(description="Evaluate SQLDepth (Eigen protocol) or predict depth for images.")
-    comments = {k: v.replace("%", "%%") for k, v in data.field_comments(EvalConfig).items()}  # argparse %-formats
-    for f in fields(EvalConfig):
-        names = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
-        if isinstance(f.default, bool):
-            parser.add_argument(*names, dest=f.name, action="store_true", help=comments.get(f.name))
-        elif f.default is MISSING:  # a list field (--compare A B C)
-            parser.add_argument(*names, dest=f.name, nargs="+", default=f.default_factory(), metavar="RUN",
-                                help=comments.get(f.name))
-        else:
-            parser.add_argument(*names, dest=f.name, type=type(f.default), default=f.default,
-                                help=f"{comments.get(f.name, '')} (default: {f.default!r})")
+    add_dataclass_flags(parser, EvalConfig)
     return EvalConfig(**vars(parser.parse_args(argv)))
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
+
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
@@ -598,7 +600,7 @@ class WorldConfig:
 def main(argv=None):
     """Command line generated from WorldConfig; returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data.add_dataclass_flags(parser, WorldConfig)
+    add_dataclass_flags(parser, WorldConfig)
     cfg = WorldConfig(**vars(parser.parse_args(argv)))
     try:
         if cfg.render_bench:

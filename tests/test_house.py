@@ -4,8 +4,14 @@ Data flows one way (01 -> 07): a script may import only scripts with a lower num
 world (synthetic_world.py, a data source outside the reading order) imports 01 only, and 01-05
 import the world only inside functions (their demos), never when they are imported themselves.
 Run-time dependencies stay torch, numpy, pillow, matplotlib (and the standard library).
+Every script reads top-down: a docstring opening "NN - name: ...", the concept code first (its
+first definition within 120 lines, lines of at most 110 characters), then one engineering section
+below ENGINEERING_BANNER. References are self-contained (no file outside the repository is cited),
+and every command line follows cli.py: --a_b and --a-b, help text for every flag, --flag/--no-flag.
 """
+import argparse
 import ast
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -15,8 +21,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(ROOT.glob("0[1-7]_*.py"))
 WORLD = ROOT / "synthetic_world.py"
+CLI = ROOT / "cli.py"
+ENGINEERING_BANNER = "# ---- Engineering: not needed to understand SQLDepth ----"
+FIRST_DEFINITION_WITHIN, CONCEPT_LINE_LENGTH = 120, 110
+IMPORTLIB_NOTE = "A module name cannot start with a digit"
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "PIL", "matplotlib"}
-LOCAL_MODULES = {"synthetic_world"}  # unnumbered files of this repository, importable by name
+LOCAL_MODULES = {"synthetic_world", "cli"}  # unnumbered files of this repository, importable by name
 
 
 def _imports(path):
@@ -84,7 +94,7 @@ def test_early_scripts_import_the_world_only_in_functions(path):
     assert not lines, f"{path.name} imports synthetic_world at module level (lines {lines})"
 
 
-@pytest.mark.parametrize("path", SCRIPTS + [WORLD], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SCRIPTS + [WORLD, CLI], ids=lambda p: p.name)
 def test_dependencies_are_the_five(path):
     """No run-time dependency beyond torch, numpy, pillow, matplotlib and the standard library."""
     packages, _ = _imports(path)
@@ -99,3 +109,95 @@ def test_script_opens_with_docstring_and_has_a_demo(path):
     tree = ast.parse(path.read_text())
     assert ast.get_docstring(tree), f"{path.name} has no module docstring"
     assert "__main__" in path.read_text(), f"{path.name} has no __main__ demo"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_script_reads_top_down(path):
+    """Docstring "NN - name: ...", the first concept definition within 120 lines, one engineering
+    banner, concept lines of at most 110 characters, and the importlib convention explained where
+    the script first uses it."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    assert ast.get_docstring(tree).startswith(f"{path.name[:2]} - "), f"{path.name}: docstring opening"
+    first = min(n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    assert first <= FIRST_DEFINITION_WITHIN, f"{path.name}: first definition at line {first}"
+    lines = text.splitlines()
+    assert lines.count(ENGINEERING_BANNER) == 1, f"{path.name}: one engineering banner"
+    concept = lines[: lines.index(ENGINEERING_BANNER)]
+    long = [i + 1 for i, line in enumerate(concept) if len(line) > CONCEPT_LINE_LENGTH]
+    assert not long, f"{path.name}: concept lines over {CONCEPT_LINE_LENGTH} characters: {long}"
+    use = text.find('importlib.import_module("0')
+    if use >= 0:
+        assert IMPORTLIB_NOTE in text[:use], f"{path.name}: explain the importlib convention at its first use"
+
+
+def _project_text_files():
+    skip = {".git", ".venv", "runs", "data", "cache", "__pycache__", ".pytest_cache"}
+    for path in sorted(ROOT.rglob("*")):
+        parts = path.relative_to(ROOT).parts
+        if path.suffix in (".py", ".md") and not (set(parts) & skip or parts[0].startswith("mine")):
+            yield path
+
+
+def test_references_are_self_contained():
+    """No file cites the project's former internal notes (the names are built here so that this
+    file does not match itself); references are the paper, the official repositories and the README."""
+    internal = ["SPEC" + ".md", "DESIGN" + ".md", "SPEC" + " sec"]
+    found = [f"{p.relative_to(ROOT)}: {name}" for p in _project_text_files() for name in internal
+             if name in p.read_text()]
+    assert not found, found
+
+
+class _Parsed(Exception):
+    """Raised instead of parsing, carrying the parser a script built."""
+
+    def __init__(self, parser):
+        super().__init__("parser built")
+        self.parser = parser
+
+
+def _module(path):
+    if path.parent != ROOT:
+        raise ValueError(path)
+    return importlib.import_module(path.stem)
+
+
+@pytest.mark.parametrize("path", SCRIPTS + [WORLD], ids=lambda p: p.name)
+def test_command_line_convention(path, monkeypatch):
+    """Every flag has both spellings (--num_layers and --num-layers) and help text; a bool is a
+    --flag / --no-flag pair (no store_true): the parser each script's main builds, caught before
+    it parses."""
+    def capture(self, args=None, namespace=None):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed) as caught:
+        _module(path).main([])
+    actions = [a for a in caught.value.parser._actions if not isinstance(a, argparse._HelpAction)]
+    assert actions, f"{path.name}: no flags"
+    for action in actions:
+        names = set(action.option_strings)
+        assert action.help and action.help.strip(), f"{path.name}: {sorted(names)} has no help"
+        assert not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)), \
+            f"{path.name}: {sorted(names)} is a store_true/false flag, not --flag / --no-flag"
+        both = {f"--{action.dest}", f"--{action.dest.replace('_', '-')}"}
+        assert both <= names, f"{path.name}: {sorted(names)} lacks {sorted(both - names)}"
+
+
+def test_cli_bool_named_no_and_list_fields():
+    """cli.py: a bool field named no_x keeps both spellings positive (--no-x is not its negation),
+    and a list field takes one or more values."""
+    import dataclasses
+    cli = importlib.import_module("cli")
+
+    @dataclasses.dataclass
+    class Config:
+        no_eval: bool = False  # skip the evaluation
+        runs: list = dataclasses.field(default_factory=list)  # run folders
+
+    parser = argparse.ArgumentParser()
+    cli.add_dataclass_flags(parser, Config)
+    assert parser.parse_args(["--no-eval"]).no_eval is True
+    assert parser.parse_args(["--no_eval", "--no-no-eval"]).no_eval is False
+    assert parser.parse_args(["--runs", "a", "b"]).runs == ["a", "b"]
+    assert parser.parse_args([]).runs == []
