@@ -96,7 +96,7 @@ class TrainConfig:
     seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
-    channels_last: bool = False     # NHWC memory layout for the depth network (faster convs on GPU)
+    channels_last: bool = True      # NHWC layout of both networks and their inputs (faster here, README)
     num_workers: int = 1            # DataLoader worker processes per training process
     threads: int = 0                # CPU threads per process for PyTorch ops (0 = PyTorch's default)
     pin_memory: bool = True         # page-locked host batches (only used on CUDA)

@@ -397,7 +397,8 @@ def test_infinite_weights_after_a_finite_loss_are_never_saved(tiny_world, tmp_pa
         calls.append(1)
         if len(calls) == 2:                                 # the loss was finite, the weight is not
             with torch.no_grad():
-                next(depth_net.parameters()).view(-1)[0] = float("inf")
+                weight = next(depth_net.parameters())
+                weight[(0,) * weight.dim()] = float("inf")          # any layout (NHWC by default)
         return terms
 
     monkeypatch.setattr(t, "train_step", overflowing)
