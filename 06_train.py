@@ -15,7 +15,7 @@ split lists checked for train/test drive overlap, atomic checkpoints, logs and c
 SIGTERM handling, --profile, and main. Where we differ from the official trainer: README, "Where we
 follow the paper, and where the official code".
 
-Run: `python 06_train.py` (synthetic world, about 11 minutes on 2 CPU cores, ends with 07_eval.py),
+Run: `python 06_train.py` (synthetic world, 11 to 30 minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
 `torchrun --nproc_per_node=N 06_train.py ...`, `python 06_train.py --help` for every option.
 Uses 01_data, 04_bins, 05_posenet_loss; runs 07_eval.py as a subprocess at the end (06 never
