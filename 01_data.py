@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Every script's command line (cli.py); importable from here too, as data.field_comments.
-from cli import add_dataclass_flags, field_comments
+from cli import add_dataclass_flags  # the command line of every script (cli.py)
 
 
 # ---- Errors ----

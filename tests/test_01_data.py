@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
+
 # The real KITTI 2011_09_26 calibration (the keys Monodepth2 reads, plus the non-numeric time).
 CAM_TO_CAM_2011_09_26 = """calib_time: 09-Jan-2012 13:57:47
 corner_dist: 9.950000e-02
@@ -615,7 +617,7 @@ def test_add_dataclass_flags_spellings_bools_help_and_only_given():
     the default), choices, preset defaults, and only_given parsing to None for flags not given."""
     data = _data()
     parser = argparse.ArgumentParser()
-    data.add_dataclass_flags(parser, _FlagsConfig, skip=("model",))
+    cli.add_dataclass_flags(parser, _FlagsConfig, skip=("model",))
     assert vars(parser.parse_args([])) == {"num_layers": 18, "use_stereo": False, "pretrained": None}
     args = parser.parse_args(["--num-layers", "34", "--use_stereo", "--pretrained", "x.pth"])
     assert (args.num_layers, args.use_stereo, args.pretrained) == (34, True, "x.pth")
@@ -625,7 +627,7 @@ def test_add_dataclass_flags_spellings_bools_help_and_only_given():
                      "use_stereo": "add the stereo frame (default: False)",
                      "pretrained": "pretrained (default: None)"}
     given = argparse.ArgumentParser()
-    data.add_dataclass_flags(given, _FlagsConfig, defaults={"num_layers": 50, "use_stereo": True},
+    cli.add_dataclass_flags(given, _FlagsConfig, defaults={"num_layers": 50, "use_stereo": True},
                              choices={"num_layers": [18, 34, 50], "bins": ["sql"]}, skip=("model",),
                              only_given=True)
     assert vars(given.parse_args([])) == {"num_layers": None, "use_stereo": None, "pretrained": None}

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16)
 TINY_FLAGS = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
@@ -531,7 +533,7 @@ def test_every_flag_has_help(capsys):
         e.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    comments = e.data.field_comments(e.EvalConfig)
+    comments = cli.field_comments(e.EvalConfig)
     assert set(comments) == set(e.EvalConfig.__dataclass_fields__)
     for name, comment in comments.items():
         assert " ".join(comment.split())[:30] in text, name
