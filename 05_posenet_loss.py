@@ -213,9 +213,13 @@ def window_sum(x, window, dim):
     cumsum differenced at two points would carry the whole row's total in every difference).
     """
     n = x.shape[dim]
-    first = x.narrow(dim, 0, window).sum(dim, keepdim=True)
-    steps = x.narrow(dim, window, n - window) - x.narrow(dim, 0, n - window)
-    return torch.cat([first, steps], dim).cumsum(dim)
+    shape = list(x.shape)
+    shape[dim] = n - window + 1
+    out = x.new_empty(shape)            # filled in place: no concatenated copy
+    torch.sum(x.narrow(dim, 0, window), dim, keepdim=True, out=out.narrow(dim, 0, 1))
+    torch.sub(x.narrow(dim, window, n - window), x.narrow(dim, 0, n - window),
+              out=out.narrow(dim, 1, n - window))
+    return out.cumsum_(dim)
 
 
 def box_sum(x, window):
@@ -274,9 +278,12 @@ class SSIM(nn.Module):
         # (10-100x smaller rounding error than on raw [0, 1] values); c is added back to the means.
         c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # [B, C, 1, 1]
         x, y = x - c, y - c
-        maps = torch.cat([x, y, x * x, y * y, x * y])                      # [5B, C, H, W]: one pass
-        means = box_mean(F.pad(maps, [r, r, r, r], mode="reflect"), self.window)   # [5B, C, H, W]
-        mu_x, mu_y, e_xx, e_yy, e_xy = means.chunk(5)                       # each [B, C, H, W]
+        # The five maps in two stacks, one box filter each: the maps of x (the only ones a gradient
+        # flows through in training: the warped image) and the maps of y alone (the target).
+        r4 = [r, r, r, r]
+        mu_x, e_xx, e_xy = box_mean(F.pad(torch.cat([x, x * x, x * y]), r4, mode="reflect"),
+                                    self.window).chunk(3)               # each [B, C, H, W]
+        mu_y, e_yy = box_mean(F.pad(torch.cat([y, y * y]), r4, mode="reflect"), self.window).chunk(2)
         sigma_x, sigma_y, sigma_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
         mu_x, mu_y = mu_x + c, mu_y + c
         num = (2 * mu_x * mu_y + self.C1) * (2 * sigma_xy + self.C2)

@@ -543,6 +543,34 @@ def test_resize_is_pil_lanczos(tiny_world):
     assert data.image_to_float(floats["color"][0]) is floats["color"][0]  # float images pass unchanged
 
 
+def test_frame_cache_gives_the_same_samples_and_keeps_its_budget(tiny_world, monkeypatch):
+    """With a frame cache every sample (flip and jitter included, two epochs) equals the uncached
+    one, each frame file is decoded once, and a small budget keeps only what fits."""
+    data = _data()
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:6]
+    kwargs = dict(frame_ids=(0, -1, 1, "s"), is_train=True, seed=5)
+    plain = data.KittiRaw(tiny_world, lines, 32, 104, **kwargs)
+    cached = data.KittiRaw(tiny_world, lines, 32, 104, cache_mb=64, **kwargs)
+    decoded = Counter()
+    real_load = data.load_rgb
+    monkeypatch.setattr(data, "load_rgb", lambda path, size=None: decoded.update([path]) or real_load(path, size))
+    for epoch in (0, 1):
+        for i in range(len(lines)):
+            a, b = plain[(epoch, i)], cached[(epoch, i)]
+            for key in ("color", "color_aug"):
+                for fid in kwargs["frame_ids"]:
+                    assert torch.equal(a[key][fid], b[key][fid]), (epoch, i, key, fid)
+    frames = len(cached.frame_cache.frames)
+    assert frames == len({p for i in range(len(lines)) for p in cached.frame_paths(*cached.lines[i])})
+    assert cached.frame_cache.used == frames * 32 * 104 * 3
+    assert sum(decoded.values()) == 2 * 4 * len(lines) + frames   # the uncached set decodes every time
+    small = data.KittiRaw(tiny_world, lines, 32, 104, cache_mb=2.5 * 32 * 104 * 3 / 2 ** 20, **kwargs)
+    small[0]
+    assert len(small.frame_cache.frames) == 2 and small.frame_cache.used <= small.frame_cache.budget
+    with pytest.raises(ValueError, match="-1"):
+        data.KittiRaw(tiny_world, lines, 32, 104, cache_mb=-1)
+
+
 def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
     """Missing data folder / neighbour frame: DataError with the path (and the split file and its
     line number when known); drop_missing counts them."""
