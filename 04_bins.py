@@ -31,6 +31,7 @@ bin probabilities), `python 04_bins.py --bench` for the speed table. Tests: test
 """
 import argparse
 import copy
+import statistics
 import importlib
 import sys
 import time
@@ -381,8 +382,10 @@ def count_macs(model, img):
     return total[0]
 
 
-def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3):
-    """(params, MACs/image, inference ms/image, train step ms) of one preset at size (H, W)."""
+def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True):
+    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms) of one preset
+    at size (H, W); times are medians over `iters` after one warm-up. The train step adds Adam, fused
+    where this PyTorch has it for the device (as 06_train.py) unless fused_adam is False."""
     torch.manual_seed(0)
     model = DepthNet(PRESETS[preset]).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -395,12 +398,14 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 
     def timed(fn):
         fn()  # warm-up
-        sync()
-        start = time.perf_counter()
+        times = []
         for _ in range(iters):
+            sync()
+            start = time.perf_counter()
             fn()
-        sync()
-        return (time.perf_counter() - start) / iters * 1000.0
+            sync()
+            times.append((time.perf_counter() - start) * 1000.0)
+        return statistics.median(times)
 
     model.eval()
 
@@ -409,15 +414,24 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
             model(img)
     infer_ms = timed(infer) / batch_size
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = None
+    if fused_adam:
+        try:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step():
+    def forward_backward():
         with autocast:
             loss = model(img).float().mean()
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
+
+    def step():
+        forward_backward()
         opt.step()
-    return params, macs, infer_ms, timed(step)
+    return params, macs, infer_ms, timed(forward_backward), timed(step)
 
 
 PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
@@ -431,9 +445,10 @@ class BinsDemoConfig:
     preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
     device: str = "auto"  # "auto", "cpu" or "cuda"
     amp: bool = False  # benchmark: also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
-    channels_last: bool = False  # benchmark: channels_last memory format
+    channels_last: bool = True  # benchmark: channels_last memory format (06_train.py's default)
+    fused_adam: bool = True  # benchmark: the train step's Adam fused where available (as 06_train.py)
     batch_size: int = 2  # benchmark batch size
-    iters: int = 3  # benchmark: timed iterations after one warm-up
+    iters: int = 3  # benchmark: timed iterations after one warm-up (the median is reported)
     checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
     out: str = "runs/demo_04_bins.png"  # demo figure
     seed: int = 0  # demo: synthetic frame and weights seed
@@ -443,15 +458,16 @@ def run_bench(cfg, device):
     presets = [cfg.preset] if cfg.preset else list(PRESETS)
     modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, "
-          f"threads {torch.get_num_threads()}")
+          f"fused Adam {cfg.fused_adam}, threads {torch.get_num_threads()}, median of {cfg.iters}")
     print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
-          f"{'train ms/step':>13s}")
+          f"{'fwd+bwd ms':>10s} {'train ms/step':>13s}")
     for name in presets:
         for amp in modes:
             h, w = PRESET_SIZES[name]
-            p, macs, inf, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last, cfg.iters)
+            p, macs, inf, fb, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
+                                             cfg.iters, cfg.fused_adam)
             print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
-                  f"{inf:>12.1f} {tr:>13.1f}", flush=True)
+                  f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f}", flush=True)
 
 
 def depthnet_from_config(model_cfg, state_dict=None):

@@ -380,3 +380,24 @@ def test_bf16_autocast_on_cuda_stays_close_to_fp32():
     assert torch.isfinite(out).all()
     assert out.min() > cfg.min_depth and out.max() < cfg.max_depth
     assert ((out - ref).abs() / ref).mean() < 0.05
+
+
+def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
+    """The speed table's row: params and MACs of the preset, and three medians of timed calls; with
+    fused_adam the step uses Adam(fused=True) (as 06_train.py), without it the plain Adam."""
+    bins = bins_module()
+    made = []
+    real_adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam",
+                        lambda *a, **k: made.append(k.get("fused", False)) or real_adam(*a, **k))
+    small = bins.DepthNetConfig(num_layers=18, num_features=32, model_dim=16, patch_size=4, num_queries=8,
+                                num_bins=16, dim_feedforward=32)
+    monkeypatch.setitem(bins.PRESETS, "small", small)
+    for fused in (True, False):
+        params, macs, infer, fwd_bwd, step = bins.benchmark("small", (32, 96), torch.device("cpu"),
+                                                            batch_size=1, iters=1, fused_adam=fused)
+        net = bins.DepthNet(small)
+        assert params == sum(p.numel() for p in net.parameters())
+        assert macs == bins.count_macs(net, torch.rand(1, 3, 32, 96))
+        assert min(infer, fwd_bwd, step) > 0
+    assert made == [True, False]
