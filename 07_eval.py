@@ -44,6 +44,7 @@ Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`,
 Tests: tests/test_07_eval.py.
 """
 import argparse
+import csv
 import hashlib
 import importlib
 import os
@@ -498,7 +499,8 @@ def save_internals_figure(model, image, path, num_slices=4):
 # every run is scored on the same test split anyway, and a note is printed when it differs.)
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
-    "persistent_workers", "channels_last", "log_every", "save_every", "no_eval", "profile"})
+    "persistent_workers", "channels_last", "log_every", "save_every", "no_eval", "profile", "cache_mb",
+    "val_every"})
 COMPARE_COLUMNS = METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
 COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
 
@@ -687,6 +689,42 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
     plt.close(fig)
 
 
+def read_val_log(run_dir):
+    """{column: [values]} of a run folder's val.csv (step and the self-query diagnostics); {} without one."""
+    path = Path(run_dir) / "val.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in ("step",) + bins.INTERNALS_STATS if rows and k in rows[0]}
+
+
+def save_diagnostics_figure(logs, labels, path):
+    """The self-query diagnostics over training (val.csv of each run): one panel per diagnostic, one
+    line per run, the runs of one variant in one colour. logs: [(variant index, {column: values})]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    titles = {"query_similarity": "query similarity (mean pairwise cosine)",
+              "effective_rank": "cost-volume effective rank", "bins_99": "bins holding 99% of the probability"}
+    fig, axes = plt.subplots(1, len(titles), figsize=(4.2 * len(titles), 3.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (column, title) in zip(axes[0], titles.items()):
+        shown = set()
+        for variant, log in logs:
+            if column in log and not all(np.isnan(log[column])):
+                ax.plot(log["step"], log[column], "o-", ms=3, color=colours(variant % 10),
+                        label=None if variant in shown else labels[variant])
+                shown.add(variant)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def run_compare(cfg, device):
     """--compare: score every run on one test split, group seeds into variants, write the tables and figure."""
     paths = [resolve_run(spec) for spec in cfg.compare]
@@ -735,6 +773,12 @@ def run_compare(cfg, device):
     save_compare_figure(images, [gts[i] for i in frames], [thin[i] for i in frames] if thin else None,
                         columns, fig_path, names=[f"test frame {i}" for i in frames])
     written.append(fig_path)
+    logs = [(g, read_val_log(Path(cfg.compare[i]) if Path(cfg.compare[i]).is_dir() else paths[i].parent))
+            for g, members in enumerate(groups) for i in members]
+    if any(log for _, log in logs):
+        diag_path = out_dir / "compare_diagnostics.png"
+        save_diagnostics_figure(logs, labels, diag_path)
+        written.append(diag_path)
     print("-> " + ", ".join(str(p) for p in written))
     return aggregated, per_run
 

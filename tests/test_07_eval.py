@@ -436,6 +436,8 @@ def test_group_runs_labels_variants_by_the_fields_that_differ():
     assert groups == [[0, 4], [1, 3], [2]]
     assert labels == ["use_stereo=True, queries=none", "use_stereo=True, queries=self", "use_stereo=False, queries=self"]
     assert e.group_runs([base, {**base, "lr": 1e-4}])[1] == ["lr=0.0005", "lr=0.0001"]
+    # a run of a version without the frame cache or --val_every is still a seed of the same variant
+    assert e.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0}])[0] == [[0, 1]]
 
 
 def test_densest_window_matches_a_brute_force_search():
@@ -524,6 +526,10 @@ def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world,
     assert table[3].rstrip(" |").endswith("-")  # queries=none: no bins, no queries
     assert "queries=self" in printed and "queries=none" in printed
     assert (out / "compare_synthetic.png").stat().st_size > 1000
+    log = e.read_val_log(specs[0])                 # the run's val.csv: one validation, at its last step
+    assert log["step"] == [2.0] and -1 <= log["query_similarity"][0] <= 1
+    assert math.isnan(e.read_val_log(specs[2])["query_similarity"][0]) and e.read_val_log(out) == {}
+    assert (out / "compare_diagnostics.png").stat().st_size > 1000
 
 
 def test_every_flag_has_help(capsys):
