@@ -309,6 +309,19 @@ def test_validation_logs_the_self_query_diagnostics(two_step_run):
         assert 1 <= float(row["bins_99"]) <= 16                         # D = 16
 
 
+def test_val_every_validates_between_epoch_ends_without_changing_training(tiny_world, tmp_path):
+    """--val_every N adds a val.csv row (with the diagnostics) every N steps; the training run itself
+    (its logged losses) is the same as without the extra validations."""
+    assert run(tiny_world, tmp_path / "plain", "--max_steps", "4", "--log_every", "1") == 0
+    assert run(tiny_world, tmp_path / "often", "--max_steps", "4", "--log_every", "1",
+               "--val_every", "2") == 0
+    with open(tmp_path / "often" / "val.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(math.isfinite(float(r["query_similarity"])) for r in rows)
+    assert losses(tmp_path / "often") == losses(tmp_path / "plain")
+
+
 def test_stereo_run_adds_the_stereo_source(tiny_world, tmp_path, monkeypatch):
     """--use_stereo ("MS") trains with frame ids 0 -1 1 s: the loss sees the poses of -1, 1 and
     the fixed stereo transform, and the checkpoint records use_stereo for 07_eval."""
@@ -488,6 +501,21 @@ def test_cli_overrides_presets_including_flat_model_flags():
     assert default.preset == "synthetic-cpu" and default.data == "synthetic" and default.use_stereo
     assert t.parse_args(["--preset", "kitti-r50-640x192"])[0].use_stereo is False
     assert t.main(["--help"]) == 0
+
+
+def test_high_resolution_synthetic_preset_is_the_default_at_416x128():
+    """synthetic-cpu-416x128 is the default run at the world's stored size: only the input size and
+    the patch size (16 on the twice larger S0: the same 4 x 13 tokens) differ; its network runs."""
+    t = train()
+    low, high = t.preset_config("synthetic-cpu"), t.preset_config("synthetic-cpu-416x128")
+    differ = {k for k in t.TrainConfig.__dataclass_fields__ if getattr(low, k) != getattr(high, k)}
+    assert differ == {"preset", "height", "width", "model"}
+    assert (high.height, high.width) == (128, 416)
+    assert {k for k in low.model if low.model[k] != high.model[k]} == {"patch_size"}
+    bins = importlib.import_module("04_bins")
+    net = bins.DepthNet(bins.DepthNetConfig(**{**high.model, "pretrained": None})).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 128, 416)).shape == (1, 1, 64, 208)
 
 
 def _one_error_line(capsys):
