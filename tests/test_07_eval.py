@@ -437,7 +437,8 @@ def test_group_runs_labels_variants_by_the_fields_that_differ():
     assert labels == ["use_stereo=True, queries=none", "use_stereo=True, queries=self", "use_stereo=False, queries=self"]
     assert e.group_runs([base, {**base, "lr": 1e-4}])[1] == ["lr=0.0005", "lr=0.0001"]
     # a run of a version without the frame cache or --val_every is still a seed of the same variant
-    assert e.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0}])[0] == [[0, 1]]
+    assert e.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0,
+                                "split_files": {"train": "elsewhere/train_files.txt"}}])[0] == [[0, 1]]
 
 
 def test_densest_window_matches_a_brute_force_search():
