@@ -141,7 +141,7 @@ PRESETS = {
     "synthetic-cpu": lambda: dict(model=_synthetic_model(), use_stereo=True, num_workers=0,
                                   cache_mb=1024),
     # The same run at the world's stored 416x128 (4x the pixels: poles a few pixels wide instead of
-    # one or two), about an hour on 2 cores (README, "Thin structures at 416x128").
+    # one or two): about 35 minutes on 2 cores by its --profile (README, "Thin structures at 416x128").
     "synthetic-cpu-416x128": lambda: dict(model=_synthetic_model(patch_size=16), use_stereo=True,
                                           num_workers=0, cache_mb=1024, height=128, width=416),
     "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),
