@@ -50,6 +50,7 @@ from cli import add_dataclass_flags  # the command line of every script (cli.py)
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
+unet = importlib.import_module("02_unet")
 bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 
@@ -97,6 +98,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
     channels_last: bool = True      # NHWC layout of both networks and their inputs (faster here, README)
+    small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
     cache_mb: int = 0               # keep this many MB of decoded frames in memory, per dataset and process
     threads: int = 0                # CPU threads per process for PyTorch ops (0 = PyTorch's default)
@@ -167,6 +169,9 @@ def build_networks(cfg, device, load_pretrained=True):
     pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
     pose_net = (posenet_loss.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
                 else posenet_loss.PoseResNet(18, pose_pretrained))
+    if cfg.small_map_convs:  # the same gradients, faster on CPU (02_unet.SmallMapConv2d; unused on GPU)
+        for net in (depth_net, pose_net):
+            unet.use_small_map_convs(net)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
     return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)

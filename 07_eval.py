@@ -499,8 +499,8 @@ def save_internals_figure(model, image, path, num_slices=4):
 # every run is scored on the same test split anyway, and a note is printed when it differs.)
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
-    "persistent_workers", "channels_last", "log_every", "save_every", "no_eval", "profile", "cache_mb",
-    "val_every", "split_files"})  # split_files: where the lists were found (the split is named by `split`)
+    "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
+    "cache_mb", "val_every", "split_files"})  # split_files: where the lists were found (the split is named by `split`)
 COMPARE_COLUMNS = METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
 COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
 
