@@ -23,7 +23,9 @@ Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num_layers 18]` prints th
 Tests: tests/test_02_unet.py.
 """
 import argparse
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -320,15 +322,47 @@ def use_small_map_convs(net):
     return count
 
 
+# (batch, in channels, out channels, height, width, stride) of the benchmark: ResNet-18 layer4 and
+# layer3 of the 64x208 default, layer4 of the 128x416 preset, R50's 3x3 layer4 conv at 640x192 (batch
+# 2 and 16), and a 16x52 map above the pixel limit.
+SMALL_MAP_BENCH_SHAPES = ((8, 512, 512, 2, 7, 1), (8, 256, 512, 4, 13, 2), (8, 256, 256, 4, 13, 1),
+                          (8, 512, 512, 4, 13, 1), (2, 512, 512, 6, 20, 1), (16, 512, 512, 6, 20, 1),
+                          (8, 256, 256, 16, 52, 1))
+
+
+def small_map_bench(shapes=SMALL_MAP_BENCH_SHAPES, rounds=24, warmup=4):
+    """Forward+backward ms of one 3x3 conv (NHWC, float32, CPU) per shape, F.conv2d against
+    _SmallMapConv (whatever the pixel limit), the two taking turns; medians after `warmup` rounds.
+    Yields rows (shape, output pixels over the batch, ms F.conv2d, ms _SmallMapConv)."""
+    fmt = torch.channels_last
+    for B, cin, cout, H, W, stride in shapes:
+        weight = nn.Conv2d(cin, cout, 3, bias=False).weight.detach().to(memory_format=fmt).requires_grad_()
+        x = torch.randn(B, cin, H, W).contiguous(memory_format=fmt).requires_grad_()
+        plain = lambda: F.conv2d(x, weight, None, stride, 1)  # noqa: E731
+        fast = lambda: _SmallMapConv.apply(x, weight, None, (stride, stride), (1, 1))  # noqa: E731
+        grad = torch.randn_like(plain())
+        times = {plain: [], fast: []}
+        for r in range(warmup + rounds):
+            for conv in (plain, fast) if r % 2 else (fast, plain):
+                start = time.perf_counter()
+                conv().backward(grad)
+                if r >= warmup:
+                    times[conv].append(1000 * (time.perf_counter() - start))
+        yield ((B, cin, cout, H, W, stride), B * grad.shape[2] * grad.shape[3],
+               statistics.median(times[plain]), statistics.median(times[fast]))
+
+
 @dataclass
 class UNetDemoConfig:
-    """What `python 02_unet.py` does: print the feature shapes of one random image."""
+    """What `python 02_unet.py` does: print the feature shapes of one random image (or, with
+    --bench_small_map_convs, time SmallMapConv2d against PyTorch's conv backward)."""
     num_layers: int = 50  # ResNet depth: 18, 34 or 50
     num_features: int = 256  # decoder width nf (released models: 256)
     model_dim: int = 32  # E, channels of S0
     height: int = 192  # input height (multiple of 32)
     width: int = 640  # input width (multiple of 32)
     pretrained: str = ""  # "" (random), "imagenet" (download) or a torchvision .pth path
+    bench_small_map_convs: bool = False  # time 3x3 conv forward+backward with and without SmallMapConv2d
 
 
 def main(argv=None):
@@ -336,6 +370,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Print the shapes of the ResNet + U-Net features.")
     add_dataclass_flags(parser, UNetDemoConfig)
     cfg = UNetDemoConfig(**vars(parser.parse_args(argv)))
+    if cfg.bench_small_map_convs:
+        print(f"3x3 conv forward+backward, NHWC float32 CPU, {torch.get_num_threads()} threads, medians of 24 "
+              f"interleaved rounds\n{'B, C in, C out, H, W, stride':30s} {'pixels':>7s} {'PyTorch ms':>10s} "
+              f"{'SmallMap ms':>11s} {'ratio':>6s}")
+        for shape, pixels, plain, fast in small_map_bench():
+            print(f"{str(shape):30s} {pixels:7d} {plain:10.1f} {fast:11.1f} {fast / plain:6.2f}", flush=True)
+        return 0
     try:
         net = ResnetUNet(cfg.num_layers, cfg.num_features, cfg.model_dim).eval()
         load_pretrained(net.encoder, cfg.pretrained or None)

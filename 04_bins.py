@@ -382,12 +382,17 @@ def count_macs(model, img):
     return total[0]
 
 
-def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True):
+def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True,
+              small_map_convs=True):
     """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms) of one preset
     at size (H, W); times are medians over `iters` after one warm-up. The train step adds Adam, fused
-    where this PyTorch has it for the device (as 06_train.py) unless fused_adam is False."""
+    where this PyTorch has it for the device (as 06_train.py) unless fused_adam is False; on CPU the
+    big 3x3 convs on small maps take 02_unet's matmul weight gradient (as 06_train.py) unless
+    small_map_convs is False."""
     torch.manual_seed(0)
     model = DepthNet(PRESETS[preset]).to(device)
+    if small_map_convs:
+        unet.use_small_map_convs(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     img = torch.rand(batch_size, 3, *size, device=device).contiguous(memory_format=fmt)
@@ -447,6 +452,7 @@ class BinsDemoConfig:
     amp: bool = False  # benchmark: also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
     channels_last: bool = True  # benchmark: channels_last memory format (06_train.py's default)
     fused_adam: bool = True  # benchmark: the train step's Adam fused where available (as 06_train.py)
+    small_map_convs: bool = True  # benchmark: matmul weight gradient of big 3x3 convs on small maps (CPU)
     batch_size: int = 2  # benchmark batch size
     iters: int = 3  # benchmark: timed iterations after one warm-up (the median is reported)
     checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
@@ -457,15 +463,16 @@ class BinsDemoConfig:
 def run_bench(cfg, device):
     presets = [cfg.preset] if cfg.preset else list(PRESETS)
     modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
-    print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, "
-          f"fused Adam {cfg.fused_adam}, threads {torch.get_num_threads()}, median of {cfg.iters}")
+    print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
+          f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, threads {torch.get_num_threads()}, "
+          f"median of {cfg.iters}")
     print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
           f"{'fwd+bwd ms':>10s} {'train ms/step':>13s}")
     for name in presets:
         for amp in modes:
             h, w = PRESET_SIZES[name]
             p, macs, inf, fb, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
-                                             cfg.iters, cfg.fused_adam)
+                                             cfg.iters, cfg.fused_adam, cfg.small_map_convs)
             print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
                   f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f}", flush=True)
 

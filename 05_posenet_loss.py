@@ -388,7 +388,8 @@ def source_ids(cfg):
 
 def predict_poses(pose_net, inputs, cfg, depth=None):
     """{source id: T [B, 4, 4] target -> source} for a collated batch (uses inputs["color_aug"]).
-    Pairs are fed in temporal order ([I-1, I0] or [I0, I+1]) and the transform of -1 is inverted.
+    Pairs are fed in temporal order ([I-1, I0] or [I0, I+1]) and the transform of -1 is inverted;
+    a pose net without batch statistics (PoseCNN) takes all pairs in one batch.
     depth [B, 1, h, w] (the network output) is needed for pose_scaling "depth"/"inv_depth"."""
     poses, scale = {}, None
     sources = source_ids(cfg)
@@ -397,19 +398,30 @@ def predict_poses(pose_net, inputs, cfg, depth=None):
             raise ValueError(f"pose_scaling={cfg.pose_scaling!r} needs the predicted depth")
         depth = _full_precision(depth).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, h, w]
         scale = (depth if cfg.pose_scaling == "depth" else 1 / depth).mean(dim=(1, 2, 3))  # [B]
-    for fid in sources:
-        if fid == "s":
-            poses["s"] = inputs["stereo_T"]
-            continue
-        colour = inputs["color_aug"]
-        pair = [colour[fid], colour[0]] if fid < 0 else [colour[0], colour[fid]]
-        axisangle, translation = pose_net(torch.cat(pair, 1))          # [B, 3] each
+    colour = inputs["color_aug"]
+    temporal = [fid for fid in sources if fid != "s"]
+    pairs = [torch.cat([colour[fid], colour[0]] if fid < 0 else [colour[0], colour[fid]], 1)
+             for fid in temporal]                                       # [B, 6, H, W] each
+    if len(pairs) > 1 and not has_batch_statistics(pose_net):  # one pass for all pairs: same numbers, faster
+        axisangle, translation = pose_net(torch.cat(pairs))             # [S*B, 3] each
+        outputs = list(zip(axisangle.chunk(len(pairs)), translation.chunk(len(pairs))))
+    else:                                             # BatchNorm (PoseResNet) sees each pair's batch alone
+        outputs = [pose_net(pair) for pair in pairs]
+    for fid, (axisangle, translation) in zip(temporal, outputs):       # [B, 3] each
         with torch.autocast(device_type=axisangle.device.type, enabled=False):
             axisangle, translation = _full_precision(axisangle), _full_precision(translation)
             if scale is not None:
                 translation = translation * scale[:, None]
             poses[fid] = transformation_from_parameters(axisangle, translation, invert=fid < 0)
+    if "s" in sources:
+        poses["s"] = inputs["stereo_T"]
     return poses
+
+
+def has_batch_statistics(net):
+    """True if `net` normalises with batch statistics in training (BatchNorm): then its output for one
+    sample depends on the rest of the batch, and frame pairs must not be stacked into one batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def self_supervised_loss(inputs, depth, poses, cfg, ssim):

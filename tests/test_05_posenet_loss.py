@@ -444,8 +444,8 @@ def test_predict_poses_order_inversion_and_scaling():
         poses = geo().predict_poses(net, inputs, cfg, depth)
         assert list(poses) == [-1, 1]
         c = inputs["color_aug"]
-        assert torch.equal(net.seen[0], torch.cat([c[-1], c[0]], 1))
-        assert torch.equal(net.seen[1], torch.cat([c[0], c[1]], 1))
+        assert len(net.seen) == 1       # no BatchNorm: both pairs in one batch, -1's pair first
+        assert torch.equal(net.seen[0], torch.cat([torch.cat([c[-1], c[0]], 1), torch.cat([c[0], c[1]], 1)]))
         ts = t * factor[:, None]
         torch.testing.assert_close(poses[1], geo().transformation_from_parameters(aa, ts))
         torch.testing.assert_close(poses[-1], geo().transformation_from_parameters(aa, ts, invert=True))
@@ -454,6 +454,28 @@ def test_predict_poses_order_inversion_and_scaling():
     poses = geo().predict_poses(RecordingPoseNet(), inputs, cfg)      # no depth needed with stereo
     assert list(poses) == [-1, 1, "s"] and poses["s"] is inputs["stereo_T"]
     torch.testing.assert_close(poses[1], geo().transformation_from_parameters(aa, t))
+
+
+def test_pairs_share_a_batch_only_without_batch_statistics():
+    """PoseCNN (no BatchNorm) gets both pairs in one call and gives the poses of two separate calls;
+    PoseResNet (BatchNorm: a sample's output depends on its batch in training) gets one call per pair."""
+    torch.manual_seed(0)
+    inputs, cfg = fake_inputs(h=64, w=96), geo().LossConfig(pose_scaling="none")
+    net = geo().PoseCNN()
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    poses = geo().predict_poses(net, inputs, cfg)
+    c = inputs["color_aug"]
+    for fid, pair in ((-1, [c[-1], c[0]]), (1, [c[0], c[1]])):
+        aa, t = net(torch.cat(pair, 1))
+        torch.testing.assert_close(poses[fid], geo().transformation_from_parameters(aa, t, invert=fid < 0))
+    assert calls == [4, 2, 2]                                   # one batched call, then our two checks
+    assert not geo().has_batch_statistics(net) and geo().has_batch_statistics(geo().PoseResNet(18))
+    net = geo().PoseResNet(18)
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    geo().predict_poses(net, inputs, cfg)
+    assert calls == [2, 2]
 
 
 def test_config_errors_are_clear():
