@@ -246,14 +246,15 @@ def load_pretrained(encoder_module, spec):
 # ---- A faster weight gradient for 3x3 convs on small maps (CPU) ----
 # On CPU, PyTorch's (oneDNN) backward of a 3x3 conv with many channels on a tiny map is slow for the
 # weight gradient: ResNet layer4 of the 64x208 default (512 -> 512 channels on 2x7 maps, batch 8)
-# spends ~60 ms per conv there on a 2-core CPU, where the same sum written as one matrix product
-# takes ~9 ms (README, "Benchmarks"). The gradient is the same sum over the same products:
+# spends 5.5 times its forward pass there on a 2-core CPU. The gradient is one sum of products:
 #     dL/dW[o, c, i, j] = sum over images b and output pixels (y, x) of
 #                         grad_out[b, o, y, x] * x_padded[b, c, y*stride + i, x*stride + j],
-# i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image. The forward pass and
-# the input gradient stay PyTorch's. Only where it measured faster (forward + backward 0.46-0.90x on 2
-# cores): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels over the batch
-# (layer3 and layer4 of the default; beyond that, or with fewer output channels, it was slower).
+# i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
+# product computes in less than half the time there. The forward pass and the input gradient stay
+# PyTorch's. Used where it measured faster or even (`python 02_unet.py --bench_small_map_convs`,
+# README "Benchmarks"): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
+# over the batch (layer3 and layer4 of ResNet-18 at 64x208); beyond that, or with fewer output
+# channels, it was slower.
 SMALL_MAP_MAX_PIXELS = 2048
 SMALL_MAP_MIN_CHANNELS = 256
 
@@ -310,8 +311,8 @@ class SmallMapConv2d(nn.Conv2d):
 
 
 def use_small_map_convs(net):
-    """Turn every plain 3x3 conv of `net` with >= 256 input and output channels into a SmallMapConv2d, in place
-    (only the class changes: parameters, names and hooks stay); returns how many were turned."""
+    """Turn every plain 3x3 conv of `net` with >= 256 input and output channels into a SmallMapConv2d,
+    in place (only the class changes: parameters, names and hooks stay); returns how many were turned."""
     count = 0
     for module in net.modules():
         if (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.dilation == (1, 1)
