@@ -496,11 +496,12 @@ def save_internals_figure(model, image, path, num_slices=4):
 
 # Stored training-config fields that do not change what a run learns, only its random draws or its
 # bookkeeping: runs whose configs differ in these alone are seeds of one variant. (data_path too:
-# every run is scored on the same test split anyway, and a note is printed when it differs.)
+# every run is scored on the same test split anyway, and a note is printed when it differs; and
+# split_files: where the lists were found, the split itself is named by `split`.)
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
     "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
-    "cache_mb", "val_every", "split_files"})  # split_files: where the lists were found (the split is named by `split`)
+    "cache_mb", "val_every", "split_files"})
 COMPARE_COLUMNS = METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
 COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
 

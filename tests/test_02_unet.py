@@ -182,7 +182,7 @@ def test_use_small_map_convs_picks_only_big_3x3_convs_and_keeps_the_state_dict()
     assert type(conv(x[:, :, :2, :7]).grad_fn).__name__ == "_SmallMapConvBackward"  # the matmul one
 
 
-def test_small_map_bench_rows_and_command_line(capsys):
+def test_small_map_bench_rows_and_command_line(capsys, monkeypatch):
     """The benchmark behind the README's table yields one row per shape with its output pixels and
     two positive times, and `python 02_unet.py --bench_small_map_convs` prints its table (one tiny
     shape here so the test stays fast)."""
@@ -191,10 +191,7 @@ def test_small_map_bench_rows_and_command_line(capsys):
     assert [(r[0], r[1]) for r in rows] == [((2, 256, 256, 2, 3, 1), 12), ((2, 256, 256, 4, 6, 2), 12)]
     assert all(r[2] > 0 and r[3] > 0 for r in rows)
     original = u.small_map_bench
-    u.small_map_bench = lambda: original(shapes=((2, 256, 256, 2, 3, 1),), rounds=2, warmup=1)
-    try:
-        assert u.main(["--bench_small_map_convs"]) == 0
-    finally:
-        u.small_map_bench = original
+    monkeypatch.setattr(u, "small_map_bench", lambda: original(shapes=((2, 256, 256, 2, 3, 1),), rounds=2, warmup=1))
+    assert u.main(["--bench_small_map_convs"]) == 0
     out = capsys.readouterr().out
     assert "(2, 256, 256, 2, 3, 1)" in out and "ratio" in out
