@@ -246,7 +246,7 @@ def load_pretrained(encoder_module, spec):
 # ---- A faster weight gradient for 3x3 convs on small maps (CPU) ----
 # On CPU, PyTorch's (oneDNN) backward of a 3x3 conv with many channels on a tiny map is slow for the
 # weight gradient: ResNet layer4 of the 64x208 default (512 -> 512 channels on 2x7 maps, batch 8)
-# spends 5.5 times its forward pass there on a 2-core CPU. The gradient is one sum of products:
+# spends several times its forward pass there on a 2-core CPU. The gradient is one sum of products:
 #     dL/dW[o, c, i, j] = sum over images b and output pixels (y, x) of
 #                         grad_out[b, o, y, x] * x_padded[b, c, y*stride + i, x*stride + j],
 # i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
