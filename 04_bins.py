@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -386,9 +387,9 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
               small_map_convs=True):
     """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms) of one preset
     at size (H, W); times are medians over `iters` after one warm-up. The train step adds Adam, fused
-    where this PyTorch has it for the device (as 06_train.py) unless fused_adam is False; on CPU the
-    big 3x3 convs on small maps take 02_unet's matmul weight gradient (as 06_train.py) unless
-    small_map_convs is False."""
+    where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
+    is False; on CPU the big 3x3 convs on small maps take 02_unet's matmul weight gradient (as
+    06_train.py) unless small_map_convs is False."""
     torch.manual_seed(0)
     model = DepthNet(PRESETS[preset]).to(device)
     if small_map_convs:
@@ -419,13 +420,7 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
             model(img)
     infer_ms = timed(infer) / batch_size
     model.train()
-    opt = None
-    if fused_adam:
-        try:
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-        except (RuntimeError, TypeError):
-            pass
-    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_adam(model.parameters(), fused=fused_adam, lr=1e-4)
 
     def forward_backward():
         with autocast:

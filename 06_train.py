@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -180,14 +181,11 @@ def build_networks(cfg, device, load_pretrained=True):
 def make_optimizer(cfg, depth_net, pose_net):
     """Adam over both networks (pose lr = lr x pose_lr_scale). The fused kernel (one pass over all
     parameters instead of several ops per tensor; the same update up to float rounding), run on
-    the parameters' memory as it lies (FlatAdam, below the banner), where the installed PyTorch
-    has it for the device; the plain one otherwise."""
+    the parameters' memory as it lies (fused_adam.py), where the installed PyTorch has it for the
+    device; the plain one otherwise."""
     groups = [{"params": list(depth_net.parameters()), "lr": cfg.lr},
               {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
-    try:
-        return FlatAdam(groups)
-    except (RuntimeError, TypeError):             # no fused Adam for this device / PyTorch version
-        return torch.optim.Adam(groups)
+    return make_adam(groups)
 
 
 def frame_ids(cfg):
@@ -766,78 +764,6 @@ def to_device(batch, device, channels_last=False):
         return value.contiguous(memory_format=torch.channels_last) if channels_last and value.dim() == 4 else value
 
     return data.images_to_float(move(batch))
-
-
-# ---- Fused Adam without layout copies ----
-def memory_view(t):
-    """A 1-D view of t's memory in memory order (t dense: contiguous or channels-last), else None."""
-    dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset()) if dense else None
-
-
-class FlatAdam(torch.optim.Adam):
-    """torch.optim.Adam(fused=True) that updates every parameter through a 1-D view of its memory.
-
-    PyTorch's fused CPU kernel makes each tensor it is given contiguous first, and a channels-last
-    weight is not contiguous in that sense: every step copied each 4-D weight, its gradient and
-    both moments out and back (torch.profiler on the default step: ~380 copies, ~38 ms of ~1 s). A
-    1-D view of the same memory is contiguous in any layout, so the same update runs in place. The
-    networks keep their parameters and gradients: step() points each view's .grad at the memory of
-    its parameter's gradient (a copy only when the gradient came in another layout), zero_grad()
-    clears the parameters' gradients, and state_dict() / load_state_dict() give and take the moments
-    in the parameters' shapes, so checkpoints are interchangeable with torch.optim.Adam's.
-    """
-
-    def __init__(self, groups, **adam_options):
-        self.pairs = []                                   # (parameter, its view or itself), in order
-        flat_groups = []
-        for group in groups:
-            pairs = [(p, memory_view(p)) for p in group["params"]]
-            pairs = [(p, p if view is None else view) for p, view in pairs]
-            self.pairs += pairs
-            flat_groups.append({**group, "params": [view for _, view in pairs]})
-        super().__init__(flat_groups, fused=True, **adam_options)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, view in self.pairs:
-            grad = p.grad
-            if view is p:                                 # not dense: Adam steps the parameter itself
-                continue
-            if grad is not None and grad.stride() != p.stride():  # e.g. a gradient set by hand in NCHW
-                grad = torch.empty_like(p).copy_(grad)
-            view.grad = None if grad is None else grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
-        return super().step(closure)
-
-    def zero_grad(self, set_to_none=True):
-        super().zero_grad(set_to_none)
-        for p, _ in self.pairs:
-            if p.grad is not None:
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.detach_().zero_()
-
-    def state_dict(self):
-        """torch.optim.Adam's state dict: the moments in the parameters' shapes and layouts."""
-        saved = super().state_dict()
-        state = {}
-        for i, entry in saved["state"].items():
-            p, view = self.pairs[i]
-            state[i] = {k: (v.as_strided(p.shape, p.stride(), v.storage_offset())
-                            if view is not p and torch.is_tensor(v) and v.dim() == 1 else v)
-                        for k, v in entry.items()}
-        return {**saved, "state": state}
-
-    def load_state_dict(self, state_dict):
-        """Takes the state dict of a FlatAdam or of a torch.optim.Adam over the same parameters."""
-        state = {}
-        for i, entry in state_dict["state"].items():
-            p, view = self.pairs[int(i)]
-            state[i] = {k: (memory_view(torch.empty_like(p).copy_(v))
-                            if view is not p and torch.is_tensor(v) and v.shape == p.shape and v.dim() else v)
-                        for k, v in entry.items()}
-        super().load_state_dict({**state_dict, "state": state})
 
 
 # ---- Checkpoints (atomic) and RNG states ----

@@ -384,12 +384,16 @@ def test_bf16_autocast_on_cuda_stays_close_to_fp32():
 
 def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
     """The speed table's row: params and MACs of the preset, and three medians of timed calls; with
-    fused_adam the step uses Adam(fused=True) (as 06_train.py), without it the plain Adam."""
+    fused_adam the step uses fused_adam.make_adam's FlatAdam (as 06_train.py), without it the plain Adam."""
     bins = bins_module()
     made = []
-    real_adam = torch.optim.Adam
-    monkeypatch.setattr(torch.optim, "Adam",
-                        lambda *a, **k: made.append(k.get("fused", False)) or real_adam(*a, **k))
+    real_make_adam = bins.make_adam
+
+    def spy(*args, **kwargs):
+        optimizer = real_make_adam(*args, **kwargs)
+        made.append(type(optimizer).__name__)
+        return optimizer
+    monkeypatch.setattr(bins, "make_adam", spy)
     small = bins.DepthNetConfig(num_layers=18, num_features=32, model_dim=16, patch_size=4, num_queries=8,
                                 num_bins=16, dim_feedforward=32)
     monkeypatch.setitem(bins.PRESETS, "small", small)
@@ -400,4 +404,4 @@ def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
         assert params == sum(p.numel() for p in net.parameters())
         assert macs == bins.count_macs(net, torch.rand(1, 3, 32, 96))
         assert min(infer, fwd_bwd, step) > 0
-    assert made == [True, False]
+    assert made == ["FlatAdam", "Adam"]
