@@ -15,9 +15,10 @@ import torch
 
 
 def memory_view(t):
-    """A 1-D view of t's memory in memory order (t dense: contiguous or channels-last), else None."""
+    """A 1-D view of t's memory in memory order when t is dense (contiguous or channels-last); t
+    itself otherwise."""
     dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset()) if dense else None
+    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset()) if dense else t
 
 
 class FlatAdam(torch.optim.Adam):
@@ -38,7 +39,6 @@ class FlatAdam(torch.optim.Adam):
         flat_groups = []
         for group in groups:
             pairs = [(p, memory_view(p)) for p in group["params"]]
-            pairs = [(p, p if view is None else view) for p, view in pairs]
             self.pairs += pairs
             flat_groups.append({**group, "params": [view for _, view in pairs]})
         super().__init__(flat_groups, **{**adam_options, "fused": True})
