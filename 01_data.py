@@ -17,7 +17,6 @@ Demo:  python 01_data.py                (a tiny synthetic world, one sample's sc
 Tests: tests/test_01_data.py
 """
 import argparse
-import ctypes
 import hashlib
 import os
 import re
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from cpu_memory import retain_freed_memory  # glibc keeps freed memory for reuse (cpu_memory.py)
 
 
 # ---- Errors ----
@@ -745,28 +745,8 @@ def color_jitter(imgs, brightness, contrast, saturation, hue):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Loader speed (glibc's malloc, the loader benchmark), the demo and the command line.
+# Loader speed (the frame cache, the loader benchmark), the demo and the command line.
 # ==============================================================================================
-_MALLOC_TUNED_PID = None
-
-
-def retain_freed_memory():
-    """Ask glibc's malloc to keep freed memory (blocks up to 32 MB, 128 MB of free heap) for reuse.
-    Otherwise each sample's few MB of arrays go back to the kernel and the next sample page-faults
-    them in again: ~2,000 faults, over half the loading time of a 416x128 sample (README,
-    "Benchmarks"). Once per process (DataLoader workers too); a no-op where libc is not glibc."""
-    global _MALLOC_TUNED_PID
-    if _MALLOC_TUNED_PID == os.getpid():
-        return
-    _MALLOC_TUNED_PID = os.getpid()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: free heap kept before trimming
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below this come from the reusable heap
-    except (OSError, AttributeError):
-        pass
-
-
 class FrameCache:
     """Decoded, resized frames kept in memory, up to a byte budget (then new frames are not kept).
 

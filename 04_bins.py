@@ -33,6 +33,7 @@ import argparse
 import copy
 import statistics
 import importlib
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
 from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
+from cpu_memory import huge_pages_in_effect, tune_cpu_memory  # page faults (cpu_memory.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -385,8 +387,9 @@ def count_macs(model, img):
 
 def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True,
               small_map_convs=True):
-    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms) of one preset
-    at size (H, W); times are medians over `iters` after one warm-up. The train step adds Adam, fused
+    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, page faults per
+    train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
+    faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
     where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
     is False; on CPU the big 3x3 convs on small maps take 02_unet's matmul weight gradient (as
     06_train.py) unless small_map_convs is False."""
@@ -404,21 +407,22 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 
     def timed(fn):
         fn()  # warm-up
-        times = []
+        times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(iters):
             sync()
             start = time.perf_counter()
             fn()
             sync()
             times.append((time.perf_counter() - start) * 1000.0)
-        return statistics.median(times)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / iters
+        return statistics.median(times), faults
 
     model.eval()
 
     def infer():
         with torch.inference_mode(), autocast:
             model(img)
-    infer_ms = timed(infer) / batch_size
+    infer_ms = timed(infer)[0] / batch_size
     model.train()
     opt = make_adam(model.parameters(), fused=fused_adam, lr=1e-4)
 
@@ -431,7 +435,8 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
     def step():
         forward_backward()
         opt.step()
-    return params, macs, infer_ms, timed(forward_backward), timed(step)
+    fwd_bwd_ms = timed(forward_backward)[0]
+    return (params, macs, infer_ms, fwd_bwd_ms, *timed(step))
 
 
 PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
@@ -448,6 +453,7 @@ class BinsDemoConfig:
     channels_last: bool = True  # benchmark: channels_last memory format (06_train.py's default)
     fused_adam: bool = True  # benchmark: the train step's Adam fused where available (as 06_train.py)
     small_map_convs: bool = True  # benchmark: matmul weight gradient of big 3x3 convs on small maps (CPU)
+    tune_memory: bool = True  # benchmark: huge pages and malloc reuse for CPU tensors (as 06_train.py)
     batch_size: int = 2  # benchmark batch size
     iters: int = 3  # benchmark: timed iterations after one warm-up (the median is reported)
     checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
@@ -459,17 +465,17 @@ def run_bench(cfg, device):
     presets = [cfg.preset] if cfg.preset else list(PRESETS)
     modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
-          f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, threads {torch.get_num_threads()}, "
-          f"median of {cfg.iters}")
+          f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
+          f"threads {torch.get_num_threads()}, median of {cfg.iters}")
     print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
-          f"{'fwd+bwd ms':>10s} {'train ms/step':>13s}")
+          f"{'fwd+bwd ms':>10s} {'train ms/step':>13s} {'page faults/step':>16s}")
     for name in presets:
         for amp in modes:
             h, w = PRESET_SIZES[name]
-            p, macs, inf, fb, tr = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
-                                             cfg.iters, cfg.fused_adam, cfg.small_map_convs)
+            p, macs, inf, fb, tr, faults = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
+                                                     cfg.iters, cfg.fused_adam, cfg.small_map_convs)
             print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
-                  f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f}", flush=True)
+                  f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f} {faults:>16,.0f}", flush=True)
 
 
 def depthnet_from_config(model_cfg, state_dict=None):
@@ -552,6 +558,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Bins demo figure, or --bench for the speed table.")
     add_dataclass_flags(parser, BinsDemoConfig)
     cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))
+    if cfg.bench and cfg.tune_memory:
+        tune_cpu_memory()  # before the first big tensor, or PyTorch ignores it
     try:
         if cfg.device == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from cpu_memory import huge_pages_in_effect, tune_cpu_memory  # page faults (cpu_memory.py)
 from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -1100,7 +1101,8 @@ def profile(trainer, steps, warmup=2):
     if info.main:
         print(f"profile: {steps} steps after {warmup} warm-up | batch {cfg.batch_size} x {info.world} | "
               f"{cfg.width}x{cfg.height} | {device} | amp {'on' if amp_on(cfg, device) else 'off'} | "
-              f"channels_last {'on' if cfg.channels_last else 'off'} | workers {cfg.num_workers}")
+              f"channels_last {'on' if cfg.channels_last else 'off'} | workers {cfg.num_workers} | "
+              f"huge pages {'on' if huge_pages_in_effect() else 'off'}")
         print(f"  throughput {steps * cfg.batch_size * info.world / total:8.1f} img/s "
               f"({1000 * total / steps:.1f} ms/step)")
         print("\n".join(lines))
@@ -1136,6 +1138,7 @@ def prepare_run(cfg, given):
 
 def main(argv=None):
     """Parse, train (and evaluate); returns the exit code (see the module docstring)."""
+    tune_cpu_memory()                            # before the first big tensor, or PyTorch ignores it
     try:
         cfg, given = parse_args(argv)
     except SystemExit as exit_:                  # --help, or argparse's own usage error (code 2)

@@ -26,7 +26,7 @@ ENGINEERING_BANNER = "# ---- Engineering: not needed to understand SQLDepth ----
 FIRST_DEFINITION_WITHIN, CONCEPT_LINE_LENGTH = 120, 110
 IMPORTLIB_NOTE = "A module name cannot start with a digit"
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "PIL", "matplotlib"}
-LOCAL_MODULES = {"synthetic_world", "cli", "fused_adam"}  # unnumbered files of this repository, importable by name
+LOCAL_MODULES = {"synthetic_world", "cli", "fused_adam", "cpu_memory"}  # unnumbered files of this repository, importable by name
 
 
 def _imports(path):
