@@ -33,7 +33,6 @@ import argparse
 import copy
 import statistics
 import importlib
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
 from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
-from cpu_memory import huge_pages_in_effect, tune_cpu_memory  # page faults (cpu_memory.py)
+from cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (cpu_memory.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -407,15 +406,14 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 
     def timed(fn):
         fn()  # warm-up
-        times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times, faults_before = [], page_faults()
         for _ in range(iters):
             sync()
             start = time.perf_counter()
             fn()
             sync()
             times.append((time.perf_counter() - start) * 1000.0)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / iters
-        return statistics.median(times), faults
+        return statistics.median(times), (page_faults() - faults_before) / iters
 
     model.eval()
 

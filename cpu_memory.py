@@ -16,8 +16,14 @@ fast big arrays and tensors come and go on a CPU.
 """
 import ctypes
 import os
+import sys
 
 import torch
+
+try:
+    import resource  # Unix only
+except ImportError:
+    resource = None
 
 THP_SWITCH = "THP_MEM_ALLOC_ENABLE"  # PyTorch's switch (c10/core/alloc_cpu.cpp)
 _MALLOC_TUNED_PID = None
@@ -43,7 +49,10 @@ def retain_freed_memory():
 def huge_pages_in_effect():
     """Whether PyTorch's CPU allocator is using transparent huge pages in this process. With the
     switch on, it aligns every block of 2 MB or more to a page; without it, to 64 bytes, so three
-    fresh 2-4 MB tensors are page-aligned only by a 1-in-262,144 chance."""
+    fresh 2-4 MB tensors are page-aligned only by a 1-in-262,144 chance. PyTorch madvises huge pages
+    on Linux only."""
+    if not sys.platform.startswith("linux"):
+        return False
     probes = [torch.empty(n << 20, dtype=torch.uint8) for n in (2, 3, 4)]
     return all(t.data_ptr() % 4096 == 0 for t in probes)
 
@@ -60,3 +69,8 @@ def tune_cpu_memory():
     """Both settings, for a training or benchmark process; returns whether huge pages are in effect."""
     retain_freed_memory()
     return use_huge_pages()
+
+
+def page_faults():
+    """Minor page faults of this process so far (the kernel mapping fresh memory); 0 without `resource`."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
