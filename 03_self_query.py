@@ -69,7 +69,7 @@ class SelfQueryLayer(nn.Module):
     """S0 [B, E, h, w] -> (V [B, Q, h, w] self-cost volume, S [B, E, h, w] fine features)."""
 
     def __init__(self, model_dim, patch_size, num_queries, dim_feedforward=512, num_layers=4,
-                 num_heads=4, queries="self"):
+                 num_heads=4, queries="self", dropout=0.1):
         super().__init__()
         if queries not in ("self", "learned"):
             raise ValueError(f"queries={queries!r}: SelfQueryLayer supports 'self' or 'learned' "
@@ -81,13 +81,18 @@ class SelfQueryLayer(nn.Module):
         # Official names in comments: embedding_convPxP, positional_encodings, transformer_encoder, conv3x3.
         self.patch_embed = nn.Conv2d(E, E, patch_size, stride=patch_size)
         self.pos_encoding = nn.Parameter(torch.rand(MAX_TOKENS, E))  # U[0,1) init like the official code
-        layer = nn.TransformerEncoderLayer(E, num_heads, dim_feedforward, dropout=0.1, batch_first=True)
+        layer = nn.TransformerEncoderLayer(E, num_heads, dim_feedforward, dropout=dropout, batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.fine_conv = nn.Conv2d(E, E, 3, 1, 1)
         if queries == "learned":  # DETR-style: Q learned vectors read the tokens by cross-attention
             self.query_embed = nn.Embedding(num_queries, E)
-            dec = nn.TransformerDecoderLayer(E, num_heads, dim_feedforward, dropout=0.1, batch_first=True)
+            dec = nn.TransformerDecoderLayer(E, num_heads, dim_feedforward, dropout=dropout, batch_first=True)
             self.query_decoder = nn.TransformerDecoder(dec, num_layers)
+
+    def query_parameters(self):
+        """The parameters that make the queries (patch embedding, positional encoding, transformer,
+        learned queries): everything but the fine-feature conv (06's --query_lr_scale)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("fine_conv.")]
 
     def check_size(self, h, w):
         """Raise ValueError unless the S0 size h x w gives Q <= N <= 500 patch tokens."""

@@ -17,8 +17,10 @@ paper, and where the official code").
 
 Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in [min, max]),
 "adabins" (AdaBins' mini-ViT: the bins come from the first transformer token through an MLP
-E -> 256 -> 256 -> D), "sql" (above); queries "learned" (03) and "none": no self-query layer, a plain
-conv head regresses depth from S0 as min + (max - min) * sigmoid(.) (the paper's no-query baseline).
+E -> 256 -> 256 -> D), "sql" (above); queries "learned" (03) and "none": no self-query layer and no
+bins, the plain head of the field instead (the paper's no-query baseline): Monodepth2's disparity
+head on S0 (`disparity_to_depth`): conv -> sigmoid -> disparity in [1/100, 1/0.1] -> depth =
+1/disparity, at one scale like our head (Monodepth2 predicts four; github.com/nianticlabs/monodepth2).
 
 Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 = collapsed
 queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
@@ -94,6 +96,28 @@ def combine_probabilities(logits, centres):
     return depth, P
 
 
+# The plain head's depth range: Monodepth2's min_depth 0.1 and max_depth 100 (not the bins' 0.001
+# and 80: a sigmoid over disparities up to 1/0.001 would spend most of its range on the first metre).
+PLAIN_HEAD_DEPTH_RANGE = (0.1, 100.0)
+
+
+def disparity_to_depth(sigmoid_output, min_depth, max_depth):
+    """The plain head's output: a sigmoid in (0, 1) [B, 1, h, w] -> depth [B, 1, h, w].
+
+    Monodepth2's disp_to_depth: the sigmoid is a disparity scaled to [1/max_depth, 1/min_depth],
+    and depth is its reciprocal. Scaled in disparity, the sigmoid's range spreads evenly over
+    1/depth, as parallax does: near depths get fine steps, far ones coarse ones.
+    """
+    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
+    disparity = min_disp + (max_disp - min_disp) * sigmoid_output  # [B, 1, h, w]
+    return 1.0 / disparity
+
+
+def output_depth_range(cfg):
+    """(min, max) depth that a DepthNet of this config can output: its bins' range, or the plain head's."""
+    return PLAIN_HEAD_DEPTH_RANGE if cfg.queries == "none" else (cfg.min_depth, cfg.max_depth)
+
+
 @dataclass
 class DepthNetConfig:
     num_layers: int = 50  # ResNet depth of the encoder: 18, 34 or 50
@@ -106,7 +130,8 @@ class DepthNetConfig:
     min_depth: float = 0.001  # first bin edge, metres
     max_depth: float = 80.0  # last bin edge, metres
     bins: str = "sql"  # "sql" (from the cost volume), "fixed" (uniform) or "adabins" (first token)
-    queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (conv head; bins unused)
+    queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (disparity head, no bins)
+    dropout: float = 0.1  # dropout of the self-query transformer layers (0.1 as the official code)
     pretrained: Optional[str] = None  # None, "imagenet" (torchvision download) or a .pth path
 
 
@@ -141,11 +166,12 @@ class DepthNet(nn.Module):
         self.cfg = cfg
         E, Q, D = cfg.model_dim, cfg.num_queries, cfg.num_bins
         self.unet = unet.ResnetUNet(cfg.num_layers, cfg.num_features, E)
-        if cfg.queries == "none":  # no cost volume: regress depth directly from S0
-            self.head = nn.Sequential(nn.Conv2d(E, E, 3, 1, 1), nn.LeakyReLU(0.01), nn.Conv2d(E, 1, 3, 1, 1))
+        if cfg.queries == "none":  # no cost volume: Monodepth2's ConvBlock (conv3x3 + ELU), dispconv
+            self.head = nn.Sequential(nn.Conv2d(E, E, 3, 1, 1, padding_mode="reflect"), nn.ELU(),
+                                      nn.Conv2d(E, 1, 3, 1, 1, padding_mode="reflect"))
         else:
             self.sql = self_query.SelfQueryLayer(E, cfg.patch_size, Q, cfg.dim_feedforward,
-                                                 queries=cfg.queries)
+                                                 queries=cfg.queries, dropout=cfg.dropout)
             if cfg.bins == "sql":
                 self.bins_mlp = _mlp([Q * E, 16 * Q, 256, D])  # official bins_regressor
             elif cfg.bins == "adabins":
@@ -156,12 +182,17 @@ class DepthNet(nn.Module):
     def forward(self, img, return_extras=False):
         return self.depth_from_features(self.unet(img), return_extras)
 
+    def query_parameters(self):
+        """The parameters that make the queries (03's SelfQueryLayer.query_parameters); none without."""
+        return self.sql.query_parameters() if self.cfg.queries != "none" else []
+
     def depth_from_features(self, s0, return_extras=False):
         """S0 [B, E, h, w] -> depth [B, 1, h, w] (or the extras dict): everything after the U-Net."""
         cfg = self.cfg
         if cfg.queries == "none":
-            depth = cfg.min_depth + (cfg.max_depth - cfg.min_depth) * torch.sigmoid(self.head(s0).float())
-            return {"depth": depth} if return_extras else depth  # [B, 1, H/2, W/2]
+            sigmoid = torch.sigmoid(self.head(s0).float())  # [B, 1, H/2, W/2]
+            depth = disparity_to_depth(sigmoid, *PLAIN_HEAD_DEPTH_RANGE)
+            return {"depth": depth} if return_extras else depth
         # V [B, Q, h, w] and S [B, E, h, w] in float32, tokens [B, N, E], queries K [B, Q, E]
         V, S, tokens, K = self.sql(s0, return_tokens=True)
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):

@@ -428,7 +428,8 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
     """The total loss of one batch (module docstring): minimum reprojection with auto-masking plus
     weighted smoothness. depth [B, 1, H/2, W/2] is upsampled to the image size first. Returns
     loss (scalar, with graph) and, detached, photometric and smoothness (0-d tensors: no host
-    sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}."""
+    sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}, and the
+    training_health numbers (HEALTH_TERMS)."""
     target = inputs["color"][0]                                         # [B, 3, H, W]
     h, w = target.shape[-2:]
     with torch.autocast(device_type=depth.device.type, enabled=False):  # see _full_precision
@@ -445,14 +446,74 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
             if cfg.automask:            # unwarped source vs target: no parameter involved
                 with torch.no_grad():
                     identity.append(photometric_loss(source, target, ssim))
-        best, automask = min_reprojection(torch.cat(reprojection, 1),
-                                          torch.cat(identity, 1) if cfg.automask else None)
+        reprojection = torch.cat(reprojection, 1)                       # [B, S, H, W]
+        identity = torch.cat(identity, 1) if cfg.automask else None      # [B, S, H, W] or None
+        best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
         smoothness = smoothness_loss(depth, target)
+        health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, cfg)
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,
                 photometric=photometric.detach(), smoothness=smoothness.detach(),
                 automask=automask, min_reproj=best.detach(),
-                warped={fid: img.detach() for fid, img in warped.items()})
+                warped={fid: img.detach() for fid, img in warped.items()}, **health)
+
+
+HEALTH_TERMS = ("depth_spread", "motion", "automask_kept", "identity_photometric", "warped_photometric")
+
+
+@torch.no_grad()
+def training_health(depth, poses, reprojection, identity, automask, cfg):
+    """Is self-supervision working? Five cheap numbers of one batch, as detached 0-d tensors (no host
+    sync), named in HEALTH_TERMS. A collapsed run shows them first (06_train.py logs them):
+      depth_spread          std / mean of the depth of each image, averaged: 0 = a flat depth map;
+      motion                predicted camera translation per frame over the image's mean depth
+                            (scale-free, the temporal sources): ~0 = the pose net predicts no motion;
+      automask_kept         fraction of pixels where a warped source beats every unwarped one;
+      identity_photometric  the photometric error of the best UNWARPED source (what "no motion" scores),
+      warped_photometric    and of the best warped one: warping must beat not warping.
+    depth [B, 1, H, W], reprojection and identity [B, S, H, W] (identity None without auto-masking).
+    """
+    mean_depth = depth.mean(dim=(1, 2, 3))                                 # [B]
+    spread = (depth.std(dim=(1, 2, 3)) / mean_depth).mean()
+    temporal = [fid for fid in source_ids(cfg) if fid != "s"]
+    moves = [poses[fid][:, :3, 3].norm(dim=1) / mean_depth for fid in temporal]   # [B] each
+    motion = torch.stack(moves).mean() if moves else torch.full_like(spread, float("nan"))
+    no_warp = identity.min(dim=1).values.mean() if identity is not None else torch.full_like(spread, float("nan"))
+    return dict(depth_spread=spread, motion=motion, automask_kept=automask.float().mean(),
+                identity_photometric=no_warp, warped_photometric=reprojection.min(dim=1).values.mean())
+
+
+# Signs of a collapsed run in the health numbers (calibrated on the synthetic world: README,
+# "Monocular training"): {name: (limit, what it means)}; a number below its limit is a sign.
+COLLAPSE_LIMITS = {"depth_spread": (0.05, "a flat depth map"),
+                   "motion": (0.002, "the pose net predicts no motion"),
+                   "automask_kept": (0.2, "not warping beats warping almost everywhere")}
+
+
+def collapse_signs(health):
+    """The signs of collapse in {health name: float} -> list of short texts (empty = healthy)."""
+    return [f"{name} {health[name]:.3g} < {limit:g} ({meaning})" for name, (limit, meaning)
+            in COLLAPSE_LIMITS.items() if name in health and health[name] < limit]
+
+
+@torch.no_grad()
+def motion_vs_truth(depth, poses, depth_gt, true_translation, cfg):
+    """Predicted over true camera motion, both relative to the scene's depth: [B] ratios (1 = right).
+
+    depth [B, 1, h, w] predicted, depth_gt [B, 1, Hg, Wg] (0 = no ground truth), true_translation
+    [B, S] metres per temporal source (source_ids order). Per image and source: |t_pred| /
+    median(pred) over |t_true| / median(gt), the medians over the pixels with ground truth, so
+    the ratio is free of the depth scale (monocular training has none), then the mean over sources.
+    """
+    pred = F.interpolate(depth.float(), size=depth_gt.shape[-2:], mode="bilinear", align_corners=False)
+    temporal = [fid for fid in source_ids(cfg) if fid != "s"]
+    moved = torch.stack([poses[fid][:, :3, 3].norm(dim=1) for fid in temporal], 1)   # [B, S]
+    ratios = []
+    for b in range(len(depth)):
+        valid = depth_gt[b, 0] > 0
+        scale = depth_gt[b, 0][valid].median() / pred[b, 0][valid].median()          # gt / pred
+        ratios.append((moved[b] * scale / true_translation[b].clamp_min(1e-6)).mean())
+    return torch.stack(ratios)
 
 
 def make_ssim(cfg):

@@ -87,6 +87,8 @@ class TrainConfig:
     max_steps: int = 0              # stop after this many steps in total (0 = run all epochs)
     lr: float = 5e-4                # Adam learning rate of the depth network
     pose_lr_scale: float = 1.0      # pose network lr = lr x this (0.1 = the optional "pose lr/10")
+    query_lr_scale: float = 1.0     # lr of what makes the queries (patch embedding, transformer) = lr x this
+    warmup_steps: int = 0           # linear learning-rate warm-up over the first N steps (0 = none)
     lr_step: int = 3                # StepLR: multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float = 0.1           # StepLR factor
     use_stereo: bool = False        # add the stereo frame "s" as a source ("MS" training)
@@ -180,13 +182,28 @@ def build_networks(cfg, device, load_pretrained=True):
 
 
 def make_optimizer(cfg, depth_net, pose_net):
-    """Adam over both networks (pose lr = lr x pose_lr_scale). The fused kernel (one pass over all
-    parameters instead of several ops per tensor; the same update up to float rounding), run on
-    the parameters' memory as it lies (fused_adam.py), where the installed PyTorch has it for the
-    device; the plain one otherwise."""
-    groups = [{"params": list(depth_net.parameters()), "lr": cfg.lr},
+    """Adam over both networks (pose lr = lr x pose_lr_scale; with query_lr_scale != 1 the query
+    path of the self-query layer in a group of its own at lr x query_lr_scale). The fused kernel (one
+    pass over all parameters instead of several ops per tensor; the same update up to float
+    rounding), run on the parameters' memory as it lies (fused_adam.py), where the installed
+    PyTorch has it for the device; the plain one otherwise."""
+    query = {id(p) for p in depth_net.query_parameters()} if cfg.query_lr_scale != 1 else set()
+    groups = [{"params": [p for p in depth_net.parameters() if id(p) not in query], "lr": cfg.lr},
               {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
+    if query:
+        groups.append({"params": depth_net.query_parameters(), "lr": cfg.lr * cfg.query_lr_scale})
     return make_adam(groups)
+
+
+def warm_up(optimizer, scheduler, step, epoch, cfg):
+    """Linear warm-up: before step `step` (counted from 0), each group's lr is its StepLR value times
+    (step + 1) / warmup_steps, and exactly its StepLR value from step warmup_steps on. A function of
+    (step, epoch) only, so a resumed run continues the same schedule."""
+    if not 0 <= step <= cfg.warmup_steps or not cfg.warmup_steps:
+        return
+    factor = min(1.0, (step + 1) / cfg.warmup_steps) * cfg.lr_gamma ** (epoch // cfg.lr_step)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
 
 
 def frame_ids(cfg):
@@ -196,10 +213,11 @@ def frame_ids(cfg):
 
 def loss_config(cfg):
     """05's LossConfig of this run."""
+    min_depth, max_depth = bins.output_depth_range(bins.DepthNetConfig(**cfg.model))
     return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
                                    ssim_window=cfg.ssim_window, smoothness_weight=cfg.smoothness_weight,
                                    automask=cfg.automask, pose_scaling=cfg.pose_scaling,
-                                   min_depth=cfg.model["min_depth"], max_depth=cfg.model["max_depth"])
+                                   min_depth=min_depth, max_depth=max_depth)
 
 
 def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
@@ -209,9 +227,10 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     [B, 1, H/2, W/2] of the augmented target frame inputs["color_aug"][0] [B, 3, H, W], the source
     poses with posenet_loss.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B, 4, 4]}),
     the loss dict with posenet_loss.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim),
-    back-propagate its "loss" (a scalar) and take one optimizer step. Return {"loss", "photometric",
-    "smoothness"} as detached 0-d tensors, not floats: float() makes the host wait for the GPU,
-    and the loop reads all three at once, after the step. Only the depth network runs under
+    back-propagate its "loss" (a scalar) and take one optimizer step. Return the loss dict's
+    entries named in STEP_TERMS (the three loss terms and 05's health numbers) as detached 0-d
+    tensors, not floats: float() makes the host wait for the GPU, and the loop reads them all at
+    once, after the step. Only the depth network runs under
     torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
     float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
     rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
@@ -232,21 +251,27 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     tick("backward")
     optimizer.step()
     tick("optimizer")
-    return {k: out[k].detach() for k in LOSS_TERMS}
+    return {k: out[k].detach() for k in STEP_TERMS}
 
 
 LOSS_TERMS = ("loss", "photometric", "smoothness")
+STEP_TERMS = LOSS_TERMS + posenet_loss.HEALTH_TERMS   # what train_step returns (05's health numbers)
 
 
 @torch.no_grad()
-def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
-    """(mean self-supervised loss over the val split (all ranks' shards), the self-query diagnostics
-    of 04_bins.stats_from_extras on this rank's first val batch). Eval mode, and a forked RNG seeded
-    with cfg.seed: the auto-mask noise is the same at every validation and the training RNG stream
-    is untouched (so validating or not never changes the training run)."""
+def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, true_motion=None):
+    """(mean self-supervised loss over the val split (all ranks' shards), {diagnostic: float}): the
+    self-query diagnostics of 04_bins.stats_from_extras on this rank's first val batch, 05's health
+    numbers averaged over the split, "motion_ratio" (05's motion_vs_truth; NaN without ground
+    truth: true_motion [N, S] metres per val sample, and depth_gt in the batches) and "collapsed"
+    (1.0 when 05's collapse_signs sees any). Eval mode, and a forked RNG seeded with cfg.seed: the
+    auto-mask noise is the same at every validation and the training RNG stream is untouched (so
+    validating or not never changes the training run)."""
     depth_net.eval()
     pose_net.eval()
-    loss_sum, count = torch.zeros((), dtype=torch.float64, device=device), 0   # summed on the device
+    names = posenet_loss.HEALTH_TERMS
+    # summed on the device, read once: loss, count, health numbers, motion ratios and their count
+    sums = torch.zeros(2 + len(names) + 2, dtype=torch.float64, device=device)
     stats = dict.fromkeys(bins.INTERNALS_STATS, float("nan"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
@@ -260,16 +285,47 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info):
             if i == 0:   # do the queries differ, how many bins are used? (reads the device: once)
                 stats = bins.stats_from_extras(out)
             poses = posenet_loss.predict_poses(pose_net, batch, loss_cfg, depth=depth)
-            loss = posenet_loss.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)["loss"]
-            loss_sum += loss.double() * len(depth)
-            count += len(depth)
+            loss = posenet_loss.self_supervised_loss(batch, depth, poses, loss_cfg, ssim)
+            n = len(depth)
+            sums[:2 + len(names)] += torch.stack([loss["loss"].double(), torch.ones((), device=device)]
+                                                 + [loss[k].double() for k in names]) * n
+            if true_motion is not None and "depth_gt" in batch:
+                truth = true_motion[batch["index"]]                      # [B, S] on the device
+                ratio = posenet_loss.motion_vs_truth(depth, poses, batch["depth_gt"], truth, loss_cfg)
+                sums[-2:] += torch.stack([ratio.double().sum(), torch.full((), n, device=device)])
     depth_net.train()
     pose_net.train()
-    total = torch.stack([loss_sum, torch.full((), count, dtype=torch.float64, device=device)])
     if info.world > 1:
-        dist.all_reduce(total)
-    loss_sum, count = total.tolist()                                 # the one host read
-    return (loss_sum / count if count > 0 else float("nan")), stats
+        dist.all_reduce(sums)
+    total = sums.tolist()                                            # the one host read
+    count = max(total[1], 1.0)
+    health = {k: v / count for k, v in zip(names, total[2:2 + len(names)])}
+    health["motion_ratio"] = total[-2] / total[-1] if total[-1] else float("nan")
+    health["collapsed"] = float(bool(posenet_loss.collapse_signs(health)))
+    return (total[0] / total[1] if total[1] else float("nan")), {**stats, **health}
+
+
+class CollapseWatch:
+    """The collapse detector of the training log: one `warning:` line, once, when `patience`
+    consecutive log lines show a sign of collapse (05's collapse_signs of the step's health
+    numbers), with the numbers and what to try."""
+
+    def __init__(self, cfg, patience=3):
+        self.cfg, self.patience, self.seen, self.warned = cfg, patience, 0, False
+
+    def update(self, step, row):
+        signs = posenet_loss.collapse_signs(row)
+        self.seen = self.seen + 1 if signs else 0
+        if self.warned or self.seen < self.patience:
+            return None
+        self.warned = True
+        return (f"warning: step {step}: this run looks collapsed ({'; '.join(signs)} for {self.patience} "
+                f"log lines); try another --seed, {try_after_collapse(self.cfg)} (README, \"Monocular training\")")
+
+
+def try_after_collapse(cfg):
+    """What the collapse warning suggests for this run's recipe."""
+    return "a lower --lr or --warmup_steps 200"
 
 
 def amp_on(cfg, device):
@@ -296,6 +352,7 @@ class Trainer:
         self.split_record = {"split_files": {k: str(v) for k, v in files.items()},
                              "train_drives": sorted({f for f, _, _ in train_set.lines + val_set.lines})}
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
+        self.true_motion = true_motion(val_set, frame_ids(cfg), device)   # [N, S] metres, or None
         self.steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
@@ -314,6 +371,7 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
         self.nets = (self.depth_net, self.pose_net)
+        self.collapse_watch = CollapseWatch(cfg)
         if info.world > 1:                       # static_graph: the encoder's fc is never used
             wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
             self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
@@ -341,6 +399,7 @@ class Trainer:
                 raise
             interval["data"] += time.perf_counter() - tick
             batch = to_device(batch, self.device, cfg.channels_last)
+            warm_up(self.optimizer, self.scheduler, self.step, self.epoch, cfg)
             terms = train_step(*self.nets, batch, self.optimizer, self.loss_cfg, self.ssim,
                                amp=amp_on(cfg, self.device))
             self.step += 1
@@ -348,11 +407,11 @@ class Trainer:
             log_now = info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps)
             values, nonfinite, signum = step_outcome(terms, stop.signum, info, need_values=log_now)
             if nonfinite:                        # nothing is saved: the model may hold NaNs now
-                bad = [f"{k}={v}" for k, v in zip(LOSS_TERMS, values) if not math.isfinite(v)]
+                bad = [f"{k}={values[k]}" for k in LOSS_TERMS if values and not math.isfinite(values[k])]
                 where = ", ".join(bad) or "on another process"
                 return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
             if log_now:
-                self.log(dict(zip(LOSS_TERMS, values)), interval)
+                self.log(values, interval)
             epoch_end = b + 1 == self.steps_per_epoch
             if epoch_end:
                 self.epoch += 1
@@ -404,7 +463,7 @@ class Trainer:
         improved = False
         if validate_too:
             val, stats = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
-                                  self.cfg, self.device, self.info)
+                                  self.cfg, self.device, self.info, self.true_motion)
             improved = val < self.best_val
             self.best_val = val if improved else self.best_val
         if not self.info.main:
@@ -419,24 +478,32 @@ class Trainer:
             print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
                   f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
                   f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
-                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']}", flush=True)
+                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']} | spread "
+                  f"{stats['depth_spread']:.2f} motion {stats['motion']:.3f} (x{stats['motion_ratio']:.2f} "
+                  f"the true one) mask {stats['automask_kept']:.2f}"
+                  f"{' | COLLAPSED' if stats['collapsed'] else ''}", flush=True)
 
     def log(self, terms, interval):
-        """One fixed-format line and one log.csv row; throughput over the interval since the last."""
+        """One fixed-format line and one log.csv row (the loss terms and health numbers of this step,
+        throughput over the interval since the last); a warning line when the run looks collapsed."""
         now = time.perf_counter()
         elapsed = max(now - interval["start"], 1e-9)
-        row = dict(step=self.step, epoch=self.epoch, loss=terms["loss"], photometric=terms["photometric"],
-                   smoothness=terms["smoothness"], lr=float(self.optimizer.param_groups[0]["lr"]),
+        row = dict(step=self.step, epoch=self.epoch, **{k: terms.get(k, math.nan) for k in STEP_TERMS},
+                   lr=float(self.optimizer.param_groups[0]["lr"]),
                    img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
                    data_wait_pct=100.0 * interval["data"] / elapsed,
                    eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
         append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
         print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
               f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
+              f"spread {row['depth_spread']:.2f} motion {row['motion']:.3f} mask {row['automask_kept']:.2f} | "
               f"lr {row['lr']:.1e} | "
               f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
               f"ETA {format_time(row['eta_s'])}", flush=True)
         interval.update(start=now, data=0.0, steps=0)
+        warning = self.collapse_watch.update(self.step, row)
+        if warning:
+            print(warning, flush=True)
 
     def stop_nonfinite(self, what, last_saved):
         """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
@@ -731,8 +798,27 @@ def make_datasets(cfg, root, info=None):
     train_lines, val_lines, files = main_rank_first(info, lambda: load_splits(cfg, root, log))
     common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids(cfg), img_ext=cfg.img_ext,
                   drop_missing=cfg.drop_missing, seed=cfg.seed, cache_mb=cfg.cache_mb)
+    # The synthetic world's validation samples carry their dense ground truth (motion_vs_truth).
+    synthetic = cfg.data == "synthetic"
     return (data.KittiRaw(str(root), train_lines, is_train=True, split_file=files["train"], **common),
-            data.KittiRaw(str(root), val_lines, is_train=False, split_file=files["val"], **common), files)
+            data.KittiRaw(str(root), val_lines, is_train=False, split_file=files["val"], load_depth=synthetic,
+                          **common), files)
+
+
+def true_motion(dataset, frame_ids, device):
+    """[N, S] float32 on the device: metres that the camera moves from each sample's frame to each
+    temporal source frame, from the synthetic world's poses (the left camera's); None for KITTI."""
+    if not dataset.synthetic:
+        return None
+    import synthetic_world                       # the poses file is the world's
+    temporal = [int(f) for f in frame_ids[1:] if f != "s"]
+    poses, rows = {}, []
+    for folder, frame, _ in dataset.lines:
+        if folder not in poses:
+            poses[folder] = synthetic_world.read_synthetic_poses(dataset.data_path / folder)  # [F, 4, 4]
+        P = poses[folder]
+        rows.append([np.linalg.norm((np.linalg.inv(P[frame + fid]) @ P[frame])[:3, 3]) for fid in temporal])
+    return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
 def make_loaders(cfg, train_set, val_set, info, device):
@@ -849,9 +935,9 @@ def _unwrap(net):
 
 
 # ---- Logging and plots (rank 0) ----
-LOG_COLUMNS = ("step", "epoch", "loss", "photometric", "smoothness", "lr", "img_per_s",
-               "data_wait_pct", "eta_s")
-VAL_COLUMNS = ("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS
+LOG_COLUMNS = ("step", "epoch") + STEP_TERMS + ("lr", "img_per_s", "data_wait_pct", "eta_s")
+VAL_COLUMNS = (("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS + posenet_loss.HEALTH_TERMS
+               + ("motion_ratio", "collapsed"))
 
 
 def append_csv(path, columns, row):
@@ -972,19 +1058,23 @@ class StopRequest:
 
 
 def step_outcome(terms, signum, info, need_values):
-    """(loss terms as floats or None, a non-finite term on any process, a signal on any process)
-    after a step, with one host read, after the optimizer step. One process: the three terms
-    themselves. Under torchrun: a (non-finite, signal) pair reduced with max over all processes on
-    the device, so everyone stops together; the terms only when logged (need_values) or bad."""
-    values = torch.stack([terms[k] for k in LOSS_TERMS])              # [3] on the device
+    """({term: float} or None, a non-finite loss term on any process, a signal on any process) after
+    a step, with one host read, after the optimizer step. One process: the terms themselves (the
+    loss terms and the health numbers that train_step returned). Under torchrun: a (non-finite,
+    signal) pair reduced with max over all processes on the device, so everyone stops together; the
+    terms only when logged (need_values) or bad."""
+    names = [k for k in STEP_TERMS if k in terms]
+    values = torch.stack([terms[k] for k in names])                   # [T] on the device
     if info.world == 1:
-        host = values.tolist()
-        return host, not all(map(math.isfinite, host)), signum
-    flags = torch.stack([(~torch.isfinite(values)).any().long(),     # (2,): a fill, no host copy
+        host = dict(zip(names, values.tolist()))
+        return host, not all(math.isfinite(host[k]) for k in LOSS_TERMS), signum
+    loss_finite = torch.isfinite(values[:len(LOSS_TERMS)]).all()
+    flags = torch.stack([(~loss_finite).long(),                       # (2,): a fill, no host copy
                          torch.full((), signum, dtype=torch.int64, device=values.device)])
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     nonfinite, signum = flags.tolist()
-    return (values.tolist() if need_values or nonfinite else None), bool(nonfinite), signum
+    host = dict(zip(names, values.tolist())) if need_values or nonfinite else None
+    return host, bool(nonfinite), signum
 
 
 # ---- Profiling ----

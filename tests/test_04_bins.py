@@ -405,3 +405,38 @@ def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
         assert macs == bins.count_macs(net, torch.rand(1, 3, 32, 96))
         assert min(infer, fwd_bwd, step) > 0 and faults >= 0
     assert made == ["FlatAdam", "Adam"]
+
+
+def test_plain_head_is_monodepth2s_disparity_head():
+    """queries="none" is Monodepth2's disparity head on S0: depth = 1 / (1/100 + (1/0.1 - 1/100) *
+    sigmoid(conv(ELU(conv(S0))))), so depth lies in (0.1, 100) whatever S0 is; no bins, no cost
+    volume; every head weight gets a gradient; the loss's clamp range follows the head's range."""
+    bins = bins_module()
+    torch.manual_seed(4)
+    net = bins.DepthNet(bins.DepthNetConfig(**SMALL, queries="none")).eval()
+    s0 = torch.randn(2, 16, 8, 12) * 50                          # large features: the sigmoid saturates
+    out = net.depth_from_features(s0, return_extras=True)
+    assert set(out) == {"depth"} and out["depth"].shape == (2, 1, 8, 12)
+    sigmoid = torch.sigmoid(net.head[2](F.elu(net.head[0](s0))))
+    torch.testing.assert_close(out["depth"], 1.0 / (0.01 + (10.0 - 0.01) * sigmoid))
+    assert torch.all((out["depth"] >= 0.1 - 1e-6) & (out["depth"] <= 100.0 + 1e-3))
+    torch.testing.assert_close(bins.disparity_to_depth(torch.tensor([0.0, 0.5, 1.0]), 0.1, 100.0),
+                               torch.tensor([100.0, 1 / (0.01 + 0.5 * 9.99), 0.1]))
+    net.depth_from_features(torch.randn(2, 16, 8, 12)).log().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.head.parameters())
+    assert bins.output_depth_range(net.cfg) == (0.1, 100.0)
+    assert bins.output_depth_range(bins.DepthNetConfig(**SMALL)) == (0.001, 80.0)
+    assert net.query_parameters() == []
+
+
+def test_query_parameters_are_the_token_path_of_the_self_query_layer():
+    """The parameters that make the queries: patch embedding, positional encoding and transformer
+    (and the learned queries), never the fine-feature conv or anything outside the layer."""
+    bins = bins_module()
+    for queries in ("self", "learned"):
+        net = bins.DepthNet(bins.DepthNetConfig(**SMALL, queries=queries))
+        ids = {id(p) for p in net.query_parameters()}
+        names = {n for n, p in net.named_parameters() if id(p) in ids}
+        assert names == {n for n, _ in net.named_parameters()
+                         if n.startswith("sql.") and not n.startswith("sql.fine_conv.")}
+        assert any(n.startswith("sql.transformer.") for n in names) and "sql.pos_encoding" in names
