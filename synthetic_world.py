@@ -13,7 +13,12 @@ Data flows one way: this file imports 01_data.py (the folder layout, calibration
 writers, `DataError`); 01 never imports it, except in its demo. A data folder holds a complete
 world when it holds 01's `SYNTH_MARKER` file, written last.
 
+World styles (STYLES): the default world, and four that change one family of what a depth network
+could over-fit to (the light, the paint, the camera, the clutter), each rendered as test drives only
+for zero-shot evaluation (docs/zero_shot.md). The default renders exactly the world it always did.
+
 Run:   python synthetic_world.py --make DIR      (the default data set: 40 drives x 50 frames)
+       python synthetic_world.py --styles DIR --num_drives 4   (every other style, DIR/<style>)
        python synthetic_world.py --render_bench  (synthetic frames/s on one core)
 Tests: tests/test_synthetic_world.py
 """
@@ -59,17 +64,56 @@ LIDAR_ELEVATIONS = np.linspace(2.0, -24.8, 64)  # HDL-64E scan lines, degrees ab
 # Materials (index into the shading code) and the thin structures the thin_mask marks.
 SKY, ROAD, SIDEWALK, YARD, FACADE, CAR, GLASS, TYRE, POLE, TRUNK, CROWN, SIGN = range(12)
 THIN_MATERIALS = (POLE, TRUNK)
-SUN = np.array([0.35, -0.85, -0.4]) / np.linalg.norm([0.35, -0.85, -0.4])  # towards the sun (y down)
 NOISE_FLAT = np.random.default_rng(20240101).uniform(-1.0, 1.0, 256 * 256).astype(np.float32)  # 256x256 grid
 
 
-class _Street:
-    """Axis-aligned boxes of one drive's street (built from a seeded generator) plus street constants."""
+# ---- World styles: what a depth network could over-fit to, changed one family at a time ----
+@dataclass(frozen=True)
+class WorldStyle:
+    """The parameters of a world's look, camera and clutter. The default values are the world of the
+    default run; the other STYLES change one family each, for zero-shot tests (docs/zero_shot.md)."""
+    sun: tuple = (0.35, -0.85, -0.4)  # direction towards the sun (x right, y down, z along the street)
+    ambient: float = 0.45  # shade of a face turned away from the sun
+    sun_strength: float = 0.6  # added shade of a face lit head-on
+    exposure: float = 1.0  # scales every colour (a darker or brighter camera)
+    sky_horizon: tuple = (0.78, 0.82, 0.86)  # sky colour at the horizon (and of the haze)
+    sky_zenith: tuple = (0.38, 0.52, 0.78)  # sky colour overhead
+    facade_tone: tuple = (0.35, 0.8)  # range of a building's brightness
+    facade_tint: tuple = (1.0, 1.0, 1.0)  # RGB factors on every facade colour (another town's paint)
+    road_tone: tuple = (0.28, 0.4)  # range of the asphalt's brightness
+    texture_gain: float = 1.0  # amplitude of the procedural textures of facades and road
+    camera_height: float = 1.65  # camera above the road, metres (KITTI's car)
+    focal: tuple = ()  # normalised (fx, fy) of the camera; () = KITTI's (0.58, 1.92)
+    clutter: float = 1.0  # street furniture density: gaps between poles and trees are divided by this
+    sign_share: float = 0.35  # fraction of poles that carry a sign
 
-    def __init__(self, rng, z_start, z_end):
+
+STYLES = {
+    "default": WorldStyle(),
+    # Evening light: a low sun from the front left (long shadows on the other side), a dim, warm sky.
+    "dusk": WorldStyle(sun=(-0.75, -0.3, 0.6), ambient=0.3, sun_strength=0.8, exposure=0.75,
+                       sky_horizon=(0.9, 0.66, 0.45), sky_zenith=(0.3, 0.3, 0.5)),
+    # Another town: red-brick and ochre facades, darker asphalt, rougher textures.
+    "other_town": WorldStyle(facade_tone=(0.25, 0.65), facade_tint=(1.25, 0.8, 0.6), road_tone=(0.18, 0.28),
+                             texture_gain=1.8),
+    # Another car: the camera 2.2 m up (a van) with a narrower lens (fx 0.70 of the width, square
+    # pixels): the road's depth cue from image height changes with both.
+    "van_camera": WorldStyle(camera_height=2.2, focal=(0.70, 0.70 * 416 / 128)),
+    # Denser street furniture: 2.5x as many poles and trees (more thin structures), more signs.
+    "cluttered": WorldStyle(clutter=2.5, sign_share=0.6),
+}
+
+
+class _Street:
+    """Axis-aligned boxes of one drive's street (built from a seeded generator) plus street constants.
+    A style changes ranges and spacings, never the order of the draws: the styles that change only
+    the look (light, paint, camera) render the very same streets as the default."""
+
+    def __init__(self, rng, z_start, z_end, style=STYLES["default"]):
+        self.style = style
         self.road_half = rng.uniform(5.0, 7.0)  # road half width (m): two lanes + parking lanes
         self.side_w = rng.uniform(1.6, 3.2)  # sidewalk width
-        self.road_tone = rng.uniform(0.28, 0.4)
+        self.road_tone = rng.uniform(*style.road_tone)
         self.yard_color = np.array([rng.uniform(0.2, 0.35), rng.uniform(0.3, 0.4), rng.uniform(0.12, 0.25)])
         self.dashes = rng.random() < 0.8  # dashed centre line
         bmin, bmax, mat, color, param = [], [], [], [], []
@@ -95,9 +139,9 @@ class _Street:
                     continue
                 length = rng.uniform(8.0, 30.0)
                 setback = 0.0 if rng.random() < 0.5 else rng.uniform(0.5, 5.0)
-                tone = rng.uniform(0.35, 0.8)
+                tone = rng.uniform(*style.facade_tone)
                 rgb = np.clip(tone * np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.6, 1.0)])
-                              [rng.permutation(3)], 0, 1)
+                              [rng.permutation(3)] * style.facade_tint, 0, 1)
                 windows = (rng.uniform(2.2, 3.8), rng.uniform(2.8, 3.6), rng.uniform(0.35, 0.6),
                            rng.uniform(0.4, 0.6))
                 box(s * (facade + setback), s * (facade + setback + 12.0), 0.0, rng.uniform(5.0, 22.0),
@@ -107,7 +151,8 @@ class _Street:
             while z < z_end:  # a far row seen through the side streets
                 length = rng.uniform(15.0, 40.0)
                 dist = facade + rng.uniform(25.0, 50.0)
-                rgb = np.clip(rng.uniform(0.35, 0.7) * np.array([1.0, 0.95, 0.85])[rng.permutation(3)], 0, 1)
+                rgb = np.clip(rng.uniform(0.35, 0.7) * np.array([1.0, 0.95, 0.85])[rng.permutation(3)]
+                              * style.facade_tint, 0, 1)
                 box(s * dist, s * (dist + 10.0), 0.0, rng.uniform(8.0, 30.0), z, z + length, FACADE, rgb,
                     (rng.uniform(2.5, 4.0), rng.uniform(3.0, 3.6), 0.5, 0.5))
                 z += length
@@ -138,12 +183,12 @@ class _Street:
                 x = s * (self.road_half + rng.uniform(0.3, 0.7))
                 w = rng.uniform(0.1, 0.2)
                 box(x - w / 2, x + w / 2, 0.0, rng.uniform(3.5, 8.0), z, z + w, POLE, (0.45, 0.45, 0.48))
-                if rng.random() < 0.35:
+                if rng.random() < style.sign_share:
                     sw, sh, y0 = rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9), rng.uniform(2.2, 3.0)
                     palette = [(0.1, 0.25, 0.6), (0.7, 0.1, 0.1), (0.85, 0.85, 0.8), (0.9, 0.7, 0.1)]
                     rgb = palette[rng.integers(4)]
                     box(x - s * sw, x + s * 0.05, y0, y0 + sh, z - 0.04, z, SIGN, rgb)
-                z += rng.uniform(6.0, 25.0)
+                z += rng.uniform(6.0, 25.0) / style.clutter
             z = z_start + rng.uniform(0.0, 10.0)
             while z < z_end:  # trees: trunk + crown at the back of the sidewalk
                 if rng.random() < 0.7:
@@ -154,7 +199,7 @@ class _Street:
                     tint = rng.uniform(0.8, 1.2)
                     box(x - cw / 2, x + cw / 2, h - 0.3, h + rng.uniform(2.0, 3.5), z - cw / 2, z + cw / 2,
                         CROWN, (0.18 * tint, 0.32, 0.12 * tint))
-                z += rng.uniform(8.0, 25.0)
+                z += rng.uniform(8.0, 25.0) / style.clutter
         self.bmin = np.array(bmin, dtype=np.float64)  # [K, 3]
         self.bmax = np.array(bmax, dtype=np.float64)
         self.mat = np.array(mat, dtype=np.int64)  # [K]
@@ -163,9 +208,13 @@ class _Street:
 
 
 @lru_cache(maxsize=8)
-def _camera_rays(height, width):
-    """Ray directions [H*W, 3] in the camera frame with z = 1 (so the ray parameter is the z-depth)."""
-    K = data.normalised_K() * np.array([[width], [height], [1], [1]], dtype=np.float32)  # [4, 4] in pixels
+def _camera_rays(height, width, focal=()):
+    """Ray directions [H*W, 3] in the camera frame with z = 1 (so the ray parameter is the z-depth);
+    focal: normalised (fx, fy), () = KITTI's."""
+    K = data.normalised_K()
+    if focal:
+        K[0, 0], K[1, 1] = focal
+    K = K * np.array([[width], [height], [1], [1]], dtype=np.float32)  # [4, 4] in pixels
     d = np.ones((height, width, 3), dtype=np.float32)
     d[..., 0] = ((np.arange(width) - K[0, 2]) / K[0, 0])[None, :]
     d[..., 1] = ((np.arange(height) - K[1, 2]) / K[1, 1])[:, None]
@@ -221,7 +270,8 @@ def _albedo(street, mat, k, P, axis, fp):
     u = np.where(axis == 0, z, x)  # horizontal coordinate on the face
     v = np.where(axis == 1, z, y)  # second coordinate (height on walls, along-street on the ground)
     if mat == ROAD:
-        n = _fbm(x, z, fp, [(8.0, 0.15), (2.0, 0.15), (0.5, 0.18), (0.12, 0.2), (0.03, 0.2)])
+        n = street.style.texture_gain * _fbm(x, z, fp, [(8.0, 0.15), (2.0, 0.15), (0.5, 0.18), (0.12, 0.2),
+                                                        (0.03, 0.2)])
         col = (street.road_tone * (1.0 + n))[:, None] * np.array([1.0, 1.0, 1.04], dtype=np.float32)
         paint = _band(np.abs(x), street.road_half - 0.4, street.road_half - 0.28, fp)
         centre = _band(x, -0.075, 0.075, fp)
@@ -241,7 +291,8 @@ def _albedo(street, mat, k, P, axis, fp):
     if mat == FACADE:
         p = street.param[k]
         off = (k % 97).astype(np.float32) * 3.3
-        n = _fbm(u, v, fp, [(3.0, 0.08), (0.8, 0.08), (0.2, 0.1), (0.05, 0.08)], offset=off)
+        n = street.style.texture_gain * _fbm(u, v, fp, [(3.0, 0.08), (0.8, 0.08), (0.2, 0.1), (0.05, 0.08)],
+                                             offset=off)
         height = -y
         col = base * (1.0 + n)[:, None]
         along = u - np.where(axis == 0, street.bmin[k, 2], street.bmin[k, 0])
@@ -289,7 +340,8 @@ def render_view(street, cam_to_world, height, width):
     Nearest hit per pixel over the ground plane and the street's boxes; each box is tested only on
     the pixels of its projected bounding rectangle, which is what makes numpy fast enough here.
     """
-    rays, fx, fy, cx, cy = _camera_rays(height, width)
+    style = street.style
+    rays, fx, fy, cx, cy = _camera_rays(height, width, style.focal)
     R = np.asarray(cam_to_world[:3, :3], dtype=np.float64)
     o = np.asarray(cam_to_world[:3, 3], dtype=np.float64)
     d = rays @ R.T.astype(np.float32)  # [HW, 3] world directions, camera z = 1
@@ -347,8 +399,8 @@ def render_view(street, cam_to_world, height, width):
     rgb = np.empty((height * width, 3), dtype=np.float32)
     length = np.sqrt(np.einsum("ij,ij->i", d, d))  # [HW] |d|: the distance per unit of z-depth
     up = np.clip(-d[:, 1] / length * 4.0, 0.0, 1.0)[:, None]
-    horizon = np.array([0.78, 0.82, 0.86], dtype=np.float32)
-    rgb[:] = horizon * (1 - up) + np.array([0.38, 0.52, 0.78], dtype=np.float32) * up
+    horizon = np.array(style.sky_horizon, dtype=np.float32)
+    rgb[:] = horizon * (1 - up) + np.array(style.sky_zenith, dtype=np.float32) * up
     idx = np.flatnonzero(t <= MAX_GT_DEPTH)
     th, kk = t[idx], obj[idx]
     P = o[None].astype(np.float32) + th[:, None] * d[idx]  # [n, 3] hit points
@@ -367,7 +419,8 @@ def render_view(street, cam_to_world, height, width):
     dn = np.abs(np.take_along_axis(d[idx], axis[:, None], 1)[:, 0]) / length[idx]  # |cos| of incidence
     dist = th * length[idx]
     fp = dist / fx / np.sqrt(np.maximum(dn, 0.05))  # pixel footprint on the surface (m)
-    shade = (0.45 + 0.6 * np.maximum(SUN[axis] * sign, 0.0)).astype(np.float32)
+    sun = np.array(style.sun) / np.linalg.norm(style.sun)  # towards the sun (y down)
+    shade = (style.ambient + style.sun_strength * np.maximum(sun[axis] * sign, 0.0)).astype(np.float32)
     col = np.empty((len(idx), 3), dtype=np.float32)
     for m in np.unique(mat):
         sel = np.flatnonzero(mat == m)
@@ -375,13 +428,14 @@ def render_view(street, cam_to_world, height, width):
     col *= shade[:, None]
     haze = np.clip((th - HAZE_START) / (MAX_GT_DEPTH - HAZE_START), 0.0, 1.0)[:, None] ** 1.5
     rgb[idx] = col * (1 - haze) + rgb[idx] * haze
+    rgb *= np.float32(style.exposure)
     depth = np.where(t <= MAX_GT_DEPTH, t, 0.0).astype(np.float32)
     thin = np.isin(np.where(obj >= 0, street.mat[np.maximum(obj, 0)], SKY), THIN_MATERIALS) & (depth > 0)
     image = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return image.reshape(height, width, 3), depth.reshape(height, width), thin.reshape(height, width)
 
 
-def _trajectory(rng, num_frames):
+def _trajectory(rng, num_frames, camera_height=CAMERA_HEIGHT):
     """Camera-2-to-world poses [N, 4, 4]: about 1 m per frame along the street, gentle yaw and pitch."""
     speed = rng.uniform(0.75, 1.2)
     phase = rng.uniform(0, 2 * np.pi, 4)
@@ -400,13 +454,13 @@ def _trajectory(rng, num_frames):
         Ry = np.array([[cy_, 0, sy_], [0, 1, 0], [-sy_, 0, cy_]])
         Rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
         poses[i, :3, :3] = Ry @ Rx
-        poses[i, :3, 3] = (x[i], -CAMERA_HEIGHT, z[i])
+        poses[i, :3, 3] = (x[i], -camera_height, z[i])
     return poses
 
 
-def _synthetic_calibration(height, width):
+def _synthetic_calibration(height, width, focal=()):
     """The entries of calib_cam_to_cam.txt and calib_velo_to_cam.txt for the synthetic cameras."""
-    _, fx, fy, cx, cy = _camera_rays(height, width)
+    _, fx, fy, cx, cy = _camera_rays(height, width, focal)
     # KITTI's P_rect uses MATLAB's 1-based pixel coordinates (hence generate_depth_map's "- 1"), our
     # renderer 0-based ones: the principal point is written +1 so projected lidar points land on
     # the very pixel they were sampled from.
@@ -423,7 +477,7 @@ def _synthetic_calibration(height, width):
     return cam, velo
 
 
-def _lidar_from_depth(depth, image, height, width):
+def _lidar_from_depth(depth, image, height, width, focal=()):
     """Velodyne scan [N, 4] float32 sampled from the (quantised) GT along 64 scan lines.
 
     Each in-image scan line becomes one image row with a point every second column, never column 0
@@ -432,7 +486,7 @@ def _lidar_from_depth(depth, image, height, width):
     velo_to_cam. A mirrored eighth of them behind the sensor (x < 0) stands for the rear half of a
     real sweep (kept small: the files are about 100 KB per frame).
     """
-    _, fx, fy, cx, cy = _camera_rays(height, width)
+    _, fx, fy, cx, cy = _camera_rays(height, width, focal)
     rows = np.unique(np.round(cy - fy * np.tan(np.radians(LIDAR_ELEVATIONS))).astype(np.int64))
     rows = rows[(rows >= 0) & (rows < height)]
     rr, cc = np.meshgrid(rows, np.arange(1, width, 2), indexing="ij")
@@ -466,11 +520,13 @@ def _frame_files(root, folder, frame):
 
 
 def _make_drive(job):
-    """Render and write one drive (run in a worker process). job = (root, index, frames, H, W, seed)."""
-    root, index, num_frames, height, width, seed = job
+    """Render and write one drive (run in a worker process). job = (root, index, frames, H, W, seed,
+    style name)."""
+    root, index, num_frames, height, width, seed, style = job
+    style = STYLES[style]
     rng = np.random.default_rng([seed, index])
-    poses = _trajectory(rng, num_frames)
-    street = _Street(rng, poses[0, 2, 3] - 30.0, poses[-1, 2, 3] + MAX_GT_DEPTH + 30.0)
+    poses = _trajectory(rng, num_frames, style.camera_height)
+    street = _Street(rng, poses[0, 2, 3] - 30.0, poses[-1, 2, 3] + MAX_GT_DEPTH + 30.0, style)
     folder = _drive_name(index)
     for path in _frame_files(root, folder, 0).values():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -486,18 +542,21 @@ def _make_drive(job):
         depth_q = np.round(depth.astype(np.float64) * 256.0) / 256.0  # what the png stores
         data.write_depth_png(files["gt"], depth_q)
         Image.fromarray(thin.astype(np.uint8) * 255).save(files["thin"], compress_level=1)
-        _lidar_from_depth(depth_q, image, height, width).tofile(files["velo"])
+        _lidar_from_depth(depth_q, image, height, width, style.focal).tofile(files["velo"])
     rows = ("".join(" ".join(f"{x:.9e}" for x in p[:3].ravel()) + "\n") for p in poses)
     (Path(root) / folder / "poses.txt").write_text("".join(rows))
     return num_frames
 
 
-def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, width=416, seed=0, workers=1):
+def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, width=416, seed=0, workers=1,
+                         style="default", test_only=False):
     """Write the synthetic mini-KITTI tree under root (KITTI raw layout + splits/synthetic); return root.
 
     Drives are split by drive: about 10% test and 10% validation (at least one each), the rest
     train; train lists both cameras, val/test camera 2 only; first and last frames are left out of
-    the lists (they lack a neighbour). An existing complete tree made with the same arguments is kept.
+    the lists (they lack a neighbour). style: a name of STYLES (its camera goes into the calibration
+    files); test_only: every drive is a test drive (a world for zero-shot evaluation only; its train
+    and val lists are empty). An existing complete tree made with the same arguments is kept.
     """
     root = Path(root)
     if num_drives < 3 or frames_per_drive < 3:
@@ -506,8 +565,11 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
     if height < 1 or width < 1:
         raise ValueError(f"make_synthetic_kitti: need a positive image size, "
                          f"got height {height} and width {width}")
+    if style not in STYLES:
+        raise ValueError(f"unknown world style {style!r}; choose one of {', '.join(STYLES)}")
     args = {"version": SYNTH_VERSION, "num_drives": num_drives, "frames_per_drive": frames_per_drive,
             "height": height, "width": width, "seed": seed}
+    args.update({"style": style} if style != "default" else {}, **({"test_only": True} if test_only else {}))
     marker = root / data.SYNTH_MARKER
     if marker.is_file():
         try:
@@ -516,11 +578,11 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
         except ValueError:
             pass
         marker.unlink()  # a tree made with other arguments: rebuild it in place
-    cam, velo = _synthetic_calibration(height, width)
+    cam, velo = _synthetic_calibration(height, width, STYLES[style].focal)
     calib = data.calib_folder(root, _drive_name(0))
     data.write_calib_file(calib / data.CAM_TO_CAM_FILE, cam)
     data.write_calib_file(calib / data.VELO_TO_CAM_FILE, velo)
-    jobs = [(str(root), i, frames_per_drive, height, width, seed) for i in range(num_drives)]
+    jobs = [(str(root), i, frames_per_drive, height, width, seed, style) for i in range(num_drives)]
     if workers > 1:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
@@ -529,8 +591,8 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
     else:
         for job in jobs:
             _make_drive(job)
-    n_test = max(1, round(0.1 * num_drives))
-    n_val = max(1, round(0.1 * num_drives))
+    n_test = num_drives if test_only else max(1, round(0.1 * num_drives))
+    n_val = 0 if test_only else max(1, round(0.1 * num_drives))
     test_ids = range(num_drives - n_test, num_drives)
     val_ids = range(num_drives - n_test - n_val, num_drives - n_test)
     train_ids = range(0, num_drives - n_test - n_val)
@@ -579,7 +641,7 @@ def render_benchmark(height=128, width=416, frames=40, seed=0):
     images_per_s = frames / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        _make_drive((tmp, 0, frames, height, width, seed))
+        _make_drive((tmp, 0, frames, height, width, seed, "default"))
         frames_per_s = frames / (time.perf_counter() - start)
     return images_per_s, frames_per_s
 
@@ -594,6 +656,9 @@ class WorldConfig:
     width: int = 416  # rendered image width (KITTI's: 1242)
     seed: int = 0  # world seed: the same seed renders the same pixels
     workers: int = 2  # processes rendering drives in parallel for --make
+    style: str = "default"  # world style of --make (STYLES: default, dusk, other_town, van_camera, cluttered)
+    test_only: bool = False  # --make: every drive is a test drive (a world for zero-shot evaluation)
+    styles: str = ""  # render every style but the default into DIR/<style>, test drives only
     render_bench: bool = False  # time the renderer on one core (images/s and complete frames/s)
 
 
@@ -610,8 +675,15 @@ def main(argv=None):
         elif cfg.make:
             start = time.perf_counter()
             make_synthetic_kitti(cfg.make, cfg.num_drives, cfg.frames_per_drive, cfg.height, cfg.width,
-                                 cfg.seed, cfg.workers)
+                                 cfg.seed, cfg.workers, cfg.style, cfg.test_only)
             print(f"synthetic data set in {cfg.make} ({time.perf_counter() - start:.1f} s)")
+        elif cfg.styles:
+            for name in (n for n in STYLES if n != "default"):
+                start = time.perf_counter()
+                folder = Path(cfg.styles) / name
+                make_synthetic_kitti(folder, cfg.num_drives, cfg.frames_per_drive, cfg.height, cfg.width, cfg.seed,
+                                     cfg.workers, name, test_only=True)
+                print(f"style {name}: {folder} ({time.perf_counter() - start:.1f} s)")
         else:
             parser.print_help()
     except (data.DataError, ValueError, OSError) as err:

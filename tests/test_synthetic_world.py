@@ -1,5 +1,7 @@
 """Tests of synthetic_world.py: the KITTI layout it writes, its calibration and lidar scans read back
-by 01_data, geometric consistency of images, depth and poses, determinism, and its command line."""
+by 01_data, geometric consistency of images, depth and poses, determinism, the world styles (the
+default rendering exactly the world of before), and its command line."""
+import hashlib
 import importlib
 import os
 
@@ -131,3 +133,71 @@ def test_bad_arguments_are_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: make_synthetic_kitti: need num_drives >= 3") and err.count("\n") == 1
     assert not (tmp_path / "w").exists()
+
+
+# The default world's decoded depth maps and images (tiny_world: 3 drives x 8 frames, 208x64, seed 0)
+# as rendered before the world had styles: the default style must still render exactly these pixels.
+DEFAULT_DEPTH_SHA256 = "3d7e30b14f64cd4b79b67beadb57fea2ebab4dadaa7bb6c93c8438af92408eae"
+DEFAULT_IMAGES_SHA256 = "bf1fd28e47f49e32e710d64c9f843835053364a9acf0d086bb7402fb61e479fe"
+
+
+def _pixels_digest(paths):
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(np.asarray(Image.open(p)).tobytes())
+    return h.hexdigest()
+
+
+def test_default_style_renders_the_world_as_before(tiny_world):
+    """The default style is the world of every earlier version, pixel for pixel: the decoded depth
+    pngs and camera images of tiny_world hash to what the renderer gave before it had styles."""
+    assert _pixels_digest(tiny_world.glob("*/*/proj_depth/groundtruth/image_0[23]/*.png")) == DEFAULT_DEPTH_SHA256
+    assert _pixels_digest(tiny_world.glob("*/*/image_0[23]/data/*.jpg")) == DEFAULT_IMAGES_SHA256
+    assert _world().STYLES["default"] == _world().WorldStyle()
+
+
+@pytest.fixture(scope="module")
+def style_worlds(tmp_path_factory):
+    """Every style as a test-only world of 3 drives x 5 frames at 208x64."""
+    root = tmp_path_factory.mktemp("styles")
+    for name in _world().STYLES:
+        _world().make_synthetic_kitti(root / name, num_drives=3, frames_per_drive=5, height=64, width=208, seed=0,
+                                     style=name, test_only=name != "default")
+    return root
+
+
+def test_every_style_renders_a_test_split_and_changes_what_it_says(style_worlds):
+    """Each style renders a complete world whose test list holds every drive (the default keeps its
+    train/val/test split). Styles that change only the look (light, paint) render the same streets:
+    identical depth, other pixels; the van camera's calibration has its focal length and its depth
+    differs (another viewpoint); the cluttered street has more thin-structure pixels."""
+    data = _data()
+    read = lambda name, kind: data.read_split(data.get_split_file("synthetic", kind, data_path=style_worlds / name))
+    assert len(read("default", "test")) == 3 and len(read("dusk", "test")) == 3 * 3  # 3 drives x 3 inner frames
+    assert (style_worlds / "dusk" / "splits" / "synthetic" / "train_files.txt").read_text() == ""
+
+    def frames(name, pattern):
+        return [np.asarray(Image.open(p)) for p in sorted((style_worlds / name).glob(pattern))]
+    depth, image = "*/*/proj_depth/groundtruth/image_02/*.png", "*/*/image_02/data/*.jpg"
+    for name in ("dusk", "other_town"):
+        assert all(np.array_equal(a, b) for a, b in zip(frames(name, depth), frames("default", depth))), name
+        assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(frames(name, image),
+                                                                        frames("default", image))]) > 5, name
+    calib = data.read_calib_file(data.calib_folder(style_worlds / "van_camera", "2000_01_01/2000_01_01_drive_0000_sync")
+                                 / data.CAM_TO_CAM_FILE)
+    fx, fy = _world().STYLES["van_camera"].focal
+    P2 = calib["P_rect_02"].reshape(3, 4)
+    assert P2[0, 0] == pytest.approx(fx * 208, rel=1e-5) and P2[1, 1] == pytest.approx(fy * 64, rel=1e-5)
+    default_P2 = data.read_calib_file(data.calib_folder(style_worlds / "default", "2000_01_01/2000_01_01_drive_0000_sync")
+                                      / data.CAM_TO_CAM_FILE)["P_rect_02"].reshape(3, 4)
+    assert P2[0, 0] != pytest.approx(default_P2[0, 0], rel=1e-3)
+    assert not all(np.array_equal(a, b) for a, b in zip(frames("van_camera", depth), frames("default", depth)))
+    thin = "*/*/thin_mask/image_02/*.png"
+    assert sum(m.sum() for m in frames("cluttered", thin)) > 1.3 * sum(m.sum() for m in frames("default", thin))
+
+
+def test_unknown_style_is_one_error_line(tmp_path, capsys):
+    """--style nope: exit 2, one line naming the styles."""
+    assert _world().main(["--make", str(tmp_path / "w"), "--style", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err and "dusk" in err
