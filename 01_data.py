@@ -12,8 +12,11 @@ github.com/nianticlabs/monodepth2). This file rebuilds that pipeline:
 Where we deviate from Monodepth2's loader, the function concerned says so. The synthetic mini-KITTI
 of the default run is written in this layout by synthetic_world.py (a data source, not a reading step).
 
-Demo:  python 01_data.py                (a tiny synthetic world, one sample's schema, a figure)
-       python 01_data.py --bench DIR    (loader samples/s against the bare decode + resize bound)
+This is the longest step (~850 lines): KITTI raw's layout, calibration, velodyne ground truth,
+split lists and the dataset are each needed to train or evaluate at all, and none of them is
+engineering a reader could skip; the loader's benchmark lives in benchmark.py.
+
+Demo:  python 01_data.py    (a tiny synthetic world, one sample's schema, a figure)
 Tests: tests/test_01_data.py
 """
 import argparse
@@ -745,7 +748,7 @@ def color_jitter(imgs, brightness, contrast, saturation, hue):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Loader speed (the frame cache, the loader benchmark), the demo and the command line.
+# Loader speed (the frame cache; its benchmark is benchmark.py's), the demo and the command line.
 # ==============================================================================================
 class FrameCache:
     """Decoded, resized frames kept in memory, up to a byte budget (then new frames are not kept).
@@ -775,68 +778,14 @@ class FrameCache:
         return frame
 
 
-class DecodeOnly(torch.utils.data.Dataset):
-    """The bare decode + resize work of a KittiRaw training sample: the same frame files, uint8, no more."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return torch.from_numpy(self.dataset.decode_frames(*self.dataset.lines[index]))
-
-
-def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg", workers=(0, 1, 2),
-                     batch_size=8, repeats=3):
-    """{n workers: (bound, rate)}: samples/s of KittiRaw training samples (frames 0, -1, +1, flip and
-    jitter at their training probabilities) and of the bound, the same loader over DecodeOnly (decode
-    and resize only). Best of `repeats` passes, the two loaders taking turns (shared machines are noisy)."""
-    dataset = KittiRaw(data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=True, img_ext=img_ext)
-    count = min(samples, len(dataset))
-    if count <= batch_size:
-        raise ValueError(f"the loader benchmark needs more samples than one batch ({batch_size}): "
-                         f"--samples {samples}, {len(dataset)} split lines")
-    order = list(range(count))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like a DataLoader worker (collating with OpenMP threads on busy cores stalls)
-
-    def samples_per_s(data, n, collate_fn):
-        loader = iter(torch.utils.data.DataLoader(torch.utils.data.Subset(data, order), batch_size=batch_size,
-                                                  num_workers=n, collate_fn=collate_fn))
-        next(loader)  # steady state: worker start-up (paid once per training run) is not timed
-        start = time.perf_counter()
-        for _ in loader:
-            pass
-        return (count - batch_size) / (time.perf_counter() - start)
-
-    results = {}
-    try:
-        for n in workers:
-            passes = [(samples_per_s(DecodeOnly(dataset), n, None), samples_per_s(dataset, n, collate))
-                      for _ in range(repeats)]
-            results[n] = (max(p[0] for p in passes), max(p[1] for p in passes))
-    finally:
-        torch.set_num_threads(threads)
-    return results
-
-
 # ---- Demo and command line ----
 @dataclass
 class DataConfig:
-    """What `python 01_data.py` does: the demo by default, or the loader benchmark (--bench DIR)."""
+    """What `python 01_data.py` does: the demo (the loader benchmark moved to benchmark.py)."""
     out: str = "runs/demo_01_data.png"  # where the demo saves its figure (its world goes next to it)
-    height: int = 128  # demo: image height of the tiny synthetic world and of the sample
-    width: int = 416  # demo: image width of the tiny synthetic world and of the sample
-    seed: int = 0  # demo: synthetic world seed
-    bench: str = ""  # a KITTI or synthetic data folder: time the loader against the decode bound
-    bench_height: int = 64  # loader benchmark input height: the default run's (KITTI presets: 192)
-    bench_width: int = 208  # loader benchmark input width (KITTI presets: 640); frames are resized to it
-    samples: int = 400  # samples per loader benchmark run (the first batch is not timed)
-    split: str = "train"  # which split list the loader benchmark reads (synthetic or eigen_zhou)
-    split_dir: str = ""  # folder of the standard split lists ("" = $SQLDEPTH_SPLIT_DIR or the download cache)
-    img_ext: str = ".jpg"  # image extension of the data (KITTI: .jpg or .png)
+    height: int = 128  # image height of the tiny synthetic world and of the sample
+    width: int = 416  # image width of the tiny synthetic world and of the sample
+    seed: int = 0  # synthetic world seed
 
 
 def demo(cfg):
@@ -894,25 +843,16 @@ def demo(cfg):
 def main(argv=None):
     """Command line generated from DataConfig; returns the exit status (2 = bad input, one line).
     The synthetic world has its own: python synthetic_world.py --help."""
+    given = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] == "--bench" for a in given):
+        print("error: --bench moved out of 01_data.py to benchmark.py (python benchmark.py --loader DIR)",
+              file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataclass_flags(parser, DataConfig)
     cfg = DataConfig(**vars(parser.parse_args(argv)))
     try:
-        if cfg.bench:
-            root = Path(cfg.bench)
-            if not root.is_dir():
-                raise DataError(f"data folder not found: {root}")
-            name = "synthetic" if (root / SYNTH_MARKER).is_file() else "eigen_zhou"
-            lines = read_split(get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
-            results = loader_benchmark(root, lines, cfg.bench_height, cfg.bench_width, cfg.samples,
-                                       cfg.img_ext)
-            print(f"loader at {cfg.bench_width}x{cfg.bench_height}, {min(cfg.samples, len(lines))} samples "
-                  f"of frames 0, -1, +1 (samples/s)")
-            for n, (bound, rate) in results.items():
-                print(f"{n} worker(s): decode + resize bound {bound:.1f}, KittiRaw training samples "
-                      f"{rate:.1f} ({100 * rate / bound:.0f}% of the bound)")
-        else:
-            demo(cfg)
+        demo(cfg)
     except (DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

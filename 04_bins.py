@@ -27,16 +27,14 @@ queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holdi
 `internals_stats(net, images)`, all three at once for logging.
 
 Below the engineering banner: conversion of the official encoder.pth + depth.pth
-(github.com/hisfog/SfMNeXt-Impl) into our state dict, MAC counting and a benchmark, loading our
-checkpoints, and the demo. Run `python 04_bins.py` for the demo figure (bin centres and per-pixel
-bin probabilities), `python 04_bins.py --bench` for the speed table. Tests: tests/test_04_bins.py.
+(github.com/hisfog/SfMNeXt-Impl) into our state dict, loading our checkpoints, and the demo. Run
+`python 04_bins.py` for the demo figure (bin centres and per-pixel bin probabilities); the speed
+table of the presets (parameters, MACs, inference and training step) is benchmark.py's.
+Tests: tests/test_04_bins.py.
 """
 import argparse
-import copy
-import statistics
 import importlib
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -46,9 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import run_folder                    # checkpoints: NaN/Inf weights are refused (run_folder.py)
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
-from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
-from cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (cpu_memory.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -132,16 +129,19 @@ class DepthNetConfig:
     bins: str = "sql"  # "sql" (from the cost volume), "fixed" (uniform) or "adabins" (first token)
     queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (disparity head, no bins)
     dropout: float = 0.1  # dropout of the self-query transformer layers (0.1 as the official code)
+    bins_space: str = "depth"  # bins over "depth" [min, max] (the paper) or "disparity" [1/max, 1/min]
     pretrained: Optional[str] = None  # None, "imagenet" (torchvision download) or a .pth path
 
 
-# The released KITTI models (input sizes live in 06_train); pretrained=None so building one never
-# downloads: training sets pretrained="imagenet".
+# The released KITTI models; pretrained=None so building one never downloads: training sets
+# pretrained="imagenet". Their input sizes (H, W) in PRESET_SIZES.
 PRESETS = {
     "kitti-r50-640x192": DepthNetConfig(50, 256, 32, 16, 64, 64, 512),
     "kitti-r50-1024x320": DepthNetConfig(50, 256, 32, 20, 128, 128, 512),
     "kitti-r18-640x192": DepthNetConfig(18, 256, 32, 16, 120, 128, 512),
 }
+PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024),
+                "kitti-r18-640x192": (192, 640)}
 
 
 def _mlp(sizes):
@@ -161,6 +161,8 @@ class DepthNet(nn.Module):
             raise ValueError(f"bins={cfg.bins!r}: choose 'sql', 'fixed' or 'adabins'")
         if cfg.queries not in ("self", "learned", "none"):
             raise ValueError(f"queries={cfg.queries!r}: choose 'self', 'learned' or 'none'")
+        if cfg.bins_space not in ("depth", "disparity"):
+            raise ValueError(f"bins_space={cfg.bins_space!r}: choose 'depth' or 'disparity'")
         if not 0 < cfg.min_depth < cfg.max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {cfg.min_depth}, {cfg.max_depth}")
         self.cfg = cfg
@@ -198,19 +200,25 @@ class DepthNet(nn.Module):
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
+        # The bins' range: depth [min, max] (the paper), or disparity [1/max, 1/min] (bins_space).
+        lo, hi = cfg.min_depth, cfg.max_depth
+        if cfg.bins_space == "disparity":
+            lo, hi = 1 / hi, 1 / lo
         with torch.autocast(device_type=V.device.type, enabled=False):
             if cfg.bins == "sql":
                 summaries = spatial_softmax_summaries(V, S)  # [B, Q, E]
                 y = self.bins_mlp(summaries.flatten(1))  # [B, D]
-                edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+                edges, centres = bins_from_mlp_output(y, lo, hi)
             elif cfg.bins == "adabins":
                 y = self.bins_mlp(tokens[:, 0].float())  # [B, D], from the first token only
-                edges, centres = bins_from_mlp_output(y, cfg.min_depth, cfg.max_depth)
+                edges, centres = bins_from_mlp_output(y, lo, hi)
             else:  # fixed: uniform edges, the same for every image
-                edges = torch.linspace(cfg.min_depth, cfg.max_depth, cfg.num_bins + 1, device=V.device)
+                edges = torch.linspace(lo, hi, cfg.num_bins + 1, device=V.device)
                 edges = edges.expand(V.shape[0], -1)  # [B, D+1]
                 centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # [B, D]
             depth, P = combine_probabilities(self.to_logits(V), centres)  # [B, 1, h, w], [B, D, h, w]
+            if cfg.bins_space == "disparity":  # the combination is a disparity: depth is its reciprocal
+                depth, edges, centres = 1 / depth, 1 / edges, 1 / centres
         if return_extras:
             return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P,
                     "queries": K}
@@ -299,8 +307,8 @@ def internals_stats(depth_net, images):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Official checkpoint conversion, MAC counting and the benchmark, loading our checkpoints, the demo
-# and the command line.
+# Official checkpoint conversion, loading our checkpoints, the demo and the command line (the speed
+# table moved to benchmark.py).
 # ==============================================================================================
 # ---- Official checkpoints ----
 # Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
@@ -379,132 +387,14 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
     return out
 
 
-# ---- MAC counting and the benchmark ----
-def count_macs(model, img):
-    """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
-
-    The cost volume and the summaries (B*Q*h*w*E each, functional ops) are added by hand. Counted on
-    a copy in train mode so PyTorch's fused transformer fast path does not bypass the hooks.
-    """
-    model, total = copy.deepcopy(model).train(), [0]
-
-    def conv(m, inp, out):
-        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear(m, inp, out):
-        total[0] += out.numel() * m.in_features
-
-    def attention(m, inp, out):  # q,k,v projections + QK^T + AV + output projection
-        q, k = inp[0], inp[1]
-        B, L, E = q.shape  # batch_first
-        S = k.shape[1]
-        total[0] += B * (L * E * E + 2 * S * E * E + 2 * L * S * E + L * E * E)
-
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(conv)
-        elif isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
-            m.register_forward_hook(linear)
-        elif isinstance(m, nn.MultiheadAttention):
-            m.register_forward_hook(attention)
-    with torch.no_grad():
-        out = model(img, return_extras=True)
-    if "cost_volume" in out:  # V = S^T K, plus the softmax-weighted summaries of the sql bins
-        B, Q, h, w = out["cost_volume"].shape
-        total[0] += (2 if model.cfg.bins == "sql" else 1) * B * Q * h * w * model.cfg.model_dim
-    return total[0]
-
-
-def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True,
-              small_map_convs=True):
-    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, page faults per
-    train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
-    faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
-    where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
-    is False; on CPU the big 3x3 convs on small maps take 02_unet's matmul weight gradient (as
-    06_train.py) unless small_map_convs is False."""
-    torch.manual_seed(0)
-    model = DepthNet(PRESETS[preset]).to(device)
-    if small_map_convs:
-        unet.use_small_map_convs(model)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    img = torch.rand(batch_size, 3, *size, device=device).contiguous(memory_format=fmt)
-    params = sum(p.numel() for p in model.parameters())
-    macs = count_macs(model, img[:1])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn):
-        fn()  # warm-up
-        times, faults_before = [], page_faults()
-        for _ in range(iters):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - start) * 1000.0)
-        return statistics.median(times), (page_faults() - faults_before) / iters
-
-    model.eval()
-
-    def infer():
-        with torch.inference_mode(), autocast:
-            model(img)
-    infer_ms = timed(infer)[0] / batch_size
-    model.train()
-    opt = make_adam(model.parameters(), fused=fused_adam, lr=1e-4)
-
-    def forward_backward():
-        with autocast:
-            loss = model(img).float().mean()
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-
-    def step():
-        forward_backward()
-        opt.step()
-    fwd_bwd_ms = timed(forward_backward)[0]
-    return (params, macs, infer_ms, fwd_bwd_ms, *timed(step))
-
-
-PRESET_SIZES = {"kitti-r50-640x192": (192, 640), "kitti-r50-1024x320": (320, 1024), "kitti-r18-640x192": (192, 640)}
-
-
 # ---- Our checkpoints, the demo and the command line ----
 @dataclass
 class BinsDemoConfig:
-    """What `python 04_bins.py` does: the demo figure, or the speed table with --bench."""
-    bench: bool = False  # run the benchmark instead of the demo figure
-    preset: str = ""  # benchmark: one preset (default: all); demo: the untrained network's preset
-    device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = False  # benchmark: also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
-    channels_last: bool = True  # benchmark: channels_last memory format (06_train.py's default)
-    fused_adam: bool = True  # benchmark: the train step's Adam fused where available (as 06_train.py)
-    small_map_convs: bool = True  # benchmark: matmul weight gradient of big 3x3 convs on small maps (CPU)
-    tune_memory: bool = True  # benchmark: huge pages and malloc reuse for CPU tensors (as 06_train.py)
-    batch_size: int = 2  # benchmark batch size
-    iters: int = 3  # benchmark: timed iterations after one warm-up (the median is reported)
-    checkpoint: str = ""  # demo: a trained 06_train checkpoint to show instead of an untrained network
+    """What `python 04_bins.py` does: the demo figure (the speed table moved to benchmark.py)."""
+    preset: str = ""  # the untrained network's preset (default: kitti-r18-640x192)
+    checkpoint: str = ""  # a trained 06_train checkpoint to show instead of an untrained network
     out: str = "runs/demo_04_bins.png"  # demo figure
-    seed: int = 0  # demo: synthetic frame and weights seed
-
-
-def run_bench(cfg, device):
-    presets = [cfg.preset] if cfg.preset else list(PRESETS)
-    modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
-    print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
-          f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
-          f"threads {torch.get_num_threads()}, median of {cfg.iters}")
-    print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
-          f"{'fwd+bwd ms':>10s} {'train ms/step':>13s} {'page faults/step':>16s}")
-    for name in presets:
-        for amp in modes:
-            h, w = PRESET_SIZES[name]
-            p, macs, inf, fb, tr, faults = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
-                                                     cfg.iters, cfg.fused_adam, cfg.small_map_convs)
-            print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
-                  f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f} {faults:>16,.0f}", flush=True)
+    seed: int = 0  # synthetic frame and weights seed
 
 
 def depthnet_from_config(model_cfg, state_dict=None):
@@ -520,7 +410,8 @@ def load_checkpoint(path):
     """(DepthNet, training config dict) rebuilt from a 06_train checkpoint's stored config.
 
     The checkpoint is read with weights_only=True and loaded strictly; anything unusable (missing
-    file, not a checkpoint, a state dict that does not fit its config) is one ValueError line.
+    file, not a checkpoint, NaN/Inf weights, a state dict that does not fit its config) is one
+    ValueError line.
     """
     path = Path(path)
     if not path.is_file():
@@ -531,6 +422,7 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is not a readable checkpoint ({str(err).strip().splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
         raise ValueError(f"{path} is not a checkpoint of 06_train.py (no 'model' / 'config' entries)")
+    run_folder.require_finite(ckpt["model"], str(path))   # a diverged run's weights: say so, not garbage
     try:
         net = depthnet_from_config(ckpt["config"]["model"], ckpt["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
@@ -584,24 +476,16 @@ def run_demo(cfg):
 
 def main(argv=None):
     """Command line generated from BinsDemoConfig; returns the exit status (2 = bad input, one line)."""
-    parser = argparse.ArgumentParser(description="Bins demo figure, or --bench for the speed table.")
+    given = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] == "--bench" for a in given):
+        print("error: --bench moved out of 04_bins.py to benchmark.py (python benchmark.py --preset "
+              "kitti-r50-640x192)", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(description="Bins demo figure: bin centres and per-pixel probabilities.")
     add_dataclass_flags(parser, BinsDemoConfig)
     cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))
-    if cfg.bench and cfg.tune_memory:
-        tune_cpu_memory()  # before the first big tensor, or PyTorch ignores it
     try:
-        if cfg.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        elif cfg.device in ("cpu", "cuda") and (cfg.device == "cpu" or torch.cuda.is_available()):
-            device = torch.device(cfg.device)
-        else:
-            raise ValueError(f"device {cfg.device!r} is not available")
-        if cfg.bench:
-            if cfg.preset and cfg.preset not in PRESETS:
-                raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-            run_bench(cfg, device)
-        else:
-            run_demo(cfg)
+        run_demo(cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

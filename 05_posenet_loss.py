@@ -196,11 +196,20 @@ class Project3D(nn.Module):
 
 def warp(source, depth, K, inv_K, T):
     """Synthesise the target view from `source` [B, C, H, W] given the target depth [B, 1, H, W]
-    and T [B, 4, 4] (target camera -> source camera). Out-of-image samples repeat the border."""
+    and T [B, 4, 4] (target camera -> source camera). Out-of-image samples repeat the border.
+    A NaN/Inf in depth or T (a diverging run) never reaches grid_sample, whose CPU backward reads
+    out of bounds on a NaN coordinate and crashes the process (github.com/pytorch/pytorch/issues/24823):
+    such coordinates are replaced by 0, and the warped image is made NaN instead, so the loss is
+    non-finite and 06's NaN guard stops the run with one line. Done on the device, with no host
+    sync (a check with .item() would make the GPU wait every step)."""
     h, w = depth.shape[-2:]
     points = BackprojectDepth()(depth, inv_K)                           # [B, 4, HW]
     grid = Project3D()(points, K, T, h, w)                              # [B, H, W, 2]
-    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    finite = torch.isfinite(grid)
+    grid = torch.where(finite, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    poison = torch.where(finite.all(), 0.0, float("nan")).to(warped.dtype)  # 0-d: 0, or NaN if any was not
+    return warped + poison
 
 
 # ---- Photometric error, minimum reprojection, smoothness ----
@@ -346,6 +355,10 @@ class LossConfig:
     use_stereo: bool = False         # add the other camera "s" as a source (fixed inputs["stereo_T"])
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
+    # What the smoothness term smooths: "depth" as the official SQLDepth code, or "disparity" (1 /
+    # depth) as Monodepth2. Disparity is linear in the image row on a flat road, depth is not, so
+    # smoothing disparity fills a textureless road (no photometric signal) with a plane.
+    smoothness_on: str = "depth"
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
     # "inv_depth": t * mean(1/depth), the official code (from arXiv 1712.00175). "depth": t * mean
@@ -360,6 +373,8 @@ class LossConfig:
     def __post_init__(self):
         if self.pose_scaling not in POSE_SCALINGS:
             raise ValueError(f"pose_scaling must be one of {POSE_SCALINGS}, got {self.pose_scaling!r}")
+        if self.smoothness_on not in ("depth", "disparity"):
+            raise ValueError(f"smoothness_on must be 'depth' or 'disparity', got {self.smoothness_on!r}")
         if self.ssim_window < 0:
             raise ValueError(f"ssim_window must be >= 0 (0 = L1 only), got {self.ssim_window}")
         if not 0 < self.min_depth < self.max_depth:
@@ -450,7 +465,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
         identity = torch.cat(identity, 1) if cfg.automask else None      # [B, S, H, W] or None
         best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
-        smoothness = smoothness_loss(depth, target)
+        smoothness = smoothness_loss(depth if cfg.smoothness_on == "depth" else 1.0 / depth, target)
         health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, cfg)
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,
                 photometric=photometric.detach(), smoothness=smoothness.detach(),
@@ -477,8 +492,9 @@ def training_health(depth, poses, reprojection, identity, automask, cfg):
     spread = (depth.std(dim=(1, 2, 3)) / mean_depth).mean()
     temporal = [fid for fid in source_ids(cfg) if fid != "s"]
     moves = [poses[fid][:, :3, 3].norm(dim=1) / mean_depth for fid in temporal]   # [B] each
-    motion = torch.stack(moves).mean() if moves else torch.full_like(spread, float("nan"))
-    no_warp = identity.min(dim=1).values.mean() if identity is not None else torch.full_like(spread, float("nan"))
+    nan = torch.full_like(spread, float("nan"))
+    motion = torch.stack(moves).mean() if moves else nan
+    no_warp = identity.min(dim=1).values.mean() if identity is not None else nan
     return dict(depth_spread=spread, motion=motion, automask_kept=automask.float().mean(),
                 identity_photometric=no_warp, warped_photometric=reprojection.min(dim=1).values.mean())
 
@@ -494,6 +510,24 @@ def collapse_signs(health):
     """The signs of collapse in {health name: float} -> list of short texts (empty = healthy)."""
     return [f"{name} {health[name]:.3g} < {limit:g} ({meaning})" for name, (limit, meaning)
             in COLLAPSE_LIMITS.items() if name in health and health[name] < limit]
+
+
+class CollapseWatch:
+    """The collapse detector of a training log: update() with each logged step's health numbers
+    returns one `warning:` line, once, when `patience` consecutive log lines show a sign of
+    collapse (collapse_signs), with the numbers and `advice` (what to try); else None."""
+
+    def __init__(self, advice, patience=3):
+        self.advice, self.patience, self.seen, self.warned = advice, patience, 0, False
+
+    def update(self, step, health):
+        signs = collapse_signs(health)
+        self.seen = self.seen + 1 if signs else 0
+        if self.warned or self.seen < self.patience:
+            return None
+        self.warned = True
+        return (f"warning: step {step}: this run looks collapsed ({'; '.join(signs)}, for {self.patience} "
+                f"log lines in a row); {self.advice}")
 
 
 @torch.no_grad()

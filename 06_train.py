@@ -1,53 +1,52 @@
-"""06 - train: the self-supervised training program: presets, the loop, checkpoints, exact resume.
+"""06 - train: the self-supervised training program: presets, one step, validation, the loop.
 
 Concept. Everything before this file is a piece; here they become a program, following the
 protocol of Monodepth2 that SQLDepth reuses (paper Sec. 4, implementation details): a batch of
 frame triplets (I-1, I0, I+1) from 01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two
 camera motions from the pose network and the photometric loss of 05_posenet_loss, minimised with
 Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in this order:
-`TrainConfig` and `PRESETS` (the CPU default on the synthetic world and the three KITTI set-ups of
-the released models), `build_networks`, `loss_config`, `train_step` (one step: Exercise 6.1),
-`validate`, and `Trainer.fit` (the loop: RUN/ckpt.pt after every epoch, RUN/best.pt = lowest
-validation loss). Below the engineering banner: the command line (every field of TrainConfig and
-of the model's DepthNetConfig is a flag), torchrun / DistributedDataParallel, a batch sampler
-whose order is a function of (seed, epoch) so that --resume continues with the same loss sequence,
-split lists checked for train/test drive overlap, atomic checkpoints, logs and curves, Ctrl-C /
-SIGTERM handling, --profile, and main. Where we differ from the official trainer: README, "Where we
-follow the paper, and where the official code".
+`TrainConfig` and `PRESETS` (the CPU default and the three KITTI set-ups of the released models),
+`build_networks`, `make_optimizer`, `loss_config`, `train_step` (Exercise 6.1), `validate` (the
+validation loss, the self-query diagnostics, the health numbers that tell a collapsed run) and
+`fit` (the loop). Below the engineering banner: the Trainer that sets a run up and writes RUN/
+(ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv), the command line and main.
+Helpers hold what a reader of the concept never needs: distributed_training.py (torchrun, the
+resumable sampler, signals), run_folder.py (checkpoints, the lock, logs), training_data.py and
+profiling.py (--profile). Deviations from the official trainer: docs/kitti.md.
 
-Run: `python 06_train.py` (synthetic world, 11 to 30 minutes on 2 CPU cores, ends with 07_eval.py),
+Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
 `torchrun --nproc_per_node=N 06_train.py ...`, `python 06_train.py --help` for every option.
-Uses 01_data, 04_bins, 05_posenet_loss; runs 07_eval.py as a subprocess at the end (06 never
-imports 07). Tests: tests/test_06_train.py.
+Tests: tests/test_06_train.py, tests/test_faults.py.
 
-Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss, 130 stopped by SIGINT,
-143 stopped by SIGTERM (the shell convention 128 + signal number; a checkpoint was saved first),
-otherwise the exit code of 07_eval.py when the final evaluation fails.
+Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss or weights, 4 a
+checkpoint could not be written (the previous one is intact), 130 / 143 stopped by SIGINT / SIGTERM
+(128 + the signal; a checkpoint was saved first), else 07_eval.py's code if the evaluation failed.
 """
-import argparse
-import csv
+import errno
 import importlib
 import math
-import os
 import random
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
-from cpu_memory import huge_pages_in_effect, tune_cpu_memory  # page faults (cpu_memory.py)
-from fused_adam import make_adam    # Adam, fused where it can be (fused_adam.py)
+# The unnumbered helpers: engineering that a reader of the training concept can skip.
+import distributed_training as runtime   # torchrun, the resumable sampler, signals (distributed_training.py)
+import profiling                         # --profile (profiling.py)
+import run_folder                        # checkpoints, the run folder's lock, logs (run_folder.py)
+import training_cli                      # the command line, presets, --resume (training_cli.py)
+import training_data                     # the world, split lists, loaders (training_data.py)
+from cli import one_line                 # errors as one line (cli.py)
+from cpu_memory import tune_cpu_memory   # page faults (cpu_memory.py)
+from fused_adam import make_adam         # Adam, fused where it can be (fused_adam.py)
+from training_data import frame_ids      # the frames of a sample: 0, -1, +1 (and "s")
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -57,7 +56,7 @@ bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 
 HERE = Path(__file__).resolve().parent
-EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED = 2, 3, 4
 
 
 # ---- Configuration and presets ----
@@ -95,6 +94,7 @@ class TrainConfig:
     pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
     pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term
+    smoothness_on: str = "depth"    # smooth "depth" (official SQLDepth) or "disparity" (Monodepth2)
     ssim_window: int = 7            # SSIM window (7 as SQLDepth, 3 as Monodepth2, 0 = L1 only)
     automask: bool = True           # Monodepth2's auto-masking of static pixels
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
@@ -206,16 +206,12 @@ def warm_up(optimizer, scheduler, step, epoch, cfg):
         group["lr"] = base * factor
 
 
-def frame_ids(cfg):
-    """The frames of a sample: target 0, sources -1 and +1, plus "s" (the other camera) with stereo."""
-    return (0, -1, 1) + (("s",) if cfg.use_stereo else ())
-
-
 def loss_config(cfg):
     """05's LossConfig of this run."""
     min_depth, max_depth = bins.output_depth_range(bins.DepthNetConfig(**cfg.model))
     return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
                                    ssim_window=cfg.ssim_window, smoothness_weight=cfg.smoothness_weight,
+                                   smoothness_on=cfg.smoothness_on,
                                    automask=cfg.automask, pose_scaling=cfg.pose_scaling,
                                    min_depth=min_depth, max_depth=max_depth)
 
@@ -278,7 +274,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
         for i, batch in enumerate(loader):
             if cfg.val_batches and i >= cfg.val_batches:
                 break
-            batch = to_device(batch, device, cfg.channels_last)
+            batch = training_data.to_device(batch, device, cfg.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
                 out = depth_net(batch["color"][0], return_extras=True)
             depth = out["depth"].float()                                # as in train_step
@@ -305,61 +301,111 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
     return (total[0] / total[1] if total[1] else float("nan")), {**stats, **health}
 
 
-class CollapseWatch:
-    """The collapse detector of the training log: one `warning:` line, once, when `patience`
-    consecutive log lines show a sign of collapse (05's collapse_signs of the step's health
-    numbers), with the numbers and what to try."""
-
-    def __init__(self, cfg, patience=3):
-        self.cfg, self.patience, self.seen, self.warned = cfg, patience, 0, False
-
-    def update(self, step, row):
-        signs = posenet_loss.collapse_signs(row)
-        self.seen = self.seen + 1 if signs else 0
-        if self.warned or self.seen < self.patience:
-            return None
-        self.warned = True
-        return (f"warning: step {step}: this run looks collapsed ({'; '.join(signs)} for {self.patience} "
-                f"log lines); try another --seed, {try_after_collapse(self.cfg)} (README, \"Monocular training\")")
-
-
-def try_after_collapse(cfg):
-    """What the collapse warning suggests for this run's recipe."""
-    return "a lower --lr or --warmup_steps 200"
-
-
 def amp_on(cfg, device):
     """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
     return cfg.amp and device.type == "cuda"
 
 
 # ---- The loop ----
+def fit(trainer, stop):
+    """The training loop of a Trainer (set up below the engineering banner) until its total_steps, a
+    signal (stop.signum) or a non-finite loss; returns the exit code. Each step: a batch, the
+    learning-rate warm-up, train_step, one host read of the loss terms (runtime.step_outcome), the
+    log line; at epoch ends StepLR and a validation with checkpoints (trainer.save)."""
+    cfg, info = trainer.cfg, trainer.info
+    if info.main:   # one training per run folder: a second one is refused (run_folder.py)
+        trainer.lock = run_folder.lock_run_folder(trainer.run_dir)
+        for name in ("log.csv", "val.csv"):
+            run_folder.truncate_csv(trainer.run_dir / name, trainer.step)
+        print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
+              f"{info.world} process(es) | {trainer.steps_per_epoch} steps/epoch | step {trainer.step} -> "
+              f"{trainer.total_steps} | {trainer.device} | {trainer.run_dir}", flush=True)
+    interval = dict(start=time.perf_counter(), data=0.0, steps=0)
+    last_saved, data_iter = trainer.step, trainer.batches()
+    while trainer.step < trainer.total_steps:
+        tick = time.perf_counter()
+        try:
+            b, batch = next(data_iter)
+        except Exception:
+            if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
+                break
+            raise
+        interval["data"] += time.perf_counter() - tick
+        batch = training_data.to_device(batch, trainer.device, cfg.channels_last)
+        warm_up(trainer.optimizer, trainer.scheduler, trainer.step, trainer.epoch, cfg)
+        terms = train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim,
+                           amp=amp_on(cfg, trainer.device))
+        trainer.step += 1
+        interval["steps"] += 1
+        log_now = info.main and (trainer.step % cfg.log_every == 0 or trainer.step == trainer.total_steps)
+        values, nonfinite, signum = runtime.step_outcome(terms, LOSS_TERMS, stop.signum, info,
+                                                         need_values=log_now)
+        if nonfinite:                        # nothing is saved: the model may hold NaNs now
+            bad = [f"{k}={values[k]}" for k in LOSS_TERMS if values and not math.isfinite(values[k])]
+            where = ", ".join(bad) or "on another process"
+            return trainer.stop_nonfinite(f"non-finite loss at step {trainer.step} ({where})", last_saved)
+        if log_now:
+            trainer.log(values, interval)
+        epoch_end = b + 1 == trainer.steps_per_epoch
+        if epoch_end:
+            trainer.epoch += 1
+            trainer.scheduler.step()            # StepLR counts epochs (after the optimizer steps)
+        if signum:
+            stop.signum = signum
+            break
+        validate_now = epoch_end or (cfg.val_every and trainer.step % cfg.val_every == 0)
+        if validate_now or (cfg.save_every and trainer.step % cfg.save_every == 0):
+            paused = time.perf_counter()
+            try:
+                trainer.save(validate_too=validate_now)
+            except run_folder.NonFinite as err:
+                return trainer.stop_nonfinite(str(err), last_saved)
+            last_saved = trainer.step
+            interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
+    data_iter.close()
+    try:
+        if stop.signum or last_saved != trainer.step:
+            trainer.save(validate_too=not stop.signum)   # no validation when asked to stop
+    except run_folder.NonFinite as err:
+        return trainer.stop_nonfinite(str(err), last_saved)
+    if stop.signum:
+        if info.main:
+            print(f"{signal.Signals(stop.signum).name}: saved {trainer.run_dir / 'ckpt.pt'} at step "
+                  f"{trainer.step}; continue with --resume {trainer.run_dir}", flush=True)
+        return 128 + stop.signum
+    runtime.report_checksums(trainer.nets, info, trainer.device)
+    return 0
+
+
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# The Trainer (set-up, validation + checkpoints, log lines, resume), the command line and main.
+# Processes, the sampler and signals live in distributed_training.py, checkpoints and logs in
+# run_folder.py, the data plumbing in training_data.py, --profile in profiling.py.
+# ==============================================================================================
+# ---- The run: set-up, validation and checkpoints, log lines, resume ----
+# The columns of RUN/log.csv (one row per logged step) and RUN/val.csv (one row per validation).
+LOG_COLUMNS = ("step", "epoch") + STEP_TERMS + ("lr", "img_per_s", "data_wait_pct", "eta_s")
+VAL_COLUMNS = (("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS + posenet_loss.HEALTH_TERMS
+               + ("motion_ratio", "collapsed"))
+
+
 class Trainer:
     """State of one run: networks, optimiser, schedule, loaders, counters, log files."""
 
     def __init__(self, cfg, info, device, ckpt=None):
-        self.cfg, self.info, self.device = cfg, info, device
-        if cfg.data == "kitti" and not cfg.data_path:
-            raise ValueError("--data kitti needs --data_path DIR (the KITTI raw root with the date folders)")
-        default_world = cfg.data == "synthetic" and not cfg.data_path
-        root = ensure_synthetic_world(cfg, info) if default_world else Path(cfg.data_path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"data path {root} not found")
-        self.cfg = cfg = replace(cfg, data_path=str(root.resolve()))
-        train_set, val_set, files = make_datasets(cfg, root, info)
-        # Recorded in the checkpoint for 07_eval (which warns when it evaluates on these drives),
-        # as drive names, so the check works wherever the list files end up.
-        self.split_record = {"split_files": {k: str(v) for k, v in files.items()},
-                             "train_drives": sorted({f for f, _, _ in train_set.lines + val_set.lines})}
-        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, info, device)
-        self.true_motion = true_motion(val_set, frame_ids(cfg), device)   # [N, S] metres, or None
+        self.info, self.device = info, device
+        data_path, loaders = training_data.prepare(cfg, info, device)
+        self.cfg = cfg = replace(cfg, data_path=data_path)
+        self.train_loader, self.val_loader, self.sampler = loaders.train, loaders.val, loaders.sampler
+        self.split_record, self.true_motion = loaders.split_record, loaders.true_motion
         self.steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
         # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
-        self.depth_net, self.pose_net = main_rank_first(
+        self.depth_net, self.pose_net = runtime.main_rank_first(
             info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
         self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
@@ -371,76 +417,11 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
         self.nets = (self.depth_net, self.pose_net)
-        self.collapse_watch = CollapseWatch(cfg)
+        self.collapse_watch = posenet_loss.CollapseWatch(collapse_advice(cfg))
         if info.world > 1:                       # static_graph: the encoder's fc is never used
             wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
             self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
-        self.run_dir = Path(cfg.run_dir)
-
-    def fit(self, stop):
-        """The loop until total_steps, a signal or a non-finite loss; returns the exit code."""
-        cfg, info = self.cfg, self.info
-        if info.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("log.csv", "val.csv"):
-                truncate_csv(self.run_dir / name, self.step)
-            print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
-                  f"{info.world} process(es) | {self.steps_per_epoch} steps/epoch | step {self.step} -> "
-                  f"{self.total_steps} | {self.device} | {self.run_dir}", flush=True)
-        interval = dict(start=time.perf_counter(), data=0.0, steps=0)
-        last_saved, data_iter = self.step, self.batches()
-        while self.step < self.total_steps:
-            tick = time.perf_counter()
-            try:
-                b, batch = next(data_iter)
-            except Exception:
-                if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
-                    break
-                raise
-            interval["data"] += time.perf_counter() - tick
-            batch = to_device(batch, self.device, cfg.channels_last)
-            warm_up(self.optimizer, self.scheduler, self.step, self.epoch, cfg)
-            terms = train_step(*self.nets, batch, self.optimizer, self.loss_cfg, self.ssim,
-                               amp=amp_on(cfg, self.device))
-            self.step += 1
-            interval["steps"] += 1
-            log_now = info.main and (self.step % cfg.log_every == 0 or self.step == self.total_steps)
-            values, nonfinite, signum = step_outcome(terms, stop.signum, info, need_values=log_now)
-            if nonfinite:                        # nothing is saved: the model may hold NaNs now
-                bad = [f"{k}={values[k]}" for k in LOSS_TERMS if values and not math.isfinite(values[k])]
-                where = ", ".join(bad) or "on another process"
-                return self.stop_nonfinite(f"non-finite loss at step {self.step} ({where})", last_saved)
-            if log_now:
-                self.log(values, interval)
-            epoch_end = b + 1 == self.steps_per_epoch
-            if epoch_end:
-                self.epoch += 1
-                self.scheduler.step()            # StepLR counts epochs (after the optimizer steps)
-            if signum:
-                stop.signum = signum
-                break
-            validate_now = epoch_end or (cfg.val_every and self.step % cfg.val_every == 0)
-            if validate_now or (cfg.save_every and self.step % cfg.save_every == 0):
-                paused = time.perf_counter()
-                try:
-                    self.save(validate_too=validate_now)
-                except NonFinite as err:
-                    return self.stop_nonfinite(str(err), last_saved)
-                last_saved = self.step
-                interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
-        data_iter.close()
-        try:
-            if stop.signum or last_saved != self.step:
-                self.save(validate_too=not stop.signum)   # no validation when asked to stop
-        except NonFinite as err:
-            return self.stop_nonfinite(str(err), last_saved)
-        if stop.signum:
-            if info.main:
-                print(f"{signal.Signals(stop.signum).name}: saved {self.run_dir / 'ckpt.pt'} at step "
-                      f"{self.step}; continue with --resume {self.run_dir}", flush=True)
-            return 128 + stop.signum
-        self.ddp_check()
-        return 0
+        self.run_dir, self.lock = Path(cfg.run_dir), None   # the lock: held from fit() on (rank 0)
 
     def batches(self):
         """(batch index within the epoch, batch) from the current position to total_steps."""
@@ -456,25 +437,25 @@ class Trainer:
         """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
         with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
         written: NonFinite is raised instead."""
-        bad = first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
+        bad = run_folder.first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
                                ("pose", self.pose_net)) for n, p in net.named_parameters()])
         if bad:
-            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
+            raise run_folder.NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
         improved = False
         if validate_too:
-            val, stats = validate(*map(_unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
+            val, stats = validate(*map(runtime.unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
                                   self.cfg, self.device, self.info, self.true_motion)
             improved = val < self.best_val
             self.best_val = val if improved else self.best_val
         if not self.info.main:
             return
         state = self.state()
-        save_checkpoint(state, self.run_dir / "ckpt.pt")
+        run_folder.save_checkpoint(state, self.run_dir / "ckpt.pt")
         if improved or not (self.run_dir / "best.pt").exists():
-            save_checkpoint(state, self.run_dir / "best.pt")
+            run_folder.save_checkpoint(state, self.run_dir / "best.pt")
         if validate_too:
             row = dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats)
-            append_csv(self.run_dir / "val.csv", VAL_COLUMNS, row)
+            run_folder.append_csv(self.run_dir / "val.csv", VAL_COLUMNS, row)
             print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
                   f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
                   f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
@@ -493,13 +474,13 @@ class Trainer:
                    img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
                    data_wait_pct=100.0 * interval["data"] / elapsed,
                    eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
-        append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
+        run_folder.append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
         print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
               f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
               f"spread {row['depth_spread']:.2f} motion {row['motion']:.3f} mask {row['automask_kept']:.2f} | "
               f"lr {row['lr']:.1e} | "
               f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
-              f"ETA {format_time(row['eta_s'])}", flush=True)
+              f"ETA {run_folder.format_time(row['eta_s'])}", flush=True)
         interval.update(start=now, data=0.0, steps=0)
         warning = self.collapse_watch.update(self.step, row)
         if warning:
@@ -512,21 +493,6 @@ class Trainer:
                   f"{self.run_dir / 'ckpt.pt'} (step {last_saved})", file=sys.stderr, flush=True)
         return EXIT_NONFINITE
 
-    def ddp_check(self):
-        """Under torchrun: gather a checksum of each rank's parameters; rank 0 prints them (they
-        must agree, or the gradients were not averaged)."""
-        if self.info.world == 1:
-            return
-        params = [p.detach().double() for n in self.nets for p in _unwrap(n).parameters()]
-        mine = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)]).to(self.device)
-        gathered = [torch.zeros_like(mine) for _ in range(self.info.world)]
-        dist.all_gather(gathered, mine)
-        if self.info.main:
-            sums = [tuple(float(x) for x in g.cpu()) for g in gathered]
-            same = all(s == sums[0] for s in sums)
-            print(f"ddp: parameter checksums of {len(sums)} ranks {'agree' if same else 'DIFFER'}: {sums}",
-                  flush=True)
-
     def load_state(self, ckpt):
         """Continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)."""
         try:
@@ -534,13 +500,13 @@ class Trainer:
             self.pose_net.load_state_dict(ckpt["pose"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"the checkpoint does not match its config: {_one_line(err)}") from None
+            raise ValueError(f"the checkpoint does not match its config: {one_line(err)}") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
         if ckpt["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
-        set_rng_state(ckpt["rng"])
+        run_folder.set_rng_state(ckpt["rng"])
         if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
             torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
 
@@ -549,681 +515,35 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
                 "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
-                "rng": rng_state()}
+                "rng": run_folder.rng_state()}
 
 
-# ==============================================================================================
-# ---- Engineering: not needed to understand SQLDepth ----
-# The command line, processes and devices (torchrun / DDP), the batch sampler, data loading,
-# checkpoints and RNG states (exact resume), logging and plots, signals, profiling, main.
-# ==============================================================================================
-# ---- Command line: one flag per TrainConfig field, model fields as flat flags ----
-CHOICES = {"preset": list(PRESETS), "data": ["synthetic", "kitti"],
-           "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
-           "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
-           "queries": ["self", "learned", "none"]}
-MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
-# What a checkpoint's architecture is made of: --resume refuses to change these.
-ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
-# Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
-# 07_eval's leakage warning); not options, so --resume leaves them out of the TrainConfig.
-RECORD_KEYS = ("split_files", "train_drives")
-
-
-def build_parser():
-    """The CLI, generated from TrainConfig and 04_bins.DepthNetConfig (defaults: synthetic-cpu)."""
-    parser = argparse.ArgumentParser(
-        prog="06_train.py",
-        description="Self-supervised SQLDepth training. Without arguments: the synthetic-cpu preset "
-                    "(generates data/synthetic, trains, evaluates with 07_eval.py).",
-        epilog="Your own split: put NAME/train_files.txt and NAME/val_files.txt (lines 'folder frame side') "
-               "in a folder and pass --split NAME --split_dir FOLDER, or pass --train_files FILE --val_files "
-               "FILE; a run whose lists share a drive with the --eval_split test list is refused before any "
-               "data is read (unless --allow_split_overlap). "
-               "Model fields are flat flags (--num_layers 18 --num_queries 32 ...); --pretrained none "
-               "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
-               "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
-    base = preset_config("synthetic-cpu")
-    # only_given: a flag not given parses to None, so parse_args applies only the given ones over
-    # the chosen preset (the help shows the synthetic-cpu values).
-    add_dataclass_flags(parser, TrainConfig, defaults=base, choices=CHOICES, skip=("model",), only_given=True)
-    group = parser.add_argument_group("model (04_bins.DepthNetConfig; defaults: the preset's)")
-    add_dataclass_flags(group, bins.DepthNetConfig, defaults=base.model, choices=CHOICES, only_given=True)
-    return parser
-
-
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags (training_cli.py) ----
 def parse_args(argv=None):
     """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
-    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    return apply_overrides(preset_config(given.get("preset", "synthetic-cpu")), given), given
+    return training_cli.parse_args(argv, TrainConfig, preset_config, PRESETS)
 
 
-def apply_overrides(cfg, given):
-    """cfg with the given flags set; model flags go into cfg.model ("none" -> None for pretrained)."""
-    model = dict(cfg.model)
-    for name in MODEL_FIELDS:
-        if name in given:
-            model[name] = None if given[name] in ("none", "") and name == "pretrained" else given[name]
-    train = {k: v for k, v in given.items() if k not in MODEL_FIELDS}
-    return replace(cfg, **train, model=model)
 
 
-# ---- Processes and devices ----
-@dataclass
-class Dist:
-    rank: int = 0        # this process's rank (torchrun's RANK)
-    world: int = 1       # number of processes (WORLD_SIZE)
-    local_rank: int = 0  # GPU index on this machine (LOCAL_RANK)
+# ---- The final evaluation, main ----
+def collapse_advice(cfg):
+    """What the collapse warning suggests for this run's recipe (README, "Monocular training")."""
+    return "try another --seed, or a lower --lr (README, \"Monocular training\")"
 
-    @property
-    def main(self):
-        return self.rank == 0
 
-
-class PeerFailed(Exception):
-    """Rank 0 failed at a step the other ranks wait for; rank 0 prints the one error line."""
-
-
-def main_rank_first(info, work):
-    """work() on rank 0 first, then on the other ranks: downloads into a shared cache (split lists,
-    ImageNet weights) and the synthetic world are made once, and the others find them complete.
-
-    The other ranks wait in a broadcast from rank 0 instead of a bare barrier: it says whether
-    rank 0 succeeded, so a failure there (offline, a leaking split) stops every rank at once
-    instead of leaving them at a barrier that rank 0 never reaches.
-    """
-    if info.world == 1:
-        return work()
-    result, error = None, None
-    if info.main:
-        try:
-            result = work()
-        except Exception as err:                 # re-raised below, after telling the others
-            error = err
-    box = [error is not None]
-    dist.broadcast_object_list(box, src=0)
-    if box[0]:
-        if info.main:
-            raise error
-        raise PeerFailed()
-    return result if info.main else work()
-
-
-def setup_process(cfg):
-    """(Dist, device): reads torchrun's environment, picks the device once (cuda:LOCAL_RANK under
-    torchrun) and joins the process group (nccl on CUDA, gloo on CPU)."""
-    info = Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                int(os.environ.get("LOCAL_RANK", 0)))
-    device = choose_device(cfg.device, info)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True    # fixed input sizes: autotune each conv once
-    if info.world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def choose_device(spec, info):
-    """torch.device of --device auto | cpu | cuda | cuda:N; a ValueError naming the value when that
-    device does not exist (also when torchrun starts more processes than the machine has GPUs)."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {spec!r}: choose auto, cpu, cuda or cuda:N")
-    if device.type == "cpu":
-        return device
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise ValueError(f"--device {spec}: no CUDA device is available")
-    if info.world > 1:
-        if device.index is not None:
-            raise ValueError(f"--device {spec}: under torchrun each process uses cuda:LOCAL_RANK; "
-                             f"pass --device cuda (or auto)")
-        if info.local_rank >= count:
-            raise ValueError(f"torchrun process LOCAL_RANK={info.local_rank} has no GPU: this machine "
-                             f"has {count}; use --nproc_per_node {count} or fewer")
-        return torch.device("cuda", info.local_rank)
-    index = device.index or 0
-    if index >= count:
-        raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to "
-                         f"cuda:{count - 1}")
-    return torch.device("cuda", index)
-
-
-# ---- The batch sampler ----
-class EpochBatches:
-    """Batch sampler whose order is a pure function of (seed, epoch): rank r takes every world-th
-    index of one permutation (a DistributedSampler without padding), `drop_last`; set_epoch(epoch,
-    skip) restarts the epoch after `skip` batches (resume). Yields [(epoch, index), ...] so that
-    the dataset copies in (persistent) workers know the epoch of each sample (01_data.KittiRaw
-    accepts such keys)."""
-
-    def __init__(self, num_samples, batch_size, seed, rank=0, world=1):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world = rank, world
-        self.batches_per_epoch = num_samples // (batch_size * world)
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch, skip=0):
-        self.epoch, self.skip = epoch, skip
-
-    def order(self, epoch):
-        """The epoch's permutation of all indices (identical on every rank)."""
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
-        return torch.randperm(self.num_samples, generator=g).tolist()
-
-    def __len__(self):
-        return self.batches_per_epoch - self.skip
-
-    def __iter__(self):
-        used = self.batches_per_epoch * self.batch_size * self.world
-        mine = self.order(self.epoch)[self.rank:used:self.world]       # this rank's shard
-        for b in range(self.skip, self.batches_per_epoch):
-            yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
-
-
-# ---- Data loading ----
-def ensure_synthetic_world(cfg, info):
-    """The default data: generate data/synthetic with synthetic_world.py (rank 0 first; skipped when
-    complete)."""
-    import synthetic_world                       # only the default run needs the renderer
-    root = HERE / "data" / "synthetic"
-
-    def make():
-        if info.main:
-            start = time.perf_counter()
-            synthetic_world.make_synthetic_kitti(root, num_drives=cfg.synth_drives,
-                                                 frames_per_drive=cfg.synth_frames, height=cfg.synth_height,
-                                                 width=cfg.synth_width, seed=0, workers=2)
-            print(f"data: synthetic world at {root} ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    main_rank_first(info, make)
-    return root
-
-
-def split_names(cfg):
-    """(training split name, evaluation split name) with the defaults of the data kind filled in."""
-    synthetic = cfg.data == "synthetic"
-    return (cfg.split or ("synthetic" if synthetic else "eigen_zhou"),
-            cfg.eval_split or ("synthetic" if synthetic else "eigen"))
-
-
-def split_files(cfg, root, log=print):
-    """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
-    01_data.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
-    test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
-    informative line about a user's list that differs from the standard list of its name."""
-    split, eval_split = split_names(cfg)
-    if bool(cfg.train_files) != bool(cfg.val_files):
-        raise ValueError("--train_files and --val_files go together (a run needs a validation list)")
-    if cfg.train_files and cfg.split:
-        raise ValueError(f"give --split {cfg.split} or --train_files/--val_files, not both")
-
-    def find(name, kind):
-        return data.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
-
-    if cfg.train_files:
-        files = {"train": Path(cfg.train_files).resolve(), "val": Path(cfg.val_files).resolve()}
-    else:
-        files = {"train": find(split, "train"), "val": find(split, "val")}
-    files["test"] = find(eval_split, "test")
-    return files
-
-
-def load_splits(cfg, root, log=print):
-    """(train lines, val lines, list files), after 01's leakage check of the train and val lines
-    against the evaluation split's test list (an old official train list shared 21 drives with the
-    Eigen test split). Reads only the lists, no image: it runs before any data is read."""
-    files = split_files(cfg, root, log)
-    train, val, test = (data.read_split(files[k]) for k in ("train", "val", "test"))
-    split, eval_split = split_names(cfg)
-    what = f"the {'--train_files/--val_files' if cfg.train_files else split} split (train + val lines)"
-    against = f"the {eval_split} test split"
-    shared = data.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
-    if shared and log is not None:
-        log(f"warning: {what} shares {data.describe_overlap(shared, len(test), against)} "
-            f"(allowed by --allow_split_overlap): test numbers on these drives will be optimistic")
-    return train, val, files
-
-
-def make_datasets(cfg, root, info=None):
-    """(train KittiRaw with augmentation, val KittiRaw without, list files) at the network size.
-    The lists are resolved on rank 0 first (it downloads what is missing), then on the others."""
-    info = info or Dist()
-    log = (lambda line: print(line, flush=True)) if info.main else None
-    train_lines, val_lines, files = main_rank_first(info, lambda: load_splits(cfg, root, log))
-    common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids(cfg), img_ext=cfg.img_ext,
-                  drop_missing=cfg.drop_missing, seed=cfg.seed, cache_mb=cfg.cache_mb)
-    # The synthetic world's validation samples carry their dense ground truth (motion_vs_truth).
-    synthetic = cfg.data == "synthetic"
-    return (data.KittiRaw(str(root), train_lines, is_train=True, split_file=files["train"], **common),
-            data.KittiRaw(str(root), val_lines, is_train=False, split_file=files["val"], load_depth=synthetic,
-                          **common), files)
-
-
-def true_motion(dataset, frame_ids, device):
-    """[N, S] float32 on the device: metres that the camera moves from each sample's frame to each
-    temporal source frame, from the synthetic world's poses (the left camera's); None for KITTI."""
-    if not dataset.synthetic:
-        return None
-    import synthetic_world                       # the poses file is the world's
-    temporal = [int(f) for f in frame_ids[1:] if f != "s"]
-    poses, rows = {}, []
-    for folder, frame, _ in dataset.lines:
-        if folder not in poses:
-            poses[folder] = synthetic_world.read_synthetic_poses(dataset.data_path / folder)  # [F, 4, 4]
-        P = poses[folder]
-        rows.append([np.linalg.norm((np.linalg.inv(P[frame + fid]) @ P[frame])[:3, 3]) for fid in temporal])
-    return torch.tensor(rows, dtype=torch.float32, device=device)
-
-
-def make_loaders(cfg, train_set, val_set, info, device):
-    """Train loader over EpochBatches, val loader over this rank's shard (in order, all samples).
-    Own torch.Generators keep the loaders from drawing on the global RNG (exact resume)."""
-    workers = cfg.num_workers
-    common = dict(num_workers=workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-                  persistent_workers=cfg.persistent_workers and workers > 0)
-    sampler = EpochBatches(len(train_set), cfg.batch_size, cfg.seed, info.rank, info.world)
-    if sampler.batches_per_epoch == 0:
-        raise ValueError(f"the train split has {len(train_set)} samples, fewer than batch_size "
-                         f"{cfg.batch_size} x {info.world} process(es)")
-    train = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=data.collate,
-                                        generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=data.collate,
-                                      sampler=list(range(info.rank, len(val_set), info.world)),
-                                      generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return train, val, sampler
-
-
-def to_device(batch, device, channels_last=False):
-    """A collated batch (nested dicts of tensors) on the device, its uint8 images turned into float
-    in [0, 1] there (a quarter of the bytes cross to the GPU); 4-D tensors NHWC if asked."""
-    def move(value):  # .float() in images_to_float keeps the memory format
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        if not torch.is_tensor(value):
-            return value
-        value = value.to(device, non_blocking=True)
-        return value.contiguous(memory_format=torch.channels_last) if channels_last and value.dim() == 4 else value
-
-    return data.images_to_float(move(batch))
-
-
-# ---- Checkpoints (atomic) and RNG states ----
-def rng_state():
-    """torch / CUDA / numpy / python RNG states in types torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
-
-
-def set_rng_state(state):
-    """Inverse of rng_state()."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
-def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
-    writing leaves the previous file as it was (rename is atomic on POSIX and Windows)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path):
-    """A checkpoint dict of this script (ValueError / FileNotFoundError with one line otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:                     # zip / pickle errors of every kind
-        raise ValueError(f"{path} is not a readable checkpoint ({_one_line(err)})") from None
-    needed = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "best_val", "steps_per_epoch",
-              "config", "rng"}
-    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise ValueError(f"{path} is not a checkpoint of 06_train.py")
-    return ckpt
-
-
-def resume_config(ckpt, given, run_dir):
-    """The checkpoint's TrainConfig with the given flags applied; refuses architecture changes."""
-    stored = {k: v for k, v in ckpt["config"].items() if k not in RECORD_KEYS}
-    try:
-        cfg = TrainConfig(**stored)
-    except TypeError as err:
-        raise ValueError(f"{run_dir}/ckpt.pt has an unknown config ({_one_line(err)})") from None
-    for name in ARCH_FIELDS + tuple(MODEL_FIELDS):
-        old = stored["model"].get(name) if name in MODEL_FIELDS else stored[name]
-        new = given.get(name, old)
-        if name == "pretrained":
-            continue                             # the weights come from the checkpoint anyway
-        if new != old:
-            raise ValueError(f"--resume {run_dir}: its checkpoint was trained with {name}={old!r}, "
-                             f"not {new!r} (a checkpoint of another preset/architecture)")
-    return apply_overrides(cfg, {**given, "resume": str(run_dir), "run_dir": str(run_dir)})
-
-
-def _one_line(err):
-    """The first line of an exception message (state-dict errors span many lines)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _unwrap(net):
-    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-
-
-# ---- Logging and plots (rank 0) ----
-LOG_COLUMNS = ("step", "epoch") + STEP_TERMS + ("lr", "img_per_s", "data_wait_pct", "eta_s")
-VAL_COLUMNS = (("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS + posenet_loss.HEALTH_TERMS
-               + ("motion_ratio", "collapsed"))
-
-
-def append_csv(path, columns, row):
-    """One row into a CSV (header when new). Floats keep full precision (resume comparisons)."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(columns)
-        writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns])
-
-
-def truncate_csv(path, step):
-    """Drop the rows written after `step` (a resumed run rewrites them)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-
-
-def format_time(seconds):
-    seconds = int(max(seconds, 0))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def save_plots(run_dir, model):
-    """RUN/curves.png: training loss terms, validation loss, learning rate, throughput and the
-    self-query diagnostics of each validation (model: the run's DepthNetConfig as a dict)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def read(path):
-        if not path.exists():
-            return {}
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
-
-    log, val = read(run_dir / "log.csv"), read(run_dir / "val.csv")
-    if not log:
-        return None
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
-    axes[0, 0].plot(log["step"], log["loss"], label="total")
-    axes[0, 0].plot(log["step"], log["photometric"], label="photometric", alpha=0.7)
-    axes[0, 0].set_title("training loss")
-    if val:
-        axes[0, 0].plot(val["step"], val["val_loss"], "o-", label="validation")
-    axes[0, 0].legend()
-    axes[0, 1].plot(log["step"], log["smoothness"])
-    axes[0, 1].set_title("smoothness term (unweighted)")
-    axes[1, 0].semilogy(log["step"], log["lr"])
-    axes[1, 0].set_title("learning rate")
-    axes[1, 1].plot(log["step"], log["img_per_s"])
-    axes[1, 1].set_title("throughput (img/s, all processes)")
-    if val and "query_similarity" in val:  # older runs lack these columns
-        axes[0, 2].plot(val["step"], val["query_similarity"], "o-", label="query cosine similarity")
-        axes[0, 2].plot(val["step"], val["effective_rank"] / model["num_queries"], "s-",
-                        label="cost-volume effective rank / Q")
-        axes[0, 2].plot(val["step"], val["bins_99"] / model["num_bins"], "^-", label="bins holding 99% / D")
-        axes[0, 2].set_ylim(0, 1.05)
-        axes[0, 2].legend(fontsize=8)
-    axes[0, 2].set_title("self-query layer (1st val batch)")
-    axes[1, 2].axis("off")
-    for ax in axes.flat:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=90)
-    plt.close(fig)
-    return run_dir / "curves.png"
-
-
-# ---- Signals: finish the step, save, exit ----
-class NonFinite(Exception):
-    """A NaN/Inf weight found when about to save."""
-
-
-def first_nonfinite(named_tensors):
-    """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
-    one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # [P] bools
-    if bool(finite.all()):
-        return None
-    return named_tensors[int((~finite).int().argmax())][0]
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set `signum`: the loop finishes the step, saves and exits. Copies of the same
-    signal within a second are ignored (`timeout`, torchrun and the terminal's process group each
-    deliver one); a later SIGINT raises KeyboardInterrupt at once (an impatient second Ctrl-C)."""
-
-    def __init__(self):
-        self.signum, self.when = 0, 0.0
-
-    def handle(self, signum, frame):
-        now = time.monotonic()
-        if not self.signum:
-            self.signum, self.when = signum, now
-        elif signum == signal.SIGINT and now - self.when > 1.0:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-def step_outcome(terms, signum, info, need_values):
-    """({term: float} or None, a non-finite loss term on any process, a signal on any process) after
-    a step, with one host read, after the optimizer step. One process: the terms themselves (the
-    loss terms and the health numbers that train_step returned). Under torchrun: a (non-finite,
-    signal) pair reduced with max over all processes on the device, so everyone stops together; the
-    terms only when logged (need_values) or bad."""
-    names = [k for k in STEP_TERMS if k in terms]
-    values = torch.stack([terms[k] for k in names])                   # [T] on the device
-    if info.world == 1:
-        host = dict(zip(names, values.tolist()))
-        return host, not all(math.isfinite(host[k]) for k in LOSS_TERMS), signum
-    loss_finite = torch.isfinite(values[:len(LOSS_TERMS)]).all()
-    flags = torch.stack([(~loss_finite).long(),                       # (2,): a fill, no host copy
-                         torch.full((), signum, dtype=torch.int64, device=values.device)])
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    nonfinite, signum = flags.tolist()
-    host = dict(zip(names, values.tolist())) if need_values or nonfinite else None
-    return host, bool(nonfinite), signum
-
-
-# ---- Profiling ----
-class PartClock:
-    """Where a training step's time goes, by part, for --profile. Forward: module hooks time the
-    depth net, the pose net and SSIM; the rest of the forward pass is warping and the loss. Backward:
-    autograd runs nodes in reverse order of creation, so the loss's backward comes first, then the
-    pose net's, then the depth net's; a gradient hook on each network's output marks the moment its
-    backward starts. On CUDA every mark synchronises, so each part is charged its own GPU time."""
-
-    NETS = ("depth net", "pose net")
-
-    def __init__(self, depth_net, pose_net, ssim, device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.handles, self.started = [], {}
-        self.watch("depth net", depth_net)
-        self.watch("pose net", pose_net)
-        if ssim is not None:
-            self.watch("ssim", ssim)
-        self.reset()
-
-    def now(self):
-        self.sync()
-        return time.perf_counter()
-
-    def reset(self):
-        """Forget what was booked (after the warm-up steps)."""
-        self.forward, self.backward, self.other = defaultdict(float), defaultdict(float), defaultdict(float)
-        self.begin_step()
-
-    def watch(self, part, module):
-        def before(module, inputs):
-            self.started[part] = self.now()
-
-        def after(module, inputs, output):
-            self.step_forward[part] += self.now() - self.started.pop(part)
-            for t in (output if isinstance(output, tuple) else (output,)) if part != "ssim" else ():
-                if t.requires_grad:
-                    t.register_hook(lambda grad: self.mark_gradient(part))
-
-        self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-
-    def mark_gradient(self, part):
-        """The first gradient that reaches a network's output: its backward pass starts now."""
-        self.grad_marks.setdefault(part, self.now())
-
-    def begin_step(self):
-        self.step_forward, self.grad_marks = defaultdict(float), {}
-
-    def end_step(self, start, data_ready, forward_end, backward_end, optimizer_end):
-        """Book one step from the times at its start, when its batch was ready and at the ends of its
-        three phases (train_step's timer)."""
-        self.other["data wait"] += data_ready - start
-        nets = sum(self.step_forward[p] for p in self.NETS)
-        for part in self.NETS:
-            self.forward[part] += self.step_forward[part]
-        self.forward["warping + loss"] += forward_end - data_ready - nets
-        self.forward["of which SSIM"] += self.step_forward["ssim"]
-        depth = self.grad_marks.get("depth net", backward_end)
-        pose = self.grad_marks.get("pose net", depth)
-        self.backward["warping + loss"] += pose - forward_end
-        self.backward["pose net"] += depth - pose
-        self.backward["depth net"] += backward_end - depth
-        self.other["optimizer"] += optimizer_end - backward_end
-        self.begin_step()
-
-    def report(self, steps):
-        """Lines of the per-part table, in ms per step."""
-        total = sum(self.other.values()) + sum(self.backward.values()) + sum(
-            v for k, v in self.forward.items() if k != "of which SSIM")
-        per = 1000 / steps
-        lines = [f"  {'part':<18} {'forward':>8} {'backward':>9} {'total':>8}   ms/step, share"]
-        for part in ("data wait", "depth net", "pose net", "warping + loss", "of which SSIM", "optimizer"):
-            f, b, o = self.forward[part], self.backward[part], self.other[part]
-            if part == "of which SSIM":
-                lines.append(f"    {part:<16} {per * f:8.1f} {'(in loss)':>9}")
-                continue
-            cells = f"{'':8} {'':9}" if part in ("data wait", "optimizer") else f"{per * f:8.1f} {per * b:9.1f}"
-            lines.append(f"  {part:<18} {cells} {per * (f + b + o):8.1f}   {100 * (f + b + o) / total:4.1f}%")
-        return total, lines
-
-    def close(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-def profile(trainer, steps, warmup=2):
-    """--profile N: N timed steps after `warmup` untimed ones; prints the throughput and where the
-    time goes by part (PartClock). Writes nothing."""
-    cfg, device, info = trainer.cfg, trainer.device, trainer.info
-    clock = PartClock(*map(_unwrap, trainer.nets), trainer.ssim, device)
-
-    def endless():
-        for epoch in range(10 ** 9):
-            trainer.sampler.set_epoch(epoch)
-            yield from trainer.train_loader
-
-    batches, phase_end = endless(), {}
-
-    def timer(phase):
-        phase_end[phase] = clock.now()
-
-    for i in range(warmup + steps):
-        start = clock.now()
-        batch = to_device(next(batches), device, cfg.channels_last)
-        data_ready = clock.now()
-        train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim,
-                   amp=amp_on(cfg, device), timer=timer)
-        clock.end_step(start, data_ready, phase_end["forward"], phase_end["backward"], phase_end["optimizer"])
-        if i + 1 == warmup:
-            clock.reset()
-    clock.close()
-    total, lines = clock.report(steps)
-    if info.main:
-        print(f"profile: {steps} steps after {warmup} warm-up | batch {cfg.batch_size} x {info.world} | "
-              f"{cfg.width}x{cfg.height} | {device} | amp {'on' if amp_on(cfg, device) else 'off'} | "
-              f"channels_last {'on' if cfg.channels_last else 'off'} | workers {cfg.num_workers} | "
-              f"huge pages {'on' if huge_pages_in_effect() else 'off'}")
-        print(f"  throughput {steps * cfg.batch_size * info.world / total:8.1f} img/s "
-              f"({1000 * total / steps:.1f} ms/step)")
-        print("\n".join(lines))
-    return 0
-
-
-# ---- The final evaluation, the run folder, main ----
 def run_eval(run_dir):
-    """The final evaluation, exactly as a user would type it (06 never imports 07)."""
+    """The final evaluation, exactly as a user would type it (06 never imports 07). SIGINT / SIGTERM
+    while it runs stop it with one line (the checkpoints are complete: they were saved before)."""
     cmd = [sys.executable, "07_eval.py", "--checkpoint", str(run_dir / "best.pt"), "--baselines", "--figures"]
     print("eval: " + " ".join(cmd[1:]), flush=True)
-    code = subprocess.run(cmd, cwd=HERE).returncode
-    if code:
+    code, signum = runtime.run_until_stopped(cmd, cwd=HERE)
+    if signum:
+        print(f"error: {signal.Signals(signum).name} during the final evaluation: stopped it; the checkpoints "
+              f"in {run_dir} are complete (evaluate them with python {' '.join(cmd[1:])})", file=sys.stderr)
+    elif code:
         print(f"error: 07_eval.py exited with code {code}; the checkpoints are in {run_dir}", file=sys.stderr)
     return code
-
-
-def prepare_run(cfg, given):
-    """(config, checkpoint or None): a new run folder, or the config stored in --resume RUN."""
-    if cfg.resume:
-        run_dir = Path(cfg.resume).resolve()
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"--resume {cfg.resume}: no such run folder")
-        ckpt = load_checkpoint(run_dir / "ckpt.pt")
-        return resume_config(ckpt, given, run_dir), ckpt
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else HERE / "runs" / f"{cfg.preset}-{stamp}"
-    if (run_dir / "ckpt.pt").exists() and not cfg.profile:
-        raise ValueError(f"{run_dir} already holds a checkpoint: continue it with --resume {run_dir} "
-                         f"or choose another --run_dir")
-    return replace(cfg, run_dir=str(run_dir.resolve())), None
 
 
 def main(argv=None):
@@ -1233,37 +553,52 @@ def main(argv=None):
         cfg, given = parse_args(argv)
     except SystemExit as exit_:                  # --help, or argparse's own usage error (code 2)
         return int(exit_.code or 0)
+    trainer = None
     try:
-        cfg, ckpt = prepare_run(cfg, given)
-        info, device = setup_process(cfg)
+        cfg, ckpt = training_cli.prepare_run(cfg, given, TrainConfig)
+        info, device = runtime.setup_process(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         trainer = Trainer(cfg, info, device, ckpt)
         if cfg.profile:
-            return profile(trainer, cfg.profile)
-        stop = StopRequest()
+            amp = amp_on(trainer.cfg, device)
+            step = lambda batch, timer: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,
+                                                   trainer.ssim, amp=amp, timer=timer)
+            prepare = lambda batch: training_data.to_device(batch, device, trainer.cfg.channels_last)
+            return profiling.profile(trainer, cfg.profile, prepare, step, amp)
+        stop = runtime.StopRequest()
         with stop.installed():
-            code = trainer.fit(stop)
+            code = fit(trainer, stop)
         if info.main and code != EXIT_NONFINITE:
-            curves = save_plots(trainer.run_dir, trainer.cfg.model)
+            curves = run_folder.save_plots(trainer.run_dir, trainer.cfg.model)
         if info.main and code == 0:
             print(f"done: step {trainer.step}, best validation loss {trainer.best_val:.4f}, checkpoints "
                   f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)
         if code == 0 and info.main and trainer.cfg.data == "synthetic" and not cfg.no_eval:
             code = run_eval(trainer.run_dir)
         return code
-    except (data.DataError, FileNotFoundError, ValueError) as err:   # SplitOverlapError is a DataError
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+    except (data.DataError, FileNotFoundError, ValueError, run_folder.RunFolderBusy) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)   # SplitOverlapError is a DataError
         return EXIT_BAD_INPUT
-    except PeerFailed:                           # rank 0 printed the reason
+    except run_folder.SaveError as err:          # a full disk: the previous checkpoint is intact
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_SAVE_FAILED
+    except OSError as err:                       # a read-only run folder, a full disk while logging
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or one_line(err)}; the checkpoints written "
+              f"before are intact", file=sys.stderr)
+        return EXIT_SAVE_FAILED if err.errno == errno.ENOSPC else EXIT_BAD_INPUT
+    except runtime.PeerFailed:                           # rank 0 printed the reason
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted again before the checkpoint was saved; the previous checkpoint "
               "(if any) is intact", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
+        if trainer is not None and trainer.lock is not None:
+            trainer.lock.close()                 # the run folder is free for the next training
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -7,8 +7,9 @@ what its command line does in a dataclass whose fields carry a trailing `# comme
   * every flag has help text: the field's comment, then "(default: ...)";
   * a bool field is a --flag / --no-flag pair (--no_eval / --no-no_eval for a field named no_eval);
   * a list field takes one or more values (--compare A B C).
-It lives in its own file so that any script can import it without reaching into a step it does
-not need (02 never reads data, yet has a command line). Used by 01-07 and synthetic_world.py.
+`one_line(err)` gives the one line every error message is printed as. It lives in its own file so
+that any script can import it without reaching into a step it does not need (02 never reads data,
+yet has a command line). Used by 01-07, the unnumbered helpers and synthetic_world.py.
 Tests: tests/test_01_data.py (the helper), tests/test_house.py (every script's flags).
 """
 import argparse
@@ -85,3 +86,10 @@ def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), on
         else:
             parser.add_argument(*names, type=str if default is None else type(default),
                                 default=None if only_given else default, **kw)
+
+
+def one_line(err):
+    """The first line of an exception's message, or its type's name: every bad input or failure is
+    reported as one `error: ...` line (PyTorch's state-dict errors span many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

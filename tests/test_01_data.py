@@ -625,11 +625,12 @@ def test_calibration_lacking_a_key(kitti_calib, tmp_path):
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
-    """The command line turns bad input into `error: ...` and exit status 2, without a traceback."""
+    """The command line turns bad input into `error: ...` and exit status 2, without a traceback; the
+    loader benchmark that moved to benchmark.py is one line saying where."""
     data = _data()
     assert data.main(["--bench", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: data folder not found") and err.count("\n") == 1
+    assert err.startswith("error: --bench moved out of 01_data.py to benchmark.py") and err.count("\n") == 1
 
 
 @dataclass
@@ -643,7 +644,6 @@ class _FlagsConfig:
 def test_add_dataclass_flags_spellings_bools_help_and_only_given():
     """Both spellings, --flag/--no-flag bools, help text for every flag (comment or field name, then
     the default), choices, preset defaults, and only_given parsing to None for flags not given."""
-    data = _data()
     parser = argparse.ArgumentParser()
     cli.add_dataclass_flags(parser, _FlagsConfig, skip=("model",))
     assert vars(parser.parse_args([])) == {"num_layers": 18, "use_stereo": False, "pretrained": None}
@@ -665,27 +665,3 @@ def test_add_dataclass_flags_spellings_bools_help_and_only_given():
     assert "--no-use-stereo" in text
     with pytest.raises(SystemExit):
         given.parse_args(["--num_layers", "20"])
-
-
-def test_loader_benchmark_reports_both_loaders(tiny_world, capsys):
-    """The loader benchmark times KittiRaw and the decode-only bound for each worker count (no
-    speed is asserted: that is the benchmark's job); DecodeOnly yields the same uint8 frames."""
-    data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))
-    results = data.loader_benchmark(tiny_world, lines, 32, 104, samples=12, workers=(0, 1), batch_size=4,
-                                    repeats=1)
-    assert set(results) == {0, 1}
-    assert all(bound > 0 and rate > 0 for bound, rate in results.values())
-    dataset = data.KittiRaw(tiny_world, lines, 32, 104)
-    frames = data.DecodeOnly(dataset)[2]  # (F, H, W, 3)
-    sample = dataset[2]
-    assert frames.dtype == torch.uint8 and frames.shape == (3, 32, 104, 3)
-    assert all(torch.equal(frames[i].permute(2, 0, 1), sample["color"][f]) for i, f in enumerate((0, -1, 1)))
-    capsys.readouterr()
-    assert data.main(["--bench", str(tiny_world), "--bench_height", "32", "--bench_width", "104",
-                      "--samples", "8"]) == 2  # not more than one batch of 8
-    assert "more samples than one batch" in capsys.readouterr().err
-    assert data.main(["--bench", str(tiny_world), "--bench_height", "32", "--bench_width", "104",
-                      "--samples", "12"]) == 0
-    out = capsys.readouterr().out
-    assert "loader at 104x32" in out and out.count("% of the bound") == 3

@@ -350,10 +350,11 @@ def test_config_inferred_from_official_shapes_is_the_preset(name):
 
 
 def test_demo_figure_and_cli_errors(tmp_path):
-    """`python 04_bins.py` writes the bins figure; an unknown preset or device is one `error:` line, exit 2."""
+    """`python 04_bins.py` writes the bins figure; an unknown preset is one `error:` line, exit 2, and so is
+    --bench, which says where the benchmark went."""
     bins = bins_module()
-    assert bins.main(["--bench", "--preset", "nope"]) == 2
-    assert bins.main(["--bench", "--device", "tpu"]) == 2
+    assert bins.main(["--preset", "nope"]) == 2
+    assert bins.main(["--bench", "--preset", "kitti-r18-640x192"]) == 2
     try:
         importlib.import_module("synthetic_world").make_synthetic_kitti
     except (ModuleNotFoundError, AttributeError):
@@ -380,31 +381,6 @@ def test_bf16_autocast_on_cuda_stays_close_to_fp32():
     assert torch.isfinite(out).all()
     assert out.min() > cfg.min_depth and out.max() < cfg.max_depth
     assert ((out - ref).abs() / ref).mean() < 0.05
-
-
-def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
-    """The speed table's row: params and MACs of the preset, and three medians of timed calls; with
-    fused_adam the step uses fused_adam.make_adam's FlatAdam (as 06_train.py), without it the plain Adam."""
-    bins = bins_module()
-    made = []
-    real_make_adam = bins.make_adam
-
-    def spy(*args, **kwargs):
-        optimizer = real_make_adam(*args, **kwargs)
-        made.append(type(optimizer).__name__)
-        return optimizer
-    monkeypatch.setattr(bins, "make_adam", spy)
-    small = bins.DepthNetConfig(num_layers=18, num_features=32, model_dim=16, patch_size=4, num_queries=8,
-                                num_bins=16, dim_feedforward=32)
-    monkeypatch.setitem(bins.PRESETS, "small", small)
-    for fused in (True, False):
-        params, macs, infer, fwd_bwd, step, faults = bins.benchmark("small", (32, 96), torch.device("cpu"),
-                                                                    batch_size=1, iters=1, fused_adam=fused)
-        net = bins.DepthNet(small)
-        assert params == sum(p.numel() for p in net.parameters())
-        assert macs == bins.count_macs(net, torch.rand(1, 3, 32, 96))
-        assert min(infer, fwd_bwd, step) > 0 and faults >= 0
-    assert made == ["FlatAdam", "Adam"]
 
 
 def test_plain_head_is_monodepth2s_disparity_head():

@@ -34,6 +34,22 @@ def geo():
     return importlib.import_module("05_posenet_loss")
 
 
+def runtime():
+    return importlib.import_module("distributed_training")
+
+
+def folder():
+    return importlib.import_module("run_folder")
+
+
+def plumbing():
+    return importlib.import_module("training_data")
+
+
+def cli_module():
+    return importlib.import_module("training_cli")
+
+
 def run(world, run_dir, *extra):
     """06_train.main in-process on the tiny world; returns its exit code."""
     return train().main(TINY + ["--data_path", str(world), "--run_dir", str(run_dir), *extra])
@@ -77,7 +93,7 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
     returned terms are the detached 0-d tensors of the loss dict of each step (STEP_TERMS: the loss
     terms and the health numbers)."""
     t, g, data = train(), geo(), importlib.import_module("01_data")
-    cfg = t.apply_overrides(t.preset_config("synthetic-cpu"), dict(
+    cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=False))
     lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
@@ -156,12 +172,12 @@ class HostReads:
 def tiny_step_setup(tiny_world, use_stereo, channels_last=False):
     """Networks, optimizer (as the Trainer makes it), loss config and a float batch of 2 samples."""
     t, data = train(), importlib.import_module("01_data")
-    cfg = t.apply_overrides(t.preset_config("synthetic-cpu"), dict(
+    cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=use_stereo, channels_last=channels_last))
     lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=t.frame_ids(cfg), is_train=True)
-    batch = t.to_device(data.collate([dataset[0], dataset[1]]), torch.device("cpu"), channels_last)
+    batch = plumbing().to_device(data.collate([dataset[0], dataset[1]]), torch.device("cpu"), channels_last)
     torch.manual_seed(0)
     depth_net, pose_net = t.build_networks(cfg, torch.device("cpu"))
     loss_cfg = t.loss_config(cfg)
@@ -181,7 +197,7 @@ def test_train_step_never_waits_for_the_device(tiny_world, use_stereo):
     with HostReads() as reads:
         terms = t.train_step(depth_net, pose_net, batch, optimizer, loss_cfg, ssim)
     assert reads.seen == []
-    values, nonfinite, signum = t.step_outcome(terms, 0, t.Dist(), need_values=False)
+    values, nonfinite, signum = runtime().step_outcome(terms, t.LOSS_TERMS, 0, runtime().Dist(), need_values=False)
     assert values == {k: float(terms[k]) for k in t.STEP_TERMS} and not nonfinite and signum == 0
 
 
@@ -228,14 +244,13 @@ def test_fused_adam_matches_plain_adam():
 def test_nonfinite_check_is_one_read_and_names_the_tensor():
     """first_nonfinite reads the device once for all tensors (not once per tensor) and names the
     first tensor holding a NaN or Inf; None when all are finite."""
-    t = train()
     named = [(f"p{i}", torch.rand(3, 3)) for i in range(50)]
     with HostReads() as reads:
-        assert t.first_nonfinite(named) is None
+        assert folder().first_nonfinite(named) is None
     assert len(reads.seen) == 1
     named[17][1][1, 2] = float("nan")
     named[30][1][0, 0] = float("inf")
-    assert t.first_nonfinite(named) == "p17"
+    assert folder().first_nonfinite(named) == "p17"
 
 
 def test_missing_cuda_device_or_too_many_processes_give_one_line(tmp_path, monkeypatch, capsys):
@@ -353,7 +368,7 @@ def test_query_lr_scale_gives_the_query_path_its_own_learning_rate(tiny_world):
     t = train()
     for scale, groups in ((0.1, 3), (1.0, 2)):
         cfg, depth_net, pose_net, _, _, _ = tiny_step_setup(tiny_world, False)
-        cfg = t.apply_overrides(cfg, {"query_lr_scale": scale, "lr": 2e-3, "pose_lr_scale": 0.5})
+        cfg = cli_module().apply_overrides(cfg, {"query_lr_scale": scale, "lr": 2e-3, "pose_lr_scale": 0.5})
         opt = t.make_optimizer(cfg, depth_net, pose_net)
         assert len(opt.param_groups) == groups
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 1e-3, 2e-4][:groups])
@@ -480,9 +495,8 @@ def test_infinite_weights_after_a_finite_loss_are_never_saved(tiny_world, tmp_pa
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     """A save that dies half-way (torch.save writes some bytes, then raises) leaves the previous
     checkpoint readable and unchanged, and no temporary file behind."""
-    t = train()
     path = tmp_path / "ckpt.pt"
-    t.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    folder().save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     real_save = torch.save
 
     def dying_save(obj, f, *args, **kwargs):
@@ -490,8 +504,8 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         raise RuntimeError("killed during save")
 
     monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(RuntimeError, match="killed"):
-        t.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    with pytest.raises(folder().SaveError, match="killed during save.*the previous ckpt.pt is intact"):
+        folder().save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.setattr(torch, "save", real_save)
     old = load(path)
     assert old["step"] == 1 and torch.equal(old["w"], torch.ones(3))
@@ -501,18 +515,17 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 def test_epoch_batches_are_deterministic_disjoint_shards():
     """The sampler's order depends only on (seed, epoch); two ranks get disjoint shards of one
     permutation; set_epoch(e, skip) yields exactly the tail of the epoch (resume)."""
-    t = train()
-    a = [t.EpochBatches(21, 2, seed=5, rank=r, world=2) for r in range(2)]
+    a = [runtime().EpochBatches(21, 2, seed=5, rank=r, world=2) for r in range(2)]
     for s in a:
         s.set_epoch(3)
     shards = [[i for batch in s for _, i in batch] for s in a]
     assert len(a[0]) == 5 and all(len(x) == 10 for x in shards)
     assert not set(shards[0]) & set(shards[1])
-    again = t.EpochBatches(21, 2, seed=5, rank=0, world=2)
+    again = runtime().EpochBatches(21, 2, seed=5, rank=0, world=2)
     again.set_epoch(3, skip=2)
     assert [i for batch in again for _, i in batch] == shards[0][4:]
     assert all(e == 3 for batch in again for e, _ in batch)
-    other = t.EpochBatches(21, 2, seed=5, rank=0, world=2)
+    other = runtime().EpochBatches(21, 2, seed=5, rank=0, world=2)
     other.set_epoch(4)
     assert [i for batch in other for _, i in batch] != shards[0]
 
@@ -544,9 +557,9 @@ def test_ddp_two_gloo_processes_keep_identical_parameters(tiny_world, tmp_path):
 def test_cli_overrides_presets_including_flat_model_flags():
     """Every TrainConfig and DepthNetConfig field has a flag; flags override the chosen preset."""
     t = train()
-    options = {a.dest for a in t.build_parser()._actions}
+    options = {a.dest for a in cli_module().build_parser(t.TrainConfig, t.preset_config, t.PRESETS)._actions}
     assert {f for f in t.TrainConfig.__dataclass_fields__ if f != "model"} <= options
-    assert set(t.MODEL_FIELDS) <= options
+    assert set(cli_module().MODEL_FIELDS) <= options
     cfg, _ = t.parse_args(["--preset", "kitti-r18-640x192", "--num_queries", "64", "--no-automask",
                            "--lr", "0.001", "--pretrained", "none"])
     assert (cfg.data, cfg.batch_size, cfg.height, cfg.width, cfg.epochs) == ("kitti", 16, 192, 640, 25)
@@ -685,7 +698,7 @@ def test_user_lists_sharing_test_drives_are_refused_before_any_data_is_read(tiny
     test = data.read_split(synthetic / "test_files.txt")
     test_drive = test[0][0]
     built = []
-    monkeypatch.setattr(train().data, "KittiRaw", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(plumbing().data, "KittiRaw", lambda *a, **k: built.append(1))
     splits = _split_dir_from_world(tiny_world, tmp_path / "theirs", "eigen_zhou", {test_drive})
     leaky = splits / "eigen_zhou" / "train_files.txt"
     capsys.readouterr()
@@ -701,7 +714,7 @@ def test_user_lists_sharing_test_drives_are_refused_before_any_data_is_read(tiny
     cfg, _ = train().parse_args(["--data_path", str(tiny_world), "--split", "eigen_zhou", "--split_dir", str(splits),
                                  "--allow_split_overlap"])
     logged = []                                          # the override: the lists load, with a warning
-    assert len(train().load_splits(cfg, tiny_world, logged.append)[0]) == len(data.read_split(leaky))
+    assert len(plumbing().load_splits(cfg, tiny_world, logged.append)[0]) == len(data.read_split(leaky))
     assert logged[-1].startswith("warning: the eigen_zhou split") and test_drive in logged[-1]
 
 
@@ -709,20 +722,21 @@ _RANK_SCRIPT = r"""
 import importlib, json, os, sys
 sys.path.insert(0, os.getcwd())
 t = importlib.import_module("06_train")
+runtime, plumbing = importlib.import_module("distributed_training"), importlib.import_module("training_data")
 url, world, digests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-t.data.SPLIT_URL_BASE = url
-t.data.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
-info, device = t.setup_process(t.TrainConfig(device="cpu"))
+plumbing.data.SPLIT_URL_BASE = url
+plumbing.data.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
+info, device = runtime.setup_process(t.TrainConfig(device="cpu"))
 for eval_split in ("", "not_served"):
     cfg = t.TrainConfig(data="kitti", data_path=world, eval_split=eval_split, device="cpu", height=64, width=208)
     try:
-        train_set, val_set, files = t.make_datasets(cfg, world, info)
+        train_set, val_set, files = plumbing.make_datasets(cfg, world, info)
         print("rank", info.rank, "lines", len(train_set), len(val_set), files["train"], flush=True)
-    except t.PeerFailed:
+    except runtime.PeerFailed:
         print("rank", info.rank, "peer failed", flush=True)
-    except t.data.DataError as err:
+    except plumbing.data.DataError as err:
         print("rank", info.rank, "error", err, flush=True)
-t.dist.destroy_process_group()
+runtime.dist.destroy_process_group()
 """
 
 

@@ -206,49 +206,6 @@ def test_inverse_depth_colours_use_the_whole_colour_map():
     assert ev().colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
 
 
-def test_back_projection_reprojects_and_ply_files_are_valid(tmp_path):
-    """Points re-project to their pixels; binary and ASCII PLY headers count exactly the points written."""
-    e = ev()
-    K = np.array([[100.0, 0, 20], [0, 90, 10], [0, 0, 1]])
-    depth = np.random.default_rng(0).uniform(1, 30, (21, 41)).astype(np.float32)
-    pts = e.back_project(depth, K)
-    v, u = np.mgrid[0:21, 0:41]
-    np.testing.assert_allclose(K[0, 0] * pts[:, 0] / pts[:, 2] + K[0, 2], u.ravel(), atol=1e-3)
-    np.testing.assert_allclose(K[1, 1] * pts[:, 1] / pts[:, 2] + K[1, 2], v.ravel(), atol=1e-3)
-    colors = np.random.default_rng(1).integers(0, 256, (len(pts), 3)).astype(np.uint8)
-    for ascii_ in (False, True):
-        path = tmp_path / f"cloud_{ascii_}.ply"
-        e.write_ply(path, pts.astype(np.float32), colors, ascii=ascii_)
-        header, points, cols = _read_ply(path)
-        assert len(points) == len(pts) == int(header["vertex"])
-        np.testing.assert_allclose(points, pts, atol=1e-3)
-        np.testing.assert_array_equal(cols, colors)
-
-
-def test_output_names_keep_frames_of_different_drives_apart():
-    """Equal frame names from different drives get their folders in the name; unique names stay short."""
-    e = ev()
-    a, b = Path("/d/drive_a/image_02/data/0000000001.jpg"), Path("/d/drive_b/image_02/data/0000000001.jpg")
-    assert e._output_names([a, b]) == ["drive_a__image_02__data__0000000001", "drive_b__image_02__data__0000000001"]
-    assert e._output_names([a, Path("/x/0000000002.png")]) == ["0000000001", "0000000002"]
-
-
-def _read_ply(path):
-    """Minimal PLY reader (x y z float, r g b uchar) for the tests."""
-    raw = path.read_bytes()
-    end = raw.index(b"end_header\n") + len(b"end_header\n")
-    lines = raw[:end].decode().splitlines()
-    header = {ln.split()[1]: ln.split()[2] for ln in lines if ln.startswith("element")}
-    header["format"] = next(ln.split()[1] for ln in lines if ln.startswith("format"))
-    n = int(header["vertex"])
-    if header["format"] == "ascii":
-        rows = np.array([ln.split() for ln in raw[end:].decode().splitlines()], float).reshape(n, 6)
-        return header, rows[:, :3], rows[:, 3:].astype(np.uint8)
-    body = np.frombuffer(raw[end:], np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]))
-    assert len(body) == n and len(raw) == end + 15 * n
-    return header, body["xyz"], body["rgb"]
-
-
 # ----------------------------------------------------------------------------- loading and the CLI
 
 def test_load_model_round_trips_a_checkpoint(tmp_path):
@@ -273,10 +230,9 @@ def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys)
              (["--checkpoint", tmp_path / "other.pt"], "does not match"),
              (["--checkpoint", tmp_path / "ok.pt"], "no_such_data"),
              (["--checkpoint", tmp_path / "ok.pt", "--data_path", tiny_world, "--split", "nonsense"], "nonsense"),
-             (["--checkpoint", tmp_path / "ok.pt", "--predict", tmp_path / "nothing_here"], "nothing_here"),
-             (["--compare", tmp_path, tmp_path / "no_such_run"], "neither best.pt"),
-             (["--compare", tmp_path / "ok.pt", tmp_path / "no_such_run"], "no_such_run"),
-             (["--compare", tmp_path / "ok.pt", "--checkpoint", tmp_path / "ok.pt"], "exactly one")]
+             (["--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one"),
+             (["--checkpoint", tmp_path / "ok.pt", "--predict", tmp_path], "moved out of 07_eval.py to predict.py"),
+             (["--compare", tmp_path, tmp_path / "x"], "moved out of 07_eval.py to compare_runs.py")]
     for argv, needle in cases:
         code, _, err = _run_main(argv, capsys)
         assert code == 2, argv
@@ -352,30 +308,6 @@ def test_velodyne_ground_truth_path_with_a_custom_split_file(tmp_path, tiny_worl
     assert np.isfinite([float(x) for x in first.splitlines()[1].split(",")[1:8]]).all()
 
 
-def test_predict_writes_png_npy_and_ply(tmp_path, tiny_world, capsys):
-    """--predict on a folder of frames: per image a colour PNG of the image's size, a .npy of positive
-    finite depth, and a PLY whose header counts exactly the vertices stored."""
-    from PIL import Image
-    _tiny_checkpoint(tmp_path / "ckpt.pt", data_path=tiny_world)
-    frames = sorted(tiny_world.glob("*/*/image_02/data/*.jpg"))[:2]
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for f in frames:
-        (folder / f.name).write_bytes(f.read_bytes())
-    code, out, err = _run_main(["--checkpoint", tmp_path / "ckpt.pt", "--predict", folder, "--ply",
-                                "--out", tmp_path / "pred"], capsys)
-    assert code == 0, err
-    for f in frames:
-        w, h = Image.open(f).size
-        png = np.array(Image.open(tmp_path / "pred" / f"{f.stem}_depth.png"))
-        depth = np.load(tmp_path / "pred" / f"{f.stem}_depth.npy")
-        assert png.shape == (h, w, 3) and depth.shape == (h, w)
-        assert np.isfinite(depth).all() and (depth > 0).all() and png.max() > 100
-        header, points, _ = _read_ply(tmp_path / "pred" / f"{f.stem}.ply")
-        assert len(points) == int(header["vertex"]) > 0.5 * h * w
-        np.testing.assert_allclose(np.sort(points[:, 2]), np.sort(depth.ravel()[depth.ravel() < 80]), rtol=1e-5)
-
-
 def test_official_checkpoint_path(tmp_path, tiny_world, capsys):
     """A fake official encoder.pth/depth.pth (our tiny net's weights under the official key names, with
     height/width/use_stereo metadata) loads through 04's converter and predicts exactly like the net."""
@@ -417,120 +349,6 @@ def test_train_two_steps_then_evaluate(tmp_path, tiny_world, capsys):
     row = (ckpt.parent / "eval_synthetic.csv").read_text().splitlines()[1].split(",")
     assert row[0] == f"SQLDepth {ckpt.name}" and np.isfinite([float(x) for x in row[1:8]]).all()
     assert (ckpt.parent / "eval_synthetic.md").is_file()
-
-
-# ----------------------------------------------------------------------------- run comparison
-
-def test_group_runs_labels_variants_by_the_fields_that_differ():
-    """Configs that differ only by seed / run_dir / resume / threads are one variant ("default" when
-    alone); a model field (queries) or a run field (use_stereo) splits them, and the label names exactly
-    the fields that differ between the groups, groups in the order their first run was given."""
-    e = ev()
-    base = {"model": {"queries": "self", "bins": "sql", "num_bins": 16}, "use_stereo": True, "lr": 5e-4,
-            "seed": 0, "run_dir": "runs/a", "resume": "", "threads": 0}
-    seeds = [{**base, "seed": s, "run_dir": f"runs/s{s}", "resume": "runs/x" * s, "threads": s} for s in range(3)]
-    assert e.group_runs(seeds) == ([[0, 1, 2]], ["default"])
-    none = {**base, "model": {**base["model"], "queries": "none"}, "seed": 7}
-    mono = {**base, "use_stereo": False}
-    groups, labels = e.group_runs([none, seeds[0], mono, seeds[1], none])
-    assert groups == [[0, 4], [1, 3], [2]]
-    assert labels == ["use_stereo=True, queries=none", "use_stereo=True, queries=self", "use_stereo=False, queries=self"]
-    assert e.group_runs([base, {**base, "lr": 1e-4}])[1] == ["lr=0.0005", "lr=0.0001"]
-    # a run of a version without the frame cache or --val_every is still a seed of the same variant
-    assert e.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0,
-                                "split_files": {"train": "elsewhere/train_files.txt"}}])[0] == [[0, 1]]
-
-
-def test_densest_window_matches_a_brute_force_search():
-    """The summed-area table picks the window with the most mask pixels, as a loop over every window
-    does (first in raster order on ties), and shrinks a window larger than the mask."""
-    e = ev()
-    rng = np.random.default_rng(0)
-    for trial in range(5):
-        mask = rng.random((13, 29)) < 0.15
-        mask[2:9, 20:23] = trial % 2 == 0  # a pole in half of the trials
-        best, where = -1, None
-        for top in range(13 - 5 + 1):
-            for left in range(29 - 7 + 1):
-                count = int(mask[top:top + 5, left:left + 7].sum())
-                if count > best:
-                    best, where = count, (top, left)
-        assert e.densest_window(mask, 5, 7) == where
-    assert e.densest_window(np.ones((4, 6), bool), 10, 10) == (0, 0)
-
-
-@pytest.fixture(scope="module")
-def three_runs(tmp_path_factory, tiny_world):
-    """Three 2-step tiny runs of 06_train.py: seeds 0 and 1 of the default model, and queries=none."""
-    if not (ROOT / "06_train.py").is_file():
-        pytest.skip("06_train.py not written yet")
-    root = tmp_path_factory.mktemp("compare")
-    common = [sys.executable, str(ROOT / "06_train.py"), "--data_path", str(tiny_world), "--height", "64",
-              "--width", "208", "--batch_size", "2", "--max_steps", "2", "--no_eval", "--no-use_stereo",
-              "--num_workers", "0", "--threads", "1", "--dim_feedforward", "32", *TINY_FLAGS]
-    runs = {"seed0": [], "seed1": ["--seed", "1"], "none": ["--queries", "none"]}
-    for name, extra in runs.items():
-        proc = subprocess.run(common + ["--run_dir", str(root / name), *extra], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
-
-
-def _csv_rows(path):
-    """Rows of a CSV as dicts of strings."""
-    import csv
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world, capsys):
-    """--compare seed0 seed1 none: 2 rows; the seeds are one row with n=2 whose mean and sample std
-    (ddof 1) are those of the two runs evaluated alone by the normal evaluation; the per-run internals
-    equal the per-frame mean of 04's internals_stats; queries=none has no query numbers ("-", NaN);
-    CSVs, markdown and the figure are written."""
-    e = ev()
-    bins = importlib.import_module("04_bins")
-    specs = [three_runs / "seed0", three_runs / "seed1", three_runs / "none"]
-    out = three_runs / "table"
-    code, printed, err = _run_main(["--compare", *specs, "--out", out, "--num_figure_frames", "2"], capsys)
-    assert code == 0, err
-    rows = _csv_rows(out / "compare_synthetic.csv")
-    assert [(r["variant"], r["n"], r["seeds"]) for r in rows] == [("queries=self", "2", "0 1"),
-                                                                   ("queries=none", "1", "0")]
-    alone = []
-    for spec in specs[:2]:
-        code, _, err = _run_main(["--checkpoint", spec / "best.pt", "--out", spec / "alone"], capsys)
-        assert code == 0, err
-        alone.append(_csv_rows(spec / "alone" / "eval_synthetic.csv")[0])
-    for metric in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "thin_abs_rel"):
-        values = [float(a[metric]) for a in alone]
-        rounding = 1e-5 * max(abs(v) for v in values)  # both CSVs keep 6 significant digits
-        assert float(rows[0][metric + "_mean"]) == pytest.approx(np.mean(values), abs=rounding), metric
-        assert float(rows[0][metric + "_std"]) == pytest.approx(np.std(values, ddof=1), abs=rounding), metric
-        assert math.isnan(float(rows[1][metric + "_std"]))  # one run: no spread
-    per_run = _csv_rows(out / "compare_synthetic_runs.csv")
-    assert [(r["variant"], Path(r["run"]).name, r["seed"]) for r in per_run] == [
-        ("queries=self", "seed0", "0"), ("queries=self", "seed1", "1"), ("queries=none", "none", "0")]
-    model, config = e.load_model(specs[0] / "best.pt", torch.device("cpu"))
-    cfg = e.EvalConfig(data_path=str(tiny_world), split="synthetic", img_ext=".jpg")
-    frames = [batch["color"][0] for batch in e.test_loader(cfg, e.split_lines(cfg), 64, 208)]
-    frames = [img[None] for batch in frames for img in batch]  # one (1, 3, H, W) uint8 frame at a time
-    for name in bins.INTERNALS_STATS:
-        per_frame = [bins.internals_stats(model, e.data.image_to_float(img))[name] for img in frames]
-        assert float(per_run[0][name]) == pytest.approx(np.mean(per_frame), rel=1e-4), name
-        assert float(rows[0][name + "_mean"]) == pytest.approx(
-            np.mean([float(r[name]) for r in per_run[:2]]), rel=1e-5), name
-        assert math.isnan(float(rows[1][name + "_mean"])) and math.isnan(float(per_run[2][name]))
-    md = (out / "compare_synthetic.md").read_text().splitlines()
-    table = [line for line in md if line.startswith("|")]
-    assert len(table) == 4 and "query_similarity" in table[0] and " ± " in table[2]
-    assert table[3].rstrip(" |").endswith("-")  # queries=none: no bins, no queries
-    assert "queries=self" in printed and "queries=none" in printed
-    assert (out / "compare_synthetic.png").stat().st_size > 1000
-    log = e.read_val_log(specs[0])                 # the run's val.csv: one validation, at its last step
-    assert log["step"] == [2.0] and -1 <= log["query_similarity"][0] <= 1
-    assert math.isnan(e.read_val_log(specs[2])["query_similarity"][0]) and e.read_val_log(out) == {}
-    assert (out / "compare_diagnostics.png").stat().st_size > 1000
 
 
 def test_every_flag_has_help(capsys):

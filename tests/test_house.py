@@ -3,7 +3,9 @@
 Data flows one way (01 -> 07): a script may import only scripts with a lower number. The synthetic
 world (synthetic_world.py, a data source outside the reading order) imports 01 only, and 01-05
 import the world only inside functions (their demos), never when they are imported themselves.
-Run-time dependencies stay torch, numpy, pillow, matplotlib (and the standard library).
+Run-time dependencies stay torch, numpy, pillow, matplotlib (and the standard library). Unnumbered
+helpers never import a numbered script of the same or a later rank than a script that imports
+them, and a numbered script stays near ~600 lines (one concept).
 Every script reads top-down: a docstring opening "NN - name: ...", the concept code first (its
 first definition within 120 lines, lines of at most 110 characters), then one engineering section
 below ENGINEERING_BANNER. References are self-contained (no file outside the repository is cited),
@@ -26,7 +28,13 @@ ENGINEERING_BANNER = "# ---- Engineering: not needed to understand SQLDepth ----
 FIRST_DEFINITION_WITHIN, CONCEPT_LINE_LENGTH = 120, 110
 IMPORTLIB_NOTE = "A module name cannot start with a digit"
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "PIL", "matplotlib"}
-LOCAL_MODULES = {"synthetic_world", "cli", "fused_adam", "cpu_memory"}  # unnumbered files of this repository, importable by name
+HELPERS = sorted(p for p in ROOT.glob("*.py") if not p.name[0].isdigit() and p.name != "conftest.py")
+LOCAL_MODULES = {p.stem for p in HELPERS}  # unnumbered files of this repository, importable by name
+# A numbered script holds one concept and what runs it, ~600 lines; 01's concept (KITTI raw's layout,
+# calibration, velodyne ground truth, split lists, the dataset) is the one allowed to be longer
+# (its docstring says why). Engineering beyond that belongs in an unnumbered helper.
+MAX_LINES = {"01": 880}
+MAX_LINES_DEFAULT = 680
 
 
 def _imports(path):
@@ -81,6 +89,55 @@ def test_imports_only_lower_numbers(path):
     assert not higher, f"{path.name} refers to {higher}"
 
 
+def _numbered(names):
+    return sorted(int(n[:2]) for n in names)
+
+
+def _top_level_imports(path):
+    """Module names a file imports when it is itself imported (statements outside functions)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _importers(helper):
+    """The numbered scripts that import an unnumbered helper when they are imported (`import x` or
+    `from x import ...` at module level; the demos' imports of the world inside functions aside)."""
+    return [p for p in SCRIPTS if helper.stem in _top_level_imports(p)]
+
+
+@pytest.mark.parametrize("helper", HELPERS, ids=lambda p: p.name)
+def test_helpers_never_import_a_later_numbered_script(helper):
+    """An unnumbered helper loads only numbered scripts of lower rank than every numbered script that
+    imports it (directly or through another helper): data still flows one way, 01 -> 07. A helper
+    that no numbered script imports (compare_runs.py, predict.py, benchmark.py) may build on any."""
+    importers, seen, todo = set(), set(), [helper]
+    while todo:                                  # helpers imported by helpers: follow them up
+        h = todo.pop()
+        if h in seen:
+            continue
+        seen.add(h)
+        importers.update(int(p.name[:2]) for p in _importers(h))
+        todo += [other for other in HELPERS if h.stem in _top_level_imports(other)]
+    _, scripts = _imports(helper)
+    if importers and scripts:
+        assert max(_numbered(scripts)) < min(importers), \
+            f"{helper.name} loads {sorted(scripts)} but is imported by script {min(importers):02d}"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_numbered_scripts_stay_one_concept_long(path):
+    """A numbered script stays near ~600 lines (01: its concept is the biggest): engineering that a
+    reader of the concept never needs lives in an unnumbered helper."""
+    limit = MAX_LINES.get(path.name[:2], MAX_LINES_DEFAULT)
+    lines = len(path.read_text().splitlines())
+    assert lines <= limit, f"{path.name} has {lines} lines (limit {limit}): move its engineering to a helper"
+
+
 def test_world_imports_only_01():
     """The world reads and writes through 01 (layout, calibration, splits, DataError) and nothing later."""
     _, scripts = _imports(WORLD)
@@ -94,7 +151,7 @@ def test_early_scripts_import_the_world_only_in_functions(path):
     assert not lines, f"{path.name} imports synthetic_world at module level (lines {lines})"
 
 
-@pytest.mark.parametrize("path", SCRIPTS + [WORLD, CLI], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SCRIPTS + HELPERS, ids=lambda p: p.name)
 def test_dependencies_are_the_five(path):
     """No run-time dependency beyond torch, numpy, pillow, matplotlib and the standard library."""
     packages, _ = _imports(path)

@@ -1,0 +1,259 @@
+"""benchmark - how fast the depth network and the data loader are, on the machine at hand.
+
+Not a reading step: nothing in it is SQLDepth. Two tables (docs/benchmarks.md has the figures we
+measured and what was tried to make them faster):
+
+  python benchmark.py [--preset kitti-r50-640x192] [--amp]
+      per preset of 04_bins.py: parameters, GMACs per image (counted by hooks), inference ms per image,
+      forward+backward ms and the training step ms with the trainer's Adam, medians over --iters;
+      page faults per step (cpu_memory.py)
+  python benchmark.py --loader data/synthetic [--height 64 --width 208]
+      01_data.KittiRaw training samples per second with 0, 1 and 2 DataLoader workers, against the
+      bound of the same loader that only decodes and resizes the frames
+
+Per convolution: `python 02_unet.py --bench_small_map_convs`; a whole training step split into its
+parts: `python 06_train.py --profile 20`. Tests: tests/test_benchmark.py.
+"""
+import argparse
+import copy
+import importlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
+from cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (cpu_memory.py)
+from fused_adam import make_adam               # Adam, fused where it can be (fused_adam.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
+data = importlib.import_module("01_data")
+unet = importlib.import_module("02_unet")
+bins = importlib.import_module("04_bins")
+
+
+# ---- The depth network ----
+def count_macs(model, img):
+    """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
+
+    The cost volume and the summaries (B*Q*h*w*E each, functional ops) are added by hand. Counted on
+    a copy in train mode so PyTorch's fused transformer fast path does not bypass the hooks.
+    """
+    model, total = copy.deepcopy(model).train(), [0]
+
+    def conv(m, inp, out):
+        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += out.numel() * m.in_features
+
+    def attention(m, inp, out):  # q,k,v projections + QK^T + AV + output projection
+        q, k = inp[0], inp[1]
+        B, L, E = q.shape  # batch_first
+        S = k.shape[1]
+        total[0] += B * (L * E * E + 2 * S * E * E + 2 * L * S * E + L * E * E)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(conv)
+        elif isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            m.register_forward_hook(linear)
+        elif isinstance(m, nn.MultiheadAttention):
+            m.register_forward_hook(attention)
+    with torch.no_grad():
+        out = model(img, return_extras=True)
+    if "cost_volume" in out:  # V = S^T K, plus the softmax-weighted summaries of the sql bins
+        B, Q, h, w = out["cost_volume"].shape
+        total[0] += (2 if model.cfg.bins == "sql" else 1) * B * Q * h * w * model.cfg.model_dim
+    return total[0]
+
+
+def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True,
+              small_map_convs=True):
+    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, page faults per
+    train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
+    faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
+    where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
+    is False; on CPU the big 3x3 convs on small maps take 02_unet's matmul weight gradient (as
+    06_train.py) unless small_map_convs is False."""
+    torch.manual_seed(0)
+    model = bins.DepthNet(bins.PRESETS[preset]).to(device)
+    if small_map_convs:
+        unet.use_small_map_convs(model)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    img = torch.rand(batch_size, 3, *size, device=device).contiguous(memory_format=fmt)
+    params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(model, img[:1])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        fn()  # warm-up
+        times, faults_before = [], page_faults()
+        for _ in range(iters):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - start) * 1000.0)
+        return statistics.median(times), (page_faults() - faults_before) / iters
+
+    model.eval()
+
+    def infer():
+        with torch.inference_mode(), autocast:
+            model(img)
+    infer_ms = timed(infer)[0] / batch_size
+    model.train()
+    opt = make_adam(model.parameters(), fused=fused_adam, lr=1e-4)
+
+    def forward_backward():
+        with autocast:
+            loss = model(img).float().mean()
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def step():
+        forward_backward()
+        opt.step()
+    fwd_bwd_ms = timed(forward_backward)[0]
+    return (params, macs, infer_ms, fwd_bwd_ms, *timed(step))
+
+
+def run_bench(cfg, device):
+    """The depth-network table: one row per preset (and per dtype with --amp on CUDA)."""
+    presets = [cfg.preset] if cfg.preset else list(bins.PRESETS)
+    modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
+    print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
+          f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
+          f"threads {torch.get_num_threads()}, median of {cfg.iters}")
+    print(f"{'preset':20s} {'size':>9s} {'dtype':>5s} {'params':>12s} {'GMACs/img':>9s} {'infer ms/img':>12s} "
+          f"{'fwd+bwd ms':>10s} {'train ms/step':>13s} {'page faults/step':>16s}")
+    for name in presets:
+        for amp in modes:
+            h, w = bins.PRESET_SIZES[name]
+            p, macs, inf, fb, tr, faults = benchmark(name, (h, w), device, cfg.batch_size, amp, cfg.channels_last,
+                                                     cfg.iters, cfg.fused_adam, cfg.small_map_convs)
+            print(f"{name:20s} {w:>4d}x{h:<4d} {'bf16' if amp else 'fp32':>5s} {p:>12,d} {macs / 1e9:>9.2f} "
+                  f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f} {faults:>16,.0f}", flush=True)
+
+
+# ---- The data loader ----
+class DecodeOnly(torch.utils.data.Dataset):
+    """The bare decode + resize work of a data.KittiRaw training sample: the same frame files, uint8, no more."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return torch.from_numpy(self.dataset.decode_frames(*self.dataset.lines[index]))
+
+
+def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg", workers=(0, 1, 2),
+                     batch_size=8, repeats=3):
+    """{n workers: (bound, rate)}: samples/s of data.KittiRaw training samples (frames 0, -1, +1, flip and
+    jitter at their training probabilities) and of the bound, the same loader over DecodeOnly (decode
+    and resize only). Best of `repeats` passes, the two loaders taking turns (shared machines are noisy)."""
+    dataset = data.KittiRaw(data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=True, img_ext=img_ext)
+    count = min(samples, len(dataset))
+    if count <= batch_size:
+        raise ValueError(f"the loader benchmark needs more samples than one batch ({batch_size}): "
+                         f"--samples {samples}, {len(dataset)} split lines")
+    order = list(range(count))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like a DataLoader worker (collating with OpenMP threads on busy cores stalls)
+
+    def samples_per_s(data, n, collate_fn):
+        loader = iter(torch.utils.data.DataLoader(torch.utils.data.Subset(data, order), batch_size=batch_size,
+                                                  num_workers=n, collate_fn=collate_fn))
+        next(loader)  # steady state: worker start-up (paid once per training run) is not timed
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        return (count - batch_size) / (time.perf_counter() - start)
+
+    results = {}
+    try:
+        for n in workers:
+            passes = [(samples_per_s(DecodeOnly(dataset), n, None), samples_per_s(dataset, n, data.collate))
+                      for _ in range(repeats)]
+            results[n] = (max(p[0] for p in passes), max(p[1] for p in passes))
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+# ---- Command line ----
+@dataclass
+class BenchConfig:
+    """What `python benchmark.py` does: the depth-network table, or the loader table with --loader DIR."""
+    preset: str = ""  # one preset of 04_bins.py (default: all three)
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    amp: bool = False  # also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
+    channels_last: bool = True  # channels_last memory format (06_train.py's default)
+    fused_adam: bool = True  # the train step's Adam fused where available (as 06_train.py)
+    small_map_convs: bool = True  # matmul weight gradient of big 3x3 convs on small maps (CPU, as 06)
+    tune_memory: bool = True  # huge pages and malloc reuse for CPU tensors (as 06_train.py)
+    batch_size: int = 2  # depth-network batch size
+    iters: int = 3  # timed iterations after one warm-up (the median is reported)
+    loader: str = ""  # a KITTI or synthetic data folder: time the loader instead of the network
+    height: int = 64  # loader: input height, the default run's (KITTI presets: 192)
+    width: int = 208  # loader: input width (KITTI presets: 640); frames are resized to it
+    samples: int = 400  # loader: samples per run (the first batch is not timed)
+    split: str = "train"  # loader: which split list it reads (synthetic or eigen_zhou)
+    split_dir: str = ""  # loader: folder of the standard split lists ("" = the download cache)
+    img_ext: str = ".jpg"  # loader: image extension of the data (KITTI: .jpg or .png)
+
+
+def run_loader_bench(cfg):
+    """The loader table of --loader DIR."""
+    root = Path(cfg.loader)
+    if not root.is_dir():
+        raise data.DataError(f"data folder not found: {root}")
+    name = "synthetic" if (root / data.SYNTH_MARKER).is_file() else "eigen_zhou"
+    lines = data.read_split(data.get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
+    results = loader_benchmark(root, lines, cfg.height, cfg.width, cfg.samples, cfg.img_ext)
+    print(f"loader at {cfg.width}x{cfg.height}, {min(cfg.samples, len(lines))} samples of frames 0, -1, +1 "
+          f"(samples/s)")
+    for n, (bound, rate) in results.items():
+        print(f"{n} worker(s): decode + resize bound {bound:.1f}, KittiRaw training samples {rate:.1f} "
+              f"({100 * rate / bound:.0f}% of the bound)")
+
+
+def main(argv=None):
+    """Command line generated from BenchConfig; returns the exit status (2 = bad input, one line)."""
+    parser = argparse.ArgumentParser(description="Speed of the depth network (per preset) or of the loader.")
+    add_dataclass_flags(parser, BenchConfig)
+    cfg = BenchConfig(**vars(parser.parse_args(argv)))
+    if cfg.tune_memory:
+        tune_cpu_memory()  # before the first big tensor, or PyTorch ignores it
+    try:
+        if cfg.loader:
+            run_loader_bench(cfg)
+            return 0
+        if cfg.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        elif cfg.device in ("cpu", "cuda") and (cfg.device == "cpu" or torch.cuda.is_available()):
+            device = torch.device(cfg.device)
+        else:
+            raise ValueError(f"device {cfg.device!r} is not available")
+        if cfg.preset and cfg.preset not in bins.PRESETS:
+            raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
+        run_bench(cfg, device)
+    except (data.DataError, ValueError, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

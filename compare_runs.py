@@ -1,0 +1,368 @@
+"""compare_runs - several training runs on one test split: one table row per variant, seeds averaged.
+
+Not a reading step: 07_eval.py is the concept (the Eigen protocol, the metrics); this file scores many
+runs with it. One run's noise can be as large as the effect of a design choice, so runs whose stored
+configs differ only in their seed (and bookkeeping: run folder, device, threads, logging ...) are one
+variant, reported as mean +- sample std over its seeds. Besides the seven metrics and AbsRel on thin
+structures, each row carries 04_bins.py's diagnostics of the self-query layer (query similarity,
+cost-volume effective rank, bins holding 99% of the probability).
+
+Run: `python compare_runs.py --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
+Writes compare_<split>.md / .csv / _runs.csv, compare_<split>.png (the same test frames for each
+variant, with the thin structures enlarged) and compare_diagnostics.png (the diagnostics over
+training, from each run's val.csv). The README's ablation table and docs/ablations.md come from it.
+Tests: tests/test_compare_runs.py.
+"""
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+import run_folder                                      # val.csv reader (run_folder.py)
+from cli import add_dataclass_flags, one_line          # the command line of every script (cli.py)
+
+# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
+# loaded by name; the alias is the file name without its number.
+data = importlib.import_module("01_data")
+bins = importlib.import_module("04_bins")
+evaluation = importlib.import_module("07_eval")
+
+
+# Stored training-config fields that do not change what a run learns, only its random draws or its
+# bookkeeping: runs whose configs differ in these alone are seeds of one variant. (data_path too:
+# every run is scored on the same test split anyway, and a note is printed when it differs; and
+# split_files: where the lists were found, the split itself is named by `split`.)
+BOOKKEEPING_FIELDS = frozenset({
+    "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
+    "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
+    "cache_mb", "val_every", "split_files"})
+
+
+COMPARE_COLUMNS = evaluation.METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
+
+
+COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
+
+
+def resolve_run(spec):
+    """Checkpoint of one --compare entry: a run folder's best.pt (else its ckpt.pt) or a checkpoint file."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("best.pt", "ckpt.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise data.DataError(f"--runs {spec}: the folder holds neither best.pt nor ckpt.pt")
+    if not path.is_file():
+        raise data.DataError(f"--runs {spec}: no such run folder or checkpoint file")
+    return path
+
+
+def flat_config(config):
+    """A stored training config as one flat dict: the model's fields beside the run's ("model.x" on a clash)."""
+    flat = {k: v for k, v in config.items() if k != "model"}
+    for k, v in config.get("model", {}).items():
+        flat["model." + k if k in flat else k] = v
+    return flat
+
+
+def group_runs(configs):
+    """Runs grouped into variants: (groups, labels), each group a list of indices into configs.
+
+    Two runs are one variant when their flattened configs agree on every field outside
+    BOOKKEEPING_FIELDS (a field one config lacks counts as None). Groups keep the order in which
+    their first run was given. A label names the fields whose values differ between the groups,
+    e.g. "queries=none" or "bins=fixed, use_stereo=False"; "default" when there is only one group.
+    """
+    flats = [{k: v for k, v in flat_config(c).items() if k not in BOOKKEEPING_FIELDS} for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))  # every field, in config order
+    groups, by_signature = [], {}
+    for i, f in enumerate(flats):
+        signature = repr([f.get(k) for k in keys])
+        if signature not in by_signature:
+            by_signature[signature] = len(groups)
+            groups.append([])
+        groups[by_signature[signature]].append(i)
+    differing = [k for k in keys if len({repr(flats[g[0]].get(k)) for g in groups}) > 1]
+    labels = [", ".join(f"{k}={flats[g[0]].get(k)}" for k in differing) or "default" for g in groups]
+    return groups, labels
+
+
+def mean_std(values):
+    """(mean, sample standard deviation with ddof=1) of per-seed values; std is NaN for a single run."""
+    values = np.asarray(values, np.float64)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def densest_window(mask, height, width):
+    """(top, left) of the height x width window of a [H, W] bool mask holding the most True pixels.
+
+    A summed-area table gives every window's count at once; ties go to the first window in raster
+    order. The window is shrunk to the mask where the mask is smaller.
+    """
+    H, W = mask.shape
+    height, width = min(height, H), min(width, W)
+    table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # [H+1, W+1]
+    counts = (table[height:, width:] - table[:-height, width:] - table[height:, :-width]
+              + table[:-height, :-width])  # [H-height+1, W-width+1]: window counts by top-left corner
+    top, left = np.unravel_index(np.argmax(counts), counts.shape)
+    return int(top), int(left)
+
+
+def score_run(model, config, cfg, device, lines, gts, thin):
+    """One run on the test split: evaluation.evaluate_predictions' dict plus bins.INTERNALS_STATS averaged over the
+    frames (each batch weighted by its size), and the predictions."""
+    sums, count = dict.fromkeys(bins.INTERNALS_STATS, 0.0), [0]
+
+    def add_internals(img):
+        stats = bins.internals_stats(model, img)
+        for k in sums:
+            sums[k] += stats[k] * len(img)
+        count[0] += len(img)
+    loader = evaluation.test_loader(cfg, lines, int(config["height"]), int(config["width"]))
+    preds, _ = evaluation.run_network(model, loader, cfg, device, on_batch=add_internals)
+    result = evaluation.evaluate_predictions(gts, preds, cfg.split, *evaluation.scaling(cfg), thin)
+    result.update({k: v / max(count[0], 1) for k, v in sums.items()})
+    return result, preds
+
+
+def _cell(value, column, std=None):
+    """Table text of a value (+- its std); "-" for NaN (a variant without queries has no query numbers)."""
+    if not np.isfinite(value):
+        return "-"
+    digits = COMPARE_DIGITS.get(column, 3)
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
+
+
+def compare_tables(runs, groups, labels):
+    """(aggregated rows, per-run rows) for the CSVs, and the markdown table text.
+
+    runs: list of dicts with "run", "seed", "frames" and every COMPARE_COLUMNS value of that run.
+    """
+    per_run = [dict(run, variant=labels[g]) for g, members in enumerate(groups) for run in
+               (runs[i] for i in members)]
+    aggregated = []
+    for members, label in zip(groups, labels):
+        row = {"variant": label, "n": len(members), "seeds": " ".join(str(runs[i]["seed"]) for i in members)}
+        for c in COMPARE_COLUMNS:
+            row[c + "_mean"], row[c + "_std"] = mean_std([runs[i][c] for i in members])
+        aggregated.append(row)
+    header = ["variant", "n"] + list(COMPARE_COLUMNS)
+    body = [[r["variant"], str(r["n"])] + [_cell(r[c + "_mean"], c, r[c + "_std"]) for c in COMPARE_COLUMNS]
+            for r in aggregated]
+    widths = [max(len(row[j]) for row in [header] + body) for j in range(len(header))]
+    md = ["| " + " | ".join(t.ljust(w) for t, w in zip(row, widths)) + " |" for row in [header] + body]
+    md.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return aggregated, per_run, "\n".join(md)
+
+
+COMPARE_LEGEND = """\
+Mean ± sample standard deviation (ddof 1) over the n runs (seeds) of each variant; every run scored on
+the same test frames. thin_abs_rel: AbsRel pooled over thin-structure pixels. query_similarity: mean
+cosine similarity of distinct queries (1 = all queries identical, collapsed). effective_rank: effective
+rank of the cost volume V as a Q x (h*w) matrix (1 = one image in Q copies, Q = fully diverse).
+bins_99: bins holding 99% of the mean probability mass (out of D). "-": the variant has no queries."""
+
+
+def save_compare(aggregated, per_run, md, out_dir, split):
+    """compare_<split>.csv (one row per variant: <column>_mean, <column>_std), compare_<split>_runs.csv
+    (one row per run) and compare_<split>.md; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / f"compare_{split}.csv", out_dir / f"compare_{split}_runs.csv", out_dir / f"compare_{split}.md"
+
+    def text(value):  # floats with 6 significant digits (NaN stays "nan"); no comma may split a cell
+        return (f"{value:.6g}" if isinstance(value, float) else str(value)).replace(",", ";")
+    stats = [c + s for c in COMPARE_COLUMNS for s in ("_mean", "_std")]
+    for path, rows, cols in ((paths[0], aggregated, ["variant", "n", "seeds"] + stats),
+                             (paths[1], per_run, ["variant", "run", "seed"] + list(COMPARE_COLUMNS) + ["frames"])):
+        lines = [",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    paths[2].write_text(md + "\n\n" + COMPARE_LEGEND + "\n")
+    return paths
+
+
+def save_compare_figure(images, gts, thin, columns, path, names=None):
+    """The same test frames side by side: per frame a row of inputs (the crop outlined), a row of
+    inverse depth and a row of an enlarged crop around the densest thin structures (outlined in cyan).
+
+    images: list of [3, H, W] inputs; gts, thin: their [H_gt, W_gt] GT depth and thin masks (thin may be
+    None); columns: list of (title, list of [h, w] predictions of those frames, None for the GT column);
+    names: a caption per frame.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    panel_w = 3.2  # inches per column
+    aspect = gts[0].shape[0] / gts[0].shape[1]  # H / W (KITTI's GT sizes differ by a few pixels)
+    ratios = [aspect, aspect, 0.4] * len(images)  # the crop is 1:2, shown a little smaller
+    fig, axes = plt.subplots(3 * len(images), len(columns), squeeze=False, gridspec_kw={"height_ratios": ratios},
+                             figsize=(panel_w * len(columns), panel_w * sum(ratios) + 0.6 * len(images)))
+    for f, (img, gt) in enumerate(zip(images, gts)):
+        H, W = gt.shape
+        crop_h, crop_w = max(H // 2, 1), min(W, H)  # a 1:2 window: poles and signs are tall and thin
+        mask = thin[f] if thin is not None else np.zeros(gt.shape, bool)
+        if mask.any():
+            top, left = densest_window(mask, crop_h, crop_w)
+        else:  # no thin structure in this frame: the image centre
+            top, left = (H - crop_h) // 2, (W - crop_w) // 2
+        window = (slice(top, top + crop_h), slice(left, left + crop_w))
+        for c, (title, preds) in enumerate(columns):
+            if preds is None:  # ground truth: pixels without GT drawn as far as the farthest GT pixel
+                colour = evaluation.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
+            else:
+                colour = evaluation.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
+            ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
+            ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
+            ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
+            ax_img.set_title(f"{title}" if f == 0 else "", fontsize=8)
+            ax_depth.imshow(colour)
+            ax_crop.imshow(colour[window], interpolation="nearest")
+            if mask[window].any():
+                ax_crop.contour(mask[window].astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
+            caption = names[f] if names else f"frame {f}"
+            ax_crop.set_title(f"{caption}: thin structures (cyan), x{W / crop_w:.1f}" if c == 0 else "", fontsize=7)
+            for ax in (ax_img, ax_depth, ax_crop):
+                ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def read_val_log(run_dir):
+    """{column: values} of a run folder's val.csv (step and the self-query diagnostics); {} without one."""
+    return run_folder.read_csv(Path(run_dir) / "val.csv", ("step",) + bins.INTERNALS_STATS)
+
+
+def save_diagnostics_figure(logs, labels, path):
+    """The self-query diagnostics over training (val.csv of each run): one panel per diagnostic, one
+    line per run, the runs of one variant in one colour. logs: [(variant index, {column: values})]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    titles = {"query_similarity": "query similarity (mean pairwise cosine)",
+              "effective_rank": "cost-volume effective rank", "bins_99": "bins holding 99% of the probability"}
+    fig, axes = plt.subplots(1, len(titles), figsize=(4.2 * len(titles), 3.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (column, title) in zip(axes[0], titles.items()):
+        shown = set()
+        for variant, log in logs:
+            if column in log and not all(np.isnan(log[column])):
+                ax.plot(log["step"], log[column], "o-", ms=3, color=colours(variant % 10),
+                        label=None if variant in shown else labels[variant])
+                shown.add(variant)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_compare(options, device):
+    """Score every run on one test split, group seeds into variants, write the tables and figures.
+    options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
+    paths = [resolve_run(spec) for spec in options.runs]
+    model, config = evaluation.load_model(paths[0], device)
+    first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
+    cfg = evaluation_config(options)
+    evaluation.defaults_from_checkpoint(config, cfg, first.resolve().parent / "compare")  # the first run's data
+    lines = evaluation.split_lines(cfg)
+    gts = evaluation.load_ground_truth(cfg, lines)
+    thin = evaluation.load_thin_masks(cfg, lines) if cfg.split == "synthetic" else None
+    print(f"-> comparing {len(paths)} runs on {len(lines)} {cfg.split} frames from {cfg.data_path}"
+          f"{', post-processed' if cfg.post_process else ''}; "
+          f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median evaluation.scaling'}")
+    # The figure's frames: spread evenly over the split (neighbouring frames of a drive look alike).
+    frames = sorted(set(np.linspace(0, len(lines) - 1, min(cfg.num_figure_frames, len(lines))).round().astype(int)))
+    runs, configs, figure_preds = [], [], []
+    for spec, path in zip(options.runs, paths):
+        if model is None:  # (the first run's network was loaded above, for its data and split)
+            model, config = evaluation.load_model(path, device)
+        if config.get("use_stereo") and not cfg.eval_stereo:
+            print(f"   hint: {spec} was trained with stereo; --eval_stereo scores every run at metric scale")
+        if config.get("data_path") and Path(config["data_path"]).resolve() != Path(cfg.data_path).resolve():
+            print(f"   note: {spec} was trained on {config['data_path']}; it is scored on {cfg.data_path}")
+        result, preds = score_run(model, config, cfg, device, lines, gts, thin)
+        runs.append({**{c: result[c] for c in COMPARE_COLUMNS}, "run": str(spec), "seed": config.get("seed", ""),
+                     "frames": result["n"]})
+        configs.append(config)
+        figure_preds.append([preds[i] for i in frames])
+        print(f"   {spec}: " + " ".join(f"{c} {result[c]:.4f}" for c in COMPARE_COLUMNS))
+        model = None  # one network in memory at a time
+    groups, labels = group_runs(configs)
+    for members, label in zip(groups, labels):
+        seeds = [str(runs[i]["seed"]) for i in members]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # the same run given twice, or a copy: its std is no seed spread
+            print(f"   note: variant {label} has seed {', '.join(repeated)} more than once")
+    aggregated, per_run, md = compare_tables(runs, groups, labels)
+    print("\n" + md + "\n")
+    out_dir = Path(cfg.out)
+    written = list(save_compare(aggregated, per_run, md, out_dir, cfg.split))
+    # Images for the figure: the first run's test frames at its input size; predictions of each
+    # variant's first seed.
+    dataset = evaluation.test_loader(cfg, lines, int(configs[0]["height"]), int(configs[0]["width"])).dataset
+    images = [data.image_to_float(dataset[i]["color"][0]) for i in frames]
+    columns = [("ground truth", None)] + [(labels[g], figure_preds[members[0]]) for g, members in enumerate(groups)]
+    fig_path = out_dir / f"compare_{cfg.split}.png"
+    save_compare_figure(images, [gts[i] for i in frames], [thin[i] for i in frames] if thin else None,
+                        columns, fig_path, names=[f"test frame {i}" for i in frames])
+    written.append(fig_path)
+    logs = [(g, read_val_log(Path(options.runs[i]) if Path(options.runs[i]).is_dir() else paths[i].parent))
+            for g, members in enumerate(groups) for i in members]
+    if any(log for _, log in logs):
+        diag_path = out_dir / "compare_diagnostics.png"
+        save_diagnostics_figure(logs, labels, diag_path)
+        written.append(diag_path)
+    print("-> " + ", ".join(str(p) for p in written))
+    return aggregated, per_run
+
+
+# ---- Command line ----
+@dataclass
+class CompareConfig:
+    """What `python compare_runs.py` does: score several runs on one test split, one row per variant."""
+    runs: list = field(default_factory=list)  # run folders (their best.pt, else ckpt.pt) or checkpoint files
+    out: str = ""  # output folder ("" = compare/ next to the first run folder)
+    data_path: str = ""  # dataset root ("" = the first run's)
+    split: str = ""  # eigen | eigen_benchmark | synthetic ("" = the first run's data kind)
+    split_file: str = ""  # a custom list of "folder frame side" lines; GT kind still set by --split
+    split_dir: str = ""  # folder of downloaded split lists ("" = the first run's)
+    img_ext: str = ""  # image extension ("" = the first run's)
+    batch_size: int = 4  # images per forward pass
+    num_workers: int = 0  # DataLoader workers
+    post_process: bool = False  # flip averaging with 5% border ramps (Monodepth2 / official)
+    eval_stereo: bool = False  # metric scale x5.4 for every run instead of per-image median scaling
+    max_images: int = 0  # score only the first N frames (0 = all)
+    num_figure_frames: int = 4  # test frames in the comparison figure
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+def evaluation_config(options):
+    """07_eval's EvalConfig with the fields a comparison shares with it."""
+    shared = {f.name for f in fields(evaluation.EvalConfig)} & {f.name for f in fields(CompareConfig)}
+    return evaluation.EvalConfig(**{k: getattr(options, k) for k in shared if k != "runs"})
+
+
+def main(argv=None):
+    """Parse, compare; returns the exit status (0 ok, 2 bad input with one `error:` line)."""
+    parser = argparse.ArgumentParser(description="Score several training runs on one test split: one table "
+                                                 "row per variant, mean +- std over its seeds.")
+    add_dataclass_flags(parser, CompareConfig)
+    options = CompareConfig(**vars(parser.parse_args(argv)))
+    try:
+        if not options.runs:
+            raise data.DataError("give the runs to compare: --runs RUN [RUN ...]")
+        run_compare(options, evaluation.choose_device(options.device))
+    except (data.DataError, ValueError, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Tests of compare_runs.py: runs grouped into variants (seeds averaged), the tables, the figures.
+
+Oracles: each run evaluated alone by 07_eval.py (the comparison's mean and sample std must equal
+those of the single evaluations), 04's internals_stats frame by frame, a brute-force window search.
+"""
+import importlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_07_eval import ROOT, TINY_FLAGS, _run_main, ev
+
+
+def compare():
+    return importlib.import_module("compare_runs")
+
+
+# ----------------------------------------------------------------------------- run comparison
+
+def test_group_runs_labels_variants_by_the_fields_that_differ():
+    """Configs that differ only by seed / run_dir / resume / threads are one variant ("default" when
+    alone); a model field (queries) or a run field (use_stereo) splits them, and the label names exactly
+    the fields that differ between the groups, groups in the order their first run was given."""
+    c = compare()
+    base = {"model": {"queries": "self", "bins": "sql", "num_bins": 16}, "use_stereo": True, "lr": 5e-4,
+            "seed": 0, "run_dir": "runs/a", "resume": "", "threads": 0}
+    seeds = [{**base, "seed": s, "run_dir": f"runs/s{s}", "resume": "runs/x" * s, "threads": s} for s in range(3)]
+    assert c.group_runs(seeds) == ([[0, 1, 2]], ["default"])
+    none = {**base, "model": {**base["model"], "queries": "none"}, "seed": 7}
+    mono = {**base, "use_stereo": False}
+    groups, labels = c.group_runs([none, seeds[0], mono, seeds[1], none])
+    assert groups == [[0, 4], [1, 3], [2]]
+    assert labels == ["use_stereo=True, queries=none", "use_stereo=True, queries=self", "use_stereo=False, queries=self"]
+    assert c.group_runs([base, {**base, "lr": 1e-4}])[1] == ["lr=0.0005", "lr=0.0001"]
+    # a run of a version without the frame cache or --val_every is still a seed of the same variant
+    assert c.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0,
+                                "split_files": {"train": "elsewhere/train_files.txt"}}])[0] == [[0, 1]]
+
+
+def test_densest_window_matches_a_brute_force_search():
+    """The summed-area table picks the window with the most mask pixels, as a loop over every window
+    does (first in raster order on ties), and shrinks a window larger than the mask."""
+    c = compare()
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        mask = rng.random((13, 29)) < 0.15
+        mask[2:9, 20:23] = trial % 2 == 0  # a pole in half of the trials
+        best, where = -1, None
+        for top in range(13 - 5 + 1):
+            for left in range(29 - 7 + 1):
+                count = int(mask[top:top + 5, left:left + 7].sum())
+                if count > best:
+                    best, where = count, (top, left)
+        assert c.densest_window(mask, 5, 7) == where
+    assert c.densest_window(np.ones((4, 6), bool), 10, 10) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory, tiny_world):
+    """Three 2-step tiny runs of 06_train.py: seeds 0 and 1 of the default model, and queries=none."""
+    if not (ROOT / "06_train.py").is_file():
+        pytest.skip("06_train.py not written yet")
+    root = tmp_path_factory.mktemp("compare")
+    common = [sys.executable, str(ROOT / "06_train.py"), "--data_path", str(tiny_world), "--height", "64",
+              "--width", "208", "--batch_size", "2", "--max_steps", "2", "--no_eval", "--no-use_stereo",
+              "--num_workers", "0", "--threads", "1", "--dim_feedforward", "32", *TINY_FLAGS]
+    runs = {"seed0": [], "seed1": ["--seed", "1"], "none": ["--queries", "none"]}
+    for name, extra in runs.items():
+        proc = subprocess.run(common + ["--run_dir", str(root / name), *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
+def _csv_rows(path):
+    """Rows of a CSV as dicts of strings."""
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world, capsys):
+    """compare_runs.py seed0 seed1 none: 2 rows; the seeds are one row with n=2 whose mean and sample std
+    (ddof 1) are those of the two runs evaluated alone by the normal evaluation; the per-run internals
+    equal the per-frame mean of 04's internals_stats; queries=none has no query numbers ("-", NaN);
+    CSVs, markdown and the figure are written."""
+    c = compare()
+    bins = importlib.import_module("04_bins")
+    specs = [three_runs / "seed0", three_runs / "seed1", three_runs / "none"]
+    out = three_runs / "table"
+    code = c.main([str(a) for a in ["--runs", *specs, "--out", out, "--num_figure_frames", "2"]])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    rows = _csv_rows(out / "compare_synthetic.csv")
+    assert [(r["variant"], r["n"], r["seeds"]) for r in rows] == [("queries=self", "2", "0 1"),
+                                                                   ("queries=none", "1", "0")]
+    alone = []
+    for spec in specs[:2]:
+        code, _, err = _run_main(["--checkpoint", spec / "best.pt", "--out", spec / "alone"], capsys)
+        assert code == 0, err
+        alone.append(_csv_rows(spec / "alone" / "eval_synthetic.csv")[0])
+    for metric in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "thin_abs_rel"):
+        values = [float(a[metric]) for a in alone]
+        rounding = 1e-5 * max(abs(v) for v in values)  # both CSVs keep 6 significant digits
+        assert float(rows[0][metric + "_mean"]) == pytest.approx(np.mean(values), abs=rounding), metric
+        assert float(rows[0][metric + "_std"]) == pytest.approx(np.std(values, ddof=1), abs=rounding), metric
+        assert math.isnan(float(rows[1][metric + "_std"]))  # one run: no spread
+    per_run = _csv_rows(out / "compare_synthetic_runs.csv")
+    assert [(r["variant"], Path(r["run"]).name, r["seed"]) for r in per_run] == [
+        ("queries=self", "seed0", "0"), ("queries=self", "seed1", "1"), ("queries=none", "none", "0")]
+    e = ev()
+    model, config = e.load_model(specs[0] / "best.pt", torch.device("cpu"))
+    cfg = e.EvalConfig(data_path=str(tiny_world), split="synthetic", img_ext=".jpg")
+    frames = [batch["color"][0] for batch in e.test_loader(cfg, e.split_lines(cfg), 64, 208)]
+    frames = [img[None] for batch in frames for img in batch]  # one (1, 3, H, W) uint8 frame at a time
+    for name in bins.INTERNALS_STATS:
+        per_frame = [bins.internals_stats(model, e.data.image_to_float(img))[name] for img in frames]
+        assert float(per_run[0][name]) == pytest.approx(np.mean(per_frame), rel=1e-4), name
+        assert float(rows[0][name + "_mean"]) == pytest.approx(
+            np.mean([float(r[name]) for r in per_run[:2]]), rel=1e-5), name
+        assert math.isnan(float(rows[1][name + "_mean"])) and math.isnan(float(per_run[2][name]))
+    md = (out / "compare_synthetic.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("|")]
+    assert len(table) == 4 and "query_similarity" in table[0] and " ± " in table[2]
+    assert table[3].rstrip(" |").endswith("-")  # queries=none: no bins, no queries
+    assert "queries=self" in printed and "queries=none" in printed
+    assert (out / "compare_synthetic.png").stat().st_size > 1000
+    log = c.read_val_log(specs[0])                 # the run's val.csv: one validation, at its last step
+    assert list(log["step"]) == [2.0] and -1 <= log["query_similarity"][0] <= 1
+    assert math.isnan(c.read_val_log(specs[2])["query_similarity"][0]) and c.read_val_log(out) == {}
+    assert (out / "compare_diagnostics.png").stat().st_size > 1000
+
+
+def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, capsys):
+    """No runs, a folder without checkpoints, a missing run: one `error:` line each, exit 2."""
+    cases = [([], "--runs"), (["--runs", tmp_path], "neither best.pt"), (["--runs", tmp_path / "nope"], "nope")]
+    for argv, needle in cases:
+        code = compare().main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err

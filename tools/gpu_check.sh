@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# tools/gpu_check.sh [OUT_DIR]: every check of this project that needs a GPU, in one unattended go.
+#
+# On a CUDA machine (about 5 minutes on one H100-class GPU), in order, each step's output in
+# OUT_DIR/<step>.log and its numbers in OUT_DIR/summary.txt:
+#   1. the GPU-marked tests                     python -m pytest -m gpu
+#   2. the depth network, R50 640x192, fp32 and bf16 (batch 16)      python benchmark.py --amp
+#   3. a synthetic world at KITTI's size (1242x375), rendered once
+#   4. 20 profiled training steps of kitti-r50-640x192 on it, without and with --amp
+#   5. 20 training steps under torchrun --nproc_per_node=1 (the NCCL process group)
+# Any failing step (a CUDA error included) stops the script with exit 1 and the end of its log.
+# On a machine without CUDA it says so and exits 0: CI runs that path (tests/test_faults.py).
+# Environment: PYTHON (default python), GPU_CHECK_STEP_LIMIT (seconds per step, default 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${1:-runs/gpu_check}
+LIMIT=${GPU_CHECK_STEP_LIMIT:-600}
+
+if ! "$PY" -c "import torch" 2> /dev/null; then
+    echo "gpu_check: $PY cannot import torch: install the requirements first (README, \"Two commands\")" >&2
+    exit 1
+fi
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA device on this machine: nothing to check (exit 0)"
+    exit 0
+fi
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+run_step() {   # run_step NAME COMMAND...: the command's output in OUT/NAME.log; stop loudly on failure
+    local name=$1; shift
+    echo "== $name: $*"
+    local start=$SECONDS
+    if ! timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1; then
+        note "FAILED: $name ($*), see $OUT/$name.log"
+        tail -n 30 "$OUT/$name.log"
+        exit 1
+    fi
+    if grep -qiE "CUDA error|cudaError|illegal memory access|NCCL error" "$OUT/$name.log"; then
+        note "FAILED: $name logged a CUDA/NCCL error, see $OUT/$name.log"
+        exit 1
+    fi
+    note "ok: $name ($((SECONDS - start)) s)"
+}
+
+note "gpu_check $(date -u +%Y-%m-%dT%H:%MZ) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+note "$("$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} device(s), torch {torch.__version__}, CUDA {torch.version.cuda}')")"
+
+run_step gpu_tests "$PY" -m pytest -q -m gpu
+note "$(tail -n 1 "$OUT/gpu_tests.log")"
+
+run_step bench_r50 "$PY" benchmark.py --preset kitti-r50-640x192 --amp --batch_size 16 --iters 10
+note "$(grep -E '^(preset|kitti)' "$OUT/bench_r50.log")"
+
+WORLD="$OUT/world_1242x375"
+run_step world "$PY" synthetic_world.py --make "$WORLD" --height 375 --width 1242 --num_drives 10 \
+    --frames_per_drive 24 --workers 8
+TRAIN=("$PY" 06_train.py --preset kitti-r50-640x192 --data synthetic --data_path "$WORLD" --pretrained none
+       --num_workers 8)
+run_step profile_fp32 "${TRAIN[@]}" --profile 20
+note "fp32: $(grep 'throughput' "$OUT/profile_fp32.log")"
+run_step profile_bf16 "${TRAIN[@]}" --profile 20 --amp
+note "bf16: $(grep 'throughput' "$OUT/profile_bf16.log")"
+
+rm -rf "$OUT/torchrun"
+run_step torchrun_nccl "$PY" -m torch.distributed.run --nproc_per_node=1 --standalone \
+    06_train.py --preset kitti-r50-640x192 --data synthetic --data_path "$WORLD" --pretrained none \
+    --num_workers 8 --max_steps 20 --log_every 5 --no_eval --run_dir "$OUT/torchrun"
+note "torchrun: $(grep '^step' "$OUT/torchrun_nccl.log" | tail -n 1)"
+note "all GPU checks passed; logs in $OUT"
