@@ -15,6 +15,7 @@ Tests: tests/test_compare_runs.py.
 """
 import argparse
 import importlib
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -136,21 +137,23 @@ def _cell(value, column, std=None):
     return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
 
 
-def compare_tables(runs, groups, labels):
+def compare_tables(runs, groups, labels, columns=None):
     """(aggregated rows, per-run rows) for the CSVs, and the markdown table text.
 
-    runs: list of dicts with "run", "seed", "frames" and every COMPARE_COLUMNS value of that run.
+    runs: list of dicts with "run", "seed" and every value of `columns` (default COMPARE_COLUMNS) of
+    that run.
     """
+    columns = columns or COMPARE_COLUMNS
     per_run = [dict(run, variant=labels[g]) for g, members in enumerate(groups) for run in
                (runs[i] for i in members)]
     aggregated = []
     for members, label in zip(groups, labels):
         row = {"variant": label, "n": len(members), "seeds": " ".join(str(runs[i]["seed"]) for i in members)}
-        for c in COMPARE_COLUMNS:
+        for c in columns:
             row[c + "_mean"], row[c + "_std"] = mean_std([runs[i][c] for i in members])
         aggregated.append(row)
-    header = ["variant", "n"] + list(COMPARE_COLUMNS)
-    body = [[r["variant"], str(r["n"])] + [_cell(r[c + "_mean"], c, r[c + "_std"]) for c in COMPARE_COLUMNS]
+    header = ["variant", "n"] + list(columns)
+    body = [[r["variant"], str(r["n"])] + [_cell(r[c + "_mean"], c, r[c + "_std"]) for c in columns]
             for r in aggregated]
     widths = [max(len(row[j]) for row in [header] + body) for j in range(len(header))]
     md = ["| " + " | ".join(t.ljust(w) for t, w in zip(row, widths)) + " |" for row in [header] + body]
@@ -322,6 +325,114 @@ def run_compare(options, device):
     return aggregated, per_run
 
 
+# ---- Zero-shot: the same runs on worlds they never saw ----
+ZERO_SHOT_METRICS = ("abs_rel", "a1", "thin_abs_rel")  # per world: AbsRel, d<1.25, AbsRel on thin structures
+
+
+def world_name(folder):
+    """A synthetic world's style (from its marker file; "default" for the world of the default run)."""
+    marker = Path(folder) / data.SYNTH_MARKER
+    try:
+        return json.loads(marker.read_text()).get("style", "default")
+    except (OSError, ValueError):
+        raise data.DataError(f"--worlds {folder}: not a synthetic world (no readable {data.SYNTH_MARKER})") from None
+
+
+def run_zero_shot(options, device):
+    """Score every run on the test split of every world in options.worlds, with per-image median
+    scaling in every column (the paper's zero-shot protocol): one row per variant (mean +- std over
+    its seeds), per world AbsRel, d<1.25 and thin AbsRel, and the mean AbsRel increase off the first
+    world; a baseline row, the mean depth map of the first run's TRAINING world; a figure of the same
+    test frame in each world. Writes zero_shot.md / .csv / _runs.csv / .png; returns the aggregated rows."""
+    paths = [resolve_run(spec) for spec in options.runs]
+    worlds = [(world_name(w), Path(w)) for w in options.worlds]
+    first_config = evaluation.load_model(paths[0], device)[1]
+    train_cfg = evaluation_config(options)
+    evaluation.defaults_from_checkpoint(first_config, train_cfg, Path(options.out or "."))
+    mean_map = evaluation.mean_training_depth(train_cfg)           # [H, W] of the training world
+    per_world = []                                                 # (name, cfg, lines, gts, thin)
+    for name, folder in worlds:
+        cfg = evaluation_config(options)
+        cfg.data_path, cfg.split, cfg.data, cfg.eval_stereo = str(folder), "synthetic", "synthetic", False
+        evaluation.defaults_from_checkpoint(first_config, cfg, folder)
+        lines = evaluation.split_lines(cfg)
+        per_world.append((name, cfg, lines, evaluation.load_ground_truth(cfg, lines),
+                          evaluation.load_thin_masks(cfg, lines)))
+        print(f"-> world {name}: {len(lines)} test frames in {folder}")
+    columns = [f"{w} {m}" for w, *_ in per_world for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
+    runs, configs, figure = [], [], []
+    frame = len(per_world[0][2]) // 2                             # the figure's test frame, in every world
+    for spec, path in zip(options.runs, paths):
+        model, config = evaluation.load_model(path, device)
+        row = {"run": str(spec), "seed": config.get("seed", "")}
+        preds = []
+        for name, cfg, lines, gts, thin in per_world:
+            loader = evaluation.test_loader(cfg, lines, int(config["height"]), int(config["width"]))
+            pred, _ = evaluation.run_network(model, loader, cfg, device)
+            result = evaluation.evaluate_predictions(gts, pred, "synthetic", True, 1.0, thin)
+            row.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
+            preds.append(pred[min(frame, len(pred) - 1)])
+        base = row[f"{per_world[0][0]} abs_rel"]
+        row["abs_rel increase"] = float(np.mean([row[f"{w} abs_rel"] / base - 1 for w, *_ in per_world[1:]]))
+        runs.append(row)
+        configs.append(config)
+        figure.append(preds)
+        print(f"   {spec}: " + " ".join(f"{w} {row[f'{w} abs_rel']:.3f}" for w, *_ in per_world))
+    baseline = {"run": "mean training depth map", "seed": ""}
+    for name, cfg, lines, gts, thin in per_world:
+        result = evaluation.evaluate_predictions(gts, [mean_map] * len(gts), "synthetic", True, 1.0, thin)
+        baseline.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
+    b0 = baseline[f"{per_world[0][0]} abs_rel"]
+    baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
+    groups, labels = group_runs(configs)
+    aggregated, per_run, md = compare_tables(runs + [baseline], groups + [[len(runs)]],
+                                             labels + ["baseline: mean depth map of the training world"], columns)
+    out = Path(options.out) if options.out else Path(options.runs[0]).resolve().parent / "zero_shot"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def text(value):
+        return (f"{value:.6g}" if isinstance(value, float) else str(value)).replace(",", ";")
+    stats = [c + k for c in columns for k in ("_mean", "_std")]
+    for path, rows, cols in ((out / "zero_shot.csv", aggregated, ["variant", "n", "seeds"] + stats),
+                             (out / "zero_shot_runs.csv", per_run, ["variant", "run", "seed"] + columns)):
+        path.write_text("\n".join([",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]) + "\n")
+    legend = (f"Zero-shot: every run trained on the {per_world[0][0]} world, scored on the test drives of each "
+              f"world with per-image median scaling in every column (the paper's zero-shot protocol). "
+              f"abs_rel increase: mean over the other worlds of AbsRel / AbsRel on {per_world[0][0]} - 1, per "
+              f"run. Mean ± sample std over the n seeds of each variant.")
+    (out / "zero_shot.md").write_text(md + "\n\n" + legend + "\n")
+    print("\n" + md + "\n")
+    save_zero_shot_figure(per_world, frame, figure, groups, labels, configs, out / "zero_shot.png")
+    print(f"-> {out / 'zero_shot.md'}, {out / 'zero_shot.csv'}, {out / 'zero_shot_runs.csv'}, {out / 'zero_shot.png'}")
+    return aggregated
+
+
+def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs, path):
+    """One row per world (the same test frame): input, ground truth, the first seed of each variant."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    columns = 2 + len(groups)
+    fig, axes = plt.subplots(len(per_world), columns, figsize=(3.2 * columns, 1.25 * len(per_world) + 0.4),
+                             squeeze=False)
+    for r, (name, cfg, lines, gts, _) in enumerate(per_world):
+        f = min(frame, len(lines) - 1)
+        config = configs[0]
+        sample = evaluation.test_loader(cfg, lines[f:f + 1], int(config["height"]), int(config["width"])).dataset[0]
+        gt = gts[f]
+        panels = [(data.image_to_float(sample["color"][0]).permute(1, 2, 0).numpy(), f"{name}: input"),
+                  (evaluation.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
+        panels += [(evaluation.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
+                    labels[g]) for g, members in enumerate(groups)]
+        for ax, (image, title) in zip(axes[r], panels):
+            ax.imshow(image)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 # ---- Command line ----
 @dataclass
 class CompareConfig:
@@ -339,6 +450,7 @@ class CompareConfig:
     eval_stereo: bool = False  # metric scale x5.4 for every run instead of per-image median scaling
     max_images: int = 0  # score only the first N frames (0 = all)
     num_figure_frames: int = 4  # test frames in the comparison figure
+    worlds: list = field(default_factory=list)  # synthetic worlds (the training one first): zero-shot table
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
@@ -357,7 +469,11 @@ def main(argv=None):
     try:
         if not options.runs:
             raise data.DataError("give the runs to compare: --runs RUN [RUN ...]")
-        run_compare(options, evaluation.choose_device(options.device))
+        device = evaluation.choose_device(options.device)
+        if options.worlds:
+            run_zero_shot(options, device)
+        else:
+            run_compare(options, device)
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -105,15 +105,16 @@ def lock_run_folder(run_dir):
     """Create RUN (if needed) and hold an exclusive lock on RUN/.lock for the life of this process:
     a second training on the same folder gets RunFolderBusy (naming the holder's pid) instead of
     overwriting its checkpoints. The operating system drops the lock when the holder exits, however
-    it exits, so a crashed run never leaves a stale lock. Returns the open lock file (keep it).
+    it exits, so a crashed run never leaves a stale lock; forked children (DataLoader workers) do
+    not inherit it. Returns the open lock file (keep it open; closing it releases the lock).
     A folder that cannot be written raises PermissionError / OSError before anything is trained."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "a+")
     if fcntl is None:
         return handle
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:   # a POSIX record lock: owned by this process, not by the DataLoader workers it forks
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
             raise

@@ -18,7 +18,8 @@ could over-fit to (the light, the paint, the camera, the clutter), each rendered
 for zero-shot evaluation (docs/zero_shot.md). The default renders exactly the world it always did.
 
 Run:   python synthetic_world.py --make DIR      (the default data set: 40 drives x 50 frames)
-       python synthetic_world.py --styles DIR --num_drives 4   (every other style, DIR/<style>)
+       python synthetic_world.py --styles DIR --first_drive 36 --num_drives 4
+                                                 (every other style on the default world's test drives)
        python synthetic_world.py --render_bench  (synthetic frames/s on one core)
 Tests: tests/test_synthetic_world.py
 """
@@ -549,19 +550,21 @@ def _make_drive(job):
 
 
 def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, width=416, seed=0, workers=1,
-                         style="default", test_only=False):
+                         style="default", test_only=False, first_drive=0):
     """Write the synthetic mini-KITTI tree under root (KITTI raw layout + splits/synthetic); return root.
 
     Drives are split by drive: about 10% test and 10% validation (at least one each), the rest
     train; train lists both cameras, val/test camera 2 only; first and last frames are left out of
     the lists (they lack a neighbour). style: a name of STYLES (its camera goes into the calibration
     files); test_only: every drive is a test drive (a world for zero-shot evaluation only; its train
-    and val lists are empty). An existing complete tree made with the same arguments is kept.
+    and val lists are empty); first_drive: the index of the first drive (a drive's street depends on
+    its index and the seed: --first_drive 36 --num_drives 4 renders the default world's test drives).
+    An existing complete tree made with the same arguments is kept.
     """
     root = Path(root)
-    if num_drives < 3 or frames_per_drive < 3:
-        raise ValueError(f"make_synthetic_kitti: need num_drives >= 3 and frames_per_drive >= 3, "
-                         f"got {num_drives} and {frames_per_drive}")
+    if num_drives < (1 if test_only else 3) or frames_per_drive < 3:
+        raise ValueError(f"make_synthetic_kitti: need num_drives >= 3 (1 with test_only) and frames_per_drive "
+                         f">= 3, got {num_drives} and {frames_per_drive}")
     if height < 1 or width < 1:
         raise ValueError(f"make_synthetic_kitti: need a positive image size, "
                          f"got height {height} and width {width}")
@@ -569,7 +572,9 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
         raise ValueError(f"unknown world style {style!r}; choose one of {', '.join(STYLES)}")
     args = {"version": SYNTH_VERSION, "num_drives": num_drives, "frames_per_drive": frames_per_drive,
             "height": height, "width": width, "seed": seed}
-    args.update({"style": style} if style != "default" else {}, **({"test_only": True} if test_only else {}))
+    extra = {"style": style if style != "default" else None, "test_only": test_only or None,
+             "first_drive": first_drive or None}
+    args.update({k: v for k, v in extra.items() if v is not None})  # the default world's marker as before
     marker = root / data.SYNTH_MARKER
     if marker.is_file():
         try:
@@ -579,10 +584,11 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
             pass
         marker.unlink()  # a tree made with other arguments: rebuild it in place
     cam, velo = _synthetic_calibration(height, width, STYLES[style].focal)
-    calib = data.calib_folder(root, _drive_name(0))
+    calib = data.calib_folder(root, _drive_name(first_drive))
     data.write_calib_file(calib / data.CAM_TO_CAM_FILE, cam)
     data.write_calib_file(calib / data.VELO_TO_CAM_FILE, velo)
-    jobs = [(str(root), i, frames_per_drive, height, width, seed, style) for i in range(num_drives)]
+    drives = range(first_drive, first_drive + num_drives)
+    jobs = [(str(root), i, frames_per_drive, height, width, seed, style) for i in drives]
     if workers > 1:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
@@ -593,9 +599,8 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
             _make_drive(job)
     n_test = num_drives if test_only else max(1, round(0.1 * num_drives))
     n_val = 0 if test_only else max(1, round(0.1 * num_drives))
-    test_ids = range(num_drives - n_test, num_drives)
-    val_ids = range(num_drives - n_test - n_val, num_drives - n_test)
-    train_ids = range(0, num_drives - n_test - n_val)
+    train_ids, val_ids, test_ids = (drives[:num_drives - n_test - n_val],
+                                    drives[num_drives - n_test - n_val:num_drives - n_test], drives[num_drives - n_test:])
     inner = range(1, frames_per_drive - 1)
     lists = {"train": [(_drive_name(d), f, s) for d in train_ids for f in inner for s in "lr"],
              "val": [(_drive_name(d), f, "l") for d in val_ids for f in inner],
@@ -659,6 +664,7 @@ class WorldConfig:
     style: str = "default"  # world style of --make (STYLES: default, dusk, other_town, van_camera, cluttered)
     test_only: bool = False  # --make: every drive is a test drive (a world for zero-shot evaluation)
     styles: str = ""  # render every style but the default into DIR/<style>, test drives only
+    first_drive: int = 0  # index of the first drive (36 with --num_drives 4: the default world's test drives)
     render_bench: bool = False  # time the renderer on one core (images/s and complete frames/s)
 
 
@@ -675,14 +681,14 @@ def main(argv=None):
         elif cfg.make:
             start = time.perf_counter()
             make_synthetic_kitti(cfg.make, cfg.num_drives, cfg.frames_per_drive, cfg.height, cfg.width,
-                                 cfg.seed, cfg.workers, cfg.style, cfg.test_only)
+                                 cfg.seed, cfg.workers, cfg.style, cfg.test_only, cfg.first_drive)
             print(f"synthetic data set in {cfg.make} ({time.perf_counter() - start:.1f} s)")
         elif cfg.styles:
             for name in (n for n in STYLES if n != "default"):
                 start = time.perf_counter()
                 folder = Path(cfg.styles) / name
                 make_synthetic_kitti(folder, cfg.num_drives, cfg.frames_per_drive, cfg.height, cfg.width, cfg.seed,
-                                     cfg.workers, name, test_only=True)
+                                     cfg.workers, name, test_only=True, first_drive=cfg.first_drive)
                 print(f"style {name}: {folder} ({time.perf_counter() - start:.1f} s)")
         else:
             parser.print_help()

@@ -144,3 +144,32 @@ def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2, argv
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_zero_shot_table_over_worlds(three_runs, tiny_world, tmp_path, capsys):
+    """--worlds TRAIN STYLE: per variant and world AbsRel / d<1.25 / thin AbsRel with median scaling,
+    equal to each run scored alone on that world by 07_eval.py; the abs_rel increase of a run is its
+    AbsRel on the other world over that on the training world, minus 1; a baseline row (the mean
+    depth map of the training world); the figure and the CSVs are written."""
+    world = importlib.import_module("synthetic_world")
+    dusk = world.make_synthetic_kitti(tmp_path / "dusk", num_drives=1, frames_per_drive=8, height=64, width=208,
+                                      style="dusk", test_only=True, first_drive=2)   # tiny_world's test drive
+    out = tmp_path / "zs"
+    specs = [three_runs / "seed0", three_runs / "seed1", three_runs / "none"]
+    code = compare().main([str(a) for a in ["--runs", *specs, "--worlds", tiny_world, dusk, "--out", out]])
+    assert code == 0, capsys.readouterr().err
+    rows = _csv_rows(out / "zero_shot.csv")
+    assert [r["variant"] for r in rows] == ["queries=self", "queries=none",
+                                            "baseline: mean depth map of the training world"]
+    runs = _csv_rows(out / "zero_shot_runs.csv")
+    for spec, run in zip(specs, runs):
+        for name, folder in (("default", tiny_world), ("dusk", dusk)):
+            assert ev().main([str(a) for a in ["--checkpoint", spec / "best.pt", "--data_path", folder,
+                                               "--out", tmp_path / "alone"]]) == 0
+            alone = _csv_rows(tmp_path / "alone" / "eval_synthetic.csv")[0]
+            for metric in ("abs_rel", "a1", "thin_abs_rel"):
+                assert float(run[f"{name} {metric}"]) == pytest.approx(float(alone[metric]), rel=1e-4), (name, metric)
+        increase = float(run["dusk abs_rel"]) / float(run["default abs_rel"]) - 1
+        assert float(run["abs_rel increase"]) == pytest.approx(increase, abs=1e-5)  # CSVs: 6 digits
+    assert (out / "zero_shot.png").stat().st_size > 1000 and "median scaling" in (out / "zero_shot.md").read_text()
+    assert compare().main(["--runs", str(specs[0]), "--worlds", str(tmp_path)]) == 2    # not a world
