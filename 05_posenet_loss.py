@@ -514,14 +514,16 @@ def collapse_signs(health):
 
 class CollapseWatch:
     """The collapse detector of a training log: update() with each logged step's health numbers
-    returns one `warning:` line, once, when `patience` consecutive log lines show a sign of
-    collapse (collapse_signs), with the numbers and `advice` (what to try); else None."""
+    returns one `warning:` line, once, when `patience` consecutive log lines from step `min_step` on
+    show a sign of collapse (collapse_signs), with the numbers and `advice` (what to try); else None.
+    (Before min_step the pose net's small initial motion is normal.)"""
 
-    def __init__(self, advice, patience=3):
-        self.advice, self.patience, self.seen, self.warned = advice, patience, 0, False
+    def __init__(self, advice, patience=3, min_step=50):
+        self.advice, self.patience, self.min_step = advice, patience, min_step
+        self.seen, self.warned = 0, False
 
     def update(self, step, health):
-        signs = collapse_signs(health)
+        signs = collapse_signs(health) if step >= self.min_step else []
         self.seen = self.seen + 1 if signs else 0
         if self.warned or self.seen < self.patience:
             return None

@@ -46,7 +46,7 @@ import training_data                     # the world, split lists, loaders (trai
 from cli import one_line                 # errors as one line (cli.py)
 from cpu_memory import tune_cpu_memory   # page faults (cpu_memory.py)
 from fused_adam import make_adam         # Adam, fused where it can be (fused_adam.py)
-from training_data import frame_ids      # the frames of a sample: 0, -1, +1 (and "s")
+from training_data import frame_ids      # the frames of a sample: 0, the sources (and "s")
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -91,6 +91,7 @@ class TrainConfig:
     lr_step: int = 3                # StepLR: multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float = 0.1           # StepLR factor
     use_stereo: bool = False        # add the stereo frame "s" as a source ("MS" training)
+    source_frames: list = field(default_factory=lambda: [-1, 1])  # temporal sources: offsets from the target
     pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
     pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term

@@ -112,8 +112,9 @@ def load_splits(cfg, root, log=print):
 
 
 def frame_ids(cfg):
-    """The frames of a sample: target 0, sources -1 and +1, plus "s" (the other camera) with stereo."""
-    return (0, -1, 1) + (("s",) if cfg.use_stereo else ())
+    """The frames of a sample: target 0, the temporal sources (cfg.source_frames, -1 and +1 by
+    default), plus "s" (the other camera) with stereo."""
+    return (0, *(int(f) for f in cfg.source_frames)) + (("s",) if cfg.use_stereo else ())
 
 
 def make_datasets(cfg, root, info=None):

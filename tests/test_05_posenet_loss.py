@@ -622,3 +622,18 @@ def test_motion_vs_truth_is_one_for_a_consistent_prediction_at_any_scale():
         pred[pred == 0] = 50.0                                          # sky: anything
         ratios = g.motion_vs_truth(pred, poses, gt, true_t, cfg)
         torch.testing.assert_close(ratios, torch.full((2,), want), rtol=0.15, atol=0)
+
+
+def test_collapse_watch_warns_once_after_patience_and_never_before_min_step():
+    """CollapseWatch: a sign at every log line warns once, at the patience-th line from min_step on,
+    naming the number and the advice; a healthy line resets the count; before min_step nothing."""
+    watch = geo().CollapseWatch("try X", patience=3, min_step=50)
+    dead = {"depth_spread": 0.5, "motion": 0.0001, "automask_kept": 0.6}
+    healthy = {"depth_spread": 0.5, "motion": 0.04, "automask_kept": 0.7}
+    assert [watch.update(s, dead) for s in (10, 20, 30, 40)] == [None] * 4          # before min_step
+    assert watch.update(50, dead) is None and watch.update(60, dead) is None
+    assert watch.update(70, healthy) is None                                       # the count restarts
+    lines = [watch.update(s, dead) for s in (80, 90, 100, 110, 120)]
+    assert lines[:2] == [None, None] and lines[3:] == [None, None]
+    assert lines[2].startswith("warning: step 100: this run looks collapsed (motion 0.0001 < ")
+    assert lines[2].endswith("; try X")

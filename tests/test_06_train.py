@@ -346,6 +346,23 @@ def test_log_and_validation_carry_the_health_numbers(two_step_run):
         assert float(row["collapsed"]) == float(bool(g.collapse_signs(health)))
 
 
+def test_collapse_detector_fires_on_a_broken_run_and_not_on_a_healthy_one(tiny_world, tmp_path, capsys):
+    """A monocular run whose pose network cannot learn (--pose_lr_scale 0: it keeps predicting its tiny
+    initial motion) gets one `warning:` line naming the motion and what to try, and its validation
+    row says collapsed; the same run with a learning pose network gets neither."""
+    for name, extra, broken in (("broken", ["--pose_lr_scale", "0"], True), ("healthy", [], False)):
+        capsys.readouterr()
+        assert run(tiny_world, tmp_path / name, "--epochs", "10", "--max_steps", "60", "--log_every", "5", *extra) == 0
+        warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+        with open(tmp_path / name / "val.csv", newline="") as f:
+            collapsed = float(list(csv.DictReader(f))[-1]["collapsed"])
+        if broken:
+            assert len(warnings) == 1 and "motion" in warnings[0] and "try" in warnings[0], warnings
+            assert collapsed == 1.0
+        else:
+            assert warnings == [] and collapsed == 0.0
+
+
 def test_warmup_ramps_the_learning_rate_and_resume_keeps_it(tiny_world, tmp_path):
     """--warmup_steps 4: steps 1..4 run at 1/4, 2/4, 3/4, 4/4 of the lr, then the StepLR schedule
     as without warm-up; a run stopped at step 2 and resumed logs the same learning rates and losses."""
