@@ -297,7 +297,7 @@ def export_gt_depth(data_path, split_lines, out_path, source="auto"):
 
 # ---- Split lists ----
 # Training and test splits must share no drive: an older official SQLDepth train list shared 21 of
-# the 28 Eigen test drives, and with them 451 of the 697 test frames (README, "KITTI").
+# the 28 Eigen test drives, and with them 451 of the 697 test frames (docs/kitti.md).
 SPLIT_URL_BASE = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits"
 SPLIT_SHA256 = {  # the standard lists (eigen test 697, eigen_benchmark test 652, eigen_zhou 39,810 / 4,424)
     ("eigen", "test"): "e226d4ca16e0e6e9695435014347dcf973588531330536fd8a68d298ef091a6b",
@@ -376,7 +376,7 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
     (SPLIT_SHA256) is downloaded from base_url (default SPLIT_URL_BASE), SHA-256 checked, and marked
     by a sidecar KIND_files.txt.sha256: only such a list is held to its known sum. A list without
     the sidecar is the user's, used as given (`log` gets one line when it has a standard name but
-    other contents; README, "KITTI"). "synthetic" is `synthetic_split_path(data_path, kind)`.
+    other contents; docs/kitti.md). "synthetic" is `synthetic_split_path(data_path, kind)`.
     """
     if name == "synthetic":
         if data_path is None:
@@ -574,7 +574,7 @@ class KittiRaw(torch.utils.data.Dataset):
         color_aug = dict(color)  # the same tensors unless jittered
         if do_jitter:
             # One draw per sample, applied to every frame, with Monodepth2's ranges (its
-            # datasets/mono_dataset.py); see the README, "Where we follow the paper, and where the
+            # datasets/mono_dataset.py); see docs/kitti.md, "Where we follow the paper, and where the
             # official code".
             b, c, s = 0.8 + 0.4 * draws[2:5]  # brightness, contrast, saturation in [0.8, 1.2]
             h = 0.2 * draws[5] - 0.1  # hue in [-0.1, 0.1]

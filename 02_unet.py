@@ -16,8 +16,8 @@ the bins, 04) happens on top of S0.
 
 Deviation kept on purpose: the official 1x1 bottleneck conv has padding=1, which adds a one-pixel
 border of pure bias to the coarsest map (the next upsample then stretches it). It is harmless but
-odd; we keep it so the released checkpoints load and give the same numbers (README, "Where we
-follow the paper, and where the official code").
+odd; we keep it so the released checkpoints load and give the same numbers (docs/kitti.md, "Where
+we follow the paper, and where the official code").
 
 Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num_layers 18]` prints the feature shapes.
 Tests: tests/test_02_unet.py.
@@ -252,7 +252,7 @@ def load_pretrained(encoder_module, spec):
 # i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
 # product computes in less than half the time there. The forward pass and the input gradient stay
 # PyTorch's. Used where it measured faster or even (`python 02_unet.py --bench_small_map_convs`,
-# README "Benchmarks"): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
+# docs/benchmarks.md): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
 # over the batch (layer3 and layer4 of ResNet-18 at 64x208); beyond that, or with fewer output
 # channels, it was slower.
 SMALL_MAP_MAX_PIXELS = 2048

@@ -12,8 +12,8 @@ S [B, E, h, w] of 03:
    probabilities P, and depth = sum_d P_d * c_d (Exercise 4.3). (The paper's Eq. 5 writes the
    softmax index as Q; the official code, and we, use D.)
 `DepthNet` assembles 02 + 03 + this file: image [B, 3, H, W] in [0, 1] -> depth [B, 1, H/2, W/2] metres.
-`PRESETS` are the released models (their parameter counts are exact: README, "Where we follow the
-paper, and where the official code").
+`PRESETS` are the released models (their parameter counts are exact: docs/kitti.md, "Where we follow
+the paper, and where the official code").
 
 Ablation variants (config fields bins / queries): bins "fixed" (uniform edges in [min, max]),
 "adabins" (AdaBins' mini-ViT: the bins come from the first transformer token through an MLP
@@ -34,6 +34,7 @@ Tests: tests/test_04_bins.py.
 """
 import argparse
 import importlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ class DepthNetConfig:
     bins: str = "sql"  # "sql" (from the cost volume), "fixed" (uniform) or "adabins" (first token)
     queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (disparity head, no bins)
     dropout: float = 0.1  # dropout of the self-query transformer layers (0.1 as the official code)
-    bins_space: str = "depth"  # bins over "depth" [min, max] (the paper) or "disparity" [1/max, 1/min]
+    bins_space: str = "depth"  # bins over "depth" [min, max] (the paper), "disparity" or "log" depth
     pretrained: Optional[str] = None  # None, "imagenet" (torchvision download) or a .pth path
 
 
@@ -161,8 +162,8 @@ class DepthNet(nn.Module):
             raise ValueError(f"bins={cfg.bins!r}: choose 'sql', 'fixed' or 'adabins'")
         if cfg.queries not in ("self", "learned", "none"):
             raise ValueError(f"queries={cfg.queries!r}: choose 'self', 'learned' or 'none'")
-        if cfg.bins_space not in ("depth", "disparity"):
-            raise ValueError(f"bins_space={cfg.bins_space!r}: choose 'depth' or 'disparity'")
+        if cfg.bins_space not in ("depth", "disparity", "log"):
+            raise ValueError(f"bins_space={cfg.bins_space!r}: choose 'depth', 'disparity' or 'log'")
         if not 0 < cfg.min_depth < cfg.max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {cfg.min_depth}, {cfg.max_depth}")
         self.cfg = cfg
@@ -200,10 +201,13 @@ class DepthNet(nn.Module):
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
-        # The bins' range: depth [min, max] (the paper), or disparity [1/max, 1/min] (bins_space).
+        # The bins' range (bins_space): depth [min, max] (the paper), disparity [1/max, 1/min], or
+        # log-depth [ln min, ln max] (spacing-increasing bins, as DORN's: Fu et al., CVPR 2018).
         lo, hi = cfg.min_depth, cfg.max_depth
         if cfg.bins_space == "disparity":
             lo, hi = 1 / hi, 1 / lo
+        elif cfg.bins_space == "log":
+            lo, hi = math.log(lo), math.log(hi)
         with torch.autocast(device_type=V.device.type, enabled=False):
             if cfg.bins == "sql":
                 summaries = spatial_softmax_summaries(V, S)  # [B, Q, E]
@@ -216,6 +220,8 @@ class DepthNet(nn.Module):
                 edges = torch.linspace(lo, hi, cfg.num_bins + 1, device=V.device)
                 edges = edges.expand(V.shape[0], -1)  # [B, D+1]
                 centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # [B, D]
+            if cfg.bins_space == "log":  # centres and edges in metres; the combination stays Eq. 6
+                edges, centres = edges.exp(), centres.exp()
             depth, P = combine_probabilities(self.to_logits(V), centres)  # [B, 1, h, w], [B, D, h, w]
             if cfg.bins_space == "disparity":  # the combination is a disparity: depth is its reciprocal
                 depth, edges, centres = 1 / depth, 1 / edges, 1 / centres

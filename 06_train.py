@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
-    channels_last: bool = True      # NHWC layout of both networks and their inputs (faster here, README)
+    channels_last: bool = True    # NHWC layout of both networks and their inputs (docs/benchmarks.md)
     small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
     cache_mb: int = 0               # keep this many MB of decoded frames in memory, per dataset and process
@@ -128,7 +128,7 @@ def _synthetic_model(patch_size=8):
 
 
 def _kitti_preset(name, height, width):
-    """A released-model set-up: Adam 1e-4, batch 16, 25 epochs, StepLR(15, 0.1) (README, "KITTI")."""
+    """A released-model set-up: Adam 1e-4, batch 16, 25 epochs, StepLR(15, 0.1) (docs/kitti.md)."""
     model = asdict(replace(bins.PRESETS[name], pretrained="imagenet"))
     return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
                 lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
@@ -143,12 +143,12 @@ PRESETS = {
     # supervises the far range near the vanishing point, where forward motion gives no parallax).
     # Loading in the loop (num_workers 0): on 2 cores a worker process fights the step's threads and
     # slows it more than the loading it takes over; each decoded frame is kept (the world's frames
-    # at 416x128 fit in ~610 MB; at 208x64 in a quarter of that), so later epochs skip the decoding (README,
-    # "Benchmarks").
+    # at 416x128 fit in ~610 MB; at 208x64 in a quarter of that), so later epochs skip the decoding
+    # (docs/benchmarks.md).
     "synthetic-cpu": lambda: dict(model=_synthetic_model(), use_stereo=True, num_workers=0,
                                   cache_mb=1024),
     # The same run at the world's stored 416x128 (4x the pixels: poles a few pixels wide instead of
-    # one or two): about 35 minutes on 2 cores by its --profile (README, "Thin structures at 416x128").
+    # one or two): about 35 minutes on 2 cores by its --profile (docs/ablations.md, "Thin structures").
     "synthetic-cpu-416x128": lambda: dict(model=_synthetic_model(patch_size=16), use_stereo=True,
                                           num_workers=0, cache_mb=1024, height=128, width=416),
     "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),

@@ -408,7 +408,7 @@ def colorize_inverse_depth(depth):
     """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
 
     The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
-    constant offset) never leave the picture black (README, "KITTI").
+    constant offset) never leave the picture black (docs/kitti.md).
     """
     import matplotlib
     inv = 1.0 / np.maximum(depth, MIN_DEPTH)

@@ -10,9 +10,9 @@ fast big arrays and tensors come and go on a CPU.
     PyTorch reads the switch once, at the first CPU tensor of 2 MB or more, so it is set at the
     top of a program. Linux decides in the end: with
     /sys/kernel/mm/transparent_hugepage/enabled = never it does nothing.
-`python 04_bins.py --bench` counts the page faults of a training step with and without them
-(`--no-tune_memory`); README, "Benchmarks". Used by 01_data.py (each loader process), 04_bins.py
-(`--bench`) and 06_train.py. Tests: tests/test_cpu_memory.py.
+`python benchmark.py` counts the page faults of a training step with and without them
+(`--no-tune_memory`); docs/benchmarks.md. Used by 01_data.py (each loader process), benchmark.py
+and 06_train.py. Tests: tests/test_cpu_memory.py.
 """
 import ctypes
 import os
@@ -32,8 +32,8 @@ _MALLOC_TUNED_PID = None
 def retain_freed_memory():
     """Ask glibc's malloc to keep freed memory (blocks up to 32 MB, 128 MB of free heap) for reuse.
     Otherwise each sample's few MB of arrays go back to the kernel and the next sample page-faults
-    them in again: ~2,000 faults, over half the loading time of a 416x128 sample (README,
-    "Benchmarks"). Once per process (DataLoader workers too); a no-op where libc is not glibc."""
+    them in again: ~2,000 faults, over half the loading time of a 416x128 sample
+    (docs/benchmarks.md). Once per process (DataLoader workers too); a no-op where libc is not glibc."""
     global _MALLOC_TUNED_PID
     if _MALLOC_TUNED_PID == os.getpid():
         return

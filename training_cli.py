@@ -29,7 +29,7 @@ CHOICES = {"data": ["synthetic", "kitti"],
            "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
            "queries": ["self", "learned", "none"], "smoothness_on": ["depth", "disparity"],
-           "bins_space": ["depth", "disparity"]}
+           "bins_space": ["depth", "disparity", "log"]}
 
 
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]

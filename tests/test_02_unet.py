@@ -183,7 +183,7 @@ def test_use_small_map_convs_picks_only_big_3x3_convs_and_keeps_the_state_dict()
 
 
 def test_small_map_bench_rows_and_command_line(capsys, monkeypatch):
-    """The benchmark behind the README's table yields one row per shape with its output pixels and
+    """The benchmark behind docs/benchmarks.md's table yields one row per shape with its output pixels and
     two positive times, and `python 02_unet.py --bench_small_map_convs` prints its table (one tiny
     shape here so the test stays fast)."""
     u = importlib.import_module("02_unet")
