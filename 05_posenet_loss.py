@@ -499,31 +499,42 @@ def training_health(depth, poses, reprojection, identity, automask, cfg):
                 identity_photometric=no_warp, warped_photometric=reprojection.min(dim=1).values.mean())
 
 
-# Signs of a collapsed run in the health numbers (calibrated on the synthetic world: README,
-# "Monocular training"): {name: (limit, what it means)}; a number below its limit is a sign.
-COLLAPSE_LIMITS = {"depth_spread": (0.05, "a flat depth map"),
-                   "motion": (0.002, "the pose net predicts no motion"),
-                   "automask_kept": (0.2, "not warping beats warping almost everywhere")}
+# Signs of a collapsed or stalled run in the health numbers, calibrated on monocular runs of the
+# synthetic world (README, "Monocular training"): (what, limit, from step, meaning). warp_ratio is
+# warped_photometric / identity_photometric: a healthy run's warping beats not warping within ~150
+# steps (the ratio falls to 0.3-0.6); a stalled one stays near 1.
+COLLAPSE_SIGNS = (("depth_spread", "<", 0.05, 50, "a flat depth map"),
+                  ("motion", "<", 0.002, 50, "the pose net predicts no motion"),
+                  ("automask_kept", "<", 0.2, 50, "not warping wins almost everywhere"),
+                  ("warp_ratio", ">", 0.85, 200, "warping barely beats not warping"))
 
 
-def collapse_signs(health):
-    """The signs of collapse in {health name: float} -> list of short texts (empty = healthy)."""
-    return [f"{name} {health[name]:.3g} < {limit:g} ({meaning})" for name, (limit, meaning)
-            in COLLAPSE_LIMITS.items() if name in health and health[name] < limit]
+def collapse_signs(health, step=None):
+    """The signs of collapse in {health name: float} at a training step (None: all of them, as at a
+    validation) -> list of short texts (empty = healthy)."""
+    health = dict(health)
+    if "warped_photometric" in health and "identity_photometric" in health:
+        health["warp_ratio"] = health["warped_photometric"] / max(health["identity_photometric"], 1e-12)
+    signs = []
+    for name, side, limit, start, meaning in COLLAPSE_SIGNS:
+        value = health.get(name, float("nan"))
+        if (step is None or step >= start) and (value < limit if side == "<" else value > limit):
+            signs.append(f"{name} {value:.3g} {side} {limit:g} ({meaning})")
+    return signs
 
 
 class CollapseWatch:
     """The collapse detector of a training log: update() with each logged step's health numbers
-    returns one `warning:` line, once, when `patience` consecutive log lines from step `min_step` on
-    show a sign of collapse (collapse_signs), with the numbers and `advice` (what to try); else None.
-    (Before min_step the pose net's small initial motion is normal.)"""
+    returns one `warning:` line, once, when `patience` consecutive log lines show a sign of collapse
+    (collapse_signs at that step: each sign from its own step on, since a young run's pose net moves
+    little and its warping is no better yet), with the numbers and `advice` (what to try); else None."""
 
-    def __init__(self, advice, patience=3, min_step=50):
-        self.advice, self.patience, self.min_step = advice, patience, min_step
+    def __init__(self, advice, patience=3):
+        self.advice, self.patience = advice, patience
         self.seen, self.warned = 0, False
 
     def update(self, step, health):
-        signs = collapse_signs(health) if step >= self.min_step else []
+        signs = collapse_signs(health, step)
         self.seen = self.seen + 1 if signs else 0
         if self.warned or self.seen < self.patience:
             return None

@@ -597,7 +597,7 @@ def test_training_health_numbers_on_cases_with_known_answers():
     assert float(h2["depth_spread"]) == pytest.approx(float(torch.tensor([1.0, 3, 1, 3]).std() / 2))
     assert math.isnan(float(h2["identity_photometric"]))
     signs = g.collapse_signs({k: float(v) for k, v in h.items()})
-    assert len(signs) == 1 and signs[0].startswith("depth_spread 0")
+    assert len(signs) == 1 and signs[0].startswith("depth_spread 0")   # warped 0.1 beats identity 0.3
     healthy = {"depth_spread": 0.5, "motion": 0.05, "automask_kept": 0.8}
     assert g.collapse_signs(healthy) == []
     assert [s.split()[0] for s in g.collapse_signs({**healthy, "motion": 0.0, "automask_kept": 0.0})] == \
@@ -625,9 +625,10 @@ def test_motion_vs_truth_is_one_for_a_consistent_prediction_at_any_scale():
 
 
 def test_collapse_watch_warns_once_after_patience_and_never_before_min_step():
-    """CollapseWatch: a sign at every log line warns once, at the patience-th line from min_step on,
-    naming the number and the advice; a healthy line resets the count; before min_step nothing."""
-    watch = geo().CollapseWatch("try X", patience=3, min_step=50)
+    """CollapseWatch: a sign at every log line warns once, at the patience-th line from the sign's
+    first step on (50 for the motion), naming the number and the advice; a healthy line resets the
+    count; before that step nothing. The warp ratio (warped / identity error) counts from step 200."""
+    watch = geo().CollapseWatch("try X", patience=3)
     dead = {"depth_spread": 0.5, "motion": 0.0001, "automask_kept": 0.6}
     healthy = {"depth_spread": 0.5, "motion": 0.04, "automask_kept": 0.7}
     assert [watch.update(s, dead) for s in (10, 20, 30, 40)] == [None] * 4          # before min_step
@@ -637,3 +638,7 @@ def test_collapse_watch_warns_once_after_patience_and_never_before_min_step():
     assert lines[:2] == [None, None] and lines[3:] == [None, None]
     assert lines[2].startswith("warning: step 100: this run looks collapsed (motion 0.0001 < ")
     assert lines[2].endswith("; try X")
+    stalled = {**healthy, "warped_photometric": 0.17, "identity_photometric": 0.173}
+    assert geo().collapse_signs(stalled, step=150) == []
+    assert geo().collapse_signs(stalled, step=200)[0].startswith("warp_ratio 0.983 > 0.85")
+    assert geo().collapse_signs({**stalled, "warped_photometric": 0.06}) == []
