@@ -94,7 +94,7 @@ class TrainConfig:
     source_frames: list = field(default_factory=lambda: [-1, 1])  # temporal sources: offsets from the target
     pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
     pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
-    smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term
+    smoothness_weight: float = 0.0  # smoothness weight; 0 = the recipe's: 1e-3 with stereo, 1e-2 without
     smoothness_on: str = "depth"    # smooth "depth" (official SQLDepth) or "disparity" (Monodepth2)
     ssim_window: int = 7            # SSIM window (7 as SQLDepth, 3 as Monodepth2, 0 = L1 only)
     automask: bool = True           # Monodepth2's auto-masking of static pixels
@@ -132,7 +132,7 @@ def _kitti_preset(name, height, width):
     model = asdict(replace(bins.PRESETS[name], pretrained="imagenet"))
     return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
                 lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
-                save_every=2000)
+                save_every=2000, smoothness_weight=1e-3)
 
 
 PRESETS = {
@@ -207,14 +207,19 @@ def warm_up(optimizer, scheduler, step, epoch, cfg):
         group["lr"] = base * factor
 
 
+# The smoothness weight when none is given: the paper's 1e-3 for MS; 1e-2 for monocular (M) runs,
+# where 1e-3 let textureless road regions go far on some seeds (README, "Monocular training").
+SMOOTHNESS_WEIGHT = {True: 1e-3, False: 1e-2}
+
+
 def loss_config(cfg):
     """05's LossConfig of this run."""
     min_depth, max_depth = bins.output_depth_range(bins.DepthNetConfig(**cfg.model))
+    smoothness_weight = cfg.smoothness_weight or SMOOTHNESS_WEIGHT[cfg.use_stereo]
     return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
-                                   ssim_window=cfg.ssim_window, smoothness_weight=cfg.smoothness_weight,
-                                   smoothness_on=cfg.smoothness_on,
-                                   automask=cfg.automask, pose_scaling=cfg.pose_scaling,
-                                   min_depth=min_depth, max_depth=max_depth)
+                                   ssim_window=cfg.ssim_window, smoothness_weight=smoothness_weight,
+                                   smoothness_on=cfg.smoothness_on, automask=cfg.automask,
+                                   pose_scaling=cfg.pose_scaling, min_depth=min_depth, max_depth=max_depth)
 
 
 def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
@@ -260,10 +265,9 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
     """(mean self-supervised loss over the val split (all ranks' shards), {diagnostic: float}): the
     self-query diagnostics of 04_bins.stats_from_extras on this rank's first val batch, 05's health
     numbers averaged over the split, "motion_ratio" (05's motion_vs_truth; NaN without ground
-    truth: true_motion [N, S] metres per val sample, and depth_gt in the batches) and "collapsed"
-    (1.0 when 05's collapse_signs sees any). Eval mode, and a forked RNG seeded with cfg.seed: the
-    auto-mask noise is the same at every validation and the training RNG stream is untouched (so
-    validating or not never changes the training run)."""
+    truth: true_motion [N, S] metres per val sample, and depth_gt in the batches). Eval mode, and a
+    forked RNG seeded with cfg.seed: the auto-mask noise is the same at every validation and the
+    training RNG stream is untouched (so validating or not never changes the training run)."""
     depth_net.eval()
     pose_net.eval()
     names = posenet_loss.HEALTH_TERMS
@@ -298,7 +302,6 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
     count = max(total[1], 1.0)
     health = {k: v / count for k, v in zip(names, total[2:2 + len(names)])}
     health["motion_ratio"] = total[-2] / total[-1] if total[-1] else float("nan")
-    health["collapsed"] = float(bool(posenet_loss.collapse_signs(health)))
     return (total[0] / total[1] if total[1] else float("nan")), {**stats, **health}
 
 
@@ -446,6 +449,8 @@ class Trainer:
         if validate_too:
             val, stats = validate(*map(runtime.unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
                                   self.cfg, self.device, self.info, self.true_motion)
+            # 1.0 when 05's collapse_signs sees a sign in the validation's health numbers at this step
+            stats["collapsed"] = float(bool(posenet_loss.collapse_signs(stats, self.step)))
             improved = val < self.best_val
             self.best_val = val if improved else self.best_val
         if not self.info.main:
@@ -530,7 +535,10 @@ def parse_args(argv=None):
 # ---- The final evaluation, main ----
 def collapse_advice(cfg):
     """What the collapse warning suggests for this run's recipe (README, "Monocular training")."""
-    return "try another --seed, or a lower --lr (README, \"Monocular training\")"
+    where = "(README, \"Monocular training\")"
+    if not cfg.use_stereo and cfg.smoothness_weight not in (0.0, 1e-2):
+        return f"try --smoothness_weight 1e-2 (the monocular recipe) or another --seed {where}"
+    return f"try another --seed, or stereo (--use_stereo) if you have it {where}"
 
 
 def run_eval(run_dir):

@@ -23,22 +23,14 @@ bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 
 HERE = Path(__file__).resolve().parent
-
-
 CHOICES = {"data": ["synthetic", "kitti"],
            "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
            "queries": ["self", "learned", "none"], "smoothness_on": ["depth", "disparity"],
            "bins_space": ["depth", "disparity", "log"]}
-
-
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
-
-
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
-
-
 # Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
 # 07_eval's leakage warning); not options, so --resume leaves them out of the TrainConfig.
 RECORD_KEYS = ("split_files", "train_drives")
@@ -56,8 +48,8 @@ def build_parser(config_class, preset_config, presets):
                "FILE; a run whose lists share a drive with the --eval_split test list is refused before any "
                "data is read (unless --allow_split_overlap). "
                "Model fields are flat flags (--num_layers 18 --num_queries 32 ...); --pretrained none "
-               "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130/143 "
-               "interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
+               "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss or weights, 4 a "
+               "checkpoint could not be written, 130/143 interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
     base, choices = preset_config("synthetic-cpu"), {**CHOICES, "preset": list(presets)}
     # only_given: a flag not given parses to None, so parse_args applies only the given ones over
     # the chosen preset (the help shows the synthetic-cpu values).

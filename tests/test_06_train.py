@@ -343,7 +343,7 @@ def test_log_and_validation_carry_the_health_numbers(two_step_run):
     for row in val:
         assert 0 < float(row["motion_ratio"]) < 100 and float(row["collapsed"]) in (0.0, 1.0)
         health = {k: float(row[k]) for k in g.HEALTH_TERMS}
-        assert float(row["collapsed"]) == float(bool(g.collapse_signs(health)))
+        assert float(row["collapsed"]) == float(bool(g.collapse_signs(health, int(row["step"]))))
 
 
 def test_collapse_detector_fires_on_a_broken_run_and_not_on_a_healthy_one(tiny_world, tmp_path, capsys):
