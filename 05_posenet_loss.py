@@ -25,6 +25,10 @@ This file adds:
   min_reprojection              per-pixel minimum over sources + auto-masking    (Exercise 5.4)
   smoothness_loss               edge-aware smoothness on mean-normalised depth   (Exercise 5.5)
   LossConfig, predict_poses, self_supervised_loss   what 06_train.py calls every step
+  training_health, collapse_signs, CollapseWatch   is self-supervision working? (a collapsed run)
+
+This step is longer than the others (~650 lines): the loss is one concept only with all of its
+geometry, the pose networks, SSIM and the numbers that tell whether it teaches anything.
 
 Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, synthetic_world.py read by 01_data.
 Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame with its true
@@ -356,8 +360,7 @@ class LossConfig:
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
     # What the smoothness term smooths: "depth" as the official SQLDepth code, or "disparity" (1 /
-    # depth) as Monodepth2. Disparity is linear in the image row on a flat road, depth is not, so
-    # smoothing disparity fills a textureless road (no photometric signal) with a plane.
+    # depth) as Monodepth2 (worse on the synthetic world's monocular runs: docs/monocular.md).
     smoothness_on: str = "depth"
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
