@@ -8,9 +8,9 @@ structures, each row carries 04_bins.py's diagnostics of the self-query layer (q
 cost-volume effective rank, bins holding 99% of the probability).
 
 Run: `python compare_runs.py --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
-Writes compare_<split>.md / .csv / _runs.csv, compare_<split>.png (the same test frames for each
-variant, with the thin structures enlarged) and compare_diagnostics.png (the diagnostics over
-training, from each run's val.csv). The README's ablation table and docs/ablations.md come from it.
+Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by range of true
+depth), compare_<split>.png (the same test frames for each variant, with the thin structures
+enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv). The README's ablation table and docs/ablations.md come from it.
 Tests: tests/test_compare_runs.py.
 """
 import argparse
@@ -127,6 +127,38 @@ def score_run(model, config, cfg, device, lines, gts, thin):
     result = evaluation.evaluate_predictions(gts, preds, cfg.split, *evaluation.scaling(cfg), thin)
     result.update({k: v / max(count[0], 1) for k, v in sums.items()})
     return result, preds
+
+
+DEPTH_RANGES = ((0, 10), (10, 20), (20, 40), (40, 60), (60, 80))  # metres of ground truth
+
+
+def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0, ranges=DEPTH_RANGES):
+    """Where a run's error lives: per range of true depth, pooled over the scored pixels of every frame
+    (each frame scaled as evaluation.evaluate_predictions scales it) -> list of dicts: range,
+    pixels (share of the scored pixels), pred_over_gt (median of predicted / true depth: < 1 = too
+    near), rmse (metres) and sq_error_share (share of the total squared error; RMSE is dominated by
+    the ranges with the largest share)."""
+    true, pred = [], []
+    for gt, p in zip(gts, preds):
+        p = evaluation.resize_to(p, *gt.shape)
+        mask = evaluation.evaluation_mask(gt, split)
+        if mask.any():
+            g, q = gt[mask], p[mask] * scale
+            if median_scaling:
+                q, _ = evaluation.median_scale(g, q)
+            true.append(g)
+            pred.append(np.clip(q, evaluation.MIN_DEPTH, evaluation.MAX_DEPTH))
+    true, pred = np.concatenate(true), np.concatenate(pred)
+    squared = (true - pred) ** 2
+    rows = []
+    for low, high in ranges:
+        inside = (true >= low) & (true < high)
+        some = bool(inside.any())
+        rows.append({"range": f"{low}-{high} m", "pixels": float(inside.mean()),
+                     "pred_over_gt": float(np.median(pred[inside] / true[inside])) if some else float("nan"),
+                     "rmse": float(np.sqrt(squared[inside].mean())) if some else float("nan"),
+                     "sq_error_share": float(squared[inside].sum() / max(squared.sum(), 1e-12))})
+    return rows
 
 
 def _cell(value, column, std=None):
@@ -281,7 +313,7 @@ def run_compare(options, device):
           f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median evaluation.scaling'}")
     # The figure's frames: spread evenly over the split (neighbouring frames of a drive look alike).
     frames = sorted(set(np.linspace(0, len(lines) - 1, min(cfg.num_figure_frames, len(lines))).round().astype(int)))
-    runs, configs, figure_preds = [], [], []
+    runs, configs, figure_preds, ranges = [], [], [], []
     for spec, path in zip(options.runs, paths):
         if model is None:  # (the first run's network was loaded above, for its data and split)
             model, config = evaluation.load_model(path, device)
@@ -295,6 +327,10 @@ def run_compare(options, device):
         configs.append(config)
         figure_preds.append([preds[i] for i in frames])
         print(f"   {spec}: " + " ".join(f"{c} {result[c]:.4f}" for c in COMPARE_COLUMNS))
+        by_range = errors_by_range(gts, preds, cfg.split, *evaluation.scaling(cfg))
+        ranges.extend({"run": str(spec), **r} for r in by_range)
+        print("     by true depth: " + " | ".join(f"{r['range']} pred/gt {r['pred_over_gt']:.2f} rmse "
+                                                  f"{r['rmse']:.1f} ({100 * r['sq_error_share']:.0f}%)" for r in by_range))
         model = None  # one network in memory at a time
     groups, labels = group_runs(configs)
     for members, label in zip(groups, labels):
@@ -306,6 +342,11 @@ def run_compare(options, device):
     print("\n" + md + "\n")
     out_dir = Path(cfg.out)
     written = list(save_compare(aggregated, per_run, md, out_dir, cfg.split))
+    range_path = out_dir / f"compare_{cfg.split}_ranges.csv"
+    range_columns = ("run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share")
+    range_path.write_text("\n".join([",".join(range_columns)] + [
+        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in range_columns) for r in ranges]) + "\n")
+    written.append(range_path)
     # Images for the figure: the first run's test frames at its input size; predictions of each
     # variant's first seed.
     dataset = evaluation.test_loader(cfg, lines, int(configs[0]["height"]), int(configs[0]["width"])).dataset

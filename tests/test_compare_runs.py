@@ -60,6 +60,27 @@ def test_densest_window_matches_a_brute_force_search():
     assert c.densest_window(np.ones((4, 6), bool), 10, 10) == (0, 0)
 
 
+def test_errors_by_range_locate_the_error_by_true_depth():
+    """Two frames whose prediction is right below 10 m and half the truth from 40 m on (median scaling
+    off): the ranges hold their share of the pixels, pred/gt is 1 and 0.5 there, the RMSE of each
+    range is the hand-computed one, the squared-error shares sum to 1; the evaluation mask drops
+    gt = 0 and gt >= 80; median scaling makes a prediction off by one factor everywhere exact."""
+    c = compare()
+    gt = np.array([[5.0, 5.0, 50.0, 70.0], [0.0, 90.0, 5.0, 50.0]])  # 0 and 90: not scored
+    pred = np.where(gt < 10, gt, gt / 2)
+    rows = c.errors_by_range([gt, gt], [pred, pred], "synthetic", median_scaling=False)
+    by = {r["range"]: r for r in rows}
+    assert [r["range"] for r in rows] == ["0-10 m", "10-20 m", "20-40 m", "40-60 m", "60-80 m"]
+    assert by["0-10 m"]["pixels"] == pytest.approx(0.5) and by["40-60 m"]["pixels"] == pytest.approx(1 / 3)
+    assert by["0-10 m"]["pred_over_gt"] == pytest.approx(1) and by["60-80 m"]["pred_over_gt"] == pytest.approx(0.5)
+    assert by["40-60 m"]["rmse"] == pytest.approx(25) and by["60-80 m"]["rmse"] == pytest.approx(35)
+    assert math.isnan(by["10-20 m"]["rmse"]) and by["10-20 m"]["sq_error_share"] == 0
+    assert sum(r["sq_error_share"] for r in rows) == pytest.approx(1)
+    assert by["60-80 m"]["sq_error_share"] == pytest.approx(35 ** 2 / (35 ** 2 + 2 * 25 ** 2))
+    scaled = c.errors_by_range([gt], [gt * 3.0], "synthetic", median_scaling=True)
+    assert all(r["rmse"] == pytest.approx(0) for r in scaled if not math.isnan(r["rmse"]))
+
+
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory, tiny_world):
     """Three 2-step tiny runs of 06_train.py: seeds 0 and 1 of the default model, and queries=none."""
@@ -130,6 +151,9 @@ def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world,
     assert table[3].rstrip(" |").endswith("-")  # queries=none: no bins, no queries
     assert "queries=self" in printed and "queries=none" in printed
     assert (out / "compare_synthetic.png").stat().st_size > 1000
+    ranges = _csv_rows(out / "compare_synthetic_ranges.csv")  # five ranges per run, shares summing to 1
+    assert len(ranges) == 15 and "by true depth: 0-10 m pred/gt" in printed
+    assert sum(float(r["pixels"]) for r in ranges[:5]) == pytest.approx(1, abs=1e-4)
     log = c.read_val_log(specs[0])                 # the run's val.csv: one validation, at its last step
     assert list(log["step"]) == [2.0] and -1 <= log["query_similarity"][0] <= 1
     assert math.isnan(c.read_val_log(specs[2])["query_similarity"][0]) and c.read_val_log(out) == {}
