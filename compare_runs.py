@@ -10,7 +10,8 @@ cost-volume effective rank, bins holding 99% of the probability).
 Run: `python compare_runs.py --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
 Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by range of true
 depth), compare_<split>.png (the same test frames for each variant, with the thin structures
-enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv). The README's ablation table and docs/ablations.md come from it.
+enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
+The README's ablation table and docs/ablations.md come from it.
 Tests: tests/test_compare_runs.py.
 """
 import argparse
