@@ -18,6 +18,7 @@ import argparse
 import importlib
 import json
 import sys
+import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
             ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
             ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
             ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
-            ax_img.set_title(f"{title}" if f == 0 else "", fontsize=8)
+            ax_img.set_title("\n".join(textwrap.wrap(title, 40)) if f == 0 else "", fontsize=7)  # long labels wrap
             ax_depth.imshow(colour)
             ax_crop.imshow(colour[window], interpolation="nearest")
             if mask[window].any():
