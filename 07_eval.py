@@ -143,6 +143,19 @@ def resize_to(pred, height, width):
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def scored_pixels(gt, pred, split, median_scaling=True, scale=1.0):
+    """One frame's scored pixels: (mask, gt [N], scaled and clipped prediction [N], ratio), or None
+    when no pixel has valid GT. pred is at the GT's size; ratio is the median-scaling ratio (1.0 off)."""
+    mask = evaluation_mask(gt, split)
+    if not mask.any():
+        return None
+    gt_valid, pred_valid = gt[mask], pred[mask] * scale  # [N]
+    ratio = 1.0
+    if median_scaling:
+        pred_valid, ratio = median_scale(gt_valid, pred_valid)
+    return mask, gt_valid, np.clip(pred_valid, MIN_DEPTH, MAX_DEPTH), ratio
+
+
 def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin_masks=None):
     """Score predictions against GT per image, then average (steps 2-5 of the module docstring).
 
@@ -154,15 +167,12 @@ def evaluate_predictions(gts, preds, split, median_scaling=True, scale=1.0, thin
     errors, ratios, thin_err, thin_n = [], [], 0.0, 0
     for i, (gt, pred) in enumerate(zip(gts, preds)):
         pred = resize_to(pred, *gt.shape)
-        mask = evaluation_mask(gt, split)
-        if not mask.any():
+        scored = scored_pixels(gt, pred, split, median_scaling, scale)
+        if scored is None:
             continue  # a frame without valid GT cannot be scored (Monodepth2 would produce NaN)
-        gt_valid, pred_valid = gt[mask], pred[mask] * scale  # [N]
-        ratio = 1.0
+        mask, gt_valid, pred_valid, ratio = scored
         if median_scaling:
-            pred_valid, ratio = median_scale(gt_valid, pred_valid)
             ratios.append(ratio)
-        pred_valid = np.clip(pred_valid, MIN_DEPTH, MAX_DEPTH)
         errors.append(compute_depth_errors(gt_valid, pred_valid))
         if thin_masks is not None:
             thin = thin_masks[i] & mask

@@ -136,20 +136,16 @@ DEPTH_RANGES = ((0, 10), (10, 20), (20, 40), (40, 60), (60, 80))  # metres of gr
 
 def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0, ranges=DEPTH_RANGES):
     """Where a run's error lives: per range of true depth, pooled over the scored pixels of every frame
-    (each frame scaled as evaluation.evaluate_predictions scales it) -> list of dicts: range,
+    (each frame's pixels scored as evaluation.scored_pixels scores them) -> list of dicts: range,
     pixels (share of the scored pixels), pred_over_gt (median of predicted / true depth: < 1 = too
     near), rmse (metres) and sq_error_share (share of the total squared error; RMSE is dominated by
     the ranges with the largest share)."""
     true, pred = [], []
     for gt, p in zip(gts, preds):
-        p = evaluation.resize_to(p, *gt.shape)
-        mask = evaluation.evaluation_mask(gt, split)
-        if mask.any():
-            g, q = gt[mask], p[mask] * scale
-            if median_scaling:
-                q, _ = evaluation.median_scale(g, q)
-            true.append(g)
-            pred.append(np.clip(q, evaluation.MIN_DEPTH, evaluation.MAX_DEPTH))
+        scored = evaluation.scored_pixels(gt, evaluation.resize_to(p, *gt.shape), split, median_scaling, scale)
+        if scored is not None:
+            true.append(scored[1])
+            pred.append(scored[2])
     true, pred = np.concatenate(true), np.concatenate(pred)
     squared = (true - pred) ** 2
     rows = []
