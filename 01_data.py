@@ -5,30 +5,27 @@ github.com/nianticlabs/monodepth2). This file rebuilds that pipeline:
   * the calibration files and the normalised intrinsics K, scaled to the training size (Exercise 1.1);
   * velodyne ground truth exactly as Monodepth2's `generate_depth_map` (Exercise 1.2), the improved
     ground-truth pngs, and an .npz export of the evaluation ground truth;
-  * split lists: parsing, any list a user brings (used as given), download of the standard lists
-    with a SHA-256 check of what was downloaded, and the train/test drive-overlap check;
+  * split lists: Monodepth2's `folder frame side` files (where the standard lists come from, and the
+    train/test drive-overlap check: helpers/split_lists.py);
   * `KittiRaw`, the Dataset that 06 and 07 read: frames 0/-1/+1 and the stereo partner "s", flip and
     colour jitter drawn once per sample, uint8 images batched by `collate`.
 Where we deviate from Monodepth2's loader, the function concerned says so. The synthetic mini-KITTI
-of the default run is written in this layout by synthetic_world.py (a data source, not a reading step).
+of the default run is written in this layout by helpers/synthetic_world.py (a data source, not a
+reading step).
 
-This is the longest step (~850 lines): KITTI raw's layout, calibration, velodyne ground truth,
-split lists and the dataset are each needed to train or evaluate at all, and none of them is
-engineering a reader could skip; the loader's benchmark lives in benchmark.py.
+This is the longest step: KITTI raw's layout, calibration, velodyne ground truth, split lists and
+the dataset are each needed to train or evaluate at all. What a reader can skip lives in helpers/:
+the colour jitter's HSV maths (color_jitter.py), the split-list download (split_lists.py), the
+loader's benchmark (benchmark.py).
 
 Demo:  python 01_data.py    (a tiny synthetic world, one sample's schema, a figure)
 Tests: tests/test_01_data.py
 """
 import argparse
-import hashlib
 import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
-from cpu_memory import retain_freed_memory  # glibc keeps freed memory for reuse (cpu_memory.py)
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.color_jitter import color_jitter  # torchvision's ColorJitter maths in numpy (helpers/)
+from helpers.cpu_memory import retain_freed_memory  # glibc keeps freed memory for reuse (helpers/)
 
 
 # ---- Errors ----
@@ -53,10 +51,6 @@ class DataError(Exception):
             if found:
                 message = found[-1].strip()
         super().__init__(message)
-
-
-class SplitOverlapError(DataError):
-    """The training split shares drives with the evaluation split (train/test leakage)."""
 
 
 class SplitLineError(DataError, ValueError):
@@ -132,7 +126,8 @@ SIDE_NAMES = {"l": "l", "r": "r", "2": "l", "3": "r"}
 SIDE_TO_CAM = {"l": 2, "r": 3}
 CAM_TO_CAM_FILE = "calib_cam_to_cam.txt"
 VELO_TO_CAM_FILE = "calib_velo_to_cam.txt"
-# A data folder holding this file holds a complete synthetic world (synthetic_world.py writes it last):
+# A data folder holding this file holds a complete synthetic world (helpers/synthetic_world.py
+# writes it last):
 # its ground truth is then the dense png of every image, and its split lists live in the folder.
 SYNTH_MARKER = "synthetic_world.json"
 
@@ -295,21 +290,7 @@ def export_gt_depth(data_path, split_lines, out_path, source="auto"):
     return out_path
 
 
-# ---- Split lists ----
-# Training and test splits must share no drive: an older official SQLDepth train list shared 21 of
-# the 28 Eigen test drives, and with them 451 of the 697 test frames (docs/kitti.md).
-SPLIT_URL_BASE = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits"
-SPLIT_SHA256 = {  # the standard lists (eigen test 697, eigen_benchmark test 652, eigen_zhou 39,810 / 4,424)
-    ("eigen", "test"): "e226d4ca16e0e6e9695435014347dcf973588531330536fd8a68d298ef091a6b",
-    ("eigen_benchmark", "test"): "d56e5e509e6960a01fb93795f85028ac6e4a82ad40e64b6e968988e4db95b9be",
-    ("eigen_zhou", "train"): "00173a231642151c4693274e701ddd4cae7916520a757c7a94eae8e1173f7b0c",
-    ("eigen_zhou", "val"): "64a868b8d2c66c3979a2d74c22ea2e9146850d5b9f5786ed8e5f92201ba1ad04",
-}
-SPLIT_LINES = {("eigen", "test"): 697, ("eigen_benchmark", "test"): 652,  # lines of each standard list,
-               ("eigen_zhou", "train"): 39810, ("eigen_zhou", "val"): 4424}  # for the "not standard" note
-DOWNLOAD_MARK = ".sha256"  # NAME/KIND_files.txt.sha256: written next to a list this program downloaded
-
-
+# ---- Split lists: `folder frame side` per line, as Monodepth2's ----
 def read_split(path):
     """Split file -> [(folder, frame, side)] with side "l"/"r" (accepts 2/3 and zero-padded frames).
     Blank lines are skipped; a malformed line, or a file without a single split line, is one
@@ -347,106 +328,6 @@ def write_split(path, lines):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{folder} {frame} {side}\n" for folder, frame, side in lines))
-
-
-def default_split_dir():
-    """Cache folder of downloaded split lists: $SQLDEPTH_SPLIT_DIR or ~/.cache/sqldepth/splits."""
-    return Path(os.environ.get("SQLDEPTH_SPLIT_DIR", Path.home() / ".cache" / "sqldepth" / "splits"))
-
-
-def write_atomic(path, payload):
-    """Write bytes to `path` through a temporary file of a name no other writer uses, then rename.
-    Several processes (torchrun ranks, two runs sharing a cache) may fetch one file at once: with a
-    unique temporary name each, every rename succeeds and a reader sees no file or a complete one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "xb") as f:  # "x": never share a file with another writer
-            f.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
-    """Path of split list `name`/`kind`_files.txt in split_dir (default `default_split_dir()`).
-    Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there. A missing standard list
-    (SPLIT_SHA256) is downloaded from base_url (default SPLIT_URL_BASE), SHA-256 checked, and marked
-    by a sidecar KIND_files.txt.sha256: only such a list is held to its known sum. A list without
-    the sidecar is the user's, used as given (`log` gets one line when it has a standard name but
-    other contents; docs/kitti.md). "synthetic" is `synthetic_split_path(data_path, kind)`.
-    """
-    if name == "synthetic":
-        if data_path is None:
-            raise DataError("split 'synthetic' needs the data folder (data_path)")
-        path = synthetic_split_path(data_path, kind)
-        if not path.is_file():
-            raise DataError(f"split file not found: {path} (make the world: synthetic_world.py --make)")
-        return path
-    expected = SPLIT_SHA256.get((name, kind))
-    path = Path(split_dir if split_dir is not None else default_split_dir()) / name / f"{kind}_files.txt"
-    mark = path.with_name(path.name + DOWNLOAD_MARK)
-    if path.is_file():
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if expected is None or got == expected:
-            return path
-        if mark.is_file():  # our own download, changed since: never train on a silently altered list
-            raise DataError(f"split file {path} has SHA-256 {got}, expected {expected}: "
-                            f"delete it to download it again (or delete {mark.name} if the list is yours)")
-        if log is not None:
-            count = sum(1 for line in path.read_text().splitlines() if line.strip())
-            standard = SPLIT_LINES.get((name, kind))
-            log(f"note: {path} differs from the standard {name}/{kind} list"
-                f"{f' ({standard:,} lines)' if standard else ''}; yours has {count:,} lines "
-                f"and is used as given")
-        return path
-    if expected is None:
-        known = ", ".join(f"{n}/{k}" for n, k in SPLIT_SHA256)
-        raise DataError(f"split file not found: {path} ({name}/{kind} is not a list this program downloads "
-                        f"({known}); a split NAME is NAME/train_files.txt + val_files.txt in --split_dir)")
-    url = f"{(base_url or SPLIT_URL_BASE).rstrip('/')}/{name}/{kind}_files.txt"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            payload = response.read()
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise DataError(f"cannot download {url} ({reason}); put {name}/{kind}_files.txt in a folder "
-                        f"and pass --split_dir FOLDER") from None
-    got = hashlib.sha256(payload).hexdigest()
-    if got != expected:
-        raise DataError(f"downloaded {url} has SHA-256 {got}, expected {expected}")
-    write_atomic(path, payload)  # the list first: a list without its mark only counts as the user's
-    write_atomic(mark, f"{got}  {url}\n".encode())
-    return path
-
-
-def check_split_overlap(train_lines, eval_lines):
-    """Drives present in both splits -> [(drive, n_train_lines, n_eval_lines)], sorted by drive."""
-    train_count = Counter(folder for folder, _, _ in train_lines)
-    eval_count = Counter(folder for folder, _, _ in eval_lines)
-    shared = sorted(set(train_count) & set(eval_count))
-    return [(drive, train_count[drive], eval_count[drive]) for drive in shared]
-
-
-def describe_overlap(shared, num_eval_lines, against="the evaluation split"):
-    """'N drive(s) with <against> (M of its T test frames): drive (train a, eval b), ...' for a
-    check_split_overlap result (M = the test frames on shared drives, the ones a leak affects)."""
-    frames = sum(n for _, _, n in shared)
-    listing = ", ".join(f"{d} (train {a}, eval {b})" for d, a, b in shared)
-    return f"{len(shared)} drive(s) with {against} ({frames} of its {num_eval_lines} test frames): {listing}"
-
-
-def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="training split",
-                            against="the evaluation split"):
-    """Raise SplitOverlapError naming the shared drives (with line counts) and the number of test
-    frames on them, unless allow_overlap; returns the check_split_overlap result."""
-    shared = check_split_overlap(train_lines, eval_lines)
-    if shared and not allow_overlap:
-        raise SplitOverlapError(f"{what} shares {describe_overlap(shared, len(eval_lines), against)} "
-                                f"(train/test leakage); pass --allow_split_overlap to train anyway")
-    return shared
 
 
 # ---- The dataset ----
@@ -578,7 +459,7 @@ class KittiRaw(torch.utils.data.Dataset):
             # official code".
             b, c, s = 0.8 + 0.4 * draws[2:5]  # brightness, contrast, saturation in [0.8, 1.2]
             h = 0.2 * draws[5] - 0.1  # hue in [-0.1, 0.1]
-            aug = color_jitter(frames, b, c, s, h)  # float32 in [0, 1]
+            aug = color_jitter(frames, b, c, s, h)  # float32 in [0, 1] (helpers/color_jitter.py)
             aug *= np.float32(255.0)
             aug += np.float32(0.5)  # round to nearest (aug >= 0)
             aug = aug.astype(np.uint8)  # [F, 3, H, W]
@@ -632,123 +513,9 @@ def images_to_float(inputs):
                          for key in IMAGE_KEYS if key in inputs}}
 
 
-# ---- Colour augmentation ----
-# numpy, no torchvision: numpy stays single-threaded, so a DataLoader without workers does not
-# fight the training loop for cores.
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey weights, as PIL and torchvision
-LUMA_ROW = np.array(LUMA, dtype=np.float32)
-HUE_OFFSETS = np.array([5.0, 3.0, 1.0], dtype=np.float32).reshape(1, 3, 1, 1)  # r, g, b on the hexagon
-HUE_CENTRES = np.array([-3.0, 1.0, -1.0], dtype=np.float32).reshape(1, 3, 1, 1)  # HUE_OFFSETS - 2, mod 6
-
-
-def rgb_to_hsv(rgb):
-    """[..., 3, H, W] RGB in [0, 1] -> HSV with hue in [0, 1) (the hexcone model of colorsys)."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    r, g, b = rgb[..., 0, :, :], rgb[..., 1, :, :], rgb[..., 2, :, :]
-    maxc = np.maximum(np.maximum(r, g), b)
-    delta = maxc - np.minimum(np.minimum(r, g), b)
-    safe = np.where(delta > 0, delta, 1.0)
-    pos = np.where(maxc == r, (g - b) / safe, np.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = np.where(delta > 0, np.remainder(pos / 6.0, 1.0), 0.0)
-    sat = np.where(maxc > 0, delta / np.where(maxc > 0, maxc, 1.0), 0.0)
-    return np.stack([hue, sat, maxc], axis=-3).astype(np.float32)
-
-
-def hsv_to_rgb(hsv):
-    """[..., 3, H, W] HSV (hue in [0, 1)) -> RGB: channel n of (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1)
-    with k = (n + 6h) mod 6."""
-    hsv = np.asarray(hsv, dtype=np.float32)
-    hue, sat, val = hsv[..., 0:1, :, :], hsv[..., 1:2, :, :], hsv[..., 2:3, :, :]
-    k = np.remainder(HUE_OFFSETS.reshape(3, 1, 1) + 6.0 * hue, 6.0)  # [..., 3, H, W]
-    return val * (1.0 - sat * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
-
-
-def shift_hue(rgb, hue):
-    """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns (saturation and value kept) -> new array.
-    The maths of hsv_to_rgb(rgb_to_hsv(x) with h + hue), rewritten without branches because this is
-    the loader's most expensive step (numpy's masked selects cost ~30x an add). In HSV terms
-    v = max(r, g, b), v*s = max - min = d, and 6h = pos, the position on the colour hexagon,
-    computed with 0/1 masks instead of selects. hsv_to_rgb's clamp(min(k, 4 - k), 0, 1) equals
-    clamp(2 - dist(k - 2), 0, 1), dist being the distance to 0 around the 6-periodic circle; for
-    |y| <= 9 that distance is |3 - ||y| - 3||, which needs no modulo. With the shift wrapped into
-    [-3, 3) and the channel centres k - 2 taken as (-3, 1, -1), y stays within [-7, 9).
-    """
-    rgb = np.asarray(rgb, dtype=np.float32)
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    hi = np.maximum(r, g)
-    np.maximum(hi, b, out=hi)
-    d = np.minimum(r, g)
-    np.minimum(d, b, out=d)
-    np.subtract(hi, d, out=d)  # [F, H, W] = v * s
-    red = r == hi  # which channel is the largest, ties resolved r, g, b as colorsys does
-    green = g == hi
-    green &= ~red
-    blue = ~(red | green)
-    pos = np.subtract(g, b)  # red sector: (g - b) / d in [-1, 1]
-    pos *= red
-    part = np.subtract(b, r)  # green sector: 2 + (b - r) / d
-    part *= green
-    pos += part
-    np.subtract(r, g, out=part)  # blue sector: 4 + (r - g) / d
-    part *= blue
-    pos += part
-    np.add(d, np.float32(1e-12), out=part)  # grey pixels (d = 0) have pos = 0 and keep v
-    np.reciprocal(part, out=part)
-    pos *= part
-    pos += green  # the sector bases 2 and 4 (a grey pixel counts as red)
-    pos += green
-    pos += np.float32(4.0) * blue
-    shift = np.float32((6.0 * hue + 3.0) % 6.0 - 3.0)  # whole turns do nothing
-    y = pos[:, None] + (HUE_CENTRES + shift)  # [F, 3, H, W]
-    np.abs(y, out=y)  # dist = |3 - ||y| - 3||
-    y -= np.float32(3.0)
-    np.abs(y, out=y)
-    np.subtract(np.float32(3.0), y, out=y)
-    np.abs(y, out=y)
-    np.subtract(np.float32(2.0), y, out=y)
-    np.clip(y, 0.0, 1.0, out=y)
-    y *= d[:, None]
-    np.subtract(hi[:, None], y, out=y)
-    return y
-
-
-def _grey(x):
-    """[F, 3, H, W] -> [F, 1, H, W] grey value."""
-    frames = x.shape[0]
-    return np.matmul(LUMA_ROW, x.reshape(frames, 3, -1)).reshape(frames, 1, *x.shape[2:])
-
-
-def color_jitter(imgs, brightness, contrast, saturation, hue):
-    """One colour jitter applied identically to a stack of frames [F, 3, H, W] -> new float32 array in [0, 1].
-    Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order per
-    call: a documented deviation). Brightness scales, contrast blends with each frame's mean grey,
-    saturation with each pixel's grey (clamped to [0, 1] after each as torchvision, skipped for a
-    factor <= 1, which stays within [0, 1]), hue rotates the HSV hue. Takes float frames in [0, 1] or
-    uint8 (numpy or CPU tensors); returns a C-contiguous numpy array.
-    """
-    imgs = np.asarray(imgs)
-    scale = brightness / 255.0 if imgs.dtype == np.uint8 else brightness
-    x = np.multiply(imgs, np.float32(scale), dtype=np.float32, order="C")
-    if brightness > 1.0:
-        np.clip(x, 0.0, 1.0, out=x)
-    frames = x.shape[0]
-    mean = x.reshape(frames, 3, -1).mean(axis=2, dtype=np.float64) @ np.array(LUMA)  # [F] mean grey
-    x *= np.float32(contrast)
-    x += ((1.0 - contrast) * mean).astype(np.float32)[:, None, None, None]
-    if contrast > 1.0:
-        np.clip(x, 0.0, 1.0, out=x)
-    grey = _grey(x)
-    grey *= np.float32(1.0 - saturation)
-    x *= np.float32(saturation)
-    x += grey
-    if saturation > 1.0:
-        np.clip(x, 0.0, 1.0, out=x)
-    return shift_hue(x, hue) if hue != 0.0 else x
-
-
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Loader speed (the frame cache; its benchmark is benchmark.py's), the demo and the command line.
+# Loader speed (the frame cache; its benchmark is helpers/benchmark.py's), the demo and the command line.
 # ==============================================================================================
 class FrameCache:
     """Decoded, resized frames kept in memory, up to a byte budget (then new frames are not kept).
@@ -781,7 +548,7 @@ class FrameCache:
 # ---- Demo and command line ----
 @dataclass
 class DataConfig:
-    """What `python 01_data.py` does: the demo (the loader benchmark moved to benchmark.py)."""
+    """What `python 01_data.py` does: the demo (the loader benchmark moved to helpers/benchmark.py)."""
     out: str = "runs/demo_01_data.png"  # where the demo saves its figure (its world goes next to it)
     height: int = 128  # image height of the tiny synthetic world and of the sample
     width: int = 416  # image width of the tiny synthetic world and of the sample
@@ -796,14 +563,14 @@ def demo(cfg):
     # The world is a data source, not a reading step: only this demo imports it. Run as a script,
     # this file is __main__ and the world's import of "01_data" loads a second copy (another
     # DataError class): so the world only renders here, and this file's own functions read it.
-    import synthetic_world
+    from helpers import synthetic_world
     out = Path(cfg.out)
     root = out.parent / "demo_01_world"
     start = time.perf_counter()
     synthetic_world.make_synthetic_kitti(root, num_drives=3, frames_per_drive=6, height=cfg.height,
                                          width=cfg.width, seed=cfg.seed)
     print(f"synthetic world: {root} ({time.perf_counter() - start:.1f} s)")
-    lines = read_split(get_split_file("synthetic", "test", data_path=root))
+    lines = read_split(synthetic_split_path(root, "test"))
     dataset = KittiRaw(root, lines, cfg.height, cfg.width, frame_ids=(0, -1, 1, "s"), is_train=True,
                        load_depth=True)
     sample = dataset[1]
@@ -842,12 +609,7 @@ def demo(cfg):
 
 def main(argv=None):
     """Command line generated from DataConfig; returns the exit status (2 = bad input, one line).
-    The synthetic world has its own: python synthetic_world.py --help."""
-    given = sys.argv[1:] if argv is None else argv
-    if any(a.split("=")[0] == "--bench" for a in given):
-        print("error: --bench moved out of 01_data.py to benchmark.py (python benchmark.py --loader DIR)",
-              file=sys.stderr)
-        return 2
+    The synthetic world has its own: python -m helpers.synthetic_world --help."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataclass_flags(parser, DataConfig)
     cfg = DataConfig(**vars(parser.parse_args(argv)))

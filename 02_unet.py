@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 
 # ---- Encoder: ResNet-18/34/50 with torchvision's parameter names ----
 # (block type, blocks per stage) of each depth, as in the ResNet paper / torchvision.

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -170,12 +170,13 @@ class CostVolumeNet(nn.Module):
 def synthetic_frame(height, width, seed=0):
     """One synthetic RGB frame [1, 3, height, width] in [0, 1] (synthetic_world, read by 01_data) and its
     thin-structure mask."""
+    from helpers import split_lists  # the synthetic world's test list
     data = importlib.import_module("01_data")
-    import synthetic_world
+    from helpers import synthetic_world
     from PIL import Image
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic_world.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
-        folder, frame, side = data.read_split(data.get_split_file("synthetic", "test", data_path=root))[0]
+        folder, frame, side = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=root))[0]
         sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
         mask_path = synthetic_world.synthetic_thin_mask_path(root, folder, frame)
         mask = np.asarray(Image.open(mask_path)) > 0  # [H_r, W_r]

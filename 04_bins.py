@@ -29,7 +29,7 @@ queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holdi
 Below the engineering banner: conversion of the official encoder.pth + depth.pth
 (github.com/hisfog/SfMNeXt-Impl) into our state dict, loading our checkpoints, and the demo. Run
 `python 04_bins.py` for the demo figure (bin centres and per-pixel bin probabilities); the speed
-table of the presets (parameters, MACs, inference and training step) is benchmark.py's.
+table of the presets (parameters, MACs, inference and training step) is helpers/benchmark.py's.
 Tests: tests/test_04_bins.py.
 """
 import argparse
@@ -45,8 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import run_folder                    # checkpoints: NaN/Inf weights are refused (run_folder.py)
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from helpers import run_folder                    # checkpoints: NaN/Inf weights are refused
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -314,7 +314,7 @@ def internals_stats(depth_net, images):
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # Official checkpoint conversion, loading our checkpoints, the demo and the command line (the speed
-# table moved to benchmark.py).
+# table moved to helpers/benchmark.py).
 # ==============================================================================================
 # ---- Official checkpoints ----
 # Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
@@ -396,7 +396,7 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
 # ---- Our checkpoints, the demo and the command line ----
 @dataclass
 class BinsDemoConfig:
-    """What `python 04_bins.py` does: the demo figure (the speed table moved to benchmark.py)."""
+    """What `python 04_bins.py` does: the demo figure (the speed table moved to helpers/benchmark.py)."""
     preset: str = ""  # the untrained network's preset (default: kitti-r18-640x192)
     checkpoint: str = ""  # a trained 06_train checkpoint to show instead of an untrained network
     out: str = "runs/demo_04_bins.png"  # demo figure
@@ -484,7 +484,7 @@ def main(argv=None):
     """Command line generated from BinsDemoConfig; returns the exit status (2 = bad input, one line)."""
     given = sys.argv[1:] if argv is None else argv
     if any(a.split("=")[0] == "--bench" for a in given):
-        print("error: --bench moved out of 04_bins.py to benchmark.py (python benchmark.py --preset "
+        print("error: --bench moved out of 04_bins.py to helpers/benchmark.py (python -m helpers.benchmark --preset "
               "kitti-r50-640x192)", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(description="Bins demo figure: bin centres and per-pixel probabilities.")

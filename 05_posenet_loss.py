@@ -25,12 +25,11 @@ This file adds:
   min_reprojection              per-pixel minimum over sources + auto-masking    (Exercise 5.4)
   smoothness_loss               edge-aware smoothness on mean-normalised depth   (Exercise 5.5)
   LossConfig, predict_poses, self_supervised_loss   what 06_train.py calls every step
-  training_health, collapse_signs, CollapseWatch   is self-supervision working? (a collapsed run)
 
-This step is longer than the others (~650 lines): the loss is one concept only with all of its
-geometry, the pose networks, SSIM and the numbers that tell whether it teaches anything.
+The numbers that tell whether self-supervision teaches anything (a collapsed run) are computed with
+the loss but live in helpers/training_health.py: a reader of the loss can skip them.
 
-Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, synthetic_world.py read by 01_data.
+Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, helpers/synthetic_world.py read by 01_data.
 Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame with its true
 depth and pose, saves a figure and prints the loss for true vs constant depth.
 Tests: tests/test_05_posenet_loss.py.
@@ -54,7 +53,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.training_health import training_health  # does self-supervision teach? (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -447,7 +447,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
     weighted smoothness. depth [B, 1, H/2, W/2] is upsampled to the image size first. Returns
     loss (scalar, with graph) and, detached, photometric and smoothness (0-d tensors: no host
     sync), automask and min_reproj [B, 1, H, W], warped {source id: [B, 3, H, W]}, and the
-    training_health numbers (HEALTH_TERMS)."""
+    numbers of helpers/training_health.py (is self-supervision working? HEALTH_TERMS)."""
     target = inputs["color"][0]                                         # [B, 3, H, W]
     h, w = target.shape[-2:]
     with torch.autocast(device_type=depth.device.type, enabled=False):  # see _full_precision
@@ -469,101 +469,12 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
         best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
         smoothness = smoothness_loss(depth if cfg.smoothness_on == "depth" else 1.0 / depth, target)
-        health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, cfg)
+        temporal = [fid for fid in source_ids(cfg) if fid != "s"]
+        health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, temporal)
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,
                 photometric=photometric.detach(), smoothness=smoothness.detach(),
                 automask=automask, min_reproj=best.detach(),
                 warped={fid: img.detach() for fid, img in warped.items()}, **health)
-
-
-HEALTH_TERMS = ("depth_spread", "motion", "automask_kept", "identity_photometric", "warped_photometric")
-
-
-@torch.no_grad()
-def training_health(depth, poses, reprojection, identity, automask, cfg):
-    """Is self-supervision working? Five cheap numbers of one batch, as detached 0-d tensors (no host
-    sync), named in HEALTH_TERMS. A collapsed run shows them first (06_train.py logs them):
-      depth_spread          std / mean of the depth of each image, averaged: 0 = a flat depth map;
-      motion                predicted camera translation per frame over the image's mean depth
-                            (scale-free, the temporal sources): ~0 = the pose net predicts no motion;
-      automask_kept         fraction of pixels where a warped source beats every unwarped one;
-      identity_photometric  the photometric error of the best UNWARPED source (what "no motion" scores),
-      warped_photometric    and of the best warped one: warping must beat not warping.
-    depth [B, 1, H, W], reprojection and identity [B, S, H, W] (identity None without auto-masking).
-    """
-    mean_depth = depth.mean(dim=(1, 2, 3))                                 # [B]
-    spread = (depth.std(dim=(1, 2, 3)) / mean_depth).mean()
-    temporal = [fid for fid in source_ids(cfg) if fid != "s"]
-    moves = [poses[fid][:, :3, 3].norm(dim=1) / mean_depth for fid in temporal]   # [B] each
-    nan = torch.full_like(spread, float("nan"))
-    motion = torch.stack(moves).mean() if moves else nan
-    no_warp = identity.min(dim=1).values.mean() if identity is not None else nan
-    return dict(depth_spread=spread, motion=motion, automask_kept=automask.float().mean(),
-                identity_photometric=no_warp, warped_photometric=reprojection.min(dim=1).values.mean())
-
-
-# Signs of a collapsed or stalled run in the health numbers, calibrated on monocular runs of the
-# synthetic world (README, "Monocular training"): (what, limit, from step, meaning). warp_ratio is
-# warped_photometric / identity_photometric: a healthy run's warping beats not warping within ~150
-# steps (the ratio falls to 0.3-0.6); a stalled one stays near 1.
-COLLAPSE_SIGNS = (("depth_spread", "<", 0.05, 50, "a flat depth map"),
-                  ("motion", "<", 0.002, 50, "the pose net predicts no motion"),
-                  ("automask_kept", "<", 0.2, 50, "not warping wins almost everywhere"),
-                  ("warp_ratio", ">", 0.85, 200, "warping barely beats not warping"))
-
-
-def collapse_signs(health, step=None):
-    """The signs of collapse in {health name: float} at a training step (None: all of them, as at a
-    validation) -> list of short texts (empty = healthy)."""
-    health = dict(health)
-    if "warped_photometric" in health and "identity_photometric" in health:
-        health["warp_ratio"] = health["warped_photometric"] / max(health["identity_photometric"], 1e-12)
-    signs = []
-    for name, side, limit, start, meaning in COLLAPSE_SIGNS:
-        value = health.get(name, float("nan"))
-        if (step is None or step >= start) and (value < limit if side == "<" else value > limit):
-            signs.append(f"{name} {value:.3g} {side} {limit:g} ({meaning})")
-    return signs
-
-
-class CollapseWatch:
-    """The collapse detector of a training log: update() with each logged step's health numbers
-    returns one `warning:` line, once, when `patience` consecutive log lines show a sign of collapse
-    (collapse_signs at that step: each sign from its own step on, since a young run's pose net moves
-    little and its warping is no better yet), with the numbers and `advice` (what to try); else None."""
-
-    def __init__(self, advice, patience=3):
-        self.advice, self.patience = advice, patience
-        self.seen, self.warned = 0, False
-
-    def update(self, step, health):
-        signs = collapse_signs(health, step)
-        self.seen = self.seen + 1 if signs else 0
-        if self.warned or self.seen < self.patience:
-            return None
-        self.warned = True
-        return (f"warning: step {step}: this run looks collapsed ({'; '.join(signs)}, for {self.patience} "
-                f"log lines in a row); {self.advice}")
-
-
-@torch.no_grad()
-def motion_vs_truth(depth, poses, depth_gt, true_translation, cfg):
-    """Predicted over true camera motion, both relative to the scene's depth: [B] ratios (1 = right).
-
-    depth [B, 1, h, w] predicted, depth_gt [B, 1, Hg, Wg] (0 = no ground truth), true_translation
-    [B, S] metres per temporal source (source_ids order). Per image and source: |t_pred| /
-    median(pred) over |t_true| / median(gt), the medians over the pixels with ground truth, so
-    the ratio is free of the depth scale (monocular training has none), then the mean over sources.
-    """
-    pred = F.interpolate(depth.float(), size=depth_gt.shape[-2:], mode="bilinear", align_corners=False)
-    temporal = [fid for fid in source_ids(cfg) if fid != "s"]
-    moved = torch.stack([poses[fid][:, :3, 3].norm(dim=1) for fid in temporal], 1)   # [B, S]
-    ratios = []
-    for b in range(len(depth)):
-        valid = depth_gt[b, 0] > 0
-        scale = depth_gt[b, 0][valid].median() / pred[b, 0][valid].median()          # gt / pred
-        ratios.append((moved[b] * scale / true_translation[b].clamp_min(1e-6)).mean())
-    return torch.stack(ratios)
 
 
 def make_ssim(cfg):
@@ -591,7 +502,7 @@ def synthetic_pair(root, height, width, sky_depth):
     (frames 0 and +1, float images), the true depth [1, 1, H, W] (sky filled with sky_depth) and the true
     T [1, 4, 4] target camera -> source camera, from poses.txt (camera-to-world matrices)."""
     data = importlib.import_module("01_data")
-    import synthetic_world
+    from helpers import synthetic_world
     lines = data.read_split(Path(root) / "splits" / "synthetic" / "train_files.txt")
     folder, frame, side = next(line for line in lines if line[2] == "l")   # poses are camera 2's
     dataset = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0, 1),
@@ -610,7 +521,7 @@ def demo(cfg):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import synthetic_world
+    from helpers import synthetic_world
     loss_cfg = LossConfig(frame_ids=(0, 1), ssim_window=cfg.ssim_window)
     ssim = make_ssim(loss_cfg)                          # a bad window fails before rendering
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,11 +8,12 @@ Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in thi
 `TrainConfig` and `PRESETS` (the CPU default and the three KITTI set-ups of the released models),
 `build_networks`, `make_optimizer`, `loss_config`, `train_step` (Exercise 6.1), `validate` (the
 validation loss, the self-query diagnostics, the health numbers that tell a collapsed run) and
-`fit` (the loop). Below the engineering banner: the Trainer that sets a run up and writes RUN/
-(ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv), the command line and main.
-Helpers hold what a reader of the concept never needs: distributed_training.py (torchrun, the
-resumable sampler, signals), run_folder.py (checkpoints, the lock, logs), training_data.py and
-profiling.py (--profile). Deviations from the official trainer: docs/kitti.md.
+`fit` (the loop). Below the engineering banner: the Trainer that sets a run up, the command line
+and main. What a reader of the concept never needs is in helpers/: training_run.py (the run's
+record in RUN/: ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv; resume),
+distributed_training.py (torchrun, the resumable sampler, signals), training_data.py (loaders),
+training_health.py (is the run collapsing?), profiling.py (--profile). Deviations from the official
+trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
@@ -37,16 +38,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# The unnumbered helpers: engineering that a reader of the training concept can skip.
-import distributed_training as runtime   # torchrun, the resumable sampler, signals (distributed_training.py)
-import profiling                         # --profile (profiling.py)
-import run_folder                        # checkpoints, the run folder's lock, logs (run_folder.py)
-import training_cli                      # the command line, presets, --resume (training_cli.py)
-import training_data                     # the world, split lists, loaders (training_data.py)
-from cli import one_line                 # errors as one line (cli.py)
-from cpu_memory import tune_cpu_memory   # page faults (cpu_memory.py)
-from fused_adam import make_adam         # Adam, fused where it can be (fused_adam.py)
-from training_data import frame_ids      # the frames of a sample: 0, the sources (and "s")
+# The helpers: engineering that a reader of the training concept can skip (helpers/NAME.py).
+from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
+from helpers import profiling                        # --profile
+from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
+from helpers import training_cli                     # the command line, presets, --resume
+from helpers import training_data                    # the world, split lists, loaders
+from helpers import training_health                  # is self-supervision working? (a collapsed run)
+from helpers import training_run                     # the Trainer's record: checkpoints, logs, resume
+from helpers.cli import one_line                     # errors as one line
+from helpers.cpu_memory import tune_cpu_memory       # page faults
+from helpers.fused_adam import make_adam             # Adam, fused where it can be
+from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
+from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -54,9 +58,6 @@ data = importlib.import_module("01_data")
 unet = importlib.import_module("02_unet")
 bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
-
-HERE = Path(__file__).resolve().parent
-EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED = 2, 3, 4
 
 
 # ---- Configuration and presets ----
@@ -186,7 +187,7 @@ def make_optimizer(cfg, depth_net, pose_net):
     """Adam over both networks (pose lr = lr x pose_lr_scale; with query_lr_scale != 1 the query
     path of the self-query layer in a group of its own at lr x query_lr_scale). The fused kernel (one
     pass over all parameters instead of several ops per tensor; the same update up to float
-    rounding), run on the parameters' memory as it lies (fused_adam.py), where the installed
+    rounding), run on the parameters' memory as it lies (helpers/fused_adam.py), where the installed
     PyTorch has it for the device; the plain one otherwise."""
     query = {id(p) for p in depth_net.query_parameters()} if cfg.query_lr_scale != 1 else set()
     groups = [{"params": [p for p in depth_net.parameters() if id(p) not in query], "lr": cfg.lr},
@@ -257,7 +258,7 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
 
 
 LOSS_TERMS = ("loss", "photometric", "smoothness")
-STEP_TERMS = LOSS_TERMS + posenet_loss.HEALTH_TERMS   # what train_step returns (05's health numbers)
+STEP_TERMS = LOSS_TERMS + training_health.HEALTH_TERMS   # what train_step returns (with the health numbers)
 
 
 @torch.no_grad()
@@ -270,7 +271,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
     training RNG stream is untouched (so validating or not never changes the training run)."""
     depth_net.eval()
     pose_net.eval()
-    names = posenet_loss.HEALTH_TERMS
+    names = training_health.HEALTH_TERMS
     # summed on the device, read once: loss, count, health numbers, motion ratios and their count
     sums = torch.zeros(2 + len(names) + 2, dtype=torch.float64, device=device)
     stats = dict.fromkeys(bins.INTERNALS_STATS, float("nan"))
@@ -292,7 +293,8 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
                                                  + [loss[k].double() for k in names]) * n
             if true_motion is not None and "depth_gt" in batch:
                 truth = true_motion[batch["index"]]                      # [B, S] on the device
-                ratio = posenet_loss.motion_vs_truth(depth, poses, batch["depth_gt"], truth, loss_cfg)
+                temporal = [fid for fid in posenet_loss.source_ids(loss_cfg) if fid != "s"]
+                ratio = training_health.motion_vs_truth(depth, poses, batch["depth_gt"], truth, temporal)
                 sums[-2:] += torch.stack([ratio.double().sum(), torch.full((), n, device=device)])
     depth_net.train()
     pose_net.train()
@@ -317,7 +319,7 @@ def fit(trainer, stop):
     learning-rate warm-up, train_step, one host read of the loss terms (runtime.step_outcome), the
     log line; at epoch ends StepLR and a validation with checkpoints (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
-    if info.main:   # one training per run folder: a second one is refused (run_folder.py)
+    if info.main:   # one training per run folder: a second one is refused (helpers/run_folder.py)
         trainer.lock = run_folder.lock_run_folder(trainer.run_dir)
         for name in ("log.csv", "val.csv"):
             run_folder.truncate_csv(trainer.run_dir / name, trainer.step)
@@ -383,19 +385,14 @@ def fit(trainer, stop):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# The Trainer (set-up, validation + checkpoints, log lines, resume), the command line and main.
-# Processes, the sampler and signals live in distributed_training.py, checkpoints and logs in
-# run_folder.py, the data plumbing in training_data.py, --profile in profiling.py.
+# The Trainer (what a run holds; its checkpoints, logs and resume are helpers/training_run.py's),
+# the command line and main.
 # ==============================================================================================
-# ---- The run: set-up, validation and checkpoints, log lines, resume ----
-# The columns of RUN/log.csv (one row per logged step) and RUN/val.csv (one row per validation).
-LOG_COLUMNS = ("step", "epoch") + STEP_TERMS + ("lr", "img_per_s", "data_wait_pct", "eta_s")
-VAL_COLUMNS = (("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS + posenet_loss.HEALTH_TERMS
-               + ("motion_ratio", "collapsed"))
+class Trainer(training_run.TrainingRun):
+    """One run: networks, optimiser, schedule, loss, loaders and counters. Its record (checkpoints
+    with validation, log lines, resume) is helpers/training_run.py's TrainingRun."""
 
-
-class Trainer:
-    """State of one run: networks, optimiser, schedule, loaders, counters, log files."""
+    step_terms = STEP_TERMS
 
     def __init__(self, cfg, info, device, ckpt=None):
         self.info, self.device = info, device
@@ -421,138 +418,22 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
         self.nets = (self.depth_net, self.pose_net)
-        self.collapse_watch = posenet_loss.CollapseWatch(collapse_advice(cfg))
+        self.collapse_watch = training_health.CollapseWatch(training_run.collapse_advice(cfg))
         if info.world > 1:                       # static_graph: the encoder's fc is never used
             wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
             self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
         self.run_dir, self.lock = Path(cfg.run_dir), None   # the lock: held from fit() on (rank 0)
 
-    def batches(self):
-        """(batch index within the epoch, batch) from the current position to total_steps."""
-        while self.step < self.total_steps:
-            skip = self.step - self.epoch * self.steps_per_epoch  # > 0 only when resumed mid-epoch
-            self.sampler.set_epoch(self.epoch, skip)
-            for b, batch in enumerate(self.train_loader, start=skip):
-                yield b, batch
-                if self.step >= self.total_steps:
-                    return
-
-    def save(self, validate_too):
-        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
-        with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
-        written: NonFinite is raised instead."""
-        bad = run_folder.first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
-                               ("pose", self.pose_net)) for n, p in net.named_parameters()])
-        if bad:
-            raise run_folder.NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
-        improved = False
-        if validate_too:
-            val, stats = validate(*map(runtime.unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim,
-                                  self.cfg, self.device, self.info, self.true_motion)
-            # 1.0 when 05's collapse_signs sees a sign in the validation's health numbers at this step
-            stats["collapsed"] = float(bool(posenet_loss.collapse_signs(stats, self.step)))
-            improved = val < self.best_val
-            self.best_val = val if improved else self.best_val
-        if not self.info.main:
-            return
-        state = self.state()
-        run_folder.save_checkpoint(state, self.run_dir / "ckpt.pt")
-        if improved or not (self.run_dir / "best.pt").exists():
-            run_folder.save_checkpoint(state, self.run_dir / "best.pt")
-        if validate_too:
-            row = dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats)
-            run_folder.append_csv(self.run_dir / "val.csv", VAL_COLUMNS, row)
-            print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
-                  f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
-                  f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
-                  f"bins for 99% {stats['bins_99']:.1f}/{self.cfg.model['num_bins']} | spread "
-                  f"{stats['depth_spread']:.2f} motion {stats['motion']:.3f} (x{stats['motion_ratio']:.2f} "
-                  f"the true one) mask {stats['automask_kept']:.2f}"
-                  f"{' | COLLAPSED' if stats['collapsed'] else ''}", flush=True)
-
-    def log(self, terms, interval):
-        """One fixed-format line and one log.csv row (the loss terms and health numbers of this step,
-        throughput over the interval since the last); a warning line when the run looks collapsed."""
-        now = time.perf_counter()
-        elapsed = max(now - interval["start"], 1e-9)
-        row = dict(step=self.step, epoch=self.epoch, **{k: terms.get(k, math.nan) for k in STEP_TERMS},
-                   lr=float(self.optimizer.param_groups[0]["lr"]),
-                   img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
-                   data_wait_pct=100.0 * interval["data"] / elapsed,
-                   eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
-        run_folder.append_csv(self.run_dir / "log.csv", LOG_COLUMNS, row)
-        print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
-              f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
-              f"spread {row['depth_spread']:.2f} motion {row['motion']:.3f} mask {row['automask_kept']:.2f} | "
-              f"lr {row['lr']:.1e} | "
-              f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
-              f"ETA {run_folder.format_time(row['eta_s'])}", flush=True)
-        interval.update(start=now, data=0.0, steps=0)
-        warning = self.collapse_watch.update(self.step, row)
-        if warning:
-            print(warning, flush=True)
-
-    def stop_nonfinite(self, what, last_saved):
-        """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
-        if self.info.main:
-            print(f"error: {what}; stopped without saving, the last good checkpoint is "
-                  f"{self.run_dir / 'ckpt.pt'} (step {last_saved})", file=sys.stderr, flush=True)
-        return EXIT_NONFINITE
-
-    def load_state(self, ckpt):
-        """Continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)."""
-        try:
-            self.depth_net.load_state_dict(ckpt["model"])
-            self.pose_net.load_state_dict(ckpt["pose"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"the checkpoint does not match its config: {one_line(err)}") from None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
-        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
-                             f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
-        run_folder.set_rng_state(ckpt["rng"])
-        if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
-            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
-
-    def state(self):
-        return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
-                "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
-                "rng": run_folder.rng_state()}
+    def validate(self):
+        """validate() of this file on the run's networks and val loader."""
+        return validate(*map(runtime.unwrap, self.nets), self.val_loader, self.loss_cfg, self.ssim, self.cfg,
+                        self.device, self.info, self.true_motion)
 
 
-# ---- Command line: one flag per TrainConfig field, model fields as flat flags (training_cli.py) ----
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_cli.py)
 def parse_args(argv=None):
     """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
     return training_cli.parse_args(argv, TrainConfig, preset_config, PRESETS)
-
-
-
-
-# ---- The final evaluation, main ----
-def collapse_advice(cfg):
-    """What the collapse warning suggests for this run's recipe (README, "Monocular training")."""
-    where = "(README, \"Monocular training\")"
-    if not cfg.use_stereo and cfg.smoothness_weight not in (0.0, 1e-2):
-        return f"try --smoothness_weight 1e-2 (the monocular recipe) or another --seed {where}"
-    return f"try another --seed, or stereo (--use_stereo) if you have it {where}"
-
-
-def run_eval(run_dir):
-    """The final evaluation, exactly as a user would type it (06 never imports 07). SIGINT / SIGTERM
-    while it runs stop it with one line (the checkpoints are complete: they were saved before)."""
-    cmd = [sys.executable, "07_eval.py", "--checkpoint", str(run_dir / "best.pt"), "--baselines", "--figures"]
-    print("eval: " + " ".join(cmd[1:]), flush=True)
-    code, signum = runtime.run_until_stopped(cmd, cwd=HERE)
-    if signum:
-        print(f"error: {signal.Signals(signum).name} during the final evaluation: stopped it; the checkpoints "
-              f"in {run_dir} are complete (evaluate them with python {' '.join(cmd[1:])})", file=sys.stderr)
-    elif code:
-        print(f"error: 07_eval.py exited with code {code}; the checkpoints are in {run_dir}", file=sys.stderr)
-    return code
 
 
 def main(argv=None):
@@ -586,7 +467,7 @@ def main(argv=None):
             print(f"done: step {trainer.step}, best validation loss {trainer.best_val:.4f}, checkpoints "
                   f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)
         if code == 0 and info.main and trainer.cfg.data == "synthetic" and not cfg.no_eval:
-            code = run_eval(trainer.run_dir)
+            code = training_run.run_eval(trainer.run_dir)
         return code
     except (data.DataError, FileNotFoundError, ValueError, run_folder.RunFolderBusy) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)   # SplitOverlapError is a DataError

@@ -22,8 +22,8 @@ world, plus AbsRel on thin-structure pixels), and `--split_file` for any list in
 Also: `--baselines` (mean training depth map, untrained network), `--figures` (predictions and the
 SQL internals: cost-volume slices and bin distributions), `--official DIR` (the released SQLDepth
 weights through 04_bins.convert_official_checkpoint). Built on this file, not reading steps:
-compare_runs.py (several runs on one test split, one row per variant, mean +- std over seeds) and
-predict.py (depth for your own images: colour PNG, .npy, PLY point clouds).
+helpers/compare_runs.py (several runs on one test split, one row per variant, mean +- std over seeds) and
+helpers/predict.py (depth for your own images: colour PNG, .npy, PLY point clouds).
 
 Leakage: 06_train records the drives of its train and val lists in the checkpoint. When they include
 drives of the evaluated lines, a WARNING line heads the printed and the markdown table and the
@@ -38,7 +38,7 @@ The untrained-network baseline is built with pretrained=None (truly untrained, a
 The metrics come first; below the engineering banner: loading models, data and ground truth,
 tables, pictures and the command line.
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
-(runs this file as a subprocess at the end of the default run), compare_runs.py, predict.py.
+(runs this file as a subprocess at the end of the default run), helpers/compare_runs.py, helpers/predict.py.
 Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`.
 Tests: tests/test_07_eval.py.
 """
@@ -48,15 +48,20 @@ import importlib
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
+# The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
+from helpers import depth_figures    # --figures: predictions and the SQL internals
+from helpers import eval_tables      # the printed, CSV and markdown table, the leakage warning
+from helpers import model_files      # our checkpoints and the official weights -> DepthNet
+from helpers import split_lists      # the standard split lists (download, SHA-256)
+from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -212,65 +217,13 @@ def predict_depth(model, images, post_process=False):
     return depth[:, 0].float().cpu().numpy()
 
 
-# ==============================================================================================
-# ---- Engineering: not needed to understand SQLDepth ----
-# Loading models, data and ground truth, tables, pictures and the command line (--compare and
-# --predict moved to compare_runs.py and predict.py).
-# ==============================================================================================
-# ---- Models ----
-def _build_and_load(model_cfg, state_dict, source, device):
-    """A DepthNet from a config dict, strictly loaded; mismatches become one DataError line."""
-    try:
-        model = bins.depthnet_from_config(model_cfg, state_dict)
-    except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        raise data.DataError(f"{source} does not match the architecture of its config: {one_line(err)}") from None
-    return model.to(device).eval()
-
-
-def load_model(checkpoint_path, device):
-    """Rebuild DepthNet from ckpt["config"]["model"] and load ckpt["model"] strictly (04_bins.load_checkpoint).
-
-    Returns (model in eval mode on device, the checkpoint's TrainConfig dict).
-    """
-    try:
-        model, config = bins.load_checkpoint(checkpoint_path)
-    except ValueError as err:
-        raise data.DataError(str(err)) from None
-    return model.to(device).eval(), config
-
-
-def load_official(folder, device):
-    """The released official encoder.pth + depth.pth, converted by 04_bins into our DepthNet.
-
-    Returns (model, a config dict shaped like ours: model, height, width, use_stereo, data).
-    """
-    folder = Path(folder)
-    sds = []
-    for name in ("encoder.pth", "depth.pth"):
-        if not (folder / name).is_file():
-            raise data.DataError(f"official checkpoint file {folder / name} not found")
-        try:
-            sds.append(torch.load(folder / name, map_location="cpu", weights_only=True))
-        except Exception as err:
-            raise data.DataError(f"{folder / name} is not a readable checkpoint ({one_line(err)})") from None
-    encoder_sd, depth_sd = sds
-    try:
-        state_dict = bins.convert_official_checkpoint(encoder_sd, depth_sd)
-        model_cfg = bins.config_from_official(encoder_sd, depth_sd)
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise data.DataError(f"{folder} does not hold an official SQLDepth checkpoint: {one_line(err)}") from None
-    config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
-              "height": int(encoder_sd.get("height", 192)), "width": int(encoder_sd.get("width", 640))}
-    return _build_and_load(config["model"], state_dict, folder, device), config
-
-
-# ---- Data and ground truth ----
+# ---- The test frames, their ground truth, the whole evaluation ----
 def split_lines(cfg, kind="test"):
     """Split lines (folder, frame, side) of --split_file, or of the named split's `kind` list."""
     if cfg.split_file and kind == "test":
         path = cfg.split_file
     else:
-        path = data.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
+        path = split_lists.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
                                    log=lambda line: print("   " + line))
     lines = data.read_split(path)
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines
@@ -289,11 +242,13 @@ def load_ground_truth(cfg, lines):
     if cfg.gt_path:
         path = Path(cfg.gt_path)
     else:  # velodyne GT is slow to project: export once into the data folder, named after the list
-        tag = "eigen" if not cfg.split_file else "eigen_" + hashlib.sha1(Path(cfg.split_file).read_bytes()).hexdigest()[:10]
+        digest = hashlib.sha1(Path(cfg.split_file).read_bytes()).hexdigest()[:10] if cfg.split_file else ""
+        tag = "eigen_" + digest if digest else "eigen"
         path = Path(cfg.data_path) / f"gt_depths_{tag}.npz"
         if not path.is_file():
             print(f"-> exporting velodyne ground truth of {len(lines)} frames to {path}")
-            data.export_gt_depth(cfg.data_path, split_lines(replace(cfg, max_images=0)), path, source="velodyne")
+            every_line = split_lines(replace(cfg, max_images=0))
+            data.export_gt_depth(cfg.data_path, every_line, path, source="velodyne")
     if not path.is_file():
         raise data.DataError(f"ground-truth file {path} not found")
     try:
@@ -301,23 +256,12 @@ def load_ground_truth(cfg, lines):
             keys = [data.gt_depth_key(*line) for line in lines]
             missing = [k for k in keys if k not in npz.files]
             if missing:
-                raise data.DataError(f"{path} has no ground truth for {len(missing)} split lines (first: {missing[0]})"
+                raise data.DataError(f"{path} has no ground truth for {len(missing)} split lines "
+                                     f"(first: {missing[0]})"
                                      f"; export it with 01_data.export_gt_depth")
             return [npz[k].astype(np.float32) for k in keys]
     except ValueError as err:  # e.g. Monodepth2's gt_depths.npz, a pickled object array
         raise data.DataError(f"{path} is not an .npz of 01_data.export_gt_depth ({one_line(err)})") from None
-
-
-def load_thin_masks(cfg, lines):
-    """Thin-structure masks [H, W] bool of the synthetic world (None when the files are absent)."""
-    import synthetic_world
-    masks = []
-    for folder, frame, _ in lines:
-        path = Path(synthetic_world.synthetic_thin_mask_path(cfg.data_path, folder, frame))
-        if not path.is_file():
-            return None
-        masks.append(np.array(Image.open(path)) > 127)
-    return masks
 
 
 def test_loader(cfg, lines, height, width):
@@ -343,156 +287,57 @@ def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
     return preds, images
 
 
-def mean_training_depth(cfg):
-    """Baseline: the per-pixel mean of the dense training GT maps of the synthetic world, ignoring zeros [H, W]."""
-    total = count = None
-    train = replace(cfg, split="synthetic")  # a custom split file may sit on a synthetic tree too
-    for folder, frame, side in split_lines(train, "train"):
-        path = data.gt_png_path(cfg.data_path, folder, frame, side)
-        if not path.is_file():
-            continue
-        gt = data.read_depth_png(path).astype(np.float64)
-        total = gt if total is None else total + gt  # zeros add nothing
-        count = (gt > 0).astype(np.float64) if count is None else count + (gt > 0)
-    if total is None:
-        raise data.DataError(f"no training ground truth under {cfg.data_path} for the mean-depth baseline")
-    fill = total.sum() / max(count.sum(), 1.0)  # never-observed pixels: the global mean depth
-    return np.where(count > 0, total / np.maximum(count, 1.0), fill).astype(np.float32)
+def evaluate(model, config, cfg, device):
+    """The whole evaluation: predictions, metrics table (+ baselines), CSV/markdown, figures."""
+    height, width = int(config["height"]), int(config["width"])
+    lines = split_lines(cfg)
+    warning = eval_tables.leakage_warning(config, lines, cfg.split)
+    gts = load_ground_truth(cfg, lines)
+    thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
+    print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
+          f"{', post-processed' if cfg.post_process else ''}")
+    if config.get("use_stereo") and not cfg.eval_stereo:
+        print("   hint: this model was trained with stereo; --eval_stereo scores it at metric scale (x5.4)")
+    median, scale = scaling(cfg)
+    print("   stereo evaluation: x5.4, no median scaling" if cfg.eval_stereo
+          else "   mono evaluation: median scaling")
+    preds, images = run_network(model, test_loader(cfg, lines, height, width), cfg, device,
+                                keep_images=cfg.num_figure_frames if cfg.figures else 0)
+    result = evaluate_predictions(gts, preds, cfg.split, median, scale, thin)
+    print_ratio_stats(result["ratios"])
+    rows = [dict(result, name=cfg.model_name + (eval_tables.LEAK_MARK if warning else ""))]
+    if cfg.baselines and not (Path(cfg.data_path) / data.SYNTH_MARKER).is_file():
+        print("   (the mean-training-depth baseline needs the dense GT of the synthetic world: skipped)")
+    elif cfg.baselines:
+        train_lines = split_lines(replace(cfg, split="synthetic"), "train")  # also under a custom list
+        mean_map = synthetic_world.mean_training_depth(cfg.data_path, train_lines)
+        rows.append(dict(evaluate_predictions(gts, [mean_map] * len(gts), cfg.split, median, scale, thin),
+                         name="mean training depth"))
+    if cfg.baselines:
+        torch.manual_seed(cfg.seed)  # the same random network every run
+        untrained = bins.depthnet_from_config(config["model"]).to(device).eval()
+        raw, _ = run_network(untrained, test_loader(cfg, lines, height, width), cfg, device)
+        untrained_result = evaluate_predictions(gts, raw, cfg.split, median, scale, thin)
+        rows.append(dict(untrained_result, name="untrained network"))
+    print("\n" + eval_tables.format_table(rows, METRICS, warning) + "\n")
+    csv_path, md_path = eval_tables.save_table(rows, METRICS, Path(cfg.out), cfg.split, warning)
+    print(f"-> table saved to {csv_path} and {md_path}")
+    if cfg.figures and images:
+        fig_path = Path(cfg.out) / f"eval_{cfg.split}_predictions.png"
+        at_gt_size = [resize_to(pred, *gt.shape) for pred, gt in zip(preds, gts[: len(images)])]
+        depth_figures.save_prediction_figure(images, at_gt_size, gts[: len(images)], fig_path)
+        print(f"-> figure saved to {fig_path}")
+        fig_path = Path(cfg.out) / f"eval_{cfg.split}_internals.png"
+        if depth_figures.save_internals_figure(model, images[0].to(device), fig_path):
+            print(f"-> figure saved to {fig_path}")
+    return rows
 
 
-# ---- Tables ----
-LEAK_MARK = " [trained on test drives]"  # appended to the model's row name when its training leaked
-
-
-def leakage_warning(config, lines, split):
-    """The warning line when the checkpoint's training lists used drives of the evaluated lines, else
-    None; "unknown" (a note, also returned as None) when the checkpoint does not record its drives.
-
-    06_train stores the drives of its train and val lists in the checkpoint config ("train_drives");
-    older checkpoints and the official weights lack it, so nothing can be said about them."""
-    drives = config.get("train_drives")
-    if drives is None:
-        print("   train/test drive overlap: unknown (the checkpoint does not record its training drives)")
-        return None
-    drives = set(drives)
-    shared = sorted({folder for folder, _, _ in lines} & drives)
-    if not shared:
-        return None
-    frames = sum(1 for folder, _, _ in lines if folder in drives)
-    return (f"WARNING: train/test leakage: the checkpoint trained on {len(shared)} drive(s) of this {split} "
-            f"test split ({frames} of its {len(lines)} frames): {', '.join(shared)}; these numbers are optimistic")
-
-
-def format_table(rows, warning=None):
-    """Fixed-width table (name + the seven metrics in the paper's order, + thin AbsRel when known),
-    headed by the warning line when one is given (a leaked number never appears without it)."""
-    thin = any(np.isfinite(r.get("thin_abs_rel", np.nan)) for r in rows)
-    head = f"{'model':<24}" + "".join(f"{k:>10}" for k in METRICS) + (f"{'thin_abs_rel':>14}" if thin else "")
-    lines = ([warning] if warning else []) + [head]
-    for r in rows:
-        line = f"{r['name']:<24}" + "".join(f"{r[k]:>10.3f}" for k in METRICS)
-        lines.append(line + (f"{r.get('thin_abs_rel', np.nan):>14.3f}" if thin else ""))
-    return "\n".join(lines)
-
-
-def save_table(rows, out_dir, split, warning=None):
-    """Write eval_<split>.csv and eval_<split>.md (the warning line above the markdown table when
-    given; in the CSV, which has no place for it, the model row's name carries LEAK_MARK); returns
-    their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cols = list(METRICS) + ["thin_abs_rel", "n"]
-    csv_path, md_path = out_dir / f"eval_{split}.csv", out_dir / f"eval_{split}.md"
-    csv = ["model," + ",".join(cols)] + [r["name"] + "," + ",".join(f"{r.get(c, np.nan):.6g}" for c in cols)
-                                         for r in rows]
-    csv_path.write_text("\n".join(csv) + "\n")
-    md = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    md += ["| " + r["name"] + " | " + " | ".join(f"{r.get(c, np.nan):.3f}" if c != "n" else str(r["n"]) for c in cols)
-           + " |" for r in rows]
-    md = ([f"> **{warning}**", ""] if warning else []) + md
-    md_path.write_text("\n".join(md) + "\n")
-    return csv_path, md_path
-
-
-# ---- Pictures ----
-def colorize_inverse_depth(depth):
-    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
-
-    The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
-    constant offset) never leave the picture black (docs/kitti.md).
-    """
-    import matplotlib
-    inv = 1.0 / np.maximum(depth, MIN_DEPTH)
-    lo, hi = np.percentile(inv, 2), np.percentile(inv, 98)
-    norm = np.clip((inv - lo) / max(hi - lo, 1e-8), 0, 1)
-    return (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
-
-
-def save_prediction_figure(images, preds, gts, path):
-    """Rows of input | predicted inverse depth | GT inverse depth | abs-rel error, for a few frames."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    aspect = images[0].shape[-2] / images[0].shape[-1]  # H / W of the input
-    fig, axes = plt.subplots(len(images), 4, figsize=(16, (4 * aspect + 0.35) * len(images)), squeeze=False)
-    for row, (img, pred, gt) in enumerate(zip(images, preds, gts)):
-        pred = resize_to(pred, *gt.shape)
-        pred = pred * np.median(gt[gt > 0]) / np.median(pred[gt > 0]) if (gt > 0).any() else pred
-        err = np.where(gt > 0, np.abs(pred - gt) / np.maximum(gt, MIN_DEPTH), np.nan)
-        gt_inv = np.where(gt > 0, 1.0 / np.maximum(gt, MIN_DEPTH), np.nan)
-        panels = [(img.permute(1, 2, 0).numpy(), {}), (colorize_inverse_depth(pred), {}),
-                  (gt_inv, {"cmap": "magma"}), (err, {"cmap": "inferno", "vmin": 0, "vmax": 0.5})]
-        for ax, title, (im, kw) in zip(axes[row], ("input", "prediction (1/depth)", "GT (1/depth)",
-                                                   "abs rel error (0-0.5)"), panels):
-            ax.imshow(im, **kw)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-@torch.no_grad()
-def save_internals_figure(model, image, path, num_slices=4):
-    """Cost-volume slices V[q] (paper Fig. 3) and the bins: centres and P(d) at a few pixels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    out = model(image[None], return_extras=True)
-    if "cost_volume" not in out or "bin_centers" not in out:
-        print("   (this variant has no cost volume / bins: internals figure skipped)")
-        return False
-    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # [Q, h, w], [D]
-    probs = out["probs"][0].cpu() if "probs" in out else None  # [D, h, w]
-    h, w = volume.shape[-2:]
-    stats = bins.stats_from_extras(out)
-    fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
-    # The numbers say what the picture only suggests: do the queries differ, are the bins used?
-    fig.suptitle(f"query similarity {stats['query_similarity']:.2f} (1 = collapsed) | cost-volume effective rank "
-                 f"{stats['effective_rank']:.1f} of Q={volume.shape[0]} | {stats['bins_99']:.0f} of "
-                 f"D={len(centres)} bins hold 99% of P", fontsize=10)
-    for i, q in enumerate(np.linspace(0, volume.shape[0] - 1, num_slices).astype(int)):
-        axes[0, i].imshow(volume[q].numpy(), cmap="viridis")
-        axes[0, i].set_title(f"cost volume slice q={q}", fontsize=8)
-        axes[0, i].axis("off")
-    axes[1, 0].imshow(image.permute(1, 2, 0).cpu().numpy())
-    axes[1, 0].set_title("input", fontsize=8)
-    axes[1, 0].axis("off")
-    axes[1, 1].plot(centres.numpy(), "o-", ms=2)
-    axes[1, 1].set(title="bin centres (m)", xlabel="bin d", ylabel="c_d")
-    pixels = [(h // 4, w // 2), (h // 2, w // 2), (3 * h // 4, w // 4), (h - 1, w // 2)]
-    for y, x in pixels if probs is not None else []:
-        axes[1, 2].plot(centres.numpy(), probs[:, y, x].numpy(), label=f"(y={y}, x={x})")
-    axes[1, 2].set(title="P(d) at a few pixels", xlabel="depth (m)")
-    axes[1, 2].legend(fontsize=6)
-    axes[1, 3].imshow(colorize_inverse_depth(out["depth"][0, 0].cpu().numpy()))
-    axes[1, 3].set_title("depth (1/depth, magma)", fontsize=8)
-    axes[1, 3].axis("off")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title line
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return True
-
-
+# ==============================================================================================
+# ---- Engineering: not needed to understand SQLDepth ----
+# Loading models, data and ground truth, tables, pictures and the command line (--compare and
+# --predict moved to helpers/compare_runs.py and helpers/predict.py).
+# ==============================================================================================
 # ---- Command line ----
 @dataclass
 class EvalConfig:
@@ -534,58 +379,11 @@ def defaults_from_checkpoint(config, cfg, source_dir):
         raise data.DataError(f"data path '{cfg.data_path}' not found (pass --data_path)")
 
 
-def evaluate(model, config, cfg, device):
-    """The whole evaluation: predictions, metrics table (+ baselines), CSV/markdown, figures."""
-    height, width = int(config["height"]), int(config["width"])
-    lines = split_lines(cfg)
-    warning = leakage_warning(config, lines, cfg.split)
-    gts = load_ground_truth(cfg, lines)
-    thin = load_thin_masks(cfg, lines) if cfg.split == "synthetic" else None
-    print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
-          f"{', post-processed' if cfg.post_process else ''}")
-    if config.get("use_stereo") and not cfg.eval_stereo:
-        print("   hint: this model was trained with stereo; --eval_stereo scores it at metric scale (x5.4)")
-    median, scale = scaling(cfg)
-    print("   stereo evaluation: x5.4, no median scaling" if cfg.eval_stereo else "   mono evaluation: median scaling")
-    preds, images = run_network(model, test_loader(cfg, lines, height, width), cfg, device,
-                                keep_images=cfg.num_figure_frames if cfg.figures else 0)
-    result = evaluate_predictions(gts, preds, cfg.split, median, scale, thin)
-    print_ratio_stats(result["ratios"])
-    rows = [dict(result, name=cfg.model_name + (LEAK_MARK if warning else ""))]
-    if cfg.baselines and not (Path(cfg.data_path) / data.SYNTH_MARKER).is_file():
-        print("   (the mean-training-depth baseline needs the dense GT of the synthetic world: skipped)")
-    elif cfg.baselines:
-        mean_map = mean_training_depth(cfg)
-        rows.append(dict(evaluate_predictions(gts, [mean_map] * len(gts), cfg.split, median, scale, thin),
-                         name="mean training depth"))
-    if cfg.baselines:
-        torch.manual_seed(cfg.seed)  # the same random network every run
-        untrained = bins.depthnet_from_config(config["model"]).to(device).eval()
-        raw, _ = run_network(untrained, test_loader(cfg, lines, height, width), cfg, device)
-        rows.append(dict(evaluate_predictions(gts, raw, cfg.split, median, scale, thin), name="untrained network"))
-    print("\n" + format_table(rows, warning) + "\n")
-    csv_path, md_path = save_table(rows, Path(cfg.out), cfg.split, warning)
-    print(f"-> table saved to {csv_path} and {md_path}")
-    if cfg.figures and images:
-        fig_path = Path(cfg.out) / f"eval_{cfg.split}_predictions.png"
-        save_prediction_figure(images, preds[: len(images)], gts[: len(images)], fig_path)
-        print(f"-> figure saved to {fig_path}")
-        fig_path = Path(cfg.out) / f"eval_{cfg.split}_internals.png"
-        if save_internals_figure(model, images[0].to(device), fig_path):
-            print(f"-> figure saved to {fig_path}")
-    return rows
-
-
 def parse_args(argv=None):
     """EvalConfig from the command line (one flag per field, generated by cli.add_dataclass_flags)."""
     parser = argparse.ArgumentParser(description="Evaluate SQLDepth (Eigen protocol) on a test split.")
     add_dataclass_flags(parser, EvalConfig)
     return EvalConfig(**vars(parser.parse_args(argv)))
-
-
-# Command lines that moved to unnumbered helpers: one line says where (README, "Reading order").
-MOVED = {"--compare": "compare_runs.py (python compare_runs.py --runs RUN RUN ... --out DIR)",
-         "--predict": "predict.py (python predict.py --checkpoint RUN/best.pt --images DIR [--ply])"}
 
 
 def choose_device(spec):
@@ -601,11 +399,6 @@ def choose_device(spec):
 
 def main(argv=None):
     """CLI entry point; returns the exit status (0 ok, 2 bad input with one `error:` line)."""
-    given = sys.argv[1:] if argv is None else argv
-    moved = [flag for flag in MOVED if any(a.split("=")[0] == flag for a in given)]
-    if moved:
-        print(f"error: {moved[0]} moved out of 07_eval.py to {MOVED[moved[0]]}", file=sys.stderr)
-        return 2
     cfg = parse_args(argv)
     stop = signal.signal(signal.SIGTERM, _stopped) if threading.current_thread() is threading.main_thread() else None
     try:
@@ -613,10 +406,10 @@ def main(argv=None):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
         if cfg.checkpoint:
-            model, config = load_model(cfg.checkpoint, device)
+            model, config = model_files.load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent
         else:
-            model, config = load_official(cfg.official, device)
+            model, config = model_files.load_official(cfg.official, device)
             source_dir = Path(cfg.official)
         defaults_from_checkpoint(config, cfg, source_dir)
         cfg.model_name = cfg.model_name or ("SQLDepth " + (Path(cfg.checkpoint).name if cfg.checkpoint else "official"))

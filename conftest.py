@@ -71,7 +71,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A small synthetic KITTI-layout tree (3 drives: train/val/test), shared by every test file."""
-    import synthetic_world
+    from helpers import synthetic_world
     root = tmp_path_factory.mktemp("tiny_world")
     synthetic_world.make_synthetic_kitti(root, num_drives=3, frames_per_drive=8, height=64, width=208, seed=0)
     return root

@@ -1,15 +1,10 @@
 """Tests of 01_data.py: calibration, velodyne ground truth, splits, KittiRaw, the command-line helper."""
 import argparse
 import colorsys
-import hashlib
-import http.server
 import importlib
-import os
 import pickle
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -17,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
+from helpers import cli
+from helpers import color_jitter as jitter  # the colour augmentation maths (helpers/color_jitter.py)
+from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
 # The real KITTI 2011_09_26 calibration (the keys Monodepth2 reads, plus the non-numeric time).
 CAM_TO_CAM_2011_09_26 = """calib_time: 09-Jan-2012 13:57:47
@@ -185,7 +182,7 @@ def test_read_depth_png_and_export(tiny_world, tmp_path):
     path = tmp_path / "d.png"
     Image.fromarray(np.array([[0, 256, 65535]], dtype=np.uint16)).save(path)
     np.testing.assert_allclose(data.read_depth_png(path), [[0.0, 1.0, 65535 / 256]])
-    lines = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[:3]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=tiny_world))[:3]
     out = data.export_gt_depth(tiny_world, lines, tmp_path / "gt.npz")
     with np.load(out, allow_pickle=False) as npz:
         assert len(npz.files) == 3
@@ -225,130 +222,6 @@ def test_read_split_formats_and_bad_line(tmp_path):
         data.read_split(path)
 
 
-def test_split_overlap_checker():
-    """Shared drives are listed with both line counts and the number of test frames on them (3 of
-    the 4 here); the guard refuses unless allowed."""
-    data = _data()
-    train = [("a", 1, "l"), ("a", 2, "r"), ("b", 1, "l"), ("c", 4, "l")]
-    test = [("a", 9, "l"), ("c", 1, "l"), ("c", 2, "l"), ("d", 1, "l")]
-    assert data.check_split_overlap(train, test) == [("a", 2, 1), ("c", 1, 2)]
-    assert data.check_split_overlap(train, [("z", 1, "l")]) == []
-    with pytest.raises(data.SplitOverlapError, match=r"2 drive\(s\).*\(3 of its 4 test frames\): "
-                                                    r"a \(train 2, eval 1\), c \(train 1, eval 2\)"):
-        data.require_disjoint_splits(train, test)
-    assert len(data.require_disjoint_splits(train, test, allow_overlap=True)) == 2
-
-
-@pytest.fixture
-def split_server(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving a generated eigen/test_files.txt."""
-    served = tmp_path / "served"
-    (served / "eigen").mkdir(parents=True)
-    payload = b"".join(f"2011_09_26/2011_09_26_drive_0002_sync {i:010d} l\n".encode() for i in range(5))
-    (served / "eigen" / "test_files.txt").write_bytes(payload)
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.sha256(payload).hexdigest()
-    server.shutdown()
-    server.server_close()
-
-
-def test_get_split_file_download_and_hash(split_server, tmp_path, monkeypatch):
-    """First use downloads and caches the list with its download mark (no temporary file left); a
-    wrong hash is refused; the cache works offline; a downloaded list that changed is still refused."""
-    data = _data()
-    url, digest = split_server
-    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), "0" * 64)
-    with pytest.raises(data.DataError, match="SHA-256"):
-        data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
-    assert not (tmp_path / "cache" / "eigen" / "test_files.txt").exists()
-    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), digest)
-    path = data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
-    assert path == tmp_path / "cache" / "eigen" / "test_files.txt"
-    assert len(data.read_split(path)) == 5
-    assert (path.parent / "test_files.txt.sha256").read_text().split()[0] == digest
-    assert sorted(p.name for p in path.parent.iterdir()) == ["test_files.txt", "test_files.txt.sha256"]
-    # Cached: no server needed (an unreachable URL), and the env var selects the folder.
-    monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
-    assert data.get_split_file("eigen", "test", base_url="http://127.0.0.1:9") == path
-    # A corrupted download is refused rather than used (it carries the mark of a download).
-    path.write_text("x 1 l\n")
-    with pytest.raises(data.DataError, match="delete it"):
-        data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
-
-
-def test_user_lists_are_used_as_given_with_one_note(tmp_path):
-    """A list the user put in a split folder (no download mark) is never hash-checked or fetched:
-    with a standard name but other contents it is used with one line naming the standard list and
-    both line counts; a custom name (any name) is used silently; the standard contents give no note."""
-    data = _data()
-    mine = tmp_path / "their_splits"
-    data.write_split(mine / "eigen_zhou" / "train_files.txt", [("2011_09_26/d_0001_sync", i, "l") for i in range(3)])
-    data.write_split(mine / "my_split" / "val_files.txt", [("2011_09_26/d_0001_sync", 1, "r")])
-    notes = []
-    offline = "http://127.0.0.1:9"                       # nothing may be downloaded
-    path = data.get_split_file("eigen_zhou", "train", mine, base_url=offline, log=notes.append)
-    assert path == mine / "eigen_zhou" / "train_files.txt" and len(data.read_split(path)) == 3
-    assert len(notes) == 1 and "\n" not in notes[0], notes
-    assert "standard eigen_zhou/train list (39,810 lines)" in notes[0] and "3 lines" in notes[0]
-    assert str(path) in notes[0]
-    notes.clear()
-    assert data.get_split_file("my_split", "val", mine, log=notes.append) == mine / "my_split" / "val_files.txt"
-    with pytest.raises(data.DataError, match=r"not found: .*my_split.train_files\.txt"):
-        data.get_split_file("my_split", "train", mine, log=notes.append)
-    standard = hashlib.sha256(path.read_bytes()).hexdigest()
-    data.SPLIT_SHA256[("eigen_zhou", "train")], old = standard, data.SPLIT_SHA256[("eigen_zhou", "train")]
-    try:
-        assert data.get_split_file("eigen_zhou", "train", mine, log=notes.append) == path
-    finally:
-        data.SPLIT_SHA256[("eigen_zhou", "train")] = old
-    assert notes == []
-
-
-def test_a_download_finishing_meanwhile_cannot_break_ours(split_server, tmp_path, monkeypatch):
-    """Two writers of one list (torchrun ranks sharing a cache): another process completes the same
-    download between our write and our rename. Each writer has its own temporary file, so both
-    renames succeed, the list is intact and no temporary file is left (one shared `.part` name
-    would have been renamed away under us: FileNotFoundError)."""
-    data = _data()
-    url, digest = split_server
-    monkeypatch.setitem(data.SPLIT_SHA256, ("eigen", "test"), digest)
-    real_replace, interleaved = os.replace, []
-
-    def replace_after_another_writer(src, dst):
-        if not interleaved:                              # the other process, once, just before us
-            interleaved.append(src)
-            data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
-        real_replace(src, dst)
-
-    monkeypatch.setattr(data.os, "replace", replace_after_another_writer)
-    path = data.get_split_file("eigen", "test", tmp_path / "cache", base_url=url)
-    assert interleaved and hashlib.sha256(path.read_bytes()).hexdigest() == digest
-    assert sorted(p.name for p in path.parent.iterdir()) == ["test_files.txt", "test_files.txt.sha256"]
-
-
-def test_get_split_file_offline_and_names(tmp_path, tiny_world):
-    """Offline: one line that names --split_dir; a list neither on disk nor downloadable is one line
-    naming the path; synthetic is local."""
-    data = _data()
-    with pytest.raises(data.DataError) as err:
-        data.get_split_file("eigen_zhou", "train", tmp_path, base_url="http://127.0.0.1:9", timeout=2)
-    assert "--split_dir" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(data.DataError, match="not a list this program downloads") as err:
-        data.get_split_file("eigen", "train", tmp_path)
-    assert str(tmp_path / "eigen" / "train_files.txt") in str(err.value) and "\n" not in str(err.value)
-    path = data.get_split_file("synthetic", "val", data_path=tiny_world)
-    assert path == tiny_world / "splits" / "synthetic" / "val_files.txt"
-    with pytest.raises(data.DataError):
-        data.get_split_file("synthetic", "val", data_path=tmp_path)
-
-
-# ---------------------------------------------------------------------------------------------
-# KittiRaw
-# ---------------------------------------------------------------------------------------------
 def test_hsv_round_trip_matches_colorsys():
     """rgb_to_hsv agrees with the standard library's colorsys; hsv_to_rgb inverts it; the
     branch-free shift_hue equals the HSV round trip with the hue moved, for any turn."""
@@ -357,16 +230,16 @@ def test_hsv_round_trip_matches_colorsys():
     rgb[0, :, 0, 0] = 0.5  # a grey pixel (hue undefined -> 0)
     rgb[0, :, 1] = np.array([[0.2, 0.2, 0.6], [0.6, 0.6, 0.2], [0.6, 0.2, 0.6], [0.6, 0.6, 0.6], [0.0, 0.0, 0.0]]).T
     # row 1: two equal channels (ties between hexagon sectors), grey and black
-    hsv = data.rgb_to_hsv(rgb)
+    hsv = jitter.rgb_to_hsv(rgb)
     for i in range(7):
         for j in range(5):
             expected = colorsys.rgb_to_hsv(*rgb[0, :, i, j].tolist())
             np.testing.assert_allclose(hsv[0, :, i, j], expected, atol=1e-5)
-    np.testing.assert_allclose(data.hsv_to_rgb(hsv), rgb, atol=1e-5)
+    np.testing.assert_allclose(jitter.hsv_to_rgb(hsv), rgb, atol=1e-5)
     for turn in (0.07, -0.1, 0.5, -0.5, 0.33, 1.7, 0.0):
         shifted = hsv.copy()
         shifted[:, 0] = np.remainder(shifted[:, 0] + turn, 1.0)
-        np.testing.assert_allclose(data.shift_hue(rgb, turn), data.hsv_to_rgb(shifted), atol=1e-5)
+        np.testing.assert_allclose(jitter.shift_hue(rgb, turn), jitter.hsv_to_rgb(shifted), atol=1e-5)
 
 
 @pytest.mark.parametrize("b, c, s, h", [(1.1, 0.9, 1.2, 0.07), (0.85, 1.15, 0.8, -0.09)])
@@ -376,7 +249,7 @@ def test_color_jitter_against_pixel_formulas(b, c, s, h):
     Factors above and below 1 (the clamps are skipped where a factor <= 1 cannot leave [0, 1])."""
     data = _data()
     img = np.random.default_rng(1).random((2, 3, 4, 4)).astype(np.float32)
-    out = data.color_jitter(torch.from_numpy(img), b, c, s, h)
+    out = jitter.color_jitter(torch.from_numpy(img), b, c, s, h)
     grey = lambda t: 0.299 * t[0:1] + 0.587 * t[1:2] + 0.114 * t[2:3]  # noqa: E731
     for f in range(2):
         x = np.clip(img[f] * b, 0, 1)
@@ -387,7 +260,7 @@ def test_color_jitter_against_pixel_formulas(b, c, s, h):
                 hh, ss, vv = colorsys.rgb_to_hsv(*x[:, i, j].tolist())
                 expected = colorsys.hsv_to_rgb((hh + h) % 1.0, ss, vv)
                 np.testing.assert_allclose(out[f, :, i, j], expected, atol=1e-5)
-    np.testing.assert_allclose(data.color_jitter(img, 1.0, 1.0, 1.0, 0.0), img, atol=1e-6)
+    np.testing.assert_allclose(jitter.color_jitter(img, 1.0, 1.0, 1.0, 0.0), img, atol=1e-6)
 
 
 def _write_tree(root, frames, images=None, size=(40, 16)):
@@ -429,7 +302,7 @@ def test_color_aug_is_color_jitter_of_color_rounded(tiny_world):
     uint8 frames, rounded to the nearest uint8; every frame gets the same draw; uint8 input gives the
     float input's result."""
     data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=7)
     ds.flip_prob, ds.jitter_prob = 0.0, 1.0
     ds.set_epoch(2)
@@ -439,8 +312,8 @@ def test_color_aug_is_color_jitter_of_color_rounded(tiny_world):
         b, c, s = 0.8 + 0.4 * draws[2:5]
         h = 0.2 * draws[5] - 0.1
         color = np.stack([sample["color"][f].numpy() for f in (0, -1, 1)])  # (3, 3, H, W) uint8
-        jittered = data.color_jitter(color, b, c, s, h)
-        np.testing.assert_allclose(jittered, data.color_jitter(color / np.float32(255), b, c, s, h), atol=1e-6)
+        jittered = jitter.color_jitter(color, b, c, s, h)
+        np.testing.assert_allclose(jittered, jitter.color_jitter(color / np.float32(255), b, c, s, h), atol=1e-6)
         expected = np.floor(jittered * np.float32(255) + np.float32(0.5)).astype(np.uint8)
         got = np.stack([sample["color_aug"][f].numpy() for f in (0, -1, 1)])
         assert got.dtype == np.uint8
@@ -451,7 +324,7 @@ def test_collate_puts_the_images_of_a_batch_in_one_block(tiny_world):
     """collate gives default_collate's batch, but every image is a slice of one tensor (one
     shared-memory block per batch in a worker); also through a DataLoader worker."""
     data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True)
     samples = [ds[i] for i in range(3)]
     reference = torch.utils.data.default_collate(samples)
@@ -476,7 +349,7 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tiny_world):
     """Draws come from (seed, epoch, index) only: the global RNGs neither matter nor change; another
     epoch or seed gives other draws."""
     data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:4]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:4]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=3)
     torch.manual_seed(0)
     np.random.seed(0)
@@ -499,7 +372,7 @@ def test_flip_consistency(tiny_world):
     """A flipped sample is the mirror image of the unflipped one in every frame and in depth_gt;
     K is unchanged and stereo_T's baseline sign flips (and depends on the side)."""
     data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))
     lines = [l for l in lines if l[1] == 3]  # one frame, both sides
     ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True, load_depth=False)
     ds.jitter_prob = 0.0
@@ -515,7 +388,7 @@ def test_flip_consistency(tiny_world):
         assert torch.equal(flipped[s]["K"], plain[s]["K"])
         assert flipped[s]["stereo_T"][0, 3] == -plain[s]["stereo_T"][0, 3]
     assert plain["l"]["stereo_T"][0, 3] == pytest.approx(-0.1) and plain["r"]["stereo_T"][0, 3] == pytest.approx(0.1)
-    val = data.read_split(data.get_split_file("synthetic", "val", data_path=tiny_world))[:1]
+    val = data.read_split(split_lists.get_split_file("synthetic", "val", data_path=tiny_world))[:1]
     ds = data.KittiRaw(tiny_world, val, 32, 104, is_train=True, load_depth=True)
     ds.jitter_prob, ds.flip_prob = 0.0, 0.0
     a = ds[0]
@@ -529,7 +402,7 @@ def test_flip_consistency(tiny_world):
 def test_resize_is_pil_lanczos(tiny_world):
     """Frames are resized with PIL LANCZOS to (H, W), kept uint8; images_to_float scales them to [0, 1]."""
     data = _data()
-    line = data.read_split(data.get_split_file("synthetic", "test", data_path=tiny_world))[0]
+    line = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=tiny_world))[0]
     ds = data.KittiRaw(tiny_world, [line], 40, 96)
     sample = ds[0]
     with Image.open(ds.image_path(*line)) as im:
@@ -547,7 +420,7 @@ def test_frame_cache_gives_the_same_samples_and_keeps_its_budget(tiny_world, mon
     """With a frame cache every sample (flip and jitter included, two epochs) equals the uncached
     one, each frame file is decoded once, and a small budget keeps only what fits."""
     data = _data()
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[:6]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:6]
     kwargs = dict(frame_ids=(0, -1, 1, "s"), is_train=True, seed=5)
     plain = data.KittiRaw(tiny_world, lines, 32, 104, **kwargs)
     cached = data.KittiRaw(tiny_world, lines, 32, 104, cache_mb=64, **kwargs)
@@ -577,7 +450,7 @@ def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
     data = _data()
     with pytest.raises(data.DataError, match="data folder not found"):
         data.KittiRaw(tmp_path / "nowhere", [], 32, 104)
-    folder = data.read_split(data.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
+    folder = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
     lines = [(folder, 0, "l"), (folder, 3, "l"), (folder, 7, "r")]  # 0 and 7 lack a neighbour
     with pytest.raises(data.DataError, match=r"0000000008\.jpg|-?0000000-01"):
         data.KittiRaw(tiny_world, lines[1:], 32, 104)
@@ -625,12 +498,14 @@ def test_calibration_lacking_a_key(kitti_calib, tmp_path):
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
-    """The command line turns bad input into `error: ...` and exit status 2, without a traceback; the
-    loader benchmark that moved to benchmark.py is one line saying where."""
+    """The command line turns bad input (here an output folder that is a file) into one `error: ...`
+    line naming the path and exit status 2, without a traceback."""
     data = _data()
-    assert data.main(["--bench", str(tmp_path / "none")]) == 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert data.main(["--out", str(blocker / "demo.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --bench moved out of 01_data.py to benchmark.py") and err.count("\n") == 1
+    assert err.startswith("error: ") and "a_file" in err and err.count("\n") == 1
 
 
 @dataclass

@@ -88,7 +88,7 @@ def test_learned_queries_shapes_and_gradients():
 def test_demo_saves_figure(tmp_path):
     """`python 03_self_query.py` (untrained, synthetic frame from 01_data) writes the PNG."""
     try:
-        importlib.import_module("synthetic_world").make_synthetic_kitti
+        importlib.import_module("helpers.synthetic_world").make_synthetic_kitti
     except (ModuleNotFoundError, AttributeError):
         pytest.skip("synthetic_world.make_synthetic_kitti is not there yet")
     sql = importlib.import_module("03_self_query")

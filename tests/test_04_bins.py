@@ -356,7 +356,7 @@ def test_demo_figure_and_cli_errors(tmp_path):
     assert bins.main(["--preset", "nope"]) == 2
     assert bins.main(["--bench", "--preset", "kitti-r18-640x192"]) == 2
     try:
-        importlib.import_module("synthetic_world").make_synthetic_kitti
+        importlib.import_module("helpers.synthetic_world").make_synthetic_kitti
     except (ModuleNotFoundError, AttributeError):
         pytest.skip("synthetic_world.make_synthetic_kitti is not there yet")
     out = tmp_path / "bins.png"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
@@ -35,19 +36,19 @@ def geo():
 
 
 def runtime():
-    return importlib.import_module("distributed_training")
+    return importlib.import_module("helpers.distributed_training")
 
 
 def folder():
-    return importlib.import_module("run_folder")
+    return importlib.import_module("helpers.run_folder")
 
 
 def plumbing():
-    return importlib.import_module("training_data")
+    return importlib.import_module("helpers.training_data")
 
 
 def cli_module():
-    return importlib.import_module("training_cli")
+    return importlib.import_module("helpers.training_cli")
 
 
 def run(world, run_dir, *extra):
@@ -96,7 +97,7 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
     cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=False))
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=(0, -1, 1), is_train=False)
     inputs = data.images_to_float(data.collate([dataset[0], dataset[1]]))
     # a distinct "augmented" copy: a step that feeds the networks inputs["color"] must fail
@@ -175,7 +176,7 @@ def tiny_step_setup(tiny_world, use_stereo, channels_last=False):
     cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=use_stereo, channels_last=channels_last))
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=t.frame_ids(cfg), is_train=True)
     batch = plumbing().to_device(data.collate([dataset[0], dataset[1]]), torch.device("cpu"), channels_last)
     torch.manual_seed(0)
@@ -739,10 +740,10 @@ _RANK_SCRIPT = r"""
 import importlib, json, os, sys
 sys.path.insert(0, os.getcwd())
 t = importlib.import_module("06_train")
-runtime, plumbing = importlib.import_module("distributed_training"), importlib.import_module("training_data")
+runtime, plumbing = importlib.import_module("helpers.distributed_training"), importlib.import_module("helpers.training_data")
 url, world, digests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-plumbing.data.SPLIT_URL_BASE = url
-plumbing.data.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
+plumbing.split_lists.SPLIT_URL_BASE = url
+plumbing.split_lists.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
 info, device = runtime.setup_process(t.TrainConfig(device="cpu"))
 for eval_split in ("", "not_served"):
     cfg = t.TrainConfig(data="kitti", data_path=world, eval_split=eval_split, device="cpu", height=64, width=208)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-import cli
+from helpers import cli, depth_figures, eval_tables, model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16)
@@ -200,10 +200,10 @@ def test_inverse_depth_colours_use_the_whole_colour_map():
     """One enormous outlier does not squash the rest into black: robust per-image normalisation."""
     depth = np.tile(np.linspace(2, 50, 64, dtype=np.float32), (16, 1))
     depth[0, 0] = 1e-4  # a near-infinite inverse depth
-    rgb = ev().colorize_inverse_depth(depth)
+    rgb = depth_figures.colorize_inverse_depth(depth)
     assert rgb.shape == (16, 64, 3) and rgb.dtype == np.uint8
     assert rgb.reshape(-1, 3).sum(1).std() > 60 and (rgb.reshape(-1, 3).sum(1) > 100).mean() > 0.3
-    assert ev().colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
+    assert depth_figures.colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
 
 
 # ----------------------------------------------------------------------------- loading and the CLI
@@ -211,7 +211,7 @@ def test_inverse_depth_colours_use_the_whole_colour_map():
 def test_load_model_round_trips_a_checkpoint(tmp_path):
     """load_model rebuilds the DepthNet from the stored config and gives the same depth as the saved net."""
     net = _tiny_checkpoint(tmp_path / "ckpt.pt").eval()
-    model, config = ev().load_model(tmp_path / "ckpt.pt", torch.device("cpu"))
+    model, config = model_files.load_model(tmp_path / "ckpt.pt", torch.device("cpu"))
     img = torch.rand(1, 3, 64, 208)
     with torch.no_grad():
         torch.testing.assert_close(model(img), net(img))
@@ -230,9 +230,7 @@ def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys)
              (["--checkpoint", tmp_path / "other.pt"], "does not match"),
              (["--checkpoint", tmp_path / "ok.pt"], "no_such_data"),
              (["--checkpoint", tmp_path / "ok.pt", "--data_path", tiny_world, "--split", "nonsense"], "nonsense"),
-             (["--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one"),
-             (["--checkpoint", tmp_path / "ok.pt", "--predict", tmp_path], "moved out of 07_eval.py to predict.py"),
-             (["--compare", tmp_path, tmp_path / "x"], "moved out of 07_eval.py to compare_runs.py")]
+             (["--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one")]
     for argv, needle in cases:
         code, _, err = _run_main(argv, capsys)
         assert code == 2, argv
@@ -280,7 +278,7 @@ def test_evaluation_of_a_checkpoint_trained_on_test_drives_is_marked(tmp_path, t
             assert table[0].startswith("WARNING: train/test leakage") and table[1].startswith("model"), table
             assert test_drive in table[0] and "(2 of its 2 frames)" in table[0] and train_drive not in table[0]
             assert md.splitlines()[0] == f"> **{table[0]}**"
-            assert row.startswith(f"SQLDepth {name}.pt{ev().LEAK_MARK},")
+            assert row.startswith(f"SQLDepth {name}.pt{eval_tables.LEAK_MARK},")
         else:
             assert "WARNING" not in out and "WARNING" not in md and row.startswith(f"SQLDepth {name}.pt,")
         assert "overlap: unknown" not in out
@@ -322,7 +320,7 @@ def test_official_checkpoint_path(tmp_path, tiny_world, capsys):
     official_dir.mkdir()
     torch.save(encoder_sd, official_dir / "encoder.pth")
     torch.save(depth_sd, official_dir / "depth.pth")
-    model, config = ev().load_official(official_dir, torch.device("cpu"))
+    model, config = model_files.load_official(official_dir, torch.device("cpu"))
     assert (config["height"], config["width"], config["use_stereo"]) == (64, 208, True)
     img = torch.rand(1, 3, 64, 208)
     with torch.no_grad():

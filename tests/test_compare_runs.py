@@ -1,4 +1,4 @@
-"""Tests of compare_runs.py: runs grouped into variants (seeds averaged), the tables, the figures.
+"""Tests of helpers/compare_runs.py: runs grouped into variants (seeds averaged), the tables, the figures.
 
 Oracles: each run evaluated alone by 07_eval.py (the comparison's mean and sample std must equal
 those of the single evaluations), 04's internals_stats frame by frame, a brute-force window search.
@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import model_files
+
 from test_07_eval import ROOT, TINY_FLAGS, _run_main, ev
 
 
 def compare():
-    return importlib.import_module("compare_runs")
+    return importlib.import_module("helpers.compare_runs")
 
 
 # ----------------------------------------------------------------------------- run comparison
@@ -106,7 +108,7 @@ def _csv_rows(path):
 
 
 def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world, capsys):
-    """compare_runs.py seed0 seed1 none: 2 rows; the seeds are one row with n=2 whose mean and sample std
+    """helpers/compare_runs.py seed0 seed1 none: 2 rows; the seeds are one row with n=2 whose mean and sample std
     (ddof 1) are those of the two runs evaluated alone by the normal evaluation; the per-run internals
     equal the per-frame mean of 04's internals_stats; queries=none has no query numbers ("-", NaN);
     CSVs, markdown and the figure are written."""
@@ -135,7 +137,7 @@ def test_compare_aggregates_seeds_and_separates_variants(three_runs, tiny_world,
     assert [(r["variant"], Path(r["run"]).name, r["seed"]) for r in per_run] == [
         ("queries=self", "seed0", "0"), ("queries=self", "seed1", "1"), ("queries=none", "none", "0")]
     e = ev()
-    model, config = e.load_model(specs[0] / "best.pt", torch.device("cpu"))
+    model, config = model_files.load_model(specs[0] / "best.pt", torch.device("cpu"))
     cfg = e.EvalConfig(data_path=str(tiny_world), split="synthetic", img_ext=".jpg")
     frames = [batch["color"][0] for batch in e.test_loader(cfg, e.split_lines(cfg), 64, 208)]
     frames = [img[None] for batch in frames for img in batch]  # one (1, 3, H, W) uint8 frame at a time
@@ -175,7 +177,7 @@ def test_zero_shot_table_over_worlds(three_runs, tiny_world, tmp_path, capsys):
     equal to each run scored alone on that world by 07_eval.py; the abs_rel increase of a run is its
     AbsRel on the other world over that on the training world, minus 1; a baseline row (the mean
     depth map of the training world); the figure and the CSVs are written."""
-    world = importlib.import_module("synthetic_world")
+    world = importlib.import_module("helpers.synthetic_world")
     dusk = world.make_synthetic_kitti(tmp_path / "dusk", num_drives=1, frames_per_drive=8, height=64, width=208,
                                       style="dusk", test_only=True, first_drive=2)   # tiny_world's test drive
     out = tmp_path / "zs"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import cpu_memory
+from helpers import cpu_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 

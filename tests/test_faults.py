@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def folder():
-    return importlib.import_module("run_folder")
+    return importlib.import_module("helpers.run_folder")
 
 
 def error_lines(capsys):
@@ -221,7 +221,7 @@ def test_a_killed_rank_stops_torchrun_quickly_and_the_run_resumes(tiny_world, tm
 _HOLD_LOCK = r"""
 import importlib, os, sys, time
 sys.path.insert(0, os.getcwd())
-handle = importlib.import_module("run_folder").lock_run_folder(sys.argv[1])
+handle = importlib.import_module("helpers.run_folder").lock_run_folder(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)
 """
@@ -264,7 +264,7 @@ def test_sigterm_during_the_final_evaluation_is_one_line_and_keeps_the_checkpoin
         os.kill(os.getpid(), signal.SIGTERM)
         return child
 
-    monkeypatch.setattr(importlib.import_module("distributed_training").subprocess, "Popen", slow_eval)
+    monkeypatch.setattr(importlib.import_module("helpers.distributed_training").subprocess, "Popen", slow_eval)
     flags = [a for a in TINY if a != "--no_eval"]
     capsys.readouterr()
     code = t.main(flags + ["--data_path", str(tiny_world), "--run_dir", str(tmp_path / "r"), "--max_steps", "2"])

@@ -1,4 +1,4 @@
-"""Tests of fused_adam.py: FlatAdam makes torch's fused Adam updates on channels-last weights without
+"""Tests of helpers/fused_adam.py: FlatAdam makes torch's fused Adam updates on channels-last weights without
 copies, and its checkpoints are torch.optim.Adam's; make_adam falls back to the plain Adam.
 
 Oracle: torch.optim.Adam(fused=True) on the same network (equal parameters and moments, bit for bit).
@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from fused_adam import FlatAdam, make_adam
+from helpers.fused_adam import FlatAdam, make_adam
 
 
 def _nhwc_net():

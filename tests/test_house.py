@@ -1,7 +1,7 @@
 """House rules of the project, checked on the source text of the numbered scripts and of the world.
 
 Data flows one way (01 -> 07): a script may import only scripts with a lower number. The synthetic
-world (synthetic_world.py, a data source outside the reading order) imports 01 only, and 01-05
+world (helpers/synthetic_world.py, a data source outside the reading order) imports 01 only, and 01-05
 import the world only inside functions (their demos), never when they are imported themselves.
 Run-time dependencies stay torch, numpy, pillow, matplotlib (and the standard library). Unnumbered
 helpers never import a numbered script of the same or a later rank than a script that imports
@@ -9,7 +9,7 @@ them, and a numbered script stays near ~600 lines (one concept).
 Every script reads top-down: a docstring opening "NN - name: ...", the concept code first (its
 first definition within 120 lines, lines of at most 110 characters), then one engineering section
 below ENGINEERING_BANNER. References are self-contained (no file outside the repository is cited),
-and every command line follows cli.py: --a_b and --a-b, help text for every flag, --flag/--no-flag.
+and every command line follows helpers/cli.py: --a_b and --a-b, help text for every flag, --flag/--no-flag.
 """
 import argparse
 import ast
@@ -22,14 +22,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(ROOT.glob("0[1-7]_*.py"))
-WORLD = ROOT / "synthetic_world.py"
-CLI = ROOT / "cli.py"
+HELPERS_DIR = ROOT / "helpers"
+WORLD = HELPERS_DIR / "synthetic_world.py"
+CLI = HELPERS_DIR / "cli.py"
 ENGINEERING_BANNER = "# ---- Engineering: not needed to understand SQLDepth ----"
 FIRST_DEFINITION_WITHIN, CONCEPT_LINE_LENGTH = 120, 110
 IMPORTLIB_NOTE = "A module name cannot start with a digit"
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "PIL", "matplotlib"}
-HELPERS = sorted(p for p in ROOT.glob("*.py") if not p.name[0].isdigit() and p.name != "conftest.py")
-LOCAL_MODULES = {p.stem for p in HELPERS}  # unnumbered files of this repository, importable by name
+HELPERS = sorted(p for p in HELPERS_DIR.glob("*.py") if p.name != "__init__.py")
+LOCAL_MODULES = {"helpers"}  # the package of unnumbered modules (helpers/), imported as `from helpers import x`
 # A numbered script holds one concept and what runs it, ~600 lines; 01's concept (KITTI raw's layout,
 # calibration, velodyne ground truth, split lists, the dataset) is the one allowed to be longer
 # (its docstring says why). Engineering beyond that belongs in an unnumbered helper.
@@ -52,6 +53,21 @@ def _imports(path):
     return packages, scripts
 
 
+def _imported_names(node):
+    """Names an import statement brings in, helpers by their module name: `from helpers import
+    run_folder` and `from helpers.run_folder import x` both give "run_folder"."""
+    if isinstance(node, ast.Import):
+        return {alias.name.split(".")[1] if alias.name.startswith("helpers.") else alias.name.split(".")[0]
+                for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module == "helpers":
+            return {alias.name for alias in node.names}
+        if node.module.startswith("helpers."):
+            return {node.module.split(".")[1]}
+        return {node.module.split(".")[0]}
+    return set()
+
+
 def _world_imports_at_import_time(path):
     """Lines where a file imports the world outside any function (i.e. when it is itself imported)."""
     found = []
@@ -59,14 +75,10 @@ def _world_imports_at_import_time(path):
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            names = []
-            if isinstance(child, ast.Import):
-                names = [alias.name for alias in child.names]
-            elif isinstance(child, ast.ImportFrom) and child.module:
-                names = [child.module]
-            elif isinstance(child, ast.Constant) and child.value == "synthetic_world":
-                names = [child.value]  # importlib.import_module("synthetic_world")
-            if not inside and any(n.split(".")[0] == "synthetic_world" for n in names):
+            names = _imported_names(child)
+            if isinstance(child, ast.Constant) and child.value == "helpers.synthetic_world":
+                names = {"synthetic_world"}  # importlib.import_module("helpers.synthetic_world")
+            if not inside and "synthetic_world" in names:
                 found.append(child.lineno)
             visit(child, inside)
 
@@ -97,10 +109,7 @@ def _top_level_imports(path):
     """Module names a file imports when it is itself imported (statements outside functions)."""
     names = set()
     for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+        names |= _imported_names(node)
     return names
 
 
@@ -114,7 +123,7 @@ def _importers(helper):
 def test_helpers_never_import_a_later_numbered_script(helper):
     """An unnumbered helper loads only numbered scripts of lower rank than every numbered script that
     imports it (directly or through another helper): data still flows one way, 01 -> 07. A helper
-    that no numbered script imports (compare_runs.py, predict.py, benchmark.py) may build on any."""
+    that no numbered script imports (helpers/compare_runs.py, helpers/predict.py, helpers/benchmark.py) may build on any."""
     importers, seen, todo = set(), set(), [helper]
     while todo:                                  # helpers imported by helpers: follow them up
         h = todo.pop()
@@ -141,7 +150,7 @@ def test_numbered_scripts_stay_one_concept_long(path):
 def test_world_imports_only_01():
     """The world reads and writes through 01 (layout, calibration, splits, DataError) and nothing later."""
     _, scripts = _imports(WORLD)
-    assert scripts == {"01_data"}, f"synthetic_world.py refers to {sorted(scripts)}"
+    assert scripts == {"01_data"}, f"helpers/synthetic_world.py refers to {sorted(scripts)}"
 
 
 @pytest.mark.parametrize("path", [p for p in SCRIPTS if int(p.name[:2]) <= 5], ids=lambda p: p.name)
@@ -214,6 +223,8 @@ class _Parsed(Exception):
 
 
 def _module(path):
+    if path.parent == HELPERS_DIR:
+        return importlib.import_module(f"helpers.{path.stem}")
     if path.parent != ROOT:
         raise ValueError(path)
     return importlib.import_module(path.stem)
@@ -242,10 +253,10 @@ def test_command_line_convention(path, monkeypatch):
 
 
 def test_cli_bool_named_no_and_list_fields():
-    """cli.py: a bool field named no_x keeps both spellings positive (--no-x is not its negation),
+    """helpers/cli.py: a bool field named no_x keeps both spellings positive (--no-x is not its negation),
     and a list field takes one or more values."""
     import dataclasses
-    cli = importlib.import_module("cli")
+    cli = importlib.import_module("helpers.cli")
 
     @dataclasses.dataclass
     class Config:

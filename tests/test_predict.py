@@ -1,4 +1,4 @@
-"""Tests of predict.py: depth for your own images (PNG, .npy, PLY point clouds), and its bad inputs.
+"""Tests of helpers/predict.py: depth for your own images (PNG, .npy, PLY point clouds), and its bad inputs.
 
 Oracles: back-projection against re-projection, PLY files read back by a minimal reader, the .npy
 depths against the point clouds' z.
@@ -12,7 +12,7 @@ from test_07_eval import _tiny_checkpoint
 
 
 def predict_module():
-    return importlib.import_module("predict")
+    return importlib.import_module("helpers.predict")
 
 
 def test_back_projection_reprojects_and_ply_files_are_valid(tmp_path):
@@ -59,7 +59,7 @@ def _read_ply(path):
 
 
 def test_predict_writes_png_npy_and_ply(tmp_path, tiny_world, capsys):
-    """predict.py on a folder of frames: per image a colour PNG of the image's size, a .npy of positive
+    """helpers/predict.py on a folder of frames: per image a colour PNG of the image's size, a .npy of positive
     finite depth, and a PLY whose header counts exactly the vertices stored."""
     from PIL import Image
     _tiny_checkpoint(tmp_path / "ckpt.pt", data_path=tiny_world)

@@ -4,7 +4,7 @@
 # On a CUDA machine (about 5 minutes on one H100-class GPU), in order, each step's output in
 # OUT_DIR/<step>.log and its numbers in OUT_DIR/summary.txt:
 #   1. the GPU-marked tests                     python -m pytest -m gpu
-#   2. the depth network, R50 640x192, fp32 and bf16 (batch 16)      python benchmark.py --amp
+#   2. the depth network, R50 640x192, fp32 and bf16 (batch 16)      python -m helpers.benchmark --amp
 #   3. a synthetic world at KITTI's size (1242x375), rendered once
 #   4. 20 profiled training steps of kitti-r50-640x192 on it, without and with --amp
 #   5. 20 training steps under torchrun --nproc_per_node=1 (the NCCL process group)
@@ -52,11 +52,11 @@ note "$("$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f
 run_step gpu_tests "$PY" -m pytest -q -m gpu
 note "$(tail -n 1 "$OUT/gpu_tests.log")"
 
-run_step bench_r50 "$PY" benchmark.py --preset kitti-r50-640x192 --amp --batch_size 16 --iters 10
+run_step bench_r50 "$PY" helpers/benchmark.py --preset kitti-r50-640x192 --amp --batch_size 16 --iters 10
 note "$(grep -E '^(preset|kitti)' "$OUT/bench_r50.log")"
 
 WORLD="$OUT/world_1242x375"
-run_step world "$PY" synthetic_world.py --make "$WORLD" --height 375 --width 1242 --num_drives 10 \
+run_step world "$PY" helpers/synthetic_world.py --make "$WORLD" --height 375 --width 1242 --num_drives 10 \
     --frames_per_drive 24 --workers 8
 TRAIN=("$PY" 06_train.py --preset kitti-r50-640x192 --data synthetic --data_path "$WORLD" --pretrained none
        --num_workers 8)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distributed_training import Dist, EpochBatches, main_rank_first  # (distributed_training.py)
+from helpers.distributed_training import Dist, EpochBatches, main_rank_first  # (helpers/distributed_training.py)
+from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -49,10 +50,10 @@ def prepare(cfg, info, device):
 
 
 def ensure_synthetic_world(cfg, info):
-    """The default data: generate data/synthetic with synthetic_world.py (rank 0 first; skipped when
+    """The default data: generate data/synthetic with helpers/synthetic_world.py (rank 0 first; skipped when
     complete)."""
-    import synthetic_world                       # only the default run needs the renderer
-    root = Path(__file__).resolve().parent / "data" / "synthetic"
+    from helpers import synthetic_world                       # only the default run needs the renderer
+    root = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
     def make():
         if info.main:
@@ -75,7 +76,7 @@ def split_names(cfg):
 
 def split_files(cfg, root, log=print):
     """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
-    01_data.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
+    helpers/split_lists.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
     test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
     informative line about a user's list that differs from the standard list of its name."""
     split, eval_split = split_names(cfg)
@@ -85,7 +86,7 @@ def split_files(cfg, root, log=print):
         raise ValueError(f"give --split {cfg.split} or --train_files/--val_files, not both")
 
     def find(name, kind):
-        return data.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
+        return split_lists.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
 
     if cfg.train_files:
         files = {"train": Path(cfg.train_files).resolve(), "val": Path(cfg.val_files).resolve()}
@@ -104,9 +105,9 @@ def load_splits(cfg, root, log=print):
     split, eval_split = split_names(cfg)
     what = f"the {'--train_files/--val_files' if cfg.train_files else split} split (train + val lines)"
     against = f"the {eval_split} test split"
-    shared = data.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
+    shared = split_lists.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
     if shared and log is not None:
-        log(f"warning: {what} shares {data.describe_overlap(shared, len(test), against)} "
+        log(f"warning: {what} shares {split_lists.describe_overlap(shared, len(test), against)} "
             f"(allowed by --allow_split_overlap): test numbers on these drives will be optimistic")
     return train, val, files
 
@@ -137,7 +138,7 @@ def true_motion(dataset, frame_ids, device):
     temporal source frame, from the synthetic world's poses (the left camera's); None for KITTI."""
     if not dataset.synthetic:
         return None
-    import synthetic_world                       # the poses file is the world's
+    from helpers import synthetic_world                       # the poses file is the world's
     temporal = [int(f) for f in frame_ids[1:] if f != "s"]
     poses, rows = {}, []
     for folder, frame, _ in dataset.lines:

@@ -17,10 +17,10 @@ World styles (STYLES): the default world, and four that change one family of wha
 could over-fit to (the light, the paint, the camera, the clutter), each rendered as test drives only
 for zero-shot evaluation (docs/zero_shot.md). The default renders exactly the world it always did.
 
-Run:   python synthetic_world.py --make DIR      (the default data set: 40 drives x 50 frames)
-       python synthetic_world.py --styles DIR --first_drive 36 --num_drives 4
+Run:   python -m helpers.synthetic_world --make DIR      (the default data set: 40 drives x 50 frames)
+       python -m helpers.synthetic_world --styles DIR --first_drive 36 --num_drives 4
                                                  (every other style on the default world's test drives)
-       python synthetic_world.py --render_bench  (synthetic frames/s on one core)
+       python -m helpers.synthetic_world --render_bench  (synthetic frames/s on one core)
 Tests: tests/test_synthetic_world.py
 """
 import argparse
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cli import add_dataclass_flags  # the command line of every script (cli.py)
+from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -630,6 +630,35 @@ def synthetic_thin_mask_path(data_path, folder, frame):
     return Path(data_path) / folder / "thin_mask" / "image_02" / f"{int(frame):010d}.png"
 
 
+def load_thin_masks(data_path, lines):
+    """Thin-structure masks [H, W] bool of the given split lines (None when the files are absent: not a
+    synthetic world). 07_eval.py scores AbsRel on these pixels separately."""
+    masks = []
+    for folder, frame, _ in lines:
+        path = synthetic_thin_mask_path(data_path, folder, frame)
+        if not path.is_file():
+            return None
+        masks.append(np.array(Image.open(path)) > 127)
+    return masks
+
+
+def mean_training_depth(data_path, train_lines):
+    """The mean-depth-map baseline of 07_eval.py: the per-pixel mean of the dense ground truth of the
+    training frames [H, W], zeros (no ground truth) ignored; never-observed pixels get the global mean."""
+    total = count = None
+    for folder, frame, side in train_lines:
+        path = data.gt_png_path(data_path, folder, frame, side)
+        if not path.is_file():
+            continue
+        gt = data.read_depth_png(path).astype(np.float64)
+        total = gt if total is None else total + gt  # zeros add nothing
+        count = (gt > 0).astype(np.float64) if count is None else count + (gt > 0)
+    if total is None:
+        raise data.DataError(f"no training ground truth under {data_path} for the mean-depth baseline")
+    fill = total.sum() / max(count.sum(), 1.0)
+    return np.where(count > 0, total / np.maximum(count, 1.0), fill).astype(np.float32)
+
+
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # The renderer benchmark and the command line.
@@ -653,7 +682,7 @@ def render_benchmark(height=128, width=416, frames=40, seed=0):
 
 @dataclass
 class WorldConfig:
-    """What `python synthetic_world.py` does: build a data set (--make DIR) or time the renderer."""
+    """What `python -m helpers.synthetic_world` does: build a data set (--make DIR) or time the renderer."""
     make: str = ""  # build the synthetic data set in this folder (skipped when a complete one is there)
     num_drives: int = 40  # synthetic drives (10% test, 10% val, at least one each)
     frames_per_drive: int = 50  # frames per drive (about 1 m apart)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import one_line  # errors as one line (cli.py)
+from helpers.cli import one_line  # errors as one line (helpers/cli.py)
 
 try:
     import fcntl            # POSIX file locks; on Windows the run folder is not locked

@@ -10,8 +10,8 @@ fast big arrays and tensors come and go on a CPU.
     PyTorch reads the switch once, at the first CPU tensor of 2 MB or more, so it is set at the
     top of a program. Linux decides in the end: with
     /sys/kernel/mm/transparent_hugepage/enabled = never it does nothing.
-`python benchmark.py` counts the page faults of a training step with and without them
-(`--no-tune_memory`); docs/benchmarks.md. Used by 01_data.py (each loader process), benchmark.py
+`python -m helpers.benchmark` counts the page faults of a training step with and without them
+(`--no-tune_memory`); docs/benchmarks.md. Used by 01_data.py (each loader process), helpers/benchmark.py
 and 06_train.py. Tests: tests/test_cpu_memory.py.
 """
 import ctypes

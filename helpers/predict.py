@@ -2,8 +2,8 @@
 
 Not a reading step: 07_eval.py holds the concept (how a depth network is run and scored); this is
 what a user runs on their own photos:
-  python predict.py --checkpoint runs/RUN/best.pt --images my_images/ [--ply]
-  python predict.py --official PATH/TO/RELEASED_MODEL --images "frames/*.png" --post_process
+  python -m helpers.predict --checkpoint runs/RUN/best.pt --images my_images/ [--ply]
+  python -m helpers.predict --official PATH/TO/RELEASED_MODEL --images "frames/*.png" --post_process
 For every image: <name>_depth.png (inverse depth in colour, normalised per image), <name>_depth.npy
 (depth in metres for a stereo-trained model with --eval_stereo, else relative) and with --ply a
 coloured point cloud (binary PLY; the camera's intrinsics from --fx --fy --cx --cy, else KITTI's,
@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
+from helpers import model_files
+from helpers import depth_figures
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -98,7 +100,7 @@ def run_predict(model, config, cfg, device, out_dir):
         tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W]
         depth = evaluation.resize_to(evaluation.predict_depth(model, tensor, cfg.post_process)[0], h0, w0) * scale  # (h0, w0)
         stem = out_dir / f"{name}_depth"
-        Image.fromarray(evaluation.colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
+        Image.fromarray(depth_figures.colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
         np.save(stem.with_suffix(".npy"), depth.astype(np.float32))
         written = [stem.with_suffix(".png"), stem.with_suffix(".npy")]
         if cfg.ply:
@@ -117,7 +119,7 @@ def run_predict(model, config, cfg, device, out_dir):
 
 @dataclass
 class PredictConfig:
-    """What `python predict.py` does: depth (and a point cloud) for your images."""
+    """What `python -m helpers.predict` does: depth (and a point cloud) for your images."""
     images: str = ""  # an image, a folder of images or a glob pattern ("frames/*.png")
     checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
     official: str = ""  # or a folder with the released official encoder.pth + depth.pth
@@ -143,10 +145,10 @@ def main(argv=None):
             raise data.DataError("give --images and exactly one of --checkpoint FILE or --official DIR")
         device = evaluation.choose_device(cfg.device)
         if cfg.checkpoint:
-            model, config = evaluation.load_model(cfg.checkpoint, device)
+            model, config = model_files.load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent
         else:
-            model, config = evaluation.load_official(cfg.official, device)
+            model, config = model_files.load_official(cfg.official, device)
             source_dir = Path(cfg.official)
         return run_predict(model, config, cfg, device, Path(cfg.out) if cfg.out else source_dir / "predict")
     except (data.DataError, ValueError, OSError) as err:

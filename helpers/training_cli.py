@@ -2,7 +2,7 @@
 
 Not a reading step: the concept (TrainConfig, PRESETS) is in 06_train.py, which passes them in.
   build_parser, parse_args   every TrainConfig field and every 04_bins.DepthNetConfig field is a flag
-                             (both spellings, help from the field's comment: cli.py); a flag given
+                             (both spellings, help from the field's comment: helpers/cli.py); a flag given
                              overrides the chosen --preset, model fields as flat flags (--num_layers 18)
   prepare_run                a new run folder (refused when it holds a checkpoint already), or the
                              config stored in --resume RUN's ckpt.pt (refused: an architecture change)
@@ -14,15 +14,15 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-import run_folder                                 # checkpoints (run_folder.py)
-from cli import add_dataclass_flags, one_line     # the command line of every script (cli.py)
+from helpers import run_folder                                 # checkpoints (helpers/run_folder.py)
+from helpers.cli import add_dataclass_flags, one_line     # the command line of every script (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
 bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # the repository root
 CHOICES = {"data": ["synthetic", "kitti"],
            "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],

@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import torch
 
-from cpu_memory import huge_pages_in_effect  # page faults (cpu_memory.py)
-from distributed_training import unwrap      # the module inside DDP (distributed_training.py)
+from helpers.cpu_memory import huge_pages_in_effect  # page faults (helpers/cpu_memory.py)
+from helpers.distributed_training import unwrap      # the module inside DDP (helpers/distributed_training.py)
 
 
 class PartClock:

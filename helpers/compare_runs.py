@@ -7,7 +7,7 @@ variant, reported as mean +- sample std over its seeds. Besides the seven metric
 structures, each row carries 04_bins.py's diagnostics of the self-query layer (query similarity,
 cost-volume effective rank, bins holding 99% of the probability).
 
-Run: `python compare_runs.py --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
+Run: `python -m helpers.compare_runs --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
 Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by range of true
 depth), compare_<split>.png (the same test frames for each variant, with the thin structures
 enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
@@ -19,13 +19,16 @@ import importlib
 import json
 import sys
 import textwrap
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-import run_folder                                      # val.csv reader (run_folder.py)
-from cli import add_dataclass_flags, one_line          # the command line of every script (cli.py)
+from helpers import depth_figures                   # inverse depth in colour
+from helpers import model_files                     # checkpoints -> DepthNet
+from helpers import run_folder                      # val.csv reader
+from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -244,9 +247,9 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
         window = (slice(top, top + crop_h), slice(left, left + crop_w))
         for c, (title, preds) in enumerate(columns):
             if preds is None:  # ground truth: pixels without GT drawn as far as the farthest GT pixel
-                colour = evaluation.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
+                colour = depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
             else:
-                colour = evaluation.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
+                colour = depth_figures.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
             ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
             ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
             ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
@@ -299,13 +302,13 @@ def run_compare(options, device):
     """Score every run on one test split, group seeds into variants, write the tables and figures.
     options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
     paths = [resolve_run(spec) for spec in options.runs]
-    model, config = evaluation.load_model(paths[0], device)
+    model, config = model_files.load_model(paths[0], device)
     first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
     evaluation.defaults_from_checkpoint(config, cfg, first.resolve().parent / "compare")  # the first run's data
     lines = evaluation.split_lines(cfg)
     gts = evaluation.load_ground_truth(cfg, lines)
-    thin = evaluation.load_thin_masks(cfg, lines) if cfg.split == "synthetic" else None
+    thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
     print(f"-> comparing {len(paths)} runs on {len(lines)} {cfg.split} frames from {cfg.data_path}"
           f"{', post-processed' if cfg.post_process else ''}; "
           f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median evaluation.scaling'}")
@@ -314,7 +317,7 @@ def run_compare(options, device):
     runs, configs, figure_preds, ranges = [], [], [], []
     for spec, path in zip(options.runs, paths):
         if model is None:  # (the first run's network was loaded above, for its data and split)
-            model, config = evaluation.load_model(path, device)
+            model, config = model_files.load_model(path, device)
         if config.get("use_stereo") and not cfg.eval_stereo:
             print(f"   hint: {spec} was trained with stereo; --eval_stereo scores every run at metric scale")
         if config.get("data_path") and Path(config["data_path"]).resolve() != Path(cfg.data_path).resolve():
@@ -385,10 +388,11 @@ def run_zero_shot(options, device):
     test frame in each world. Writes zero_shot.md / .csv / _runs.csv / .png; returns the aggregated rows."""
     paths = [resolve_run(spec) for spec in options.runs]
     worlds = [(world_name(w), Path(w)) for w in options.worlds]
-    first_config = evaluation.load_model(paths[0], device)[1]
+    first_config = model_files.load_model(paths[0], device)[1]
     train_cfg = evaluation_config(options)
     evaluation.defaults_from_checkpoint(first_config, train_cfg, Path(options.out or "."))
-    mean_map = evaluation.mean_training_depth(train_cfg)           # [H, W] of the training world
+    train_lines = evaluation.split_lines(replace(train_cfg, split="synthetic"), "train")
+    mean_map = synthetic_world.mean_training_depth(train_cfg.data_path, train_lines)  # [H, W]
     per_world = []                                                 # (name, cfg, lines, gts, thin)
     for name, folder in worlds:
         cfg = evaluation_config(options)
@@ -396,13 +400,13 @@ def run_zero_shot(options, device):
         evaluation.defaults_from_checkpoint(first_config, cfg, folder)
         lines = evaluation.split_lines(cfg)
         per_world.append((name, cfg, lines, evaluation.load_ground_truth(cfg, lines),
-                          evaluation.load_thin_masks(cfg, lines)))
+                          synthetic_world.load_thin_masks(cfg.data_path, lines)))
         print(f"-> world {name}: {len(lines)} test frames in {folder}")
     columns = [f"{w} {m}" for w, *_ in per_world for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
     runs, configs, figure = [], [], []
     frame = len(per_world[0][2]) // 2                             # the figure's test frame, in every world
     for spec, path in zip(options.runs, paths):
-        model, config = evaluation.load_model(path, device)
+        model, config = model_files.load_model(path, device)
         row = {"run": str(spec), "seed": config.get("seed", "")}
         preds = []
         for name, cfg, lines, gts, thin in per_world:
@@ -460,8 +464,8 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
         sample = evaluation.test_loader(cfg, lines[f:f + 1], int(config["height"]), int(config["width"])).dataset[0]
         gt = gts[f]
         panels = [(data.image_to_float(sample["color"][0]).permute(1, 2, 0).numpy(), f"{name}: input"),
-                  (evaluation.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
-        panels += [(evaluation.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
+                  (depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
+        panels += [(depth_figures.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
                     labels[g]) for g, members in enumerate(groups)]
         for ax, (image, title) in zip(axes[r], panels):
             ax.imshow(image)
@@ -475,7 +479,7 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
 # ---- Command line ----
 @dataclass
 class CompareConfig:
-    """What `python compare_runs.py` does: score several runs on one test split, one row per variant."""
+    """What `python -m helpers.compare_runs` does: score several runs on one test split, one row per variant."""
     runs: list = field(default_factory=list)  # run folders (their best.pt, else ckpt.pt) or checkpoint files
     out: str = ""  # output folder ("" = compare/ next to the first run folder)
     data_path: str = ""  # dataset root ("" = the first run's)

@@ -1,6 +1,6 @@
 """cli - one command-line convention for every script, generated from a config dataclass.
 
-Not a reading step: nothing in it is SQLDepth. Each numbered script (and synthetic_world.py) says
+Not a reading step: nothing in it is SQLDepth. Each numbered script (and helpers/synthetic_world.py) says
 what its command line does in a dataclass whose fields carry a trailing `# comment`;
 `add_dataclass_flags` turns that dataclass into flags, so all of them follow the same rules:
   * every flag has both spellings, --num_layers and --num-layers;
@@ -9,7 +9,7 @@ what its command line does in a dataclass whose fields carry a trailing `# comme
   * a list field takes one or more values (--compare A B C).
 `one_line(err)` gives the one line every error message is printed as. It lives in its own file so
 that any script can import it without reaching into a step it does not need (02 never reads data,
-yet has a command line). Used by 01-07, the unnumbered helpers and synthetic_world.py.
+yet has a command line). Used by 01-07, the unnumbered helpers and helpers/synthetic_world.py.
 Tests: tests/test_01_data.py (the helper), tests/test_house.py (every script's flags).
 """
 import argparse

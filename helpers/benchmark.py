@@ -3,11 +3,11 @@
 Not a reading step: nothing in it is SQLDepth. Two tables (docs/benchmarks.md has the figures we
 measured and what was tried to make them faster):
 
-  python benchmark.py [--preset kitti-r50-640x192] [--amp]
+  python -m helpers.benchmark [--preset kitti-r50-640x192] [--amp]
       per preset of 04_bins.py: parameters, GMACs per image (counted by hooks), inference ms per image,
       forward+backward ms and the training step ms with the trainer's Adam, medians over --iters;
-      page faults per step (cpu_memory.py)
-  python benchmark.py --loader data/synthetic [--height 64 --width 208]
+      page faults per step (helpers/cpu_memory.py)
+  python -m helpers.benchmark --loader data/synthetic [--height 64 --width 208]
       01_data.KittiRaw training samples per second with 0, 1 and 2 DataLoader workers, against the
       bound of the same loader that only decodes and resizes the frames
 
@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
-from cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (cpu_memory.py)
-from fused_adam import make_adam               # Adam, fused where it can be (fused_adam.py)
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
+from helpers.cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (helpers/cpu_memory.py)
+from helpers.fused_adam import make_adam               # Adam, fused where it can be (helpers/fused_adam.py)
+from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -195,7 +196,7 @@ def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg
 # ---- Command line ----
 @dataclass
 class BenchConfig:
-    """What `python benchmark.py` does: the depth-network table, or the loader table with --loader DIR."""
+    """What `python -m helpers.benchmark` does: the depth-network table, or the loader table with --loader DIR."""
     preset: str = ""  # one preset of 04_bins.py (default: all three)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     amp: bool = False  # also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
@@ -220,7 +221,7 @@ def run_loader_bench(cfg):
     if not root.is_dir():
         raise data.DataError(f"data folder not found: {root}")
     name = "synthetic" if (root / data.SYNTH_MARKER).is_file() else "eigen_zhou"
-    lines = data.read_split(data.get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
+    lines = data.read_split(split_lists.get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
     results = loader_benchmark(root, lines, cfg.height, cfg.width, cfg.samples, cfg.img_ext)
     print(f"loader at {cfg.width}x{cfg.height}, {min(cfg.samples, len(lines))} samples of frames 0, -1, +1 "
           f"(samples/s)")
