@@ -137,9 +137,10 @@ def _kitti_preset(name, height, width):
 
 
 PRESETS = {
-    # Sized for the 15-minute default on 2 CPU cores: 64x208 input, lr 5e-4 (1e-4 learns too slowly
-    # in 10 minutes), 4 epochs of the 3,072 training samples (about 20 img/s on 2 idle cores: ~10
-    # minutes), lr / 10 for the last epoch. Stereo ("MS"): at this budget monocular training
+    # Sized for a run of about ten minutes on 2 CPU cores (8 min 36 s in all, training at a median
+    # 26 img/s, on an idle 2-core AMD EPYC with AVX-512: docs/benchmarks.md): 64x208 input, lr 5e-4
+    # (1e-4 scored worse at this budget: docs/ablations.md), 4 epochs of the 3,072 training samples,
+    # lr / 10 for the last epoch. Stereo ("MS"): at this budget monocular training
     # reached AbsRel 0.16-0.19 on the synthetic test split, MS 0.095 (the fixed stereo baseline
     # supervises the far range near the vanishing point, where forward motion gives no parallax).
     # Loading in the loop (num_workers 0): on 2 cores a worker process fights the step's threads and
@@ -149,7 +150,8 @@ PRESETS = {
     "synthetic-cpu": lambda: dict(model=_synthetic_model(), use_stereo=True, num_workers=0,
                                   cache_mb=1024),
     # The same run at the world's stored 416x128 (4x the pixels: poles a few pixels wide instead of
-    # one or two): about 35 minutes on 2 cores by its --profile (docs/ablations.md, "Thin structures").
+    # one or two): its 1,536 steps take about 29 minutes of training on an idle 2-core Intel Xeon by
+    # its --profile 10 (docs/ablations.md, "Thin structures at 416x128").
     "synthetic-cpu-416x128": lambda: dict(model=_synthetic_model(patch_size=16), use_stereo=True,
                                           num_workers=0, cache_mb=1024, height=128, width=416),
     "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),

@@ -19,7 +19,7 @@ import importlib
 import json
 import sys
 import textwrap
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from helpers.cli import add_dataclass_flags, one_line  # the command line of eve
 # loaded by name; the alias is the file name without its number.
 data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
+train = importlib.import_module("06_train")
 evaluation = importlib.import_module("07_eval")
 
 
@@ -74,16 +75,36 @@ def flat_config(config):
     return flat
 
 
+def config_defaults():
+    """Today's default of every stored config field, flattened as flat_config flattens a run's config:
+    06's TrainConfig and 04's DepthNetConfig."""
+    return flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})
+
+
+def trained_with(config, defaults):
+    """A run's flattened config as the run trained with it: a field the run lacks (its code predates
+    the field) counts as today's default, and smoothness_weight 0 ("the recipe's") as the weight 06
+    gave the run (1e-3 with stereo, 1e-2 without), so that a field the older code lacked or a weight
+    left to the recipe never tells two runs of the same training apart."""
+    flat = {**defaults, **flat_config(config)}
+    if flat.get("smoothness_weight") == 0:
+        flat["smoothness_weight"] = train.SMOOTHNESS_WEIGHT[bool(flat["use_stereo"])]
+    return flat
+
+
 def group_runs(configs):
     """Runs grouped into variants: (groups, labels), each group a list of indices into configs.
 
-    Two runs are one variant when their flattened configs agree on every field outside
-    BOOKKEEPING_FIELDS (a field one config lacks counts as None). Groups keep the order in which
-    their first run was given. A label names the fields whose values differ between the groups,
-    e.g. "queries=none" or "bins=fixed, use_stereo=False"; "default" when there is only one group.
+    Two runs are one variant when their configs as trained with (trained_with: a field a run of
+    older code lacks counts as today's default) agree on every field outside BOOKKEEPING_FIELDS.
+    Groups keep the order in which their first run was given. A label names the fields whose values
+    differ between the groups, e.g. "queries=none" or "bins=fixed, use_stereo=False"; "default" when
+    there is only one group.
     """
-    flats = [{k: v for k, v in flat_config(c).items() if k not in BOOKKEEPING_FIELDS} for c in configs]
-    keys = list(dict.fromkeys(k for f in flats for k in f))  # every field, in config order
+    defaults = config_defaults()
+    stored = [k for c in configs for k in flat_config(c)]   # the fields the runs hold, in config order
+    keys = [k for k in dict.fromkeys(stored) if k not in BOOKKEEPING_FIELDS]
+    flats = [{k: v for k, v in trained_with(c, defaults).items() if k in keys} for c in configs]
     groups, by_signature = [], {}
     for i, f in enumerate(flats):
         signature = repr([f.get(k) for k in keys])

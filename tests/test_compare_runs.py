@@ -7,6 +7,7 @@ import importlib
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,33 @@ def test_group_runs_labels_variants_by_the_fields_that_differ():
     # a run of a version without the frame cache or --val_every is still a seed of the same variant
     assert c.group_runs([base, {**base, "cache_mb": 1024, "val_every": 64, "num_workers": 0,
                                 "split_files": {"train": "elsewhere/train_files.txt"}}])[0] == [[0, 1]]
+
+
+def test_group_runs_reads_a_field_an_older_run_lacks_as_todays_default():
+    """A run of older code lacks the fields added since: it is one variant with a run holding their
+    defaults (06's TrainConfig, 04's DepthNetConfig), and no label shows None: against a run that
+    changes such a field the label names that field alone, the old run's value being the default.
+    smoothness_weight 0 (the recipe's) is the weight 06 trains with: one variant with a run that
+    stored the same weight by hand, and labelled with the weight itself, 1e-3 with stereo, 1e-2
+    without."""
+    c = compare()
+    train, depth_net = importlib.import_module("06_train"), importlib.import_module("04_bins")
+    defaults = depth_net.DepthNetConfig()
+    new = {**asdict(train.TrainConfig(use_stereo=True)), "model": asdict(depth_net.DepthNetConfig(num_layers=18))}
+    old = {k: v for k, v in new.items() if k not in ("source_frames", "smoothness_on", "warmup_steps")}
+    old["model"] = {k: v for k, v in new["model"].items() if k not in ("bins_space", "dropout")}
+    old["smoothness_weight"] = train.SMOOTHNESS_WEIGHT[True]   # older code stored the weight itself
+    log_bins = {**new, "seed": 1, "model": {**new["model"], "bins_space": "log"}}
+    groups, labels = c.group_runs([old, new, log_bins])
+    assert groups == [[0, 1], [2]]
+    assert labels == [f"bins_space={defaults.bins_space}", "bins_space=log"]
+    mono = {**new, "use_stereo": False}
+    groups, labels = c.group_runs([old, mono, new])
+    assert groups == [[0, 2], [1]]
+    assert labels == [f"use_stereo=True, smoothness_weight={train.SMOOTHNESS_WEIGHT[True]}",
+                      f"use_stereo=False, smoothness_weight={train.SMOOTHNESS_WEIGHT[False]}"]
+    dropout = {**new, "model": {**new["model"], "dropout": 0.0}}
+    assert c.group_runs([old, dropout])[1] == [f"dropout={defaults.dropout}", "dropout=0.0"]
 
 
 def test_densest_window_matches_a_brute_force_search():
