@@ -6,7 +6,7 @@ the bins, 04) happens on top of S0.
 
 - Encoder: ResNet-18/34/50 written here in plain PyTorch with *torchvision's parameter names*
   (conv1, bn1, layer1.0.conv1, ..., layer4, fc), so torchvision-format ImageNet weights load with
-  strict=True (`load_pretrained`). The classifier `fc` is never used but is kept so the weights
+  strict=True (helpers/imagenet_weights.py). The classifier `fc` is never used but is kept so the weights
   load strictly and the parameter counts match the paper's 31M / 37M.
 - Input in [0, 1], normalised inside with (x - 0.45) / 0.225 like Monodepth2 and the official code.
 - Decoder (the official `DecoderBN`, github.com/hisfog/SfMNeXt-Impl): a 1x1 conv on layer4 then
@@ -23,9 +23,7 @@ Used by: 04_bins.DepthNet. Demo: `python 02_unet.py [--num_layers 18]` prints th
 Tests: tests/test_02_unet.py.
 """
 import argparse
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights, strictly
 
 # ---- Encoder: ResNet-18/34/50 with torchvision's parameter names ----
 # (block type, blocks per stage) of each depth, as in the ResNet paper / torchvision.
@@ -201,169 +200,18 @@ class ResnetUNet(nn.Module):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# ImageNet weights for the encoder (download or file), the demo and the command line.
+# The demo and the command line (ImageNet weights: helpers/imagenet_weights.py; a faster CPU
+# backward of big 3x3 convs on small maps: helpers/small_map_convs.py).
 # ==============================================================================================
-# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
-IMAGENET_URLS = {
-    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-}
-
-def load_pretrained(encoder_module, spec):
-    """Load ImageNet weights into a `ResNet`: spec None (nothing), "imagenet" (download) or a file path.
-
-    Loading is strict: a file with other keys or shapes raises ValueError naming the file.
-    """
-    if spec is None or spec == "" or spec == "none":
-        return
-    if spec == "imagenet":
-        url = IMAGENET_URLS[encoder_module.num_layers]
-        # torch.hub downloads into a temporary file of a unique name and then renames it, so several
-        # processes fetching at once (torchrun ranks, two runs) cannot break each other; check_hash
-        # compares the download with the SHA-256 prefix in torchvision's file name.
-        try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
-        except Exception as err:  # offline, proxy, certificate...: one clear line
-            raise ValueError(f"could not download ImageNet weights from {url} ({type(err).__name__}); "
-                             f"download the file elsewhere and pass its path as --pretrained PATH") from None
-        source = url
-    else:
-        try:
-            state = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as err:  # missing file, not a torch file, pickled objects, ...: one line
-            raise ValueError(f"cannot read pretrained weights {spec} (not a PyTorch weights file? "
-                             f"{type(err).__name__}: {err})".splitlines()[0]) from None
-        source = spec
-    try:
-        encoder_module.load_state_dict(state, strict=True)
-    except (RuntimeError, AttributeError, TypeError) as err:
-        first = str(err).splitlines()[1:2] or [str(err)]
-        raise ValueError(f"{source} is not a torchvision ResNet-{encoder_module.num_layers} state dict: "
-                         f"{first[0].strip()}") from None
-
-
-# ---- A faster weight gradient for 3x3 convs on small maps (CPU) ----
-# On CPU, PyTorch's (oneDNN) backward of a 3x3 conv with many channels on a tiny map is slow for the
-# weight gradient: ResNet layer4 of the 64x208 default (512 -> 512 channels on 2x7 maps, batch 8)
-# spends several times its forward pass there on a 2-core CPU. The gradient is one sum of products:
-#     dL/dW[o, c, i, j] = sum over images b and output pixels (y, x) of
-#                         grad_out[b, o, y, x] * x_padded[b, c, y*stride + i, x*stride + j],
-# i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
-# product computes in less than half the time there. The forward pass and the input gradient stay
-# PyTorch's. Used where it measured faster or even (`python 02_unet.py --bench_small_map_convs`,
-# docs/benchmarks.md): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
-# over the batch (layer3 and layer4 of ResNet-18 at 64x208); beyond that, or with fewer output
-# channels, it was slower.
-SMALL_MAP_MAX_PIXELS = 2048
-SMALL_MAP_MIN_CHANNELS = 256
-
-
-def conv3x3_weight_grad(x, grad_out, stride, padding):
-    """dL/dW [O, C, 3, 3] of a 3x3 conv from its input x [B, C, H, W] and grad_out [B, O, Ho, Wo],
-    as one matrix product over the 9 shifted views of the zero-padded input (taps in (i, j, c)
-    order, so the result comes out in the channels-last weight layout without a copy)."""
-    B, C = x.shape[:2]
-    Ho, Wo = grad_out.shape[2:]
-    (sy, sx), (py, px) = stride, padding
-    padded = F.pad(x, (px, px, py, py)).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
-    taps = [padded[:, i:i + (Ho - 1) * sy + 1:sy, j:j + (Wo - 1) * sx + 1:sx] for i in range(3) for j in range(3)]
-    patches = torch.stack(taps, dim=3).reshape(B * Ho * Wo, 9 * C)  # [B*L, (i, j, c)]
-    grad_rows = grad_out.permute(0, 2, 3, 1).reshape(B * Ho * Wo, -1)  # [B*L, O]
-    return (grad_rows.t() @ patches).view(-1, 3, 3, C).permute(0, 3, 1, 2)  # [O, C, 3, 3]
-
-
-class _SmallMapConv(torch.autograd.Function):
-    """F.conv2d whose backward takes the weight gradient from conv3x3_weight_grad."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
-        return F.conv2d(x, weight, bias, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0), 1,
-                (True, False, False))[0]
-        if ctx.needs_input_grad[1]:
-            grad_w = conv3x3_weight_grad(x, grad_out, ctx.stride, ctx.padding)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
-
-
-class SmallMapConv2d(nn.Conv2d):
-    """An nn.Conv2d (same parameters, same state dict) that uses _SmallMapConv where it is faster."""
-
-    def forward(self, x):
-        B, _, H, W = x.shape
-        out_pixels = B * ((H + 2 * self.padding[0] - 3) // self.stride[0] + 1) * (
-            (W + 2 * self.padding[1] - 3) // self.stride[1] + 1)
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu") and out_pixels <= SMALL_MAP_MAX_PIXELS):
-            return _SmallMapConv.apply(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
-
-
-def use_small_map_convs(net):
-    """Turn every plain 3x3 conv of `net` with >= 256 input and output channels into a SmallMapConv2d,
-    in place (only the class changes: parameters, names and hooks stay); returns how many were turned."""
-    count = 0
-    for module in net.modules():
-        if (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.dilation == (1, 1)
-                and module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
-                and min(module.in_channels, module.out_channels) >= SMALL_MAP_MIN_CHANNELS):
-            module.__class__ = SmallMapConv2d
-            count += 1
-    return count
-
-
-# (batch, in channels, out channels, height, width, stride) of the benchmark: ResNet-18 layer4 and
-# layer3 of the 64x208 default, layer4 of the 128x416 preset, R50's 3x3 layer4 conv at 640x192 (batch
-# 2 and 16), and a 16x52 map above the pixel limit.
-SMALL_MAP_BENCH_SHAPES = ((8, 512, 512, 2, 7, 1), (8, 256, 512, 4, 13, 2), (8, 256, 256, 4, 13, 1),
-                          (8, 512, 512, 4, 13, 1), (2, 512, 512, 6, 20, 1), (16, 512, 512, 6, 20, 1),
-                          (8, 256, 256, 16, 52, 1))
-
-
-def small_map_bench(shapes=SMALL_MAP_BENCH_SHAPES, rounds=24, warmup=4):
-    """Forward+backward ms of one 3x3 conv (NHWC, float32, CPU) per shape, F.conv2d against
-    _SmallMapConv (whatever the pixel limit), the two taking turns; medians after `warmup` rounds.
-    Yields rows (shape, output pixels over the batch, ms F.conv2d, ms _SmallMapConv)."""
-    fmt = torch.channels_last
-    for B, cin, cout, H, W, stride in shapes:
-        weight = nn.Conv2d(cin, cout, 3, bias=False).weight.detach().to(memory_format=fmt).requires_grad_()
-        x = torch.randn(B, cin, H, W).contiguous(memory_format=fmt).requires_grad_()
-        plain = lambda: F.conv2d(x, weight, None, stride, 1)  # noqa: E731
-        fast = lambda: _SmallMapConv.apply(x, weight, None, (stride, stride), (1, 1))  # noqa: E731
-        grad = torch.randn_like(plain())
-        times = {plain: [], fast: []}
-        for r in range(warmup + rounds):
-            for conv in (plain, fast) if r % 2 else (fast, plain):
-                start = time.perf_counter()
-                conv().backward(grad)
-                if r >= warmup:
-                    times[conv].append(1000 * (time.perf_counter() - start))
-        yield ((B, cin, cout, H, W, stride), B * grad.shape[2] * grad.shape[3],
-               statistics.median(times[plain]), statistics.median(times[fast]))
-
-
 @dataclass
 class UNetDemoConfig:
-    """What `python 02_unet.py` does: print the feature shapes of one random image (or, with
-    --bench_small_map_convs, time SmallMapConv2d against PyTorch's conv backward)."""
+    """What `python 02_unet.py` does: print the feature shapes of one random image."""
     num_layers: int = 50  # ResNet depth: 18, 34 or 50
     num_features: int = 256  # decoder width nf (released models: 256)
     model_dim: int = 32  # E, channels of S0
     height: int = 192  # input height (multiple of 32)
     width: int = 640  # input width (multiple of 32)
     pretrained: str = ""  # "" (random), "imagenet" (download) or a torchvision .pth path
-    bench_small_map_convs: bool = False  # time 3x3 conv forward+backward with and without SmallMapConv2d
 
 
 def main(argv=None):
@@ -371,16 +219,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Print the shapes of the ResNet + U-Net features.")
     add_dataclass_flags(parser, UNetDemoConfig)
     cfg = UNetDemoConfig(**vars(parser.parse_args(argv)))
-    if cfg.bench_small_map_convs:
-        print(f"3x3 conv forward+backward, NHWC float32 CPU, {torch.get_num_threads()} threads, medians of 24 "
-              f"interleaved rounds\n{'B, C in, C out, H, W, stride':30s} {'pixels':>7s} {'PyTorch ms':>10s} "
-              f"{'SmallMap ms':>11s} {'ratio':>6s}")
-        for shape, pixels, plain, fast in small_map_bench():
-            print(f"{str(shape):30s} {pixels:7d} {plain:10.1f} {fast:11.1f} {fast / plain:6.2f}", flush=True)
-        return 0
     try:
         net = ResnetUNet(cfg.num_layers, cfg.num_features, cfg.model_dim).eval()
-        load_pretrained(net.encoder, cfg.pretrained or None)
+        load_pretrained(net.encoder, cfg.pretrained or None)  # helpers/imagenet_weights.py
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,18 +21,11 @@ where the official code would fail later or silently use fewer queries.
 Used by: 04_bins.DepthNet. Demo: `python 03_self_query.py [--checkpoint RUN/ckpt.pt]` saves a PNG
 of several cost-volume slices for a synthetic frame. Tests: tests/test_03_self_query.py.
 """
-import argparse
 import importlib
 import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-
-from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -130,25 +123,9 @@ class SelfQueryLayer(nn.Module):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# The demo (a U-Net + Self-Query Layer without 04, a synthetic frame, a trained checkpoint) and the
-# command line.
+# The demo: a U-Net + Self-Query Layer without 04 (its figure, the synthetic frame and the command
+# line: helpers/demo_figures.py).
 # ==============================================================================================
-@dataclass
-class CostVolumeDemoConfig:
-    """What `python 03_self_query.py` does: save cost-volume slices of a synthetic frame."""
-    checkpoint: str = ""  # optional trained checkpoint (06_train format); its model config is used
-    num_layers: int = 18  # ResNet depth of the untrained network (kitti-r18-640x192 preset)
-    num_features: int = 256  # U-Net width nf of the untrained network
-    model_dim: int = 32  # E of the untrained network
-    patch_size: int = 16  # p of the untrained network
-    num_queries: int = 120  # Q of the untrained network
-    height: int = 192  # network input height (taken from the checkpoint when given)
-    width: int = 640  # network input width (taken from the checkpoint when given)
-    num_slices: int = 6  # how many cost-volume slices (queries) to show
-    out: str = "runs/demo_03_cost_volume.png"  # output figure
-    seed: int = 0  # seed of the synthetic world and of the untrained weights
-
-
 class CostVolumeNet(nn.Module):
     """U-Net (02) + Self-Query Layer (03): image -> self-cost volume, for the demo.
 
@@ -167,84 +144,11 @@ class CostVolumeNet(nn.Module):
         return V
 
 
-def synthetic_frame(height, width, seed=0):
-    """One synthetic RGB frame [1, 3, height, width] in [0, 1] (synthetic_world, read by 01_data) and its
-    thin-structure mask."""
-    from helpers import split_lists  # the synthetic world's test list
-    data = importlib.import_module("01_data")
-    from helpers import synthetic_world
-    from PIL import Image
-    with tempfile.TemporaryDirectory() as tmp:
-        root = synthetic_world.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
-        folder, frame, side = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=root))[0]
-        sample = data.KittiRaw(root, [(folder, frame, side)], height, width, frame_ids=(0,))[0]
-        mask_path = synthetic_world.synthetic_thin_mask_path(root, folder, frame)
-        mask = np.asarray(Image.open(mask_path)) > 0  # [H_r, W_r]
-    return data.image_to_float(sample["color"][0]).unsqueeze(0), mask  # [1, 3, H, W] in [0, 1]
-
-
-def load_trained(path):
-    """(CostVolumeNet, height, width) from a 06_train checkpoint; ValueError with the path if unusable."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model_cfg = ckpt["config"]["model"]
-        if model_cfg.get("queries", "self") == "none":
-            raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
-        net = CostVolumeNet(**model_cfg)
-        wanted = {k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))}
-        net.load_state_dict(wanted)
-        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
-    except ValueError:
-        raise
-    except Exception as err:  # missing file, not a checkpoint, a state dict that does not fit: one line
-        raise ValueError(f"cannot load checkpoint {path} ({type(err).__name__}: {err})".splitlines()[0]) from None
-
-
 def main(argv=None):
-    """Command line generated from CostVolumeDemoConfig; returns the exit status (2 = bad input)."""
-    parser = argparse.ArgumentParser(description="Save cost-volume slices of a synthetic frame.")
-    add_dataclass_flags(parser, CostVolumeDemoConfig)
-    cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    torch.manual_seed(cfg.seed)
-    try:
-        untrained = CostVolumeNet(cfg.num_layers, cfg.num_features, cfg.model_dim, cfg.patch_size,
-                                  cfg.num_queries)
-        nets = [("untrained", untrained, cfg.height, cfg.width)]
-        if cfg.checkpoint:
-            net, h, w = load_trained(cfg.checkpoint)
-            nets.append(("trained", net, h, w))
-        for _, net, h, w in nets:
-            net.sql.check_size(h // 2, w // 2)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    rows = []
-    for name, net, h, w in nets:
-        img, _ = synthetic_frame(h, w, cfg.seed)
-        with torch.no_grad():
-            V = net.eval()(img)[0]  # [Q, h/2, w/2]
-        picks = np.linspace(0, V.shape[0] - 1, cfg.num_slices).round().astype(int)
-        print(f"{name}: image {tuple(img.shape)} -> cost volume {tuple(V.shape)}, "
-              f"values in [{V.min():.1f}, {V.max():.1f}]")
-        rows.append((name, img[0].permute(1, 2, 0).numpy(), [(q, V[q].numpy()) for q in picks]))
-    fig, axes = plt.subplots(len(rows), cfg.num_slices + 1, figsize=(3 * (cfg.num_slices + 1), 1.4 * len(rows)),
-                             squeeze=False)
-    for r, (name, rgb, slices) in enumerate(rows):
-        axes[r, 0].imshow(rgb)
-        axes[r, 0].set_title(f"{name} input", fontsize=8)
-        for c, (q, v) in enumerate(slices, start=1):
-            axes[r, c].imshow(v, cmap="magma")  # each slice normalised on its own range
-            axes[r, c].set_title(f"query {q}", fontsize=8)
-    for ax in axes.ravel():
-        ax.axis("off")
-    fig.tight_layout()
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(cfg.out, dpi=100)
-    print(f"saved {cfg.out}")
-    return 0
+    """The demo: cost-volume slices V[q] of a synthetic frame, untrained and (with --checkpoint) trained;
+    helpers/demo_figures.py draws them with this file's CostVolumeNet. Returns the exit status."""
+    from helpers import demo_figures
+    return demo_figures.main(argv, CostVolumeNet)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ Diagnostics (is the self-query layer used as intended?): `query_similarity` (1 =
 queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holding 99% of P), and
 `internals_stats(net, images)`, all three at once for logging.
 
-Below the engineering banner: conversion of the official encoder.pth + depth.pth
-(github.com/hisfog/SfMNeXt-Impl) into our state dict, loading our checkpoints, and the demo. Run
+Below the engineering banner: loading our checkpoints, and the demo (the official encoder.pth +
+depth.pth of github.com/hisfog/SfMNeXt-Impl become our state dict in helpers/official_weights.py). Run
 `python 04_bins.py` for the demo figure (bin centres and per-pixel bin probabilities); the speed
 table of the presets (parameters, MACs, inference and training step) is helpers/benchmark.py's.
 Tests: tests/test_04_bins.py.
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import run_folder                    # checkpoints: NaN/Inf weights are refused
 from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -180,7 +180,7 @@ class DepthNet(nn.Module):
             elif cfg.bins == "adabins":
                 self.bins_mlp = _mlp([E, 256, 256, D])  # AdaBins' regressor on the first token
             self.to_logits = nn.Conv2d(Q, D, 1)  # official convert_to_prob.0
-        unet.load_pretrained(self.unet.encoder, cfg.pretrained)
+        load_pretrained(self.unet.encoder, cfg.pretrained)
 
     def forward(self, img, return_extras=False):
         return self.depth_from_features(self.unet(img), return_extras)
@@ -313,90 +313,13 @@ def internals_stats(depth_net, images):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Official checkpoint conversion, loading our checkpoints, the demo and the command line (the speed
-# table moved to helpers/benchmark.py).
+# Loading our checkpoints, the demo and the command line (the official weights' conversion is
+# helpers/official_weights.py, the speed table helpers/benchmark.py).
 # ==============================================================================================
-# ---- Official checkpoints ----
-# Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
-# Lite_Depth_Decoder_QueryTr) -> our prefix.
-OFFICIAL_PREFIXES = [
-    ("encoder.encoder.", "unet.encoder."), ("decoder.", "unet.decoder."),
-    ("embedding_convPxP.", "sql.patch_embed."), ("positional_encodings", "sql.pos_encoding"),
-    ("transformer_encoder.", "sql.transformer."), ("conv3x3.", "sql.fine_conv."),
-    ("bins_regressor.", "bins_mlp."), ("convert_to_prob.0.", "to_logits."),
-]
-
-
-def _tensors(sd):
-    """Only the tensors of a state dict, with DataParallel's "module." prefix removed."""
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items() if torch.is_tensor(v)}
-
-
-def official_metadata(encoder_sd):
-    """The training size and stereo flag saved in an official encoder.pth (None where absent)."""
-    return {k: encoder_sd.get(k) for k in ("height", "width", "use_stereo")}
-
-
-def config_from_official(encoder_sd, depth_sd):
-    """Infer the DepthNetConfig of an official encoder.pth + depth.pth pair from its tensor shapes."""
-    enc, dep = _tensors(encoder_sd), _tensors(depth_sd)
-    needed = ["encoder.encoder.layer1.0.conv1.weight", "decoder.conv2.weight", "decoder.conv3.weight"]
-    needed_d = ["embedding_convPxP.weight", "convert_to_prob.0.weight", "bins_regressor.0.weight",
-                "transformer_encoder.layers.0.linear1.weight"]
-    missing = [k for k in needed if k not in enc] + [k for k in needed_d if k not in dep]
-    if missing:
-        raise ValueError(f"not an official SQLDepth encoder.pth/depth.pth pair: missing {missing}")
-    bottleneck = "encoder.encoder.layer1.0.conv3.weight" in enc
-    n3 = len({k.split(".")[3] for k in enc if k.startswith("encoder.encoder.layer3.")})
-    num_layers = {(True, 6): 50, (False, 6): 34, (False, 2): 18}.get((bottleneck, n3))
-    n_tr = len({k.split(".")[2] for k in dep if k.startswith("transformer_encoder.layers.")})
-    if num_layers is None or n_tr != 4:
-        raise ValueError(f"unsupported official model: ResNet layer3 has {n3} blocks (bottleneck={bottleneck}), "
-                         f"{n_tr} transformer layers (we support ResNet-18/34/50 and 4 layers)")
-    D, Q = dep["convert_to_prob.0.weight"].shape[:2]
-    E = dep["embedding_convPxP.weight"].shape[0]
-    cfg = DepthNetConfig(num_layers=num_layers, num_features=enc["decoder.conv2.weight"].shape[0],
-                         model_dim=E, patch_size=dep["embedding_convPxP.weight"].shape[-1], num_queries=Q,
-                         num_bins=D, dim_feedforward=dep["transformer_encoder.layers.0.linear1.weight"].shape[0])
-    if dep["bins_regressor.0.weight"].shape[1] != Q * E:  # min/max depth are not stored: KITTI's 0.001/80
-        raise ValueError(f"bins_regressor.0 takes {dep['bins_regressor.0.weight'].shape[1]} inputs, "
-                         f"expected Q*E={Q * E}")
-    return cfg
-
-
-def convert_official_checkpoint(encoder_sd, depth_sd):
-    """Official encoder.pth + depth.pth state dicts -> a DepthNet state dict (checked strictly).
-
-    Raises ValueError listing missing / unexpected / mis-shaped keys. Use with
-    `DepthNet(config_from_official(e, d)).load_state_dict(convert_official_checkpoint(e, d))`.
-    """
-    cfg = config_from_official(encoder_sd, depth_sd)
-    out, unexpected = {}, []
-    for key, value in {**_tensors(encoder_sd), **_tensors(depth_sd)}.items():
-        for old, new in OFFICIAL_PREFIXES:
-            if key.startswith(old):
-                out[new + key[len(old):]] = value
-                break
-        else:
-            unexpected.append(key)
-    with torch.device("meta"):  # shapes only, no memory, no init cost
-        expected = {k: v.shape for k, v in DepthNet(cfg).state_dict().items()}
-    for k in expected:  # checkpoints from PyTorch < 0.4.1 have no BN counters: harmless, start at 0
-        if k.endswith("num_batches_tracked") and k not in out:
-            out[k] = torch.zeros((), dtype=torch.long)
-    missing = [k for k in expected if k not in out]
-    unexpected += [k for k in out if k not in expected]
-    shapes = [f"{k} {tuple(out[k].shape)}!={tuple(s)}" for k, s in expected.items() if k in out and out[k].shape != s]
-    if missing or unexpected or shapes:
-        raise ValueError(f"official checkpoint does not match DepthNet({cfg}): missing {missing[:8]}, "
-                         f"unexpected {unexpected[:8]}, wrong shapes {shapes[:8]}")
-    return out
-
-
 # ---- Our checkpoints, the demo and the command line ----
 @dataclass
 class BinsDemoConfig:
-    """What `python 04_bins.py` does: the demo figure (the speed table moved to helpers/benchmark.py)."""
+    """What `python 04_bins.py` does: the demo figure."""
     preset: str = ""  # the untrained network's preset (default: kitti-r18-640x192)
     checkpoint: str = ""  # a trained 06_train checkpoint to show instead of an untrained network
     out: str = "runs/demo_04_bins.png"  # demo figure
@@ -439,9 +362,7 @@ def load_checkpoint(path):
 
 def run_demo(cfg):
     """Figure: the per-image bin centres and the bin probabilities of three pixels of a synthetic frame."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from helpers import demo_figures  # a rendered synthetic frame, the figure
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
         net, config = load_checkpoint(cfg.checkpoint)
@@ -451,42 +372,18 @@ def run_demo(cfg):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
-    img, thin = self_query.synthetic_frame(h, w, cfg.seed)
+    img, thin = demo_figures.synthetic_frame(h, w, cfg.seed)
     with torch.no_grad():
         out = net.eval()(img, return_extras=True)
     if "probs" not in out:
         raise ValueError("this model has no bins (queries='none'): nothing to plot")
-    P, c = out["probs"][0], out["bin_centers"][0]  # [D, h/2, w/2], [D]
-    ph, pw = P.shape[-2:]
-    pixels = {"near road": (ph - 3, pw // 2), "far (image centre)": (int(ph * 0.4), pw // 2)}
-    if thin is not None and thin.any():
-        ys, xs = np.nonzero(thin)
-        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])  # a thin-structure pixel at full size
-        pixels["thin pole"] = (min(y * ph // thin.shape[0], ph - 1), min(x * pw // thin.shape[1], pw - 1))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 3.5))
-    axes[0].imshow(img[0].permute(1, 2, 0).numpy())
-    for label, (y, x) in pixels.items():
-        axes[0].plot(2 * x, 2 * y, "o", label=label)
-        axes[2].plot(c.numpy(), P[:, y, x].numpy(), ".-", label=f"{label}: {out['depth'][0, 0, y, x]:.1f} m")
-    axes[0].legend(fontsize=7)
-    axes[1].stem(c.numpy(), np.ones(len(c)), markerfmt=" ", basefmt=" ")
-    axes[1].set(xlabel="bin centre (m)", title=f"{len(c)} bin centres of this image", yticks=[])
-    axes[2].set(xlabel="bin centre (m)", ylabel="probability", title="per-pixel bin probabilities")
-    axes[2].legend(fontsize=7)
-    axes[0].axis("off")
-    fig.tight_layout()
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(cfg.out, dpi=100)
+    c = out["bin_centers"][0]  # [D]
+    demo_figures.save_bins_figure(img, thin, out, Path(cfg.out))
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")
 
 
 def main(argv=None):
     """Command line generated from BinsDemoConfig; returns the exit status (2 = bad input, one line)."""
-    given = sys.argv[1:] if argv is None else argv
-    if any(a.split("=")[0] == "--bench" for a in given):
-        print("error: --bench moved out of 04_bins.py to helpers/benchmark.py (python -m helpers.benchmark --preset "
-              "kitti-r50-640x192)", file=sys.stderr)
-        return 2
     parser = argparse.ArgumentParser(description="Bins demo figure: bin centres and per-pixel probabilities.")
     add_dataclass_flags(parser, BinsDemoConfig)
     cfg = BinsDemoConfig(**vars(parser.parse_args(argv)))

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
 from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
+from helpers import small_map_convs                  # a faster CPU backward of big 3x3 convs
 from helpers import training_cli                     # the command line, presets, --resume
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
@@ -177,9 +178,9 @@ def build_networks(cfg, device, load_pretrained=True):
     pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
     pose_net = (posenet_loss.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
                 else posenet_loss.PoseResNet(18, pose_pretrained))
-    if cfg.small_map_convs:  # the same gradients, faster on CPU (02_unet.SmallMapConv2d; unused on GPU)
+    if cfg.small_map_convs:  # the same gradients, faster on CPU (helpers/small_map_convs.py; unused on GPU)
         for net in (depth_net, pose_net):
-            unet.use_small_map_convs(net)
+            small_map_convs.use_small_map_convs(net)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
     return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)

@@ -11,7 +11,7 @@ measured and what was tried to make them faster):
       01_data.KittiRaw training samples per second with 0, 1 and 2 DataLoader workers, against the
       bound of the same loader that only decodes and resizes the frames
 
-Per convolution: `python 02_unet.py --bench_small_map_convs`; a whole training step split into its
+Per convolution: `python -m helpers.small_map_convs`; a whole training step split into its
 parts: `python 06_train.py --profile 20`. Tests: tests/test_benchmark.py.
 """
 import argparse
@@ -29,6 +29,7 @@ import torch.nn as nn
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
 from helpers.cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (helpers/cpu_memory.py)
 from helpers.fused_adam import make_adam               # Adam, fused where it can be (helpers/fused_adam.py)
+from helpers.small_map_convs import use_small_map_convs  # a faster CPU backward of big 3x3 convs
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -80,12 +81,12 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
     train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
     faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
     where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
-    is False; on CPU the big 3x3 convs on small maps take 02_unet's matmul weight gradient (as
+    is False; on CPU the big 3x3 convs on small maps take the matmul weight gradient (as
     06_train.py) unless small_map_convs is False."""
     torch.manual_seed(0)
     model = bins.DepthNet(bins.PRESETS[preset]).to(device)
     if small_map_convs:
-        unet.use_small_map_convs(model)
+        use_small_map_convs(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     img = torch.rand(batch_size, 3, *size, device=device).contiguous(memory_format=fmt)

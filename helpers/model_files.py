@@ -3,7 +3,7 @@
 Serves 07_eval.py, helpers/predict.py and helpers/compare_runs.py: each turns a file into a DepthNet
 in eval mode. Our checkpoints (RUN/best.pt, RUN/ckpt.pt) rebuild the network from the config they
 store (04_bins.load_checkpoint); the official SQLDepth release (encoder.pth + depth.pth of
-github.com/hisfog/SfMNeXt-Impl) goes through 04_bins.convert_official_checkpoint. A file that is not
+github.com/hisfog/SfMNeXt-Impl) goes through helpers/official_weights.py. A file that is not
 what it should be is one DataError line naming it.
 Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from helpers import official_weights  # the released weights -> our state dict
 from helpers.cli import one_line  # errors as one line
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
@@ -57,8 +58,8 @@ def load_official(folder, device):
             raise data.DataError(f"{folder / name} is not a readable checkpoint ({one_line(err)})") from None
     encoder_sd, depth_sd = sds
     try:
-        state_dict = bins.convert_official_checkpoint(encoder_sd, depth_sd)
-        model_cfg = bins.config_from_official(encoder_sd, depth_sd)
+        state_dict = official_weights.convert_official_checkpoint(encoder_sd, depth_sd)
+        model_cfg = official_weights.config_from_official(encoder_sd, depth_sd)
     except (KeyError, ValueError, RuntimeError) as err:
         raise data.DataError(f"{folder} does not hold an official SQLDepth checkpoint: {one_line(err)}") from None
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),

@@ -225,7 +225,6 @@ def test_read_split_formats_and_bad_line(tmp_path):
 def test_hsv_round_trip_matches_colorsys():
     """rgb_to_hsv agrees with the standard library's colorsys; hsv_to_rgb inverts it; the
     branch-free shift_hue equals the HSV round trip with the hue moved, for any turn."""
-    data = _data()
     rgb = np.random.default_rng(0).random((1, 3, 7, 5)).astype(np.float32)
     rgb[0, :, 0, 0] = 0.5  # a grey pixel (hue undefined -> 0)
     rgb[0, :, 1] = np.array([[0.2, 0.2, 0.6], [0.6, 0.6, 0.2], [0.6, 0.2, 0.6], [0.6, 0.6, 0.6], [0.0, 0.0, 0.0]]).T
@@ -247,7 +246,6 @@ def test_color_jitter_against_pixel_formulas(b, c, s, h):
     """Brightness, contrast (to the frame's mean grey), saturation (to the pixel's grey) and hue, in
     that order, against colorsys pixel by pixel; each frame of a stack uses its own mean grey.
     Factors above and below 1 (the clamps are skipped where a factor <= 1 cannot leave [0, 1])."""
-    data = _data()
     img = np.random.default_rng(1).random((2, 3, 4, 4)).astype(np.float32)
     out = jitter.color_jitter(torch.from_numpy(img), b, c, s, h)
     grey = lambda t: 0.299 * t[0:1] + 0.587 * t[1:2] + 0.114 * t[2:3]  # noqa: E731

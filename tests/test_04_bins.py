@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from helpers import official_weights
 from test_02_unet import torchvision_resnet_shapes
 
 SMALL = dict(num_layers=18, num_features=64, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
@@ -311,10 +312,10 @@ def test_official_conversion_round_trip_and_same_depth():
     enc_shapes, dep_shapes = official_shapes(18, 64, 16, 4, 6, 10, 32)
     enc, dep = random_state(enc_shapes, 0), random_state(dep_shapes, 1)
     enc.update(height=192, width=640, use_stereo=True)
-    cfg = bins.config_from_official(enc, dep)
+    cfg = official_weights.config_from_official(enc, dep)
     assert cfg == bins.DepthNetConfig(18, 64, 16, 4, 6, 10, 32)
-    assert bins.official_metadata(enc) == {"height": 192, "width": 640, "use_stereo": True}
-    sd = bins.convert_official_checkpoint(enc, {"module." + k: v for k, v in dep.items()})
+    assert official_weights.official_metadata(enc) == {"height": 192, "width": 640, "use_stereo": True}
+    sd = official_weights.convert_official_checkpoint(enc, {"module." + k: v for k, v in dep.items()})
     net = bins.DepthNet(cfg).eval()
     net.load_state_dict(sd, strict=True)
     ours = net.state_dict()
@@ -330,9 +331,9 @@ def test_official_conversion_round_trip_and_same_depth():
         torch.testing.assert_close(net.depth_from_features(s0), official_head(dep, s0, 6, 0.001, 80.0),
                                    atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="decoder.extra.weight"):
-        bins.convert_official_checkpoint({**enc, "decoder.extra.weight": torch.zeros(1)}, dep)
+        official_weights.convert_official_checkpoint({**enc, "decoder.extra.weight": torch.zeros(1)}, dep)
     with pytest.raises(ValueError, match="missing"):
-        bins.convert_official_checkpoint({k: v for k, v in enc.items() if "conv3" not in k}, dep)
+        official_weights.convert_official_checkpoint({k: v for k, v in enc.items() if "conv3" not in k}, dep)
 
 
 @pytest.mark.parametrize("name", ["kitti-r18-640x192", "kitti-r50-640x192"])
@@ -345,16 +346,14 @@ def test_config_inferred_from_official_shapes_is_the_preset(name):
     enc = {k: torch.zeros(s, dtype=torch.long if k.endswith("tracked") else torch.float32)
            for k, s in enc_shapes.items()}
     dep = {k: torch.zeros(s) for k, s in dep_shapes.items()}
-    assert bins.config_from_official(enc, dep) == c
-    assert len(bins.convert_official_checkpoint(enc, dep)) == len(enc) + len(dep)
+    assert official_weights.config_from_official(enc, dep) == c
+    assert len(official_weights.convert_official_checkpoint(enc, dep)) == len(enc) + len(dep)
 
 
 def test_demo_figure_and_cli_errors(tmp_path):
-    """`python 04_bins.py` writes the bins figure; an unknown preset is one `error:` line, exit 2, and so is
-    --bench, which says where the benchmark went."""
+    """`python 04_bins.py` writes the bins figure; an unknown preset is one `error:` line, exit 2."""
     bins = bins_module()
     assert bins.main(["--preset", "nope"]) == 2
-    assert bins.main(["--bench", "--preset", "kitti-r18-640x192"]) == 2
     try:
         importlib.import_module("helpers.synthetic_world").make_synthetic_kitti
     except (ModuleNotFoundError, AttributeError):

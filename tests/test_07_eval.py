@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, depth_figures, eval_tables, model_files
+from helpers import cli, depth_figures, eval_tables, model_files, official_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16)
@@ -308,12 +308,11 @@ def test_velodyne_ground_truth_path_with_a_custom_split_file(tmp_path, tiny_worl
 
 def test_official_checkpoint_path(tmp_path, tiny_world, capsys):
     """A fake official encoder.pth/depth.pth (our tiny net's weights under the official key names, with
-    height/width/use_stereo metadata) loads through 04's converter and predicts exactly like the net."""
-    bins = importlib.import_module("04_bins")
+    height/width/use_stereo metadata) loads through helpers/official_weights.py and predicts exactly like the net."""
     net = _tiny_checkpoint(tmp_path / "unused.pt").eval()
     encoder_sd, depth_sd = {"height": 64, "width": 208, "use_stereo": True}, {}
     for key, value in net.state_dict().items():
-        official, ours = next((o, n) for o, n in bins.OFFICIAL_PREFIXES if key.startswith(n))
+        official, ours = next((o, n) for o, n in official_weights.OFFICIAL_PREFIXES if key.startswith(n))
         target = encoder_sd if official.startswith(("encoder.", "decoder.")) else depth_sd
         target[official + key[len(ours):]] = value
     official_dir = tmp_path / "official"

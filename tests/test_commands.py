@@ -1,0 +1,112 @@
+"""Every command line shown in README.md and docs/ still works: its script or module answers --help,
+and every flag the command uses is one that script accepts.
+
+A moved or renamed module, or a flag that was renamed or removed, would otherwise leave a dead
+command in the documentation that no other test runs. The commands are read from the Markdown text
+itself (fenced blocks and inline code): `python X.py ...`, `python -m helpers.X ...`, `torchrun ...
+X.py ...`, `time python ...`. pip and pytest lines and inline Python programs (`python - <<EOF`) are
+not the project's commands and are left out.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = re.compile(r"(?:^|[\s`(])((?:time\s+)?(?:python3?|torchrun)\s[^`\n]*)")
+NOT_OURS = {"pip", "pytest"}  # `python -m pip ...`, `python -m pytest ...`
+
+
+def _logical_lines(text):
+    """The text's lines with shell continuations (a trailing backslash) joined."""
+    return text.replace("\\\n", " ").splitlines()
+
+
+def documented_commands():
+    """[(file name, command)] of every project command in the README and docs/ (comments cut off)."""
+    found = []
+    for doc in DOCS:
+        for line in _logical_lines(doc.read_text()):
+            for match in COMMAND.finditer(line):
+                for part in re.split(r"\s&&\s|\s&\s|;\s", match.group(1)):
+                    command = part.split(" #")[0].strip().rstrip("&").strip()
+                    if command:
+                        found.append((doc.name, command))
+    return found
+
+
+def target_and_flags(command):
+    """(target, flags): target is ("script", "06_train.py") or ("module", "helpers.predict"), or None
+    for a command that is not the project's; flags are the --options given after the target."""
+    tokens = [t.strip("[]()") for t in command.split()]
+    while tokens and tokens[0] in ("time", "python", "python3"):
+        tokens.pop(0)
+    if tokens and tokens[0] == "torchrun":
+        tokens = [t for t in tokens[1:] if not t.startswith("--nproc")]
+    if not tokens or tokens[0] == "-":
+        return None, []
+    if tokens[0] == "-m":
+        if len(tokens) < 2 or tokens[1].split(".")[0] in NOT_OURS:
+            return None, []
+        target, rest = ("module", tokens[1]), tokens[2:]
+    elif tokens[0].endswith(".py") and not tokens[0].startswith("NN_"):   # NN_name.py: a placeholder
+        # mine/NN_name.py is a learner's copy of the step (tests/make_exercises.py): the same flags
+        target, rest = ("script", tokens[0].removeprefix("mine/")), tokens[1:]
+    else:
+        return None, []
+    flags = sorted({t.split("=")[0] for t in rest if re.fullmatch(r"--[a-z][a-z0-9_-]*(=.*)?", t)})
+    return target, flags
+
+
+def _targets():
+    """{target: {flag: [where it is documented]}} over every documented command."""
+    targets = {}
+    for doc, command in documented_commands():
+        target, flags = target_and_flags(command)
+        if target is not None:
+            seen = targets.setdefault(target, {})
+            for flag in flags:
+                seen.setdefault(flag, []).append(f"{doc}: {command}")
+    return targets
+
+
+TARGETS = _targets()
+
+
+def test_the_docs_show_commands_of_every_kind():
+    """The reader finds the seven steps and the helpers' commands (a guard against a parser that
+    silently reads nothing)."""
+    scripts = {name for kind, name in TARGETS if kind == "script"}
+    modules = {name for kind, name in TARGETS if kind == "module"}
+    assert {"06_train.py", "07_eval.py"} <= scripts
+    assert {"helpers.compare_runs", "helpers.predict", "helpers.benchmark", "helpers.synthetic_world"} <= modules
+
+
+def test_commands_are_read_with_their_flags():
+    """The reader of the Markdown: continuation lines joined, comments and pip/pytest lines left out."""
+    assert target_and_flags("python 06_train.py --run_dir runs/a --no-use_stereo --seed=3") == \
+        (("script", "06_train.py"), ["--no-use_stereo", "--run_dir", "--seed"])
+    assert target_and_flags("time python -m helpers.predict --images DIR [--ply]") == \
+        (("module", "helpers.predict"), ["--images", "--ply"])
+    assert target_and_flags("torchrun --nproc_per_node=2 06_train.py --data kitti")[1] == ["--data"]
+    assert target_and_flags("python -m pytest -q") == (None, [])
+    assert target_and_flags("python mine/03_self_query.py")[0] == ("script", "03_self_query.py")
+    assert target_and_flags("python - runs/a <<'EOF'") == (None, [])
+    assert _logical_lines("python a.py --x \\\n  --y\nnext") == ["python a.py --x    --y", "next"]
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS), ids=lambda t: t[1])
+def test_documented_command_answers_help_and_knows_its_flags(target):
+    """`--help` of the documented script or module exits 0, and every flag the docs give it is in its help."""
+    kind, name = target
+    argv = [sys.executable, name] if kind == "script" else [sys.executable, "-m", name]
+    if kind == "script":
+        assert (ROOT / name).is_file(), f"documented script {name} does not exist"
+    done = subprocess.run(argv + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(argv[1:])} --help failed: {done.stderr.strip()[-400:]}"
+    known = set(re.findall(r"--[a-z][a-z0-9_-]*", done.stdout))
+    unknown = {flag: where for flag, where in TARGETS[target].items() if flag not in known}
+    assert not unknown, f"{name} has no flag " + "; ".join(f"{f} (in {w[0]})" for f, w in unknown.items())
