@@ -314,9 +314,10 @@ def amp_on(cfg, device):
 # ---- The loop ----
 def fit(trainer, stop):
     """The training loop of a Trainer (set up below the engineering banner) until its total_steps, a
-    signal or a dead DataLoader worker (stop.signum) or a non-finite loss; returns the exit code. Each step: a batch, the
-    learning-rate warm-up, train_step, one host read of the loss terms (runtime.step_outcome), the
-    log line; at epoch ends StepLR and a validation with checkpoints (trainer.save)."""
+    signal or a dead DataLoader worker (stop.signum) or a non-finite loss; returns the exit code.
+    Each step: a batch, the learning-rate warm-up, train_step, one host read of the loss terms
+    (runtime.step_outcome), the log line; at epoch ends StepLR and a validation with checkpoints
+    (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
     if info.main:   # one training per run folder: a second one is refused (run_folder.py)
         trainer.lock = run_folder.lock_run_folder(trainer.run_dir)

@@ -435,7 +435,8 @@ def test_an_error_in_a_validation_batch_saves_the_training_first(tiny_world, tmp
 
     def corrupt_at_step_4(*args, **kwargs):
         if len(_rows(tmp_path / "r" / "log.csv")) == 4:
-            raise importlib.import_module("01_data").DataError(f"corrupt image {tmp_path / 'x.jpg'}: truncated")
+            data = importlib.import_module("01_data")
+            raise data.DataError(f"corrupt image {tmp_path / 'x.jpg'}: truncated")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(t, "validate", corrupt_at_step_4)
@@ -464,7 +465,8 @@ def test_sigterm_during_a_save_completes_it_and_trains_no_further(tiny_world, tm
     capsys.readouterr()
     assert run(tiny_world, tmp_path / "r", "--max_steps", "6", "--save_every", "2") == 128 + signal.SIGTERM
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == f"SIGTERM: saved {tmp_path / 'r' / 'ckpt.pt'} at step 2; continue with --resume {tmp_path / 'r'}"
+    run_dir = tmp_path / "r"
+    assert out[-1] == f"SIGTERM: saved {run_dir / 'ckpt.pt'} at step 2; continue with --resume {run_dir}"
     assert load(tmp_path / "r" / "ckpt.pt")["step"] == 2
     assert [int(row[0]) for row in _rows(tmp_path / "r" / "log.csv")] == [1, 2]
 
@@ -552,7 +554,7 @@ def test_a_split_dir_without_the_lists_names_the_path_before_the_download(tmp_pa
         assert code == 2
         err = error_lines(capsys)
         folder_given = tmp_path / ("empty" if given else "cache")
-        assert len(err) == 1 and err[0].startswith(
-            f"error: split file not found: {folder_given.resolve() / 'eigen_zhou' / 'train_files.txt'} ("), err
+        looked_for = folder_given.resolve() / "eigen_zhou" / "train_files.txt"
+        assert len(err) == 1 and err[0].startswith(f"error: split file not found: {looked_for} ("), err
         assert "http://127.0.0.1:9/splits/eigen_zhou/train_files.txt" in err[0]
         assert err[0].endswith("put eigen_zhou/train_files.txt there" if given else "pass --split_dir FOLDER")
