@@ -21,8 +21,9 @@ Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, en
 Tests: tests/test_06_train.py, tests/test_faults.py.
 
 Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss or weights, 4 a
-checkpoint could not be written (the previous one is intact), 130 / 143 stopped by SIGINT / SIGTERM
-(128 + the signal; a checkpoint was saved first), else 07_eval.py's code if the evaluation failed.
+checkpoint, log or figure could not be written (a full disk: the previous checkpoint is intact), 5 a
+DataLoader worker died (out of memory; a checkpoint was saved first), 130 / 143 stopped by SIGINT /
+SIGTERM (128 + the signal; a checkpoint was saved first), else 07_eval.py's code if the evaluation failed.
 """
 import errno
 import importlib
@@ -318,9 +319,10 @@ def amp_on(cfg, device):
 # ---- The loop ----
 def fit(trainer, stop):
     """The training loop of a Trainer (set up below the engineering banner) until its total_steps, a
-    signal (stop.signum) or a non-finite loss; returns the exit code. Each step: a batch, the
-    learning-rate warm-up, train_step, one host read of the loss terms (runtime.step_outcome), the
-    log line; at epoch ends StepLR and a validation with checkpoints (trainer.save)."""
+    signal or a dead DataLoader worker (stop.signum) or a non-finite loss; returns the exit code.
+    Each step: a batch, the learning-rate warm-up, train_step, one host read of the loss terms
+    (runtime.step_outcome), the log line; at epoch ends StepLR and a validation with checkpoints
+    (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
     if info.main:   # one training per run folder: a second one is refused (helpers/run_folder.py)
         trainer.lock = run_folder.lock_run_folder(trainer.run_dir)
@@ -331,12 +333,12 @@ def fit(trainer, stop):
               f"{trainer.total_steps} | {trainer.device} | {trainer.run_dir}", flush=True)
     interval = dict(start=time.perf_counter(), data=0.0, steps=0)
     last_saved, data_iter = trainer.step, trainer.batches()
-    while trainer.step < trainer.total_steps:
+    while trainer.step < trainer.total_steps and not stop.signum:
         tick = time.perf_counter()
         try:
             b, batch = next(data_iter)
-        except Exception:
-            if stop.signum:                  # Ctrl-C also reaches the workers: they may be gone
+        except Exception as err:             # Ctrl-C also reaches the workers: they may be gone
+            if stop.signum or stop.worker_died(err):
                 break
             raise
         interval["data"] += time.perf_counter() - tick
@@ -365,8 +367,8 @@ def fit(trainer, stop):
         validate_now = epoch_end or (cfg.val_every and trainer.step % cfg.val_every == 0)
         if validate_now or (cfg.save_every and trainer.step % cfg.save_every == 0):
             paused = time.perf_counter()
-            try:
-                trainer.save(validate_too=validate_now)
+            try:   # a failed validation: the checkpoint without it (helpers/distributed_training.py)
+                runtime.save_or_stop(trainer.save, validate_now, stop)
             except run_folder.NonFinite as err:
                 return trainer.stop_nonfinite(str(err), last_saved)
             last_saved = trainer.step
@@ -374,14 +376,11 @@ def fit(trainer, stop):
     data_iter.close()
     try:
         if stop.signum or last_saved != trainer.step:
-            trainer.save(validate_too=not stop.signum)   # no validation when asked to stop
+            runtime.save_or_stop(trainer.save, not stop.signum, stop)   # no validation when asked to stop
     except run_folder.NonFinite as err:
         return trainer.stop_nonfinite(str(err), last_saved)
-    if stop.signum:
-        if info.main:
-            print(f"{signal.Signals(stop.signum).name}: saved {trainer.run_dir / 'ckpt.pt'} at step "
-                  f"{trainer.step}; continue with --resume {trainer.run_dir}", flush=True)
-        return 128 + stop.signum
+    if stop.signum:                          # a signal or a dead DataLoader worker: one line
+        return stop.report(trainer.run_dir, trainer.step, info.main)
     runtime.report_checksums(trainer.nets, info, trainer.device)
     return 0
 

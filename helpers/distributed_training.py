@@ -7,16 +7,21 @@ Not a reading step: nothing in it is SQLDepth. 06_train.py uses it:
                                        and tells the others whether it failed
   EpochBatches                         the batch order as a pure function of (seed, epoch), sharded
                                        over ranks, restartable mid-epoch: --resume continues exactly
-  StopRequest, run_until_stopped       SIGINT / SIGTERM: finish the step, save, exit; stop a child
+  StopRequest, run_until_stopped       SIGINT / SIGTERM, or a DataLoader worker gone (the kernel's
+                                       out-of-memory killer): finish the step, save, exit with one
+                                       line; stop a child
+  save_or_stop                         a checkpoint whose validation failed still keeps the training
   step_outcome                         the one host read per step: loss terms, NaN/Inf and signals
                                        agreed over all ranks on the device
   report_checksums, unwrap             the ranks' parameters agree; the module inside DDP
-Tests: tests/test_06_train.py (sampler, DDP with two gloo processes, signals, the NaN guard).
+Tests: tests/test_06_train.py (sampler, DDP with two gloo processes, signals, the NaN guard),
+tests/test_faults.py (a killed DataLoader worker, a failing validation, a signal during a save).
 """
 import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from helpers import run_folder         # the save's own errors
+from helpers.cli import one_line  # errors as one line
+
+# 06_train.py's exit code when a DataLoader worker died (its docstring lists them all).
+EXIT_WORKER_DIED = 5
+# StopRequest.signum of a dead worker: not a signal number, and above them all, so that step_outcome's
+# max over the processes stops every process for the worker's reason.
+WORKER_DIED = 256
 
 
 # ---- Processes and devices ----
@@ -145,14 +159,27 @@ class EpochBatches:
             yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
 
 
-# ---- Signals: finish the step, save, exit ----
+# ---- Signals and dead workers: finish the step, save, exit ----
+def is_worker_failure(err):
+    """Is err PyTorch's report of a DataLoader worker that died (killed by a signal, or exited)?"""
+    return isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker (pid")
+
+
 class StopRequest:
     """SIGINT/SIGTERM set `signum`: the loop finishes the step, saves and exits. Copies of the same
     signal within a second are ignored (`timeout`, torchrun and the terminal's process group each
-    deliver one); a later SIGINT raises KeyboardInterrupt at once (an impatient second Ctrl-C)."""
+    deliver one); a later SIGINT raises KeyboardInterrupt at once (an impatient second Ctrl-C).
 
-    def __init__(self):
-        self.signum, self.when = 0, 0.0
+    A DataLoader worker that dies (kill -9, as the kernel's out-of-memory killer does) sets `signum`
+    to WORKER_DIED (when watch_workers) and `worker_error` to PyTorch's line. PyTorch learns of it from
+    SIGCHLD, and its handler raises at whatever line the main thread is on: inside the optimizer
+    step (half the parameters updated) or torch.save. While installed, that check runs deferred: it
+    only records the death, and the loop stops at the end of the step, with a model it can save. The
+    loader itself raises at the next batch (it checks its workers every 5 s): worker_died(err)."""
+
+    def __init__(self, watch_workers=True):
+        self.signum, self.when, self.worker_error = 0, 0.0, ""
+        self.watch_workers = watch_workers
 
     def handle(self, signum, frame):
         now = time.monotonic()
@@ -161,23 +188,81 @@ class StopRequest:
         elif signum == signal.SIGINT and now - self.when > 1.0:
             raise KeyboardInterrupt
 
+    def worker_died(self, err):
+        """True (and the death recorded) when err says that a DataLoader worker died."""
+        if not is_worker_failure(err):
+            return False
+        self.worker_error = self.worker_error or one_line(err)
+        if self.watch_workers and not self.signum:   # a signal first: Ctrl-C also reached the workers
+            self.signum = WORKER_DIED
+        return True
+
+    def _check_workers(self, check, signum, frame):
+        try:
+            check(signum, frame)
+        except RuntimeError as err:
+            if not self.worker_died(err):
+                raise
+
     @contextmanager
     def installed(self):
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        if hasattr(signal, "SIGCHLD"):               # POSIX: PyTorch watches its workers by SIGCHLD
+            from torch.utils.data._utils import signal_handling
+            signal_handling._set_SIGCHLD_handler()   # PyTorch's check (once per process), to defer it
+            check = signal.getsignal(signal.SIGCHLD)
+            if callable(check):
+                old[signal.SIGCHLD] = signal.signal(
+                    signal.SIGCHLD, lambda signum, frame: self._check_workers(check, signum, frame))
         try:
             yield self
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def report(self, run_dir, step, main):
+        """After the checkpoint of `step` was saved: one line (rank 0) and the exit code, 128 + the
+        signal, or EXIT_WORKER_DIED."""
+        saved = f"saved {run_dir / 'ckpt.pt'} at step {step}"
+        if self.signum != WORKER_DIED:
+            if main:
+                print(f"{signal.Signals(self.signum).name}: {saved}; continue with --resume {run_dir}",
+                      flush=True)
+            return 128 + self.signum
+        if main:
+            what = (self.worker_error or "a DataLoader worker of another process died").rstrip(".")
+            print(f"error: {what}; {saved}; a killed worker is most often the out-of-memory killer's "
+                  f"doing: use fewer --num_workers, a smaller --cache_mb or more memory, then continue "
+                  f"with --resume {run_dir}", file=sys.stderr, flush=True)
+        return EXIT_WORKER_DIED
+
+
+def save_or_stop(save, validate_too, stop):
+    """save(validate_too), keeping the training when the validation fails: the checkpoint is then
+    saved without it (as when a signal stops the run at a validation step; the weights are those of
+    the step). A DataLoader worker gone during the validation stops the run as a signal does
+    (stop.signum); any other error (bad data in the val split, memory) is raised again after that
+    save. The save's own errors (a failed write, NaN weights) are raised as they come."""
+    try:
+        save(validate_too)
+    except (run_folder.SaveError, run_folder.NonFinite, OSError):
+        raise
+    except Exception as err:
+        if not validate_too:
+            raise
+        save(False)
+        if not stop.worker_died(err):
+            raise
+
 
 def run_until_stopped(cmd, cwd):
     """Run a child process to its end, or until SIGINT / SIGTERM reaches this one (then the child is
-    terminated). Returns (exit code, signal number or 0); the code is 128 + signal when stopped."""
-    stop = StopRequest()
+    terminated). Returns (exit code, signal number or 0); the code is 128 + signal when stopped. A
+    DataLoader worker of the finished training dying meanwhile is no reason to stop."""
+    stop = StopRequest(watch_workers=False)
     with stop.installed():
         child = subprocess.Popen(cmd, cwd=cwd)
         while child.poll() is None and not stop.signum:

@@ -10,7 +10,7 @@ log.csv, val.csv, curves.png) through it, and 04_bins.py / 07_eval.py read check
                     system's, so a crashed run never leaves it stuck
   rng_state         every RNG's state in types that torch.load(weights_only=True) accepts (exact resume)
   append_csv, read_csv, truncate_csv, save_plots   the logs and the curves figure
-Tests: tests/test_06_train.py and tests/test_run_folder.py.
+Tests: tests/test_06_train.py and tests/test_faults.py.
 """
 import csv
 import errno
@@ -177,14 +177,21 @@ def read_csv(path, columns=None):
 
 
 def truncate_csv(path, step):
-    """Drop the rows written after `step` (a resumed run rewrites them)."""
+    """Drop the rows written after `step` (a resumed run rewrites them) and a row that a full disk cut
+    short (fewer fields than the header). Written to a temporary file, then renamed: a full disk
+    here leaves the log as it was, not emptied."""
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    keep = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def format_time(seconds):

@@ -100,9 +100,12 @@ def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None,
         with urllib.request.urlopen(url, timeout=timeout) as response:
             payload = response.read()
     except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise data.DataError(f"cannot download {url} ({reason}); put {name}/{kind}_files.txt in a folder "
-                        f"and pass --split_dir FOLDER") from None
+        # what was looked for where first: a user who passed --split_dir wants to know it was read
+        looked = f"in --split_dir {split_dir}" if split_dir is not None else "in the download cache"
+        fix = (f"put {name}/{kind}_files.txt there" if split_dir is not None else
+               f"put {name}/{kind}_files.txt in a folder and pass --split_dir FOLDER")
+        raise data.DataError(f"split file not found: {path.resolve()} ({looked}), and it cannot be downloaded "
+                             f"from {url} ({getattr(err, 'reason', err)}): {fix}") from None
     got = hashlib.sha256(payload).hexdigest()
     if got != expected:
         raise data.DataError(f"downloaded {url} has SHA-256 {got}, expected {expected}")

@@ -1,7 +1,9 @@
 """Faults a long training run meets, each ending in one clear line or a clean recovery (README, "Reliability"):
 a diverging run (NaN weights) reaching the warp, a full disk while saving, a checkpoint holding
 NaN/Inf weights, a rank dying under torchrun, two trainings on one run folder, SIGTERM during the
-final evaluation, a run folder that cannot be written; and tools/gpu_check.sh without a GPU.
+final evaluation, a run folder that cannot be written, a killed DataLoader worker, an error in a
+validation batch, SIGTERM during a save, a full disk at log.csv or the curves, a --split_dir
+without the lists; and tools/gpu_check.sh without a GPU.
 
 Everything runs the tiny model of tests/test_06_train.py on the session's tiny synthetic world.
 What could crash the interpreter itself (a segfault) runs in a subprocess.
@@ -333,3 +335,226 @@ def test_gpu_check_says_there_is_no_gpu_and_exits_0(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "gpu_check: no CUDA device on this machine: nothing to check (exit 0)"
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ 7. a DataLoader worker killed
+_KILL_WORKER = r"""
+import importlib, os, signal, sys
+sys.path.insert(0, os.getcwd())
+t = importlib.import_module("06_train")
+where, at = sys.argv[1], int(sys.argv[2])
+trainers, calls = [], []
+
+
+def kill(loader):
+    # the loader's own worker (its persistent iterator), dead before the step goes on: waitid
+    # without reaping it, so that PyTorch still sees how it died
+    pid = loader._iterator._workers[0].pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    print(f"killed {pid}", flush=True)
+
+
+real_init, real_step, real_validate = t.Trainer.__init__, t.train_step, t.validate
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    trainers.append(self)
+def train_step(*args, **kwargs):   # in the middle of step `at`, before the optimizer step
+    calls.append(1)
+    if where == "train" and len(calls) == at:
+        kill(trainers[0].train_loader)
+    return real_step(*args, **kwargs)
+def validate(depth_net, pose_net, loader, *args, **kwargs):
+    if where == "val" and trainers[0].step == at:
+        iter(loader)               # starts the (persistent) val workers
+        kill(loader)
+    return real_validate(depth_net, pose_net, loader, *args, **kwargs)
+t.Trainer.__init__, t.train_step, t.validate = init, train_step, validate
+sys.exit(t.main(sys.argv[3:]))
+"""
+
+
+WORKER_FLAGS = ["--num_workers", "1", "--val_every", "2", "--max_steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_world, tmp_path_factory):
+    """An uninterrupted 4-step run with one DataLoader worker per loader (the resume oracle)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    assert run(tiny_world, run_dir, *WORKER_FLAGS) == 0
+    torch.set_num_threads(before)
+    return run_dir
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "waitid"), reason="needs POSIX")
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_a_killed_dataloader_worker_is_one_line_exit_5_and_the_run_resumes_exactly(tiny_world, tmp_path,
+                                                                                   whole_run, where):
+    """kill -9 of a real DataLoader worker (num_workers 1), as the out-of-memory killer does: of the
+    train loader in the middle of step 3 (PyTorch's SIGCHLD check used to raise there, inside the
+    step: a traceback), or of the val loader as the validation of step 2 starts. Exit 5, one `error:`
+    line naming the worker and --resume; ckpt.pt holds that step (saved without the failed
+    validation); resumed, the run's log.csv equals an uninterrupted run's (the oracle: the step was
+    not left half-done)."""
+    killed = tmp_path / "killed"
+    at = 3 if where == "train" else 2
+    done = subprocess.run([sys.executable, "-c", _KILL_WORKER, where, str(at), *TINY, *WORKER_FLAGS,
+                           "--data_path", str(tiny_world), "--run_dir", str(killed)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 5, (done.returncode, done.stderr[-3000:])
+    pid = done.stdout.split("killed ")[1].split()[0]
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: DataLoader worker (pid") and pid in err[0], err
+    assert f"--resume {killed}" in err[0] and "--num_workers" in err[0]
+    assert load(killed / "ckpt.pt")["step"] == at
+    assert not any(int(row[0]) == at for row in _rows(killed / "val.csv"))
+    assert train().main(["--resume", str(killed)]) == 0
+    assert _losses(killed) == _losses(whole_run) and len(_losses(killed)) == 4
+
+
+def _rows(path):
+    """The data rows of a CSV log ([] when missing)."""
+    return [line.split(",") for line in path.read_text().splitlines()[1:]] if path.exists() else []
+
+
+def _losses(run_dir):
+    """(step, loss) of each log.csv row, as written (full precision)."""
+    return [(row[0], row[2]) for row in _rows(run_dir / "log.csv")]
+
+
+# ------------------------------------------------------------------ 8. a validation batch that fails
+def test_an_error_in_a_validation_batch_saves_the_training_first(tiny_world, tmp_path, monkeypatch, capsys):
+    """The validation of step 4 meets a corrupt val image (a DataError from inside the validation):
+    exit 2 with the error's one line, as for any bad data; the training up to step 4 is in ckpt.pt
+    (saved without that validation: val.csv and best.pt stay at step 2), so --resume loses nothing."""
+    t = train()
+    real = t.validate
+
+    def corrupt_at_step_4(*args, **kwargs):
+        if len(_rows(tmp_path / "r" / "log.csv")) == 4:
+            data = importlib.import_module("01_data")
+            raise data.DataError(f"corrupt image {tmp_path / 'x.jpg'}: truncated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(t, "validate", corrupt_at_step_4)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "6", "--val_every", "2") == 2
+    err = error_lines(capsys)
+    assert err == [f"error: corrupt image {tmp_path / 'x.jpg'}: truncated"], err
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 4 and load(tmp_path / "r" / "best.pt")["step"] == 2
+    assert [int(row[0]) for row in _rows(tmp_path / "r" / "val.csv")] == [2]
+
+
+# ------------------------------------------------------------------ 9. a signal during a save
+def test_sigterm_during_a_save_completes_it_and_trains_no_further(tiny_world, tmp_path, monkeypatch, capsys):
+    """SIGTERM arriving while torch.save writes ckpt.pt at step 2 (save_every 2): the file is finished
+    (loadable, step 2), the run trains no further step and exits 143 with its one line."""
+    real_save = torch.save
+    sent = []
+
+    def save_then_signal(obj, f, *args, **kwargs):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_signal)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "6", "--save_every", "2") == 128 + signal.SIGTERM
+    out = capsys.readouterr().out.strip().splitlines()
+    run_dir = tmp_path / "r"
+    assert out[-1] == f"SIGTERM: saved {run_dir / 'ckpt.pt'} at step 2; continue with --resume {run_dir}"
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 2
+    assert [int(row[0]) for row in _rows(tmp_path / "r" / "log.csv")] == [1, 2]
+
+
+# ------------------------------------------------------------------ 10. a full disk while logging
+def test_a_full_disk_at_log_csv_or_the_curves_is_one_line_exit_4_and_resume_continues(tiny_world, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """No space left when the row of step 3 goes into log.csv (after the checkpoint of step 2; half a
+    row reaches the file), or when curves.png is written at the end: exit 4, one line naming the
+    file; the checkpoints written before are intact. Resumed with space again, the run ends with the
+    rows 1..4 once each (the torn row dropped)."""
+    folder_module = folder()
+    real_append = folder_module.append_csv
+
+    def full_at_step_3(path, columns, row):
+        if path.name == "log.csv" and row["step"] == 3:
+            with open(path, "a") as f:
+                f.write("3,0,0.18")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_append(path, columns, row)
+
+    monkeypatch.setattr(folder_module, "append_csv", full_at_step_3)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "r", "--max_steps", "4", "--save_every", "2") == 4
+    err = error_lines(capsys)
+    assert len(err) == 1 and f"{tmp_path / 'r' / 'log.csv'}" in err[0] and "No space left" in err[0], err
+    assert load(tmp_path / "r" / "ckpt.pt")["step"] == 2
+    monkeypatch.setattr(folder_module, "append_csv", real_append)
+    assert train().main(["--resume", str(tmp_path / "r")]) == 0
+    assert [int(row[0]) for row in _rows(tmp_path / "r" / "log.csv")] == [1, 2, 3, 4]
+
+    import matplotlib.figure
+
+    def full_disk(self, fname, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "c", "--max_steps", "2") == 4
+    err = error_lines(capsys)
+    assert len(err) == 1 and f"{tmp_path / 'c' / 'curves.png'}" in err[0] and "No space left" in err[0], err
+    assert load(tmp_path / "c" / "ckpt.pt")["step"] == 2 and load(tmp_path / "c" / "best.pt")["step"] == 2
+
+
+def test_truncating_a_log_on_a_full_disk_keeps_it(tmp_path, monkeypatch):
+    """truncate_csv (at --resume) that cannot write its new log leaves the old one byte for byte (it
+    used to be emptied first); with space it keeps the rows up to the step, minus a torn row."""
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n4")
+    before = log.read_bytes()
+    real_open = open
+
+    def full(file, mode="r", *args, **kwargs):   # the file is created, nothing fits in it
+        if "w" in mode:
+            real_open(file, mode).close()
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(OSError):
+        folder().truncate_csv(log, 3)
+    monkeypatch.setattr("builtins.open", real_open)
+    assert log.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+    folder().truncate_csv(log, 2)
+    assert log.read_text().splitlines() == ["step,loss", "1,0.5", "2,0.4"]
+    log.write_text("step,loss\n1,0.5\n2")
+    folder().truncate_csv(log, 5)
+    assert log.read_text().splitlines() == ["step,loss", "1,0.5"]
+
+
+# ------------------------------------------------------------------ 11. a --split_dir without the lists
+def test_a_split_dir_without_the_lists_names_the_path_before_the_download(tmp_path, monkeypatch, capsys):
+    """--split_dir EMPTY offline: one line that names the exact list path looked for and the folder
+    given, then the failed download; the advice is to put the list there (not to pass --split_dir,
+    which was passed). Without --split_dir, the cache path and the advice to pass it."""
+    data = importlib.import_module("01_data")
+    monkeypatch.setattr(data, "SPLIT_URL_BASE", "http://127.0.0.1:9/splits")   # nothing listens: offline
+    monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    for given in (True, False):
+        flags = ["--split_dir", str(tmp_path / "empty")] if given else []
+        code = train().main(["--data", "kitti", "--data_path", str(tmp_path / "empty"), "--run_dir",
+                             str(tmp_path / "r"), *flags])
+        assert code == 2
+        err = error_lines(capsys)
+        folder_given = tmp_path / ("empty" if given else "cache")
+        looked_for = folder_given.resolve() / "eigen_zhou" / "train_files.txt"
+        assert len(err) == 1 and err[0].startswith(f"error: split file not found: {looked_for} ("), err
+        assert "http://127.0.0.1:9/splits/eigen_zhou/train_files.txt" in err[0]
+        assert err[0].endswith("put eigen_zhou/train_files.txt there" if given else "pass --split_dir FOLDER")
