@@ -235,7 +235,7 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     poses with posenet_loss.predict_poses(pose_net, inputs, loss_cfg, depth=depth) ({fid: [B, 4, 4]}),
     the loss dict with posenet_loss.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim),
     back-propagate its "loss" (a scalar) and take one optimizer step. Return the loss dict's
-    entries named in STEP_TERMS (the three loss terms and 05's health numbers) as detached 0-d
+    entries named in STEP_TERMS (the three loss terms and the loss's health numbers) as detached 0-d
     tensors, not floats: float() makes the host wait for the GPU, and the loop reads them all at
     once, after the step. Only the depth network runs under
     torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
@@ -268,8 +268,8 @@ STEP_TERMS = LOSS_TERMS + training_health.HEALTH_TERMS   # what train_step retur
 @torch.no_grad()
 def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, true_motion=None):
     """(mean self-supervised loss over the val split (all ranks' shards), {diagnostic: float}): the
-    self-query diagnostics of 04_bins.stats_from_extras on this rank's first val batch, 05's health
-    numbers averaged over the split, "motion_ratio" (05's motion_vs_truth; NaN without ground
+    self-query diagnostics of 04_bins.stats_from_extras on this rank's first val batch, the loss's health
+    numbers averaged over the split, "motion_ratio" (training_health.motion_vs_truth; NaN without ground
     truth: true_motion [N, S] metres per val sample, and depth_gt in the batches). Eval mode, and a
     forked RNG seeded with cfg.seed: the auto-mask noise is the same at every validation and the
     training RNG stream is untouched (so validating or not never changes the training run)."""
