@@ -43,6 +43,7 @@ import profiling                         # --profile (profiling.py)
 import run_folder                        # checkpoints, the run folder's lock, logs (run_folder.py)
 import training_cli                      # the command line, presets, --resume (training_cli.py)
 import training_data                     # the world, split lists, loaders (training_data.py)
+import weights_init                      # --init_from, --pose_init (weights_init.py)
 from cli import one_line                 # errors as one line (cli.py)
 from cpu_memory import tune_cpu_memory   # page faults (cpu_memory.py)
 from fused_adam import make_adam         # Adam, fused where it can be (fused_adam.py)
@@ -116,6 +117,9 @@ class TrainConfig:
     run_dir: str = ""               # output folder; "" = runs/<preset>-<date-time> next to this file
     resume: str = ""                # a run folder to continue from its ckpt.pt
     no_eval: bool = False           # skip the final 07_eval.py run (synthetic data only)
+    init_from: str = ""             # depth net from weights: our checkpoint, or official encoder+depth.pth
+    pose_init: str = ""             # pose net from weights: our checkpoint, or the official pose.pth
+    keep_epochs: bool = False       # also keep each epoch's weights as RUN/epoch_NNN.pt (for 07_eval.py)
     profile: int = 0                # run N timed steps, print throughput and time split, write nothing
 
 
@@ -133,6 +137,13 @@ def _kitti_preset(name, height, width):
     return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
                 lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
                 save_every=2000, smoothness_weight=1e-3)
+
+
+def _released_ms(name, height, width, **model):
+    """A released MS model's recipe: its set-up with the stereo source and the pose lr / 10."""
+    base = _kitti_preset(name, height, width)
+    return {**base, "preset": f"{name}-ms", "use_stereo": True, "pose_lr_scale": 0.1,
+            "model": {**base["model"], **model}}
 
 
 PRESETS = {
@@ -154,6 +165,10 @@ PRESETS = {
     "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),
     "kitti-r50-1024x320": lambda: _kitti_preset("kitti-r50-1024x320", 320, 1024),
     "kitti-r18-640x192": lambda: _kitti_preset("kitti-r18-640x192", 192, 640),
+    # The released MS models, as their official argument files differ from the set-ups above:
+    # stereo, pose lr / 10 (--diff_lr), and min_depth 0.01 at 1024x320 (docs/kitti.md, "The released recipe").
+    "kitti-r50-640x192-ms": lambda: _released_ms("kitti-r50-640x192", 192, 640),
+    "kitti-r50-1024x320-ms": lambda: _released_ms("kitti-r50-1024x320", 320, 1024, min_depth=0.01),
 }
 
 
@@ -410,7 +425,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
         # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
         self.depth_net, self.pose_net = runtime.main_rank_first(
-            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
+            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None and not cfg.init_from))
+        if ckpt is None:                         # a resumed run has its weights in the checkpoint
+            self.cfg = cfg = weights_init.start_networks(cfg, self.depth_net, self.pose_net, info.main)
         self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
@@ -457,6 +474,8 @@ class Trainer:
             return
         state = self.state()
         run_folder.save_checkpoint(state, self.run_dir / "ckpt.pt")
+        if self.cfg.keep_epochs:                 # RUN/epoch_NNN.pt at each epoch's end, weights only
+            run_folder.keep_epoch_weights(state, self.run_dir)
         if improved or not (self.run_dir / "best.pt").exists():
             run_folder.save_checkpoint(state, self.run_dir / "best.pt")
         if validate_too:

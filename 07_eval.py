@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import checkpoint_sweep  # --checkpoint 'RUN/epoch_*.pt': every kept epoch in one table (checkpoint_sweep.py)
 from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -497,7 +498,7 @@ def save_internals_figure(model, image, path, num_slices=4):
 @dataclass
 class EvalConfig:
     """What `python 07_eval.py` does: evaluate a checkpoint (ours or the released one) on a test split."""
-    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
+    checkpoint: str = ""  # our checkpoint (RUN/best.pt), or a glob of several ('RUN/epoch_*.pt': one table)
     official: str = ""  # or a folder with the released official encoder.pth + depth.pth
     data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
     data_path: str = ""  # dataset root; "" = the checkpoint's data_path
@@ -544,7 +545,8 @@ def evaluate(model, config, cfg, device):
     print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
           f"{', post-processed' if cfg.post_process else ''}")
     if config.get("use_stereo") and not cfg.eval_stereo:
-        print("   hint: this model was trained with stereo; --eval_stereo scores it at metric scale (x5.4)")
+        print("   note: trained with stereo; the paper's MS rows are median-scaled as here (the official --eval_mono); "
+              "--eval_stereo scores metric depth (x5.4)")
     median, scale = scaling(cfg)
     print("   stereo evaluation: x5.4, no median scaling" if cfg.eval_stereo else "   mono evaluation: median scaling")
     preds, images = run_network(model, test_loader(cfg, lines, height, width), cfg, device,
@@ -612,6 +614,9 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
+        if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table (checkpoint_sweep.py)
+            checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
+            return 0
         if cfg.checkpoint:
             model, config = load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent
