@@ -5,7 +5,7 @@ protocol of Monodepth2 that SQLDepth reuses (paper Sec. 4, implementation detail
 frame triplets (I-1, I0, I+1) from 01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two
 camera motions from the pose network and the photometric loss of 05_posenet_loss, minimised with
 Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in this order:
-`TrainConfig` and `PRESETS` (the CPU default and the three KITTI set-ups of the released models),
+`TrainConfig` and `PRESETS` (the CPU default and the KITTI set-ups of the released models),
 `build_networks`, `make_optimizer`, `loss_config`, `train_step` (Exercise 6.1), `validate` (the
 validation loss, the self-query diagnostics, the health numbers that tell a collapsed run) and
 `fit` (the loop). Below the engineering banner: the Trainer that sets a run up and writes RUN/
