@@ -5,7 +5,7 @@ protocol of Monodepth2 that SQLDepth reuses (paper Sec. 4, implementation detail
 frame triplets (I-1, I0, I+1) from 01_data.KittiRaw, depth of I0 from 04_bins.DepthNet, the two
 camera motions from the pose network and the photometric loss of 05_posenet_loss, minimised with
 Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in this order:
-`TrainConfig` and `PRESETS` (the CPU default and the three KITTI set-ups of the released models),
+`TrainConfig` and `PRESETS` (the CPU default and the KITTI set-ups of the released models),
 `build_networks`, `make_optimizer`, `loss_config`, `train_step` (Exercise 6.1), `validate` (the
 validation loss, the self-query diagnostics, the health numbers that tell a collapsed run) and
 `fit` (the loop). Below the engineering banner: the Trainer that sets a run up, the command line
@@ -48,6 +48,7 @@ from helpers import training_cli                     # the command line, presets
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
 from helpers import training_run                     # the Trainer's record: checkpoints, logs, resume
+from helpers import weights_init                     # --init_from, --pose_init
 from helpers.cli import one_line                     # errors as one line
 from helpers.cpu_memory import tune_cpu_memory       # page faults
 from helpers.fused_adam import make_adam             # Adam, fused where it can be
@@ -119,6 +120,9 @@ class TrainConfig:
     run_dir: str = ""               # output folder; "" = runs/<preset>-<date-time> next to this file
     resume: str = ""                # a run folder to continue from its ckpt.pt
     no_eval: bool = False           # skip the final 07_eval.py run (synthetic data only)
+    init_from: str = ""             # depth net from weights: our checkpoint, or official encoder+depth.pth
+    pose_init: str = ""             # pose net from weights: our checkpoint, or the official pose.pth
+    keep_epochs: bool = False       # also keep each epoch's weights as RUN/epoch_NNN.pt (for 07_eval.py)
     profile: int = 0                # run N timed steps, print throughput and time split, write nothing
 
 
@@ -136,6 +140,13 @@ def _kitti_preset(name, height, width):
     return dict(preset=name, data="kitti", height=height, width=width, batch_size=16, epochs=25,
                 lr=1e-4, lr_step=15, lr_gamma=0.1, model=model, num_workers=8, log_every=200,
                 save_every=2000, smoothness_weight=1e-3)
+
+
+def _released_ms(name, height, width, **model):
+    """A released MS model's recipe: its set-up with the stereo source and the pose lr / 10."""
+    base = _kitti_preset(name, height, width)
+    return {**base, "preset": f"{name}-ms", "use_stereo": True, "pose_lr_scale": 0.1,
+            "model": {**base["model"], **model}}
 
 
 PRESETS = {
@@ -159,6 +170,10 @@ PRESETS = {
     "kitti-r50-640x192": lambda: _kitti_preset("kitti-r50-640x192", 192, 640),
     "kitti-r50-1024x320": lambda: _kitti_preset("kitti-r50-1024x320", 320, 1024),
     "kitti-r18-640x192": lambda: _kitti_preset("kitti-r18-640x192", 192, 640),
+    # The released MS models, as their official argument files differ from the set-ups above:
+    # stereo, pose lr / 10 (--diff_lr), and min_depth 0.01 at 1024x320 (docs/kitti.md, "The released recipe").
+    "kitti-r50-640x192-ms": lambda: _released_ms("kitti-r50-640x192", 192, 640),
+    "kitti-r50-1024x320-ms": lambda: _released_ms("kitti-r50-1024x320", 320, 1024, min_depth=0.01),
 }
 
 
@@ -409,7 +424,9 @@ class Trainer(training_run.TrainingRun):
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
         # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
         self.depth_net, self.pose_net = runtime.main_rank_first(
-            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None))
+            info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None and not cfg.init_from))
+        if ckpt is None:                         # a resumed run has its weights in the checkpoint
+            self.cfg = cfg = weights_init.start_networks(cfg, self.depth_net, self.pose_net, info.main)
         self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf

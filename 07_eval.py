@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 # The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
+from helpers import checkpoint_sweep # --checkpoint 'RUN/epoch_*.pt': every kept epoch in one table
 from helpers import depth_figures    # --figures: predictions and the SQL internals
 from helpers import eval_tables      # the printed, CSV and markdown table, the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
@@ -297,7 +298,8 @@ def evaluate(model, config, cfg, device):
     print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
           f"{', post-processed' if cfg.post_process else ''}")
     if config.get("use_stereo") and not cfg.eval_stereo:
-        print("   hint: this model was trained with stereo; --eval_stereo scores it at metric scale (x5.4)")
+        print("   note: trained with stereo; the paper's MS rows are median-scaled as here (the official "
+              "--eval_mono); --eval_stereo scores metric depth (x5.4)")
     median, scale = scaling(cfg)
     print("   stereo evaluation: x5.4, no median scaling" if cfg.eval_stereo
           else "   mono evaluation: median scaling")
@@ -342,7 +344,7 @@ def evaluate(model, config, cfg, device):
 @dataclass
 class EvalConfig:
     """What `python 07_eval.py` does: evaluate a checkpoint (ours or the released one) on a test split."""
-    checkpoint: str = ""  # our checkpoint (RUN/best.pt or RUN/ckpt.pt)
+    checkpoint: str = ""  # our checkpoint (RUN/best.pt), or a glob of several ('RUN/epoch_*.pt': one table)
     official: str = ""  # or a folder with the released official encoder.pth + depth.pth
     data: str = ""  # "synthetic" or "kitti"; "" = the checkpoint's training data (kitti for --official)
     data_path: str = ""  # dataset root; "" = the checkpoint's data_path
@@ -405,6 +407,9 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
+        if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table
+            checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
+            return 0
         if cfg.checkpoint:
             model, config = model_files.load_model(cfg.checkpoint, device)
             source_dir = Path(cfg.checkpoint).parent

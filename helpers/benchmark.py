@@ -13,6 +13,11 @@ measured and what was tried to make them faster):
 
 Per convolution: `python -m helpers.small_map_convs`; a whole training step split into its
 parts: `python 06_train.py --profile 20`. Tests: tests/test_benchmark.py.
+
+  python -m helpers.benchmark --train_memory WORLD --batch_size N [--preset NAME]
+      per KITTI preset of 06_train.py: resident memory before and at the peak of one CPU training
+      step (06's networks, Adam, loss and train_step on the world's frames at the preset's size),
+      for planning a GPU run (docs/kitti.md, "Planning a GPU run")
 """
 import argparse
 import copy
@@ -146,6 +151,62 @@ def run_bench(cfg, device):
                   f"{inf:>12.1f} {fb:>10.1f} {tr:>13.1f} {faults:>16,.0f}", flush=True)
 
 
+# ---- Memory of one training step ----
+def resident_mb(field="VmHWM"):
+    """This process's resident memory in MB: VmRSS now, or VmHWM, its peak since the last
+    reset_peak_rss(); None off Linux."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith(field + ":"))
+
+
+def reset_peak_rss():
+    """Start the peak over from the current resident memory (Linux: write 5 to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def train_step_memory(preset, world, batch_size):
+    """(resident MB before, peak MB during) the first training step of a 06_train.py preset on CPU:
+    its networks, optimiser, loss and train_step, on a real batch of the world's frames resized to
+    the preset's input. The peak over "before" is the step's activations, gradients, Adam's two
+    moments and the CPU kernels' temporaries (the first step: later ones reuse freed memory)."""
+    train = importlib.import_module("06_train")
+    training_data = importlib.import_module("helpers.training_data")
+    cfg = train.preset_config(preset)
+    cfg = train.TrainConfig(**{**vars(cfg), "batch_size": batch_size, "model": {**cfg.model, "pretrained": None}})
+    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(world)))[:batch_size]
+    dataset = data.KittiRaw(str(world), lines, cfg.height, cfg.width, frame_ids=train.frame_ids(cfg), is_train=True)
+    batch = training_data.to_device(data.collate([dataset[i] for i in range(len(lines))]), torch.device("cpu"),
+                                    cfg.channels_last)
+    torch.manual_seed(0)
+    depth_net, pose_net = train.build_networks(cfg, torch.device("cpu"), load_pretrained=False)
+    optimizer = train.make_optimizer(cfg, depth_net, pose_net)
+    loss_cfg = train.loss_config(cfg)
+    ssim = importlib.import_module("05_posenet_loss").make_ssim(loss_cfg)
+    before = resident_mb("VmRSS")
+    reset_peak_rss()
+    train.train_step(depth_net, pose_net, batch, optimizer, loss_cfg, ssim)
+    return before, resident_mb()
+
+
+def run_memory(cfg):
+    """The memory table of --train_memory WORLD: one row per KITTI preset of 06_train.py."""
+    if resident_mb() is None:
+        raise ValueError("--train_memory reads /proc/self/status: Linux only")
+    world = Path(cfg.train_memory)
+    if not (world / data.SYNTH_MARKER).is_file():
+        raise data.DataError(f"--train_memory {world}: not a synthetic world (make one with helpers/synthetic_world.py)")
+    names = [cfg.preset] if cfg.preset else ["kitti-r18-640x192", "kitti-r50-640x192-ms", "kitti-r50-1024x320-ms"]
+    print(f"one training step on CPU, batch {cfg.batch_size}, threads {torch.get_num_threads()} (resident MB; "
+          f"an upper bound on a GPU's activations: CPU kernels keep extra temporaries)")
+    print(f"{'preset':22s} {'before step':>11s} {'peak in step':>12s} {'step adds':>10s}")
+    for name in names:
+        before, peak = train_step_memory(name, world, cfg.batch_size)
+        print(f"{name:22s} {before:>11,.0f} {peak:>12,.0f} {peak - before:>10,.0f}", flush=True)
+
+
 # ---- The data loader ----
 class DecodeOnly(torch.utils.data.Dataset):
     """The bare decode + resize work of a data.KittiRaw training sample: the same frame files, uint8, no more."""
@@ -208,6 +269,7 @@ class BenchConfig:
     batch_size: int = 2  # depth-network batch size
     iters: int = 3  # timed iterations after one warm-up (the median is reported)
     loader: str = ""  # a KITTI or synthetic data folder: time the loader instead of the network
+    train_memory: str = ""  # a synthetic world: peak memory of one CPU training step per KITTI preset instead
     height: int = 64  # loader: input height, the default run's (KITTI presets: 192)
     width: int = 208  # loader: input width (KITTI presets: 640); frames are resized to it
     samples: int = 400  # loader: samples per run (the first batch is not timed)
@@ -241,6 +303,9 @@ def main(argv=None):
     try:
         if cfg.loader:
             run_loader_bench(cfg)
+            return 0
+        if cfg.train_memory:
+            run_memory(cfg)
             return 0
         if cfg.device == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

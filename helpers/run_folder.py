@@ -6,6 +6,8 @@ log.csv, val.csv, curves.png) through it, and 04_bins.py / 07_eval.py read check
                     writing leaves the previous file as it was; a failed write is one SaveError line
   load_checkpoint   a checkpoint of 06_train.py, refused in one line when it is unreadable, not ours,
                     or holds NaN/Inf weights (a diverged run's, or a corrupted file)
+  keep_epoch_weights  RUN/epoch_NNN.pt at an epoch's end (--keep_epochs): the weights and config only,
+                    for 07_eval.py to score every epoch offline, as the official trainer's weights_N
   lock_run_folder   one training per run folder: a second one is refused; the lock is the operating
                     system's, so a crashed run never leaves it stuck
   rng_state         every RNG's state in types that torch.load(weights_only=True) accepts (exact resume)
@@ -76,6 +78,21 @@ def load_checkpoint(path):
     for part, name in (("model", "depth network"), ("pose", "pose network")):
         require_finite(ckpt[part], f"{path} ({name})")
     return ckpt
+
+
+EPOCH_KEYS = ("model", "pose", "config", "step", "epoch")
+
+
+def keep_epoch_weights(state, run_dir):
+    """RUN/epoch_NNN.pt (NNN = epochs done) from a checkpoint state taken at an epoch's end: the
+    networks, config and counters without the optimiser (a third of ckpt.pt with Adam's two moments).
+    Returns its path, or None when the state is not at an epoch's end (a --save_every save)."""
+    epoch = state["epoch"]
+    if epoch == 0 or state["step"] != epoch * state["steps_per_epoch"]:
+        return None
+    path = Path(run_dir) / f"epoch_{epoch:03d}.pt"
+    save_checkpoint({k: state[k] for k in EPOCH_KEYS}, path)
+    return path
 
 
 def require_finite(state_dict, what):

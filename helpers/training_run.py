@@ -79,6 +79,8 @@ class TrainingRun:
             return
         state = self.state()
         run_folder.save_checkpoint(state, self.run_dir / "ckpt.pt")
+        if self.cfg.keep_epochs:                 # RUN/epoch_NNN.pt at each epoch's end, weights only
+            run_folder.keep_epoch_weights(state, self.run_dir)
         if improved or not (self.run_dir / "best.pt").exists():
             run_folder.save_checkpoint(state, self.run_dir / "best.pt")
         if validate_too:

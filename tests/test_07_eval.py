@@ -361,3 +361,34 @@ def test_every_flag_has_help(capsys):
         assert " ".join(comment.split())[:30] in text, name
     cfg = e.parse_args(["--checkpoint", "x.pt", "--post-process", "--batch_size", "2"])
     assert (cfg.checkpoint, cfg.post_process, cfg.batch_size) == ("x.pt", True, 2)
+
+
+def test_kept_epochs_are_scored_in_one_table_with_a_caution(tmp_path, tiny_world, capsys):
+    """06_train.py --keep_epochs for two epochs leaves epoch_001.pt and epoch_002.pt (weights and config,
+    no optimiser: smaller than ckpt.pt); --checkpoint 'RUN/epoch_*.pt' prints one row per file in one
+    table, each row equal to that file's own single-checkpoint evaluation, under the caution that the
+    best row on the test split is selection on the test set; a pattern matching nothing is one line."""
+    run = tmp_path / "run"
+    code = importlib.import_module("06_train").main(
+        TINY_FLAGS + ["--data_path", str(tiny_world), "--run_dir", str(run), "--height", "64", "--width", "208",
+                      "--batch_size", "2", "--num_workers", "0", "--epochs", "2", "--keep_epochs", "--no_eval",
+                      "--dim_feedforward", "32", "--threads", "1"])
+    assert code == 0
+    kept = sorted(p.name for p in run.glob("epoch_*.pt"))
+    assert kept == ["epoch_001.pt", "epoch_002.pt"]
+    epoch = torch.load(run / "epoch_002.pt", weights_only=True)
+    assert set(epoch) == {"model", "pose", "config", "step", "epoch"} and epoch["epoch"] == 2
+    assert (run / "epoch_002.pt").stat().st_size < (run / "ckpt.pt").stat().st_size
+    capsys.readouterr()
+    code, out, err = _run_main(["--checkpoint", run / "epoch_*.pt", "--out", tmp_path / "all"], capsys)
+    assert code == 0, err
+    assert "CAUTION: choosing the best of these rows on the synthetic test split is selection on the test set" in out
+    rows = (tmp_path / "all" / "eval_synthetic_checkpoints.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == kept
+    for name, row in zip(kept, rows):
+        code, _, err = _run_main(["--checkpoint", run / name, "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        single = (tmp_path / name / "eval_synthetic.csv").read_text().splitlines()[1].split(",")
+        assert row.split(",")[1:] == single[1:]
+    code, _, err = _run_main(["--checkpoint", run / "weights_*.pt"], capsys)
+    assert code == 2 and err.strip().startswith("error: ") and "no checkpoint matches" in err

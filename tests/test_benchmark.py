@@ -1,6 +1,9 @@
 """Tests of helpers/benchmark.py: the depth-network and loader tables (no speed is asserted: measuring is the
 benchmark's job, and the figures are in docs/benchmarks.md)."""
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
@@ -67,3 +70,38 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
         assert b.main(argv + ["--no-tune_memory"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+
+
+
+MEMORY_PROBE = """
+import importlib, sys, torch
+torch.set_num_threads(1)
+b, train = importlib.import_module("helpers.benchmark"), importlib.import_module("06_train")
+tiny = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
+            dim_feedforward=32, pretrained=None)
+train.PRESETS["tiny"] = lambda: dict(model={**train.preset_config("synthetic-cpu").model, **tiny}, use_stereo=True)
+b.reset_peak_rss()
+start = b.resident_mb("VmRSS")
+buffer = torch.ones(16 << 20)   # 64 MB, written, then freed
+del buffer
+print(b.resident_mb() - start)
+before, peak = b.train_step_memory("tiny", sys.argv[1], batch_size=2)
+nets = train.build_networks(train.preset_config("tiny"), torch.device("cpu"), load_pretrained=False)
+print(peak - before, 3 * 4 * sum(p.numel() for net in nets for p in net.parameters()) / 2**20)
+"""
+
+
+def test_peak_memory_of_a_training_step_counts_at_least_its_gradients_and_adam(tiny_world):
+    """Linux, in a fresh process (as --train_memory is run: no memory freed earlier to reuse): the peak
+    after reset_peak_rss() sees a 64 MB buffer written and freed in between; the first training step
+    of a (tiny) 06_train.py preset adds at least what it must hold: one gradient and Adam's two
+    moments per parameter (3 x 4 bytes each, both networks)."""
+    if bench_module().resident_mb() is None:
+        return                                   # not Linux: --train_memory refuses with one line
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tiny_world)], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    buffer_mb, (step_mb, must_hold_mb) = proc.stdout.split("\n")[0], proc.stdout.split("\n")[1].split()
+    assert float(buffer_mb) >= 60
+    assert float(step_mb) >= float(must_hold_mb)

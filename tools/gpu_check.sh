@@ -8,6 +8,7 @@
 #   3. a synthetic world at KITTI's size (1242x375), rendered once
 #   4. 20 profiled training steps of kitti-r50-640x192 on it, without and with --amp
 #   5. 20 training steps under torchrun --nproc_per_node=1 (the NCCL process group)
+#   6. one step of kitti-r50-640x192-ms started from step 5's weights (--init_from + --pose_init)
 # Any failing step (a CUDA error included) stops the script with exit 1 and the end of its log.
 # On a machine without CUDA it says so and exits 0: CI runs that path (tests/test_faults.py).
 # Environment: PYTHON (default python), GPU_CHECK_STEP_LIMIT (seconds per step, default 600).
@@ -70,4 +71,9 @@ run_step torchrun_nccl "$PY" -m torch.distributed.run --nproc_per_node=1 --stand
     06_train.py --preset kitti-r50-640x192 --data synthetic --data_path "$WORLD" --pretrained none \
     --num_workers 8 --max_steps 20 --log_every 5 --no_eval --run_dir "$OUT/torchrun"
 note "torchrun: $(grep '^step' "$OUT/torchrun_nccl.log" | tail -n 1)"
+
+rm -rf "$OUT/init_from"
+run_step init_from "${TRAIN[@]}" --preset kitti-r50-640x192-ms --max_steps 1 --log_every 1 --no_eval \
+    --init_from "$OUT/torchrun/ckpt.pt" --pose_init "$OUT/torchrun/ckpt.pt" --run_dir "$OUT/init_from"
+note "init_from: $(grep '^init:' "$OUT/init_from.log" | tr '\n' ' ')"
 note "all GPU checks passed; logs in $OUT"
