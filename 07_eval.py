@@ -230,6 +230,13 @@ def split_lines(cfg, kind="test"):
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines
 
 
+def test_split(cfg):
+    """(lines, ground truth [H, W] per line, thin-structure masks [H, W] or None) of the evaluated split."""
+    lines = split_lines(cfg)
+    thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
+    return lines, load_ground_truth(cfg, lines), thin
+
+
 def load_ground_truth(cfg, lines):
     """List of [H, W] float32 GT depths for the lines: eigen from an .npz, others from pngs."""
     if cfg.split != "eigen":
@@ -291,10 +298,8 @@ def run_network(model, loader, cfg, device, keep_images=0, on_batch=None):
 def evaluate(model, config, cfg, device):
     """The whole evaluation: predictions, metrics table (+ baselines), CSV/markdown, figures."""
     height, width = int(config["height"]), int(config["width"])
-    lines = split_lines(cfg)
+    lines, gts, thin = test_split(cfg)
     warning = eval_tables.leakage_warning(config, lines, cfg.split)
-    gts = load_ground_truth(cfg, lines)
-    thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
     print(f"-> {len(lines)} {cfg.split} frames from {cfg.data_path}, network input {width}x{height}"
           f"{', post-processed' if cfg.post_process else ''}")
     if config.get("use_stereo") and not cfg.eval_stereo:
@@ -410,12 +415,7 @@ def main(argv=None):
         if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table
             checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
             return 0
-        if cfg.checkpoint:
-            model, config = model_files.load_model(cfg.checkpoint, device)
-            source_dir = Path(cfg.checkpoint).parent
-        else:
-            model, config = model_files.load_official(cfg.official, device)
-            source_dir = Path(cfg.official)
+        model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         defaults_from_checkpoint(config, cfg, source_dir)
         cfg.model_name = cfg.model_name or ("SQLDepth " + (Path(cfg.checkpoint).name if cfg.checkpoint else "official"))
         evaluate(model, config, cfg, device)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from helpers import eval_tables      # the table, the leakage warning
 from helpers import model_files      # checkpoints -> DepthNet
-from helpers import synthetic_world  # thin-structure masks
 
 CAUTION = ("CAUTION: choosing the best of these rows on the {split} test split is selection on the test set "
            "(an optimistic number): fix the epoch beforehand (e.g. the last, or the one the released recipe "
@@ -42,9 +41,7 @@ def evaluate_checkpoints(cfg, device, ev):
         model, config = model_files.load_model(path, device)
         if lines is None:                        # the data, split and output folder of the first
             ev.defaults_from_checkpoint(config, cfg, path.parent)
-            lines = ev.split_lines(cfg)
-            gts = ev.load_ground_truth(cfg, lines)
-            thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
+            lines, gts, thin = ev.test_split(cfg)
             print(f"-> {len(paths)} checkpoints on {len(lines)} {cfg.split} frames from {cfg.data_path}"
                   f"{', post-processed' if cfg.post_process else ''}"
                   f", {'stereo evaluation: x5.4' if cfg.eval_stereo else 'mono evaluation: median scaling'}")

@@ -327,12 +327,10 @@ def run_compare(options, device):
     first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
     evaluation.defaults_from_checkpoint(config, cfg, first.resolve().parent / "compare")  # the first run's data
-    lines = evaluation.split_lines(cfg)
-    gts = evaluation.load_ground_truth(cfg, lines)
-    thin = synthetic_world.load_thin_masks(cfg.data_path, lines) if cfg.split == "synthetic" else None
+    lines, gts, thin = evaluation.test_split(cfg)
     print(f"-> comparing {len(paths)} runs on {len(lines)} {cfg.split} frames from {cfg.data_path}"
           f"{', post-processed' if cfg.post_process else ''}; "
-          f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median evaluation.scaling'}")
+          f"{'stereo: x5.4' if cfg.eval_stereo else 'mono: median scaling'}")
     # The figure's frames: spread evenly over the split (neighbouring frames of a drive look alike).
     frames = sorted(set(np.linspace(0, len(lines) - 1, min(cfg.num_figure_frames, len(lines))).round().astype(int)))
     runs, configs, figure_preds, ranges = [], [], [], []

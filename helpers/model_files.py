@@ -65,3 +65,10 @@ def load_official(folder, device):
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
               "height": int(encoder_sd.get("height", 192)), "width": int(encoder_sd.get("width", 640))}
     return _build_and_load(config["model"], state_dict, folder, device), config
+
+
+def load_either(checkpoint, official, device):
+    """(model, config, the folder it came from) of --checkpoint FILE (ours) or --official DIR."""
+    if checkpoint:
+        return (*load_model(checkpoint, device), Path(checkpoint).parent)
+    return (*load_official(official, device), Path(official))

@@ -144,12 +144,7 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official) or not cfg.images:
             raise data.DataError("give --images and exactly one of --checkpoint FILE or --official DIR")
         device = evaluation.choose_device(cfg.device)
-        if cfg.checkpoint:
-            model, config = model_files.load_model(cfg.checkpoint, device)
-            source_dir = Path(cfg.checkpoint).parent
-        else:
-            model, config = model_files.load_official(cfg.official, device)
-            source_dir = Path(cfg.official)
+        model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         return run_predict(model, config, cfg, device, Path(cfg.out) if cfg.out else source_dir / "predict")
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

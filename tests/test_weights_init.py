@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from helpers import official_weights
+from test_06_train import TINY as TINY_FLAGS  # the tiny network and run of test_06_train
 
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
             dim_feedforward=32)
-TINY_FLAGS = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
-              "--num_queries", "8", "--num_bins", "16", "--dim_feedforward", "32", "--height", "64",
-              "--width", "208", "--batch_size", "2", "--num_workers", "0", "--log_every", "1", "--no_eval",
-              "--no-use_stereo"]
 
 
 def train():
