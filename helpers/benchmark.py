@@ -176,7 +176,7 @@ def train_step_memory(preset, world, batch_size):
     training_data = importlib.import_module("helpers.training_data")
     cfg = train.preset_config(preset)
     cfg = train.TrainConfig(**{**vars(cfg), "batch_size": batch_size, "model": {**cfg.model, "pretrained": None}})
-    lines = data.read_split(data.get_split_file("synthetic", "train", data_path=str(world)))[:batch_size]
+    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(world)))[:batch_size]
     dataset = data.KittiRaw(str(world), lines, cfg.height, cfg.width, frame_ids=train.frame_ids(cfg), is_train=True)
     batch = training_data.to_device(data.collate([dataset[i] for i in range(len(lines))]), torch.device("cpu"),
                                     cfg.channels_last)
