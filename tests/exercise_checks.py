@@ -75,7 +75,8 @@ def mismatch_message(got, want, what, hints, atol, rtol, names=None, where=None,
     lines = [f"{what}{index_text(first, names)}{_where_text(where, first)} is {_number(g[first])}, "
              f"expected {_number(w[first])}; {len(wrong)} of {g.size} values differ. "
              f"Check: {_hint_text(hints)}",
-             f"  |got - expected| = {abs(g[first] - w[first]):.3g} there; allowed: {atol:g} + {rtol:g} * |expected|"]
+             f"  |got - expected| = {abs(g[first] - w[first]):.3g} there; the test allows {atol:g} + {rtol:g} * "
+             f"|expected|{' (exclusive)' if strict else ''}"]
     if g.size <= SHOW_WHOLE:
         lines += [f"  got:      {_flat_text(g)}", f"  expected: {_flat_text(w)}"]
     return "\n".join(lines)

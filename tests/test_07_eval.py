@@ -95,8 +95,8 @@ def test_metrics_match_slow_loop_and_reject_wrong_formulas():
     what = "Exercise 7.2 compute_depth_errors"
     m, slow = ev().compute_depth_errors(gt, pred), _slow_metrics(gt.tolist(), pred.tolist())
     for k in slow:
-        assert m[k] == pytest.approx(slow[k], rel=1e-9), value_message(m[k], slow[k], f"{what} on 52 random depths: {k}",
-                                                                       METRIC_HINTS[k])
+        assert m[k] == pytest.approx(slow[k], rel=1e-9), value_message(
+            m[k], slow[k], f"{what} on 52 random depths: {k}", METRIC_HINTS[k])
     ratio = np.maximum(gt / pred, pred / gt)
     wrong = {"a1": ("the '<=' formula", np.mean(ratio <= 1.25)),  # the exact-1.25 pixel is excluded
              "rmse_log": ("the log10 formula", np.sqrt(np.mean((np.log10(gt) - np.log10(pred)) ** 2))),
