@@ -15,6 +15,7 @@ from PIL import Image
 from helpers import cli
 from helpers import color_jitter as jitter  # the colour augmentation maths (helpers/color_jitter.py)
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from exercise_checks import assert_allclose_explained, shape_message
 
 # The real KITTI 2011_09_26 calibration (the keys Monodepth2 reads, plus the non-numeric time).
 CAM_TO_CAM_2011_09_26 = """calib_time: 09-Jan-2012 13:57:47
@@ -82,42 +83,64 @@ def test_velo_to_image_matrix_is_the_documented_product(kitti_calib):
     assert size == (375, 1242)
     # A point 10 m straight ahead of the velodyne lands near the image centre, about 10 m deep.
     uv, depth = data.project_velo_to_image(np.array([[10.0, 0.0, 0.0, 0.5]]), P)
-    assert 550 < uv[0, 0] < 700 and 150 < uv[0, 1] < 250 and depth[0] == pytest.approx(10.0, abs=0.3)
+    assert 550 < uv[0, 0] < 700 and 150 < uv[0, 1] < 250 and depth[0] == pytest.approx(10.0, abs=0.3), (
+        f"Exercise 1.2 project_velo_to_image: a point 10 m ahead lands at (u, v) = ({uv[0, 0]:.6g}, "
+        f"{uv[0, 1]:.6g}) with depth {depth[0]:.6g}, expected u in (550, 700), v in (150, 250), depth "
+        f"about 10. Check: u and v divided by the third coordinate? uv = (column, row)? depth = the third "
+        f"coordinate, before any division?")
 
 
 def test_project_velo_to_image_hand_computed():
     """Exercise 1.2: (1, 2, 4) through [[100,0,50,0],[0,100,20,0],[0,0,1,0]] -> (75, 70), depth 4.
 
     The 4th input column is reflectance (0.3 here) and must be treated as homogeneous 1; a 4x4 P
-    gives the same answer as its 3x4 top; forgetting the division by depth gives (300, 280)."""
+    gives the same answer as its 3x4 top; forgetting the division by depth gives (305, 280)."""
     data = _data()
+    what = "Exercise 1.2 project_velo_to_image"
     P = np.array([[100.0, 0, 50, 5], [0, 100, 20, 0], [0, 0, 1, 0]])
     pts = np.array([[1.0, 2.0, 4.0, 0.3], [0.0, 0.0, 2.0, 0.9]])
     uv, depth = data.project_velo_to_image(pts, P)
-    np.testing.assert_allclose(uv, [[(100 + 200 + 5) / 4, 70.0], [(100 + 5) / 2, 20.0]])
-    np.testing.assert_allclose(depth, [4.0, 2.0])
+    which = lambda i: f"{'u, the column' if i[1] == 0 else 'v, the row'} of point {i[0]}"  # noqa: E731
+    assert_allclose_explained(uv, [[(100 + 200 + 5) / 4, 70.0], [(100 + 5) / 2, 20.0]], f"{what}: uv",
+                              "u and v divided by the third homogeneous coordinate (without it (1, 2, 4) "
+                              "lands at (305, 280))? the 4th column (reflectance) replaced by a 1? "
+                              "uv = (column, row), not (row, column)?", names=("point", "uv"), where=which)
+    assert_allclose_explained(depth, [4.0, 2.0], f"{what}: depth",
+                              "depth = the third coordinate of P[:3] @ (x, y, z, 1), not divided by itself, "
+                              "not the velodyne x?", names=("point",))
     P4 = np.vstack([P, [0, 0, 0, 1]])
     uv3, depth3 = data.project_velo_to_image(pts[:, :3], P4)
-    np.testing.assert_allclose(uv3, uv)
-    np.testing.assert_allclose(depth3, depth)
+    four_by_four = ("a 4x4 P and [N, 3] points must give what its top 3x4 rows give: use P[:3] only and "
+                    "append the homogeneous 1 to (x, y, z)?")
+    assert_allclose_explained(uv3, uv, f"{what}: uv with a 4x4 P", four_by_four, names=("point", "uv"), where=which)
+    assert_allclose_explained(depth3, depth, f"{what}: depth with a 4x4 P", four_by_four, names=("point",))
 
 
 def test_scale_K_with_size():
     """Exercise 1.1: fx = 0.58 W, fy = 1.92 H, cx = W/2, cy = H/2; the input is not modified."""
     data = _data()
+    what = "Exercise 1.1 scale_K"
     K_norm = data.normalised_K()
     before = K_norm.copy()
     K = data.scale_K(K_norm, 640, 192)
-    np.testing.assert_allclose(K, [[0.58 * 640, 0, 320, 0], [0, 1.92 * 192, 96, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
-                               rtol=1e-6)
-    np.testing.assert_array_equal(K_norm, before)
-    assert K.shape == (4, 4)
+    assert_allclose_explained(K, [[0.58 * 640, 0, 320, 0], [0, 1.92 * 192, 96, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                              f"{what}(K_norm, 640, 192)",
+                              "the first row (fx, cx) times the width 640 and the second (fy, cy) times the "
+                              "height 192, not swapped? the whole row, cx and cy included? rows 3 and 4 "
+                              "unchanged?", rtol=1e-6, names=("row", "col"))
+    assert_allclose_explained(K_norm, before, f"{what}: K_norm after the call",
+                              "scale a copy (np.array(K_norm, dtype=np.float32, copy=True)): the input must "
+                              "not change", rtol=0, names=("row", "col"))
+    assert K.shape == (4, 4), shape_message(K.shape, (4, 4), what, "return the whole [4, 4] matrix")
     # A point keeps its relative image position when the image size changes (width != height).
     X = np.array([1.0, -0.5, 7.0, 1.0])
     for w, h in [(416, 128), (1024, 320)]:
         p = data.scale_K(K_norm, w, h) @ X
-        np.testing.assert_allclose([p[0] / p[2] / w, p[1] / p[2] / h], [(0.58 + 0.5 * 7) / 7, (-0.96 + 3.5) / 7],
-                                   rtol=1e-6)
+        assert_allclose_explained([p[0] / p[2] / w, p[1] / p[2] / h], [(0.58 + 0.5 * 7) / 7, (-0.96 + 3.5) / 7],
+                                  f"{what}(K_norm, {w}, {h}): (u / width, v / height) of a 3-D point",
+                                  "a point keeps its place relative to the image size only if fx and cx scale "
+                                  "with the width and fy and cy with the height (width != height here)?",
+                                  rtol=1e-6, where=lambda i: "u / width" if i[0] == 0 else "v / height")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +195,9 @@ def test_velodyne_to_depth_matches_monodepth2_oracle(tmp_path, vel_depth):
     expected = _generate_depth_map_oracle(np.vstack([P, [0, 0, 0, 1]]) @ T, height, width, velo, vel_depth)
     got = data.velodyne_to_depth(calib, path, cam=2, vel_depth=vel_depth)
     assert got.dtype == np.float32 and got.shape == (height, width)
-    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-6)
+    assert_allclose_explained(got, expected.astype(np.float32), "velodyne_to_depth: depth map",
+                              "it projects with your Exercise 1.2 project_velo_to_image: does "
+                              "test_project_velo_to_image_hand_computed pass?", rtol=1e-6, names=("row", "col"))
     assert (expected > 0).sum() > 20
 
 

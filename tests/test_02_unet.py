@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from helpers import imagenet_weights
+from exercise_checks import assert_close_explained, first_false_message, shape_message
 
 # Blocks per stage and block kind of torchvision's ResNets, written here independently of 02_unet.
 LAYOUT = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3])}
@@ -92,18 +93,33 @@ def test_up_block_closed_form_align_corners_true_and_concat_order():
     The output takes the skip's exact size even when it is not twice the input (5 -> 11 columns).
     """
     unet = importlib.import_module("02_unet")
+    what = "Exercise 2.1 up_block"
     x = torch.tensor([[[[0.0, 3.0]]]])  # (1, 1, 1, 2)
     skip = torch.full((1, 2, 1, 4), 7.0)
     out = unet.up_block(x, skip, nn.Identity())
-    assert out.shape == (1, 3, 1, 4)
-    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
-    assert torch.all(out[0, 1:] == 7.0)
+    assert out.shape == (1, 3, 1, 4), shape_message(
+        out.shape, (1, 3, 1, 4), f"{what}: x (1 channel, 2 columns) + skip (2 channels, 4 columns) through "
+        f"net = nn.Identity()", "the skip concatenated along dim 1 (1 + 2 channels)? x upsampled to the skip's "
+        "4 columns? the result passed through net?")
+    assert_close_explained(out[0, 0, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]),
+                           f"{what}: upsampled [0, 3], output channel 0", "mode='bilinear' with "
+                           "align_corners=True ([0, 3] -> [0, 1, 2, 3]; align_corners=False gives [0, 0.75, "
+                           "2.25, 3])? the upsampled x first in torch.cat, then the skip?", names=("column",))
+    assert torch.all(out[0, 1:] == 7.0), first_false_message(
+        out[0, 1:] == 7.0, f"{what}: output channels 1-2 == the skip (7)", "concatenate [upsampled x, skip] in "
+        "that order, the skip unchanged?", values=out[0, 1:], names=("channel", "row", "column"),
+        where=lambda i: f"output channel {i[0] + 1}")
     odd = unet.up_block(torch.rand(1, 2, 3, 5), torch.rand(1, 1, 6, 11), nn.Identity())
-    assert odd.shape == (1, 3, 6, 11)
+    assert odd.shape == (1, 3, 6, 11), shape_message(
+        odd.shape, (1, 3, 6, 11), f"{what}: x 3x5 with a 6x11 skip", "F.interpolate(x, size=skip.shape[-2:]): "
+        "the skip's exact size, not scale_factor=2 (5 columns -> 11, not 10)?")
     # corners of an align_corners=True upsample are copied exactly from the input corners
     src = torch.rand(1, 1, 3, 5)
     up = unet.up_block(src, torch.zeros(1, 0, 7, 9), nn.Identity())
-    torch.testing.assert_close(up[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]], src[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]])
+    assert_close_explained(up[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]], src[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]],
+                           f"{what}: the 4 corners of x (3x5) upsampled to 7x9", "align_corners=True (it copies "
+                           "the corner pixels exactly)?", names=("corner",),
+                           where=lambda i: ("top left", "top right", "bottom left", "bottom right")[i[0]])
 
 
 @pytest.mark.parametrize("num_layers", [18, 50])

@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from exercise_checks import assert_close_explained, assert_near_explained, shape_message
+
 
 def test_embed_patches_matches_per_patch_loop():
     """Exercise 3.1: token n = conv(patch at row n // W', column n % W') + pos[n], in raster order."""
@@ -14,15 +16,24 @@ def test_embed_patches_matches_per_patch_loop():
     conv = nn.Conv2d(E, E, p, stride=p)
     pos = torch.randn(500, E)
     s0 = torch.randn(2, E, 5, 7)  # 2 x 3 patches; the odd last row/column is dropped
+    what = "Exercise 3.1 embed_patches"
     with torch.no_grad():
         tokens = sql.embed_patches(s0, conv, pos)
-    assert tokens.shape == (2, 6, E)
-    for b in range(2):
-        for n in range(6):
-            i, j = divmod(n, 3)
-            patch = s0[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (E, p, p)
-            want = (conv.weight * patch).sum(dim=(1, 2, 3)) + conv.bias + pos[n]
-            torch.testing.assert_close(tokens[b, n], want.detach())
+    assert tokens.shape == (2, 6, E), shape_message(
+        tokens.shape, (2, 6, E), f"{what}: tokens of a [2, 3, 5, 7] map with 2x2 patches",
+        "N = floor(5/2) * floor(7/2) = 6 tokens (the stride-p conv drops the odd last row and column), "
+        "E last: [B, N, E] (flatten the two spatial dims, then transpose)?")
+    want = torch.empty(2, 6, E)
+    with torch.no_grad():
+        for b in range(2):
+            for n in range(6):
+                i, j = divmod(n, 3)
+                patch = s0[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (E, p, p)
+                want[b, n] = (conv.weight * patch).sum(dim=(1, 2, 3)) + conv.bias + pos[n]
+    assert_close_explained(tokens, want, f"{what}: tokens", "raster order, row by row (conv -> flatten(2) -> "
+                           "transpose(1, 2); flattening after swapping h and w walks down the columns)? "
+                           "positional encoding added: pos_encoding[n] to token n?", names=("b", "n", "e"),
+                           where=lambda k: f"token {k[1]} = the patch at row {k[1] // 3}, column {k[1] % 3}")
 
 
 def test_self_cost_volume_matches_slow_loop():
@@ -30,15 +41,21 @@ def test_self_cost_volume_matches_slow_loop():
     sql = importlib.import_module("03_self_query")
     torch.manual_seed(1)
     B, E, Q, h, w = 2, 4, 3, 5, 6
+    what = "Exercise 3.2 self_cost_volume"
     S, K = torch.randn(B, E, h, w), torch.randn(B, Q, E)
     V = sql.self_cost_volume(S, K)
-    assert V.shape == (B, Q, h, w)
+    assert V.shape == (B, Q, h, w), shape_message(
+        V.shape, (B, Q, h, w), f"{what}: V of S [2, 4, 5, 6] and K [2, 3, 4]",
+        "[B, Q, h, w]: bmm(K, S as [B, E, h*w]) is [B, Q, h*w], then reshape (not [B, h*w, Q])?")
+    want = torch.empty(B, Q, h, w, dtype=torch.float64)
     for b in range(B):
         for q in range(Q):
             for i in range(h):
                 for j in range(w):
-                    want = sum(float(K[b, q, e]) * float(S[b, e, i, j]) for e in range(E))
-                    assert abs(float(V[b, q, i, j]) - want) < 1e-5
+                    want[b, q, i, j] = sum(float(K[b, q, e]) * float(S[b, e, i, j]) for e in range(E))
+    assert_near_explained(V, want, f"{what}: V", "V[b, q, i, j] = sum_e K[b, q, e] S[b, e, i, j]: raw dot "
+                          "products, no 1/sqrt(E) scaling, no softmax? the reshape keeps rows and columns in "
+                          "place (h*w back to (h, w), not (w, h))?", atol=1e-5, names=("b", "q", "row", "col"))
 
 
 def test_queries_are_first_tokens_and_layer_matches_seq_first_transformer():
@@ -60,7 +77,11 @@ def test_queries_are_first_tokens_and_layer_matches_seq_first_transformer():
         V_ref = torch.einsum("bqe,behw->bqhw", K, S_ref)
     assert V.shape == (2, Q, 12, 16) and S.shape == (2, E, 12, 16)
     torch.testing.assert_close(S, S_ref)
-    torch.testing.assert_close(V, V_ref, atol=1e-4, rtol=1e-4)
+    assert_close_explained(V, V_ref, "SelfQueryLayer: the cost volume V (uses Exercises 3.1 and 3.2)",
+                           "do test_embed_patches_matches_per_patch_loop and test_self_cost_volume_matches_slow_loop "
+                           "pass? tokens in raster order with the positional encoding (3.1), V = raw dot products "
+                           "of the first Q transformer outputs with the fine features (3.2)?",
+                           atol=1e-4, rtol=1e-4, names=("b", "q", "row", "col"))
 
 
 def test_too_many_queries_or_tokens_raise_clear_errors():

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import official_weights
+from exercise_checks import (assert_close_explained, assert_near_explained, first_false_message, gradcheck_explained,
+                             shape_message)
 from test_02_unet import torchvision_resnet_shapes
 
 SMALL = dict(num_layers=18, num_features=64, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
@@ -24,32 +26,54 @@ def test_spatial_softmax_summaries_match_loop():
     bins = bins_module()
     torch.manual_seed(0)
     B, Q, E, h, w = 2, 3, 4, 3, 5
+    what = "Exercise 4.1 spatial_softmax_summaries"
     V, S = torch.randn(B, Q, h, w) * 3, torch.randn(B, E, h, w)
     out = bins.spatial_softmax_summaries(V, S)
-    assert out.shape == (B, Q, E)
+    assert out.shape == (B, Q, E), shape_message(
+        out.shape, (B, Q, E), f"{what}: summaries of V [2, 3, 3, 5] and S [2, 4, 3, 5]",
+        "[B, Q, E]: bmm(weights [B, Q, h*w], S flattened and transposed to [B, h*w, E])?")
+    want = torch.empty(B, Q, E)
     for b in range(B):
         for q in range(Q):
             weights = torch.exp(V[b, q]) / torch.exp(V[b, q]).sum()  # (h, w)
-            want = (weights[None] * S[b]).sum(dim=(1, 2))  # (E,)
-            torch.testing.assert_close(out[b, q], want)
+            want[b, q] = (weights[None] * S[b]).sum(dim=(1, 2))  # (E,)
+    assert_close_explained(out, want, f"{what}: summary", "softmax of V[b, q] over the h*w pixels (the last dim "
+                           "after flattening), not over the queries (dim 1)? a weighted sum of S's pixel vectors "
+                           "(S as [B, h*w, E]), not a plain mean?", names=("b", "q", "e"))
 
 
 def test_bins_closed_form_and_properties():
     """Exercise 4.2: y=[-1,0,1,2] -> widths prop. to [.1,.1,1.1,2.1]; edges from min to max; centres mid-points."""
     bins = bins_module()
+    what = "Exercise 4.2 bins_from_mlp_output"
+    widths_hint = ("widths = relu(y) + 0.1, divided by their sum, times (max_depth - min_depth)? edges = "
+                   "min_depth, then min_depth + the cumulative sum of the widths (F.pad(widths, (1, 0), "
+                   "value=min_depth), then cumsum)?")
     lo, hi = 0.5, 7.3
     edges, centres = bins.bins_from_mlp_output(torch.tensor([[-1.0, 0.0, 1.0, 2.0]], dtype=torch.float64), lo, hi)
     widths = torch.tensor([0.1, 0.1, 1.1, 2.1], dtype=torch.float64) / 3.4 * (hi - lo)
     want_edges = torch.cat([torch.tensor([lo], dtype=torch.float64), lo + torch.cumsum(widths, 0)])
-    torch.testing.assert_close(edges[0], want_edges)
-    torch.testing.assert_close(centres[0], 0.5 * (want_edges[1:] + want_edges[:-1]))
+    assert_close_explained(edges[0], want_edges, f"{what}: edges of y = [-1, 0, 1, 2] in (0.5, 7.3)", widths_hint,
+                           names=("edge",))
+    assert_close_explained(centres[0], 0.5 * (want_edges[1:] + want_edges[:-1]),
+                           f"{what}: centres of y = [-1, 0, 1, 2] in (0.5, 7.3)",
+                           "centre d = (edges[d] + edges[d + 1]) / 2, the mid-point of bin d?", names=("bin",))
     y = torch.randn(5, 32) * 4
     edges, centres = bins.bins_from_mlp_output(y, 0.001, 80.0)
-    assert edges.shape == (5, 33) and centres.shape == (5, 32)
-    torch.testing.assert_close(edges[:, 0], torch.full((5,), 0.001))
-    torch.testing.assert_close(edges[:, -1], torch.full((5,), 80.0))
-    assert torch.all(edges[:, 1:] - edges[:, :-1] > 0)  # relu + 0.1: every bin has positive width
-    assert torch.all((centres > edges[:, :-1]) & (centres < edges[:, 1:]))
+    assert edges.shape == (5, 33) and centres.shape == (5, 32), (
+        f"{what}: edges have shape {tuple(edges.shape)} and centres {tuple(centres.shape)}, expected (5, 33) "
+        f"and (5, 32) for y [5, 32]. Check: D + 1 edges (min_depth first), D centres?")
+    assert_close_explained(edges[:, 0], torch.full((5,), 0.001), f"{what}: first edge", "the first edge is "
+                           "min_depth (pad with min_depth before the cumulative sum)?", names=("b",))
+    assert_close_explained(edges[:, -1], torch.full((5,), 80.0), f"{what}: last edge", "the widths sum to "
+                           "max_depth - min_depth (normalised by their sum per image, dim 1)?", names=("b",))
+    assert torch.all(edges[:, 1:] - edges[:, :-1] > 0), first_false_message(  # relu + 0.1: positive widths
+        edges[:, 1:] - edges[:, :-1] > 0, f"{what}: width edges[d + 1] - edges[d] > 0", "relu(y) + 0.1 (the "
+        "0.1 keeps every bin wider than zero)?", values=edges[:, 1:] - edges[:, :-1], names=("b", "bin"))
+    inside = (centres > edges[:, :-1]) & (centres < edges[:, 1:])
+    assert torch.all(inside), first_false_message(
+        inside, f"{what}: edges[d] < centre d < edges[d + 1]", "centres = mid-points of consecutive edges?",
+        values=centres, names=("b", "bin"))
 
 
 def test_combination_softmax_over_bins_closed_form():
@@ -58,19 +82,31 @@ def test_combination_softmax_over_bins_closed_form():
     bins = bins_module()
     torch.manual_seed(1)
     B, D, h, w = 2, 5, 3, 4
+    what = "Exercise 4.3 combine_probabilities"
     logits = torch.randn(B, D, h, w) * 2
     centres = torch.sort(torch.rand(B, D) * 80, dim=1).values
     depth, P = bins.combine_probabilities(logits, centres)
-    assert depth.shape == (B, 1, h, w) and P.shape == (B, D, h, w)
-    torch.testing.assert_close(P.sum(dim=1), torch.ones(B, h, w))
+    assert depth.shape == (B, 1, h, w) and P.shape == (B, D, h, w), (
+        f"{what}: depth has shape {tuple(depth.shape)} and P {tuple(P.shape)}, expected {(B, 1, h, w)} and "
+        f"{(B, D, h, w)}. Check: sum over the bins with keepdim=True so depth stays 4-D?")
+    assert_close_explained(P.sum(dim=1), torch.ones(B, h, w), f"{what}: P summed over the bins (dim 1)",
+                           "P = softmax over the D bins, dim 1, not over the pixels or the batch?",
+                           names=("b", "row", "col"))
+    want = torch.empty(B, 1, h, w, dtype=torch.float64)
     for b in range(B):
         for i in range(h):
             for j in range(w):
                 e = torch.exp(logits[b, :, i, j])
-                want = float((e / e.sum() * centres[b]).sum())
-                assert abs(float(depth[b, 0, i, j]) - want) < 1e-4
-    assert torch.all(depth >= centres.min(dim=1).values[:, None, None, None])
-    assert torch.all(depth <= centres.max(dim=1).values[:, None, None, None])
+                want[b, 0, i, j] = float((e / e.sum() * centres[b]).sum())
+    assert_near_explained(depth, want, f"{what}: depth", "depth = sum_d P_d c_d, the expectation over the bins, "
+                          "not the centre of the most likely bin (argmax)? P = softmax over the bins (dim 1)? "
+                          "the centres of the pixel's own image, broadcast as [B, D, 1, 1]?", atol=1e-4,
+                          names=("b", "c", "row", "col"))
+    for name, ok in (("min", depth >= centres.min(dim=1).values[:, None, None, None]),
+                     ("max", depth <= centres.max(dim=1).values[:, None, None, None])):
+        assert torch.all(ok), first_false_message(ok, f"{what}: depth within the image's {name} centre",
+                                                  "a weighted mean of the centres (weights >= 0, summing to 1)?",
+                                                  values=depth, names=("b", "c", "row", "col"))
 
 
 def test_gradcheck_bins_and_combination_float64():
@@ -85,7 +121,10 @@ def test_gradcheck_bins_and_combination_float64():
     def f(y, logits):
         edges, centres = bins.bins_from_mlp_output(y, 0.001, 80.0)
         return bins.combine_probabilities(logits, centres)[0]
-    assert torch.autograd.gradcheck(f, (y, logits))
+    gradcheck_explained(f, (y, logits), "Exercises 4.2 bins_from_mlp_output + 4.3 combine_probabilities: "
+                        "gradients", "no .detach(), .item(), torch.no_grad() or numpy in the path? an expectation "
+                        "over the bins (argmax has no gradient)? float64 kept (no .float())?",
+                        input_names=("y", "logits"))
 
 
 @pytest.mark.parametrize("name,count", [("kitti-r50-640x192", 31_051_944), ("kitti-r50-1024x320", 37_782_824),
@@ -115,7 +154,11 @@ def test_preset_shapes(name):
     assert out["cost_volume"].shape == (1, cfg.num_queries, h // 2, w // 2)
     assert out["bin_centers"].shape == (1, cfg.num_bins)
     assert out["probs"].shape == (1, cfg.num_bins, h // 2, w // 2)
-    assert torch.all((out["depth"] > cfg.min_depth) & (out["depth"] < cfg.max_depth))
+    inside = (out["depth"] > cfg.min_depth) & (out["depth"] < cfg.max_depth)
+    assert torch.all(inside), first_false_message(
+        inside, f"DepthNet {name}: depth in (min_depth, max_depth)", "bins span [min_depth, max_depth] "
+        "(Exercise 4.2) and depth is a weighted mean of their centres (Exercise 4.3)?", values=out["depth"],
+        names=("b", "c", "row", "col"))
 
 
 @pytest.mark.parametrize("bins_kind,queries", [("sql", "self"), ("fixed", "self"), ("adabins", "self"),
@@ -129,7 +172,11 @@ def test_variants_run_and_train_one_step(bins_kind, queries):
     img = torch.rand(2, 3, 64, 96)
     depth = net(img)
     assert depth.shape == (2, 1, 32, 48)
-    assert torch.all((depth > 0.001) & (depth < 80.0))
+    inside = (depth > 0.001) & (depth < 80.0)
+    assert torch.all(inside), first_false_message(
+        inside, f"DepthNet bins={bins_kind!r}, queries={queries!r}: depth in (0.001, 80)", "bins span [min_depth, "
+        "max_depth] (Exercise 4.2) and depth is a weighted mean of their centres (Exercise 4.3)?", values=depth,
+        names=("b", "c", "row", "col"))
     before = [p.detach().clone() for p in net.parameters()]
     (depth - 10.0).abs().mean().backward()
     opt.step()
@@ -157,7 +204,10 @@ def test_cost_volume_head_is_float32_under_bf16_autocast(bins_kind):
     assert seen["S"].dtype == torch.float32
     K = tokens[:, : net.cfg.num_queries].float()                    # (B, Q, E)
     expected = torch.einsum("bqe,behw->bqhw", K, seen["S"])
-    torch.testing.assert_close(out["cost_volume"], expected, rtol=1e-5, atol=1e-4)
+    assert_close_explained(out["cost_volume"], expected, "the cost volume under bf16 autocast (Exercise 3.2 "
+                           "self_cost_volume)", "V[b, q, i, j] = sum_e K[b, q, e] S[b, e, i, j], no scaling, no "
+                           "softmax (test_self_cost_volume_matches_slow_loop)?", rtol=1e-5, atol=1e-4,
+                           names=("b", "q", "row", "col"))
 
 
 def test_bad_config_raises():
@@ -328,8 +378,10 @@ def test_official_conversion_round_trip_and_same_depth():
     torch.manual_seed(4)
     s0 = torch.randn(2, 16, 12, 20)
     with torch.no_grad():
-        torch.testing.assert_close(net.depth_from_features(s0), official_head(dep, s0, 6, 0.001, 80.0),
-                                   atol=1e-4, rtol=1e-4)
+        assert_close_explained(net.depth_from_features(s0), official_head(dep, s0, 6, 0.001, 80.0),
+                               "the head's depth against the official forward (Exercises 3.1, 3.2, 4.1, 4.2, 4.3)",
+                               "do the tests of those exercises pass (tests/test_03_self_query.py, "
+                               "tests/test_04_bins.py)?", atol=1e-4, rtol=1e-4, names=("b", "c", "row", "col"))
     with pytest.raises(ValueError, match="decoder.extra.weight"):
         official_weights.convert_official_checkpoint({**enc, "decoder.extra.weight": torch.zeros(1)}, dep)
     with pytest.raises(ValueError, match="missing"):

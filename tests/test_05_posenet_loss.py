@@ -12,6 +12,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from exercise_checks import (assert_allclose_explained, assert_close_explained, first_false_message,
+                             gradcheck_explained, shape_message, value_message)
+
+RODRIGUES = ("R = I + sin(a) [k]x + (1 - cos(a)) [k]x^2 with [k]x = [[0, -kz, ky], [kz, 0, -kx], [-ky, kx, 0]] "
+             "(a flipped sign or a transpose gives R^T, the rotation the other way)? k = axisangle / (a + 1e-7), "
+             "a = its norm per row?")
+BACKPROJECTION = ("pixel grid u = column 0..W-1, v = row 0..H-1 (torch.meshgrid(rows, cols, indexing='ij')), "
+                  "flattened row-major (u and v swapped go wrong on a non-square image)? rays inv_K[:, :3, :3] @ "
+                  "(u, v, 1) multiplied by the depth? a fourth row of ones?")
+SSIM_HINTS = ("reflection padding by window // 2 (F.pad(x, [r, r, r, r], mode='reflect'), not zeros)? local means "
+              "over window x window with stride 1? population variances E[x^2] - mu^2 and E[xy] - mu_x mu_y? "
+              "C1 = 0.01^2, C2 = 0.03^2? (1 - SSIM) / 2 clamped to [0, 1]?")
+MIN_REPROJECTION = ("noise of std 1e-5 added to the identity errors, then identity and warped errors concatenated "
+                    "along dim 1 (identity first) and the minimum taken over dim 1 with keepdim=True (not over "
+                    "the batch, dim 0)? automask = the index of the minimum falls among the warped errors?")
+SMOOTHNESS = ("depth divided by its own image's mean (+1e-7; depth.mean(dim=(2, 3), keepdim=True))? horizontal "
+              "differences weighted by exp(-|horizontal image difference|) averaged over the colour channels, "
+              "vertical by vertical? mean(x-term) + mean(y-term)?")
+
 
 def geo():
     return importlib.import_module("05_posenet_loss")
@@ -40,27 +59,40 @@ def test_rodrigues_matches_closed_form_rotations():
         (0.0, 1.0, 0.0): [[c, 0, s], [0, 1, 0], [-s, 0, c]],
         (0.0, 0.0, 1.0): [[c, -s, 0], [s, c, 0], [0, 0, 1]],
     }
+    what = "Exercise 5.1 rot_from_axisangle"
     axes = torch.tensor(list(expected), dtype=torch.float64) * a                  # (3, 3)
     M = geo().rot_from_axisangle(axes)
-    assert M.shape == (3, 4, 4)
+    assert M.shape == (3, 4, 4), shape_message(M.shape, (3, 4, 4), f"{what} of 3 axis-angles",
+                                               "a homogeneous [B, 4, 4] with R in the top-left 3x3?")
     for i, rot in enumerate(expected.values()):
-        torch.testing.assert_close(M[i, :3, :3], torch.tensor(rot, dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(M[:, 3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(3, 4))
-    torch.testing.assert_close(M[:, :3, 3], torch.zeros(3, 3, dtype=torch.float64))
-    torch.testing.assert_close(geo().rot_from_axisangle(torch.zeros(1, 3))[0], torch.eye(4))
+        assert_close_explained(M[i, :3, :3], torch.tensor(rot, dtype=torch.float64),
+                               f"{what}: R for 0.3 rad about the {'xyz'[i]} axis", RODRIGUES, atol=1e-6, rtol=0,
+                               names=("row", "col"))
+    assert_close_explained(M[:, 3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(3, 4),
+                           f"{what}: the bottom row", "row 3 of the 4x4 is [0, 0, 0, 1]?", names=("b", "col"))
+    assert_close_explained(M[:, :3, 3], torch.zeros(3, 3, dtype=torch.float64), f"{what}: the last column",
+                           "no translation: M[:, :3, 3] = 0?", names=("b", "row"))
+    assert_close_explained(geo().rot_from_axisangle(torch.zeros(1, 3))[0], torch.eye(4),
+                           f"{what} of a zero axis-angle (float32)", "add 1e-7 to the angle before dividing, so "
+                           "a zero rotation gives I, not NaN? the input's dtype kept?", names=("row", "col"))
 
 
 def test_rodrigues_matches_matrix_exponential():
     """Exercise 5.1: for random axis-angles (angles up to ~2.5 rad) R = expm([v]x), the exact
     exponential map of so(3); R is orthonormal with determinant 1."""
+    what = "Exercise 5.1 rot_from_axisangle"
     torch.manual_seed(0)
     v = torch.randn(6, 3, dtype=torch.float64)
     R = geo().rot_from_axisangle(v)[:, :3, :3]
     for i in range(6):
-        torch.testing.assert_close(R[i], torch.linalg.matrix_exp(skew(v[i])), atol=1e-6, rtol=0)  # 1e-7 guard
-    torch.testing.assert_close(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(6, 3, 3),
-                               atol=1e-6, rtol=0)
-    torch.testing.assert_close(torch.linalg.det(R), torch.ones(6, dtype=torch.float64), atol=1e-6, rtol=0)
+        assert_close_explained(R[i], torch.linalg.matrix_exp(skew(v[i])),  # atol: the 1e-7 guard
+                               f"{what}: R of the random axis-angle {i} {[round(x, 4) for x in v[i].tolist()]}",
+                               RODRIGUES, atol=1e-6, rtol=0, names=("row", "col"))
+    assert_close_explained(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(6, 3, 3),
+                           f"{what}: R R^T", f"R must be orthonormal: {RODRIGUES}", atol=1e-6, rtol=0,
+                           names=("b", "row", "col"))
+    assert_close_explained(torch.linalg.det(R), torch.ones(6, dtype=torch.float64), f"{what}: det(R)",
+                           f"a rotation has determinant +1: {RODRIGUES}", atol=1e-6, rtol=0, names=("b",))
 
 
 def test_transformation_and_inverse_compose_to_identity():
@@ -71,8 +103,10 @@ def test_transformation_and_inverse_compose_to_identity():
     T = geo().transformation_from_parameters(aa, t)
     T_inv = geo().transformation_from_parameters(aa, t, invert=True)
     eye = torch.eye(4, dtype=torch.float64).expand(4, 4, 4)
-    torch.testing.assert_close(T @ T_inv, eye)
-    torch.testing.assert_close(T_inv @ T, eye)
+    orthonormal = ("the inverse [R^T | -R^T t] needs an orthonormal R: does Exercise 5.1 rot_from_axisangle pass "
+                   "test_rodrigues_matches_matrix_exponential?")
+    assert_close_explained(T @ T_inv, eye, "T @ T^-1", orthonormal, names=("b", "row", "col"))
+    assert_close_explained(T_inv @ T, eye, "T^-1 @ T", orthonormal, names=("b", "row", "col"))
     R = geo().rot_from_axisangle(aa)[:, :3, :3]
     p = torch.randn(4, 3, 1, dtype=torch.float64)
     moved = T @ torch.cat([p, torch.ones(4, 1, 1, dtype=torch.float64)], 1)
@@ -83,16 +117,23 @@ def test_transformation_and_inverse_compose_to_identity():
 def test_backprojection_follows_the_pinhole_model():
     """Exercise 5.2: pixel (u = column, v = row) at depth d goes to ((u-cx) d/fx, (v-cy) d/fy, d, 1),
     flattened row-major; a non-square image catches swapped axes."""
+    what = "Exercise 5.2 BackprojectDepth"
     h, w = 5, 7
     K, inv_K = intrinsics(h, w, batch=2, dtype=torch.float64)
     depth = 1 + torch.rand(2, 1, h, w, dtype=torch.float64)
     pts = geo().BackprojectDepth()(depth, inv_K)
-    assert pts.shape == (2, 4, h * w)
+    assert pts.shape == (2, 4, h * w), shape_message(pts.shape, (2, 4, h * w), f"{what} of depth [2, 1, 5, 7]",
+                                                     f"[B, 4, H*W]: {BACKPROJECTION}")
     fx, fy, cx, cy = K[0, 0, 0], K[0, 1, 1], K[0, 0, 2], K[0, 1, 2]
-    for b, v, u in [(0, 0, 0), (1, 4, 6), (0, 2, 5), (1, 3, 1)]:
+    pixels = [(0, 0, 0), (1, 4, 6), (0, 2, 5), (1, 3, 1)]
+    got, expected = [], []
+    for b, v, u in pixels:
         d = depth[b, 0, v, u]
-        expected = torch.stack([(u - cx) * d / fx, (v - cy) * d / fy, d, torch.ones_like(d)])
-        torch.testing.assert_close(pts[b, :, v * w + u], expected)
+        expected.append(torch.stack([(u - cx) * d / fx, (v - cy) * d / fy, d, torch.ones_like(d)]))
+        got.append(pts[b, :, v * w + u])
+    assert_close_explained(torch.stack(got), torch.stack(expected), f"{what}: the 3-D point", BACKPROJECTION,
+                           names=("pixel", "xyz1"), where=lambda i: "{} of image {}, row v={}, column u={}".format(
+                               "XYZ1"[i[1]], *pixels[i[0]]))
 
 
 def test_projection_normalises_with_size_minus_one():
@@ -105,8 +146,11 @@ def test_projection_normalises_with_size_minus_one():
     assert grid.shape == (3, h, w, 2)
     xs = torch.linspace(-1, 1, w).expand(3, h, w)
     ys = torch.linspace(-1, 1, h)[:, None].expand(3, h, w)
-    torch.testing.assert_close(grid[..., 0], xs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(grid[..., 1], ys, atol=1e-5, rtol=0)
+    hint = f"with T = I each pixel lands on itself only if Exercise 5.2 BackprojectDepth is right: {BACKPROJECTION}"
+    assert_close_explained(grid[..., 0], xs, "the projected grid x (T = I, 6x9 image)", hint, atol=1e-5, rtol=0,
+                           names=("b", "row", "col"))
+    assert_close_explained(grid[..., 1], ys, "the projected grid y (T = I, 6x9 image)", hint, atol=1e-5, rtol=0,
+                           names=("b", "row", "col"))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -117,9 +161,12 @@ def test_identity_pose_reprojects_perfectly_for_any_depth(batch):
     h, w = 12, 20
     K, inv_K = intrinsics(h, w, batch)
     img = torch.rand(batch, 3, h, w)
-    for depth in [torch.full((batch, 1, h, w), 7.0), 0.1 + 80 * torch.rand(batch, 1, h, w)]:
+    for kind, depth in [("constant", torch.full((batch, 1, h, w), 7.0)),
+                        ("random", 0.1 + 80 * torch.rand(batch, 1, h, w))]:
         out = geo().warp(img, depth, K, inv_K, torch.eye(4).repeat(batch, 1, 1))
-        torch.testing.assert_close(out, img, atol=1e-4, rtol=0)
+        assert_close_explained(out, img, f"the source warped with T = I ({kind} depth)", "with no motion every pixel "
+                               f"must sample itself: Exercise 5.2 BackprojectDepth: {BACKPROJECTION}", atol=1e-4,
+                               rtol=0, names=("b", "c", "row", "col"))
 
 
 def test_warp_gradcheck_float64():
@@ -137,7 +184,10 @@ def test_warp_gradcheck_float64():
         T = geo().transformation_from_parameters(aa, t)
         return geo().warp(img, depth, K, inv_K, T)
 
-    assert torch.autograd.gradcheck(fn, (img, depth, aa, t), eps=1e-6, atol=1e-5)
+    gradcheck_explained(fn, (img, depth, aa, t), "the warp's gradients (Exercises 5.1 rot_from_axisangle, 5.2 "
+                        "BackprojectDepth)", "no .detach(), .item(), numpy or torch.no_grad() in them? new tensors "
+                        "made with the input's dtype and device (float64 here)?",
+                        ("img", "depth", "axisangle", "translation"), eps=1e-6, atol=1e-5)
 
 
 def synthetic_batch(tiny_world):
@@ -176,15 +226,24 @@ def test_true_depth_and_pose_reconstruct_the_target(tiny_world):
         return geo().photometric_loss(geo().warp(source, d, K, inv_K, pose), target, ssim)[inside].mean()
 
     constant = depth[valid].mean() * torch.ones_like(depth)
+    hint = ("the warp uses Exercises 5.2 (BackprojectDepth: rays times the depth, u = column, v = row) and 5.3 "
+            "(SSIM); do their tests pass?")
     for fid in (-1, 1):
         source = inputs["color"][fid]
         true = error(source, depth, T[fid])
         none = geo().photometric_loss(source, target, ssim)[valid].mean()
-        assert true < 0.5 * error(source, constant, T[fid]) and true < 0.35 * none, fid
+        flat = error(source, constant, T[fid])
+        assert true < 0.5 * flat and true < 0.35 * none, (
+            f"source {fid}: the photometric error with the true depth and pose is {float(true):.4g}, with a "
+            f"constant depth {float(flat):.4g}, unwarped {float(none):.4g}; expected below half the first and "
+            f"0.35 x the second. Check: {hint}")
         for factor in (0.8, 1.2):
             wrong = T[fid].clone()
             wrong[:, :3, 3] *= factor
-            assert error(source, depth, wrong) > 1.3 * true, (fid, factor)
+            worse = error(source, depth, wrong)
+            assert worse > 1.3 * true, (
+                f"source {fid}: the true translation x {factor} gives error {float(worse):.4g}, not above 1.3 x "
+                f"the true pose's {float(true):.4g}. Check: {hint}")
 
 
 # ------------------------------------------------------------------ photometric terms
@@ -212,14 +271,20 @@ def slow_ssim(x, y, window):
 def test_ssim_matches_slow_reference(window):
     """Exercise 5.3: SSIM() (default window 7) and SSIM(3) equal a per-pixel loop with reflection
     padding, population variances, C1 = 0.01^2, C2 = 0.03^2; identical images give 0."""
+    what = f"Exercise 5.3 SSIM(window={window or 7})"
     torch.manual_seed(4)
     x = torch.rand(2, 3, 9, 11, dtype=torch.float64)
     y = (x + 0.3 * torch.rand_like(x)).clamp(0, 1)
     ssim = geo().SSIM() if window is None else geo().SSIM(window)
     got = ssim(x, y)
-    assert got.shape == x.shape
-    np.testing.assert_allclose(got.numpy(), slow_ssim(x.numpy(), y.numpy(), window or 7), atol=1e-10)
-    assert ssim(x, x).abs().max() < 1e-10
+    assert got.shape == x.shape, shape_message(got.shape, x.shape, f"{what} of two [2, 3, 9, 11] images",
+                                               "one value per pixel and channel, the input's shape: pad by "
+                                               "window // 2 before pooling with stride 1?")
+    assert_allclose_explained(got, slow_ssim(x.numpy(), y.numpy(), window or 7), f"{what}: (1 - SSIM) / 2",
+                              SSIM_HINTS, atol=1e-10, names=("b", "c", "row", "col"))
+    same = ssim(x, x).abs().max()
+    assert same < 1e-10, value_message(same, 0, f"{what}: max |(1 - SSIM(x, x)) / 2| of an image with itself",
+                                       SSIM_HINTS)
 
 
 def pooled_ssim(x, y, window):
@@ -272,17 +337,27 @@ def test_fast_ssim_equals_pooled_reference_with_gradients(window):
         (grad,) = torch.autograd.grad((out * weights.to(out.dtype)).sum(), x)
         return out.detach().double(), grad.double()
 
+    what = f"Exercise 5.3 SSIM(window={window})"
+    names = ("b", "c", "row", "col")
     gold, gold_grad = value_and_grad(lambda a, b: pooled_ssim(a, b, window), x.double(), y.double())
     got, got_grad = value_and_grad(ssim, x.double(), y.double())
-    torch.testing.assert_close(got, gold, rtol=0, atol=1e-10)
-    torch.testing.assert_close(got_grad, gold_grad, rtol=1e-8, atol=1e-10)
+    assert_close_explained(got, gold, f"{what} in float64", SSIM_HINTS, rtol=0, atol=1e-10, names=names)
+    assert_close_explained(got_grad, gold_grad, f"{what}: gradient with respect to x, float64", SSIM_HINTS,
+                           rtol=1e-8, atol=1e-10, names=names)
     pooled_error = (pooled_ssim(x, y, window).double() - gold).abs().max()
     with torch.no_grad():
         error = (ssim(x, y).double() - gold).abs().max()
-    assert error <= pooled_error and error < 1e-5, (float(error), float(pooled_error))
+    assert error <= pooled_error and error < 1e-5, (
+        f"{what} in float32 is off the float64 result by up to {float(error):.3g}; the float32 avg_pool2d version "
+        f"by {float(pooled_error):.3g}; expected no more than that and below 1e-5. Check: E[x^2] - mu^2 cancels "
+        f"in float32 on bright flat areas: subtract each image-channel's mean level from x and y first (the "
+        f"variances do not change), add it back to the means?")
     got32, grad32 = value_and_grad(ssim, x, y)
-    assert torch.equal(got32, ssim(x, y).double())          # the same with and without autograd
-    torch.testing.assert_close(grad32, gold_grad, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got32, ssim(x, y).double()), (  # the same with and without autograd
+        f"{what}: the float32 values differ with and without autograd. Check: no branch on requires_grad or "
+        f"torch.is_grad_enabled()?")
+    assert_close_explained(grad32, gold_grad, f"{what}: gradient with respect to x, float32", SSIM_HINTS,
+                           rtol=1e-4, atol=1e-5, names=names)
 
 
 def test_ssim_rejects_even_window():
@@ -312,16 +387,27 @@ def test_min_reprojection_and_automask_select_static_pixels():
     static = torch.zeros(2, 1, 6, 8, dtype=torch.bool)
     static[:, :, :, :3] = True
     identity = torch.where(static, torch.full_like(identity, 0.01), identity)  # static: unwarped wins
+    what = "Exercise 5.4 min_reprojection"
+    names = ("b", "c", "row", "col")
     best, mask = geo().min_reprojection(reproj, identity)
-    assert best.shape == (2, 1, 6, 8) and mask.dtype == torch.bool and mask.shape == (2, 1, 6, 8)
+    assert best.shape == (2, 1, 6, 8) and mask.dtype == torch.bool and mask.shape == (2, 1, 6, 8), (
+        f"{what}: the minimum has shape {tuple(best.shape)}, the mask {tuple(mask.shape)} {mask.dtype}; expected "
+        f"(2, 1, 6, 8) both, the mask torch.bool. Check: {MIN_REPROJECTION}")
     expected = torch.minimum(reproj.min(1, keepdim=True).values, identity.min(1, keepdim=True).values)
-    torch.testing.assert_close(best, expected, atol=1e-4, rtol=0)
-    assert not mask[static].any()
+    assert_close_explained(best, expected, f"{what}: the minimum", MIN_REPROJECTION, atol=1e-4, rtol=0, names=names)
+    assert not mask[static].any(), first_false_message(
+        ~(mask & static), f"{what}: automask False where the unwarped source wins (static pixels, columns 0-2)",
+        MIN_REPROJECTION, values=mask, names=names)
     which = identity.min(1, keepdim=True).values > reproj.min(1, keepdim=True).values
-    assert torch.equal(mask, which)
+    assert torch.equal(mask, which), first_false_message(
+        mask == which, f"{what}: automask == (a warped source beats every unwarped one)", MIN_REPROJECTION,
+        values=mask, names=names)
     best, mask = geo().min_reprojection(reproj, None)                 # auto-masking disabled
-    torch.testing.assert_close(best, reproj.min(1, keepdim=True).values)
-    assert mask.all()
+    assert_close_explained(best, reproj.min(1, keepdim=True).values, f"{what} without identity errors",
+                           "identity=None: the minimum over the warped errors alone, dim 1?", names=names)
+    assert mask.all(), first_false_message(mask, f"{what} without identity errors: automask all True",
+                                           "identity=None: every pixel kept (torch.ones_like(best, dtype=torch.bool))?",
+                                           names=names)
 
 
 def test_automask_noise_breaks_ties():
@@ -329,10 +415,16 @@ def test_automask_noise_breaks_ties():
     textureless region) are decided at random instead of always by the identity term; the noise
     is small (values move by < 1e-4)."""
     torch.manual_seed(7)
+    what = "Exercise 5.4 min_reprojection with identity errors equal to the warped ones"
     errors = torch.rand(1, 2, 64, 64)
     best, mask = geo().min_reprojection(errors, errors.clone())
-    assert 0.3 < mask.float().mean().item() < 0.7
-    torch.testing.assert_close(best, errors.min(1, keepdim=True).values, atol=1e-4, rtol=0)
+    kept = mask.float().mean().item()
+    assert 0.3 < kept < 0.7, (
+        f"{what}: the automask keeps {kept:.3g} of the pixels, expected between 0.3 and 0.7 (ties decided at "
+        f"random). Check: {MIN_REPROJECTION}")
+    assert_close_explained(best, errors.min(1, keepdim=True).values, f"{what}: the minimum",
+                           "noise 1e-5 * randn, small enough to move values by < 1e-4? the minimum over dim 1?",
+                           atol=1e-4, rtol=0, names=("b", "c", "row", "col"))
 
 
 def slow_smoothness(depth, img):
@@ -357,13 +449,19 @@ def test_smoothness_matches_slow_reference_and_ignores_scale():
     depth divided by its per-image mean) matches, and multiplying the depth by any per-image
     factor leaves the term unchanged."""
     torch.manual_seed(8)
+    what = "Exercise 5.5 smoothness_loss"
     depth = 1 + 30 * torch.rand(2, 1, 5, 7, dtype=torch.float64)
     img = torch.rand(2, 3, 5, 7, dtype=torch.float64)
     got = geo().smoothness_loss(depth, img)
-    assert got.dim() == 0
-    assert abs(got.item() - slow_smoothness(depth.numpy(), img.numpy())) < 1e-9
+    assert got.dim() == 0, shape_message(got.shape, (), f"{what}", "a scalar: mean(x-term) + mean(y-term)?")
+    slow = slow_smoothness(depth.numpy(), img.numpy())
+    assert abs(got.item() - slow) < 1e-9, value_message(got.item(), slow, f"{what} of depth [2, 1, 5, 7]",
+                                                        SMOOTHNESS)
     scaled = depth * torch.tensor([3.0, 0.2], dtype=torch.float64)[:, None, None, None]
-    torch.testing.assert_close(geo().smoothness_loss(scaled, img), got)
+    assert_close_explained(geo().smoothness_loss(scaled, img), got,
+                           f"{what} of the depth scaled by 3 (image 0) and 0.2 (image 1)", "unchanged only if the "
+                           "depth is divided by its own image's mean: depth.mean(dim=(2, 3), keepdim=True), not the "
+                           "batch mean, not left out?")
 
 
 def test_smoothness_is_cheaper_at_image_edges():
@@ -374,7 +472,11 @@ def test_smoothness_is_cheaper_at_image_edges():
     flat = torch.full((1, 3, 8, 8), 0.5)
     edge = flat.clone()
     edge[..., 4:] = 1.0                                              # image edge at the same place
-    assert geo().smoothness_loss(depth, edge) < 0.8 * geo().smoothness_loss(depth, flat)
+    at_edge, in_flat = geo().smoothness_loss(depth, edge), geo().smoothness_loss(depth, flat)
+    assert at_edge < 0.8 * in_flat, (
+        f"Exercise 5.5 smoothness_loss: a depth step costs {float(at_edge):.4g} on an image edge and "
+        f"{float(in_flat):.4g} in a flat image; expected below 0.8 x the second. Check: the weight is "
+        f"exp(-|image difference|) (minus: an edge lowers it), taken in the same direction as the depth difference?")
 
 
 # ------------------------------------------------------------------ networks and the training step
@@ -507,8 +609,14 @@ def test_depth_scaling_makes_the_loss_scale_invariant():
             torch.manual_seed(0)
             poses = geo().predict_poses(RecordingPoseNet(), inputs, cfg, depth * k)
             losses[scaling, k] = geo().self_supervised_loss(inputs, depth * k, poses, cfg, ssim)["photometric"]
-    torch.testing.assert_close(losses["depth", 1.0], losses["depth", 3.0])
-    assert abs(losses["none", 1.0] - losses["none", 3.0]) > 1e-4
+    hint = ("the warp is scale-free only if Exercise 5.2 BackprojectDepth multiplies the rays by the depth: "
+            f"{BACKPROJECTION}")
+    assert_close_explained(losses["depth", 1.0], losses["depth", 3.0], "the photometric loss (pose_scaling='depth') "
+                           "of the depth x 1, against the depth x 3", hint)
+    assert abs(losses["none", 1.0] - losses["none", 3.0]) > 1e-4, (
+        f"the photometric loss (pose_scaling='none') is {float(losses['none', 1.0]):.6g} for the depth x 1 and "
+        f"{float(losses['none', 3.0]):.6g} for the depth x 3: a fixed translation must see the depth's scale. "
+        f"Check: {hint}")
 
 
 def test_loss_outputs_with_stereo():
@@ -520,8 +628,13 @@ def test_loss_outputs_with_stereo():
     out = geo().self_supervised_loss(inputs, 5 + torch.rand(2, 1, 4, 6), poses, cfg, geo().make_ssim(cfg))
     assert set(out) >= {"loss", "photometric", "smoothness", "automask", "min_reproj", "warped"}
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert out["automask"].shape == (2, 1, 8, 12) and out["automask"].dtype == torch.bool
-    assert out["min_reproj"].shape == (2, 1, 8, 12) and list(out["warped"]) == [-1, 1, "s"]
+    assert out["automask"].shape == (2, 1, 8, 12) and out["automask"].dtype == torch.bool, (
+        f"the automask is {tuple(out['automask'].shape)} {out['automask'].dtype}, expected (2, 1, 8, 12) "
+        f"torch.bool. Check: Exercise 5.4 min_reprojection: {MIN_REPROJECTION}")
+    assert out["min_reproj"].shape == (2, 1, 8, 12), shape_message(
+        out["min_reproj"].shape, (2, 1, 8, 12), "the minimum reprojection (3 sources, batch 2)",
+        f"Exercise 5.4 min_reprojection: {MIN_REPROJECTION}")
+    assert list(out["warped"]) == [-1, 1, "s"]
     torch.testing.assert_close(out["loss"], out["photometric"] + 1e-3 * out["smoothness"])
 
 

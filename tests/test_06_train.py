@@ -20,6 +20,8 @@ import pytest
 import torch
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
 
+from exercise_checks import assert_close_explained, value_message
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
         "--num_queries", "8", "--num_bins", "16", "--dim_feedforward", "32", "--height", "64",
@@ -124,18 +126,32 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
         expected_terms.append({k: float(out[k].detach()) for k in t.STEP_TERMS})
     optimizer = torch.optim.SGD(params, lr=lr)
     before = [p.detach().clone() for p in params]
+    what = "Exercise 6.1 train_step"
     for step in range(2):
         torch.manual_seed(10 + step)
         terms = t.train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim)
-        assert set(terms) == set(t.STEP_TERMS)
-        assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in terms.values())
+        assert set(terms) == set(t.STEP_TERMS), (
+            f"{what}: returned the keys {sorted(terms)}, expected {sorted(t.STEP_TERMS)}. Check: return "
+            f"{{k: out[k].detach() for k in STEP_TERMS}} of the loss dict?")
+        assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in terms.values()), (
+            f"{what}: returned {[(k, type(v).__name__) for k, v in terms.items()]}. Check: 0-d tensors, "
+            f"detached (.detach(), not float() or .item(): no host read in the step)?")
         for k, v in expected_terms[step].items():   # health numbers: statistics of outputs, looser
             rel = 1e-5 if k in t.LOSS_TERMS else 1e-3
-            assert float(terms[k]) == pytest.approx(v, rel=rel, abs=1e-7, nan_ok=True), k
+            assert float(terms[k]) == pytest.approx(v, rel=rel, abs=1e-7, nan_ok=True), value_message(
+                float(terms[k]), v, f"{what}: {k!r} at step {step + 1}", "the depth of the augmented frame "
+                "inputs['color_aug'][0], not inputs['color']? predict_poses(..., depth=depth) and "
+                "self_supervised_loss on that depth? zero_grad, backward, optimizer.step once per call, in that "
+                "order?")
     moved = max(float((p.detach() - b).abs().max()) for p, b in zip(params, before))
-    assert moved > 1e-4, "train_step did not change the parameters (optimizer.step missing?)"
-    for p, r in zip(params, ref_params):
-        torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-6)
+    assert moved > 1e-4, (f"{what} did not change the parameters (largest change {moved:.3g}). Check: "
+                          f"optimizer.step() after the backward?")
+    named = [(f"{net}.{name}", p) for net, module in (("depth", depth_net), ("pose", pose_net))
+             for name, p in module.named_parameters()]
+    for (name, p), r in zip(named, ref_params):
+        assert_close_explained(p, r, f"{what}: parameter {name} after two steps", "optimizer.zero_grad() before "
+                               "the backward (without it the second step applies g1 + g2)? one backward of "
+                               "out['loss'] and one optimizer.step() per call?", rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ the GPU path, checked on CPU

@@ -18,11 +18,22 @@ import pytest
 import torch
 
 from helpers import cli, depth_figures, eval_tables, model_files, official_weights
+from exercise_checks import assert_allclose_explained, value_message
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16)
 TINY_FLAGS = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
               "--num_queries", "8", "--num_bins", "16"]
+# What to check in Exercise 7.2 when one metric is wrong.
+METRIC_HINTS = {"abs_rel": "mean(|gt - pred| / gt): divided by gt, not by pred?",
+                "sq_rel": "mean((gt - pred)^2 / gt): divided by gt, not by pred?",
+                "rmse": "sqrt(mean((gt - pred)^2)): the root of the mean, not the mean of the roots?",
+                "rmse_log": "natural logarithms (np.log, not np.log10)? sqrt(mean((ln gt - ln pred)^2))?",
+                "a1": "the fraction of max(gt / pred, pred / gt) < 1.25, with a strict '<'?",
+                "a2": "the fraction of max(gt / pred, pred / gt) < 1.25 ** 2 (a power, not 1.25 * 2), strict '<'?",
+                "a3": "the fraction of max(gt / pred, pred / gt) < 1.25 ** 3 (a power, not 1.25 * 3), strict '<'?"}
+MEDIAN_HINT = ("ratio = median(gt) / median(pred) (not inverted, not the mean, not the median of gt / pred), "
+               "and it multiplies the prediction?")
 
 
 def ev():
@@ -64,12 +75,15 @@ def _run_main(argv, capsys):
 
 def test_metrics_match_hand_computed_values():
     """gt [1,2,4], pred [2,2,2]: AbsRel 0.5, SqRel 2/3, RMSE sqrt(5/3), RMSElog ln2*sqrt(2/3), a1..a3 1/3."""
+    what = "Exercise 7.2 compute_depth_errors(gt=[1, 2, 4], pred=[2, 2, 2])"
     m = ev().compute_depth_errors(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 2.0]))
-    assert list(m) == ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
+    assert list(m) == ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"], (
+        f"{what} returned the keys {list(m)}. Check: the keys abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, in "
+        f"that order?")
     expected = {"abs_rel": 0.5, "sq_rel": 2 / 3, "rmse": math.sqrt(5 / 3), "rmse_log": math.log(2) * math.sqrt(2 / 3),
                 "a1": 1 / 3, "a2": 1 / 3, "a3": 1 / 3}
     for k, v in expected.items():
-        assert m[k] == pytest.approx(v, rel=1e-9), k
+        assert m[k] == pytest.approx(v, rel=1e-9), value_message(m[k], v, f"{what}: {k}", METRIC_HINTS[k])
 
 
 def test_metrics_match_slow_loop_and_reject_wrong_formulas():
@@ -78,29 +92,44 @@ def test_metrics_match_slow_loop_and_reject_wrong_formulas():
     rng = np.random.default_rng(0)
     gt = np.concatenate([[4.0, 1.0], rng.uniform(1, 80, 50)])
     pred = np.concatenate([[5.0, 1.9], gt[2:] * rng.uniform(0.6, 1.7, 50)])
+    what = "Exercise 7.2 compute_depth_errors"
     m, slow = ev().compute_depth_errors(gt, pred), _slow_metrics(gt.tolist(), pred.tolist())
     for k in slow:
-        assert m[k] == pytest.approx(slow[k], rel=1e-9), k
+        assert m[k] == pytest.approx(slow[k], rel=1e-9), value_message(
+            m[k], slow[k], f"{what} on 52 random depths: {k}", METRIC_HINTS[k])
     ratio = np.maximum(gt / pred, pred / gt)
-    assert m["a1"] != pytest.approx(np.mean(ratio <= 1.25))  # the exact-1.25 pixel is excluded
-    assert m["rmse_log"] != pytest.approx(np.sqrt(np.mean((np.log10(gt) - np.log10(pred)) ** 2)))
-    assert m["abs_rel"] != pytest.approx(np.mean(np.abs(gt - pred) / pred))
-    assert m["sq_rel"] != pytest.approx(np.mean((gt - pred) ** 2 / pred))
+    wrong = {"a1": ("the '<=' formula", np.mean(ratio <= 1.25)),  # the exact-1.25 pixel is excluded
+             "rmse_log": ("the log10 formula", np.sqrt(np.mean((np.log10(gt) - np.log10(pred)) ** 2))),
+             "abs_rel": ("the formula dividing by pred", np.mean(np.abs(gt - pred) / pred)),
+             "sq_rel": ("the formula dividing by pred", np.mean((gt - pred) ** 2 / pred))}
+    for k, (formula, value) in wrong.items():
+        assert m[k] != pytest.approx(value), (
+            f"{what}: {k} is {m[k]:.6g}, the value of {formula} (gt 4, pred 5 has a ratio of exactly 1.25). "
+            f"Check: {METRIC_HINTS[k]}")
     small = ev().compute_depth_errors(np.array([1.0, 1.0]), np.array([1.9, 1.5]))  # ratios 1.9, 1.5
-    assert (small["a1"], small["a2"], small["a3"]) == (0.0, 0.5, 1.0)  # each threshold on its own power
+    got = (small["a1"], small["a2"], small["a3"])
+    assert got == (0.0, 0.5, 1.0), (  # each threshold on its own power
+        f"{what}(gt=[1, 1], pred=[1.9, 1.5]) (ratios 1.9 and 1.5): (a1, a2, a3) = {got}, expected (0.0, 0.5, 1.0). "
+        f"Check: thresholds 1.25, 1.25 ** 2 = 1.5625, 1.25 ** 3 = 1.953 (powers, not multiples), strict '<'?")
 
 
 def test_median_scaling_uses_the_median_ratio_gt_over_pred():
     """ratio = median(gt) / median(pred) (not the mean, not inverted), and it multiplies the prediction."""
+    what = "Exercise 7.1 median_scale"
     gt, pred = np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 1.0])
     scaled, ratio = ev().median_scale(gt, pred)
-    assert ratio == pytest.approx(2.0)  # the mean ratio would be 13/3
-    np.testing.assert_allclose(scaled, [2.0, 2.0, 2.0])
+    assert ratio == pytest.approx(2.0), value_message(  # the mean ratio would be 13/3
+        ratio, 2.0, f"{what}(gt=[1, 2, 10], pred=[1, 1, 1]): ratio", f"{MEDIAN_HINT} (the mean would give 13/3)")
+    assert_allclose_explained(scaled, [2.0, 2.0, 2.0], f"{what}(gt=[1, 2, 10], pred=[1, 1, 1]): scaled prediction",
+                              MEDIAN_HINT)
     scaled, ratio = ev().median_scale(np.array([2.0, 4.0, 6.0]), np.array([4.0, 8.0, 12.0]))
-    assert ratio == pytest.approx(0.5)
-    np.testing.assert_allclose(scaled, [2.0, 4.0, 6.0])
+    assert ratio == pytest.approx(0.5), value_message(ratio, 0.5, f"{what}(gt=[2, 4, 6], pred=[4, 8, 12]): ratio",
+                                                      f"{MEDIAN_HINT} (an inverted ratio gives 2)")
+    assert_allclose_explained(scaled, [2.0, 4.0, 6.0], f"{what}(gt=[2, 4, 6], pred=[4, 8, 12]): scaled prediction",
+                              MEDIAN_HINT)
     _, ratio = ev().median_scale(np.array([1.0, 2.0, 10.0]), np.array([2.0, 1.0, 4.0]))
-    assert ratio == pytest.approx(1.0)  # median(gt) / median(pred) = 2 / 2; the median of gt / pred is 2
+    assert ratio == pytest.approx(1.0), value_message(  # median(gt) / median(pred) = 2 / 2; median(gt / pred) = 2
+        ratio, 1.0, f"{what}(gt=[1, 2, 10], pred=[2, 1, 4]): ratio", f"{MEDIAN_HINT} (the median of gt / pred is 2)")
 
 
 def test_garg_crop_indices_on_a_kitti_sized_frame():
@@ -125,8 +154,12 @@ def test_eigen_protocol_on_a_crafted_ground_truth():
     pred[~crop] = 1000.0
     pred[(gt <= 1e-3) | (gt >= 80)] = 1000.0
     res = e.evaluate_predictions([gt], [pred], "eigen")
-    assert res["abs_rel"] == pytest.approx(0, abs=1e-6) and res["a1"] == 1.0
-    np.testing.assert_allclose(res["ratios"], [1 / 3], rtol=1e-6)
+    hint = f"Exercise 7.1 median_scale: {MEDIAN_HINT} Exercise 7.2 compute_depth_errors: do their tests pass?"
+    assert res["abs_rel"] == pytest.approx(0, abs=1e-6) and res["a1"] == 1.0, (
+        f"eigen protocol on a prediction 3x the ground truth: abs_rel {res['abs_rel']:.6g} and a1 {res['a1']:.6g} "
+        f"after median scaling, expected 0 and 1. Check: {hint}")
+    assert_allclose_explained(res["ratios"], [1 / 3], "eigen protocol on a prediction 3x the ground truth: the "
+                              "median scaling ratio", hint, rtol=1e-6, names=("image",))
     assert res["n"] == 1
     for split in ("eigen_benchmark", "synthetic"):
         assert e.evaluate_predictions([gt], [pred], split)["abs_rel"] > 0.01, split
@@ -143,7 +176,9 @@ def test_prediction_is_resized_bilinearly_to_gt_and_averaged_per_image():
     gt_b[:, :10] = 0
     res = e.evaluate_predictions([gt_a, gt_b], [np.full((20, 50), 10.0), np.full((10, 25), 15.0)],
                                  "synthetic", median_scaling=False)
-    assert res["abs_rel"] == pytest.approx(0.25)
+    assert res["abs_rel"] == pytest.approx(0.25), value_message(
+        res["abs_rel"], 0.25, "the mean AbsRel of frames with AbsRel 0 and 0.5",
+        f"Exercise 7.2 compute_depth_errors: {METRIC_HINTS['abs_rel']}")
     assert e.resize_to(np.arange(4.0).reshape(1, 4), 1, 8).tolist()[0] == pytest.approx(
         [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3])  # half-pixel centres, like cv2.resize
 
@@ -157,8 +192,11 @@ def test_thin_structure_abs_rel_is_pooled_over_thin_pixels():
     pred = gt.copy()
     pred[thin] = 15.0
     res = e.evaluate_predictions([gt], [pred], "synthetic", median_scaling=True, thin_masks=[thin])
-    assert res["thin_abs_rel"] == pytest.approx(0.5)
-    assert res["abs_rel"] == pytest.approx(0.5 / 40)
+    hint = f"Exercise 7.1 median_scale: {MEDIAN_HINT} Exercise 7.2: {METRIC_HINTS['abs_rel']}"
+    assert res["thin_abs_rel"] == pytest.approx(0.5), value_message(
+        res["thin_abs_rel"], 0.5, "thin_abs_rel with AbsRel 0.5 on the thin pixels", hint)
+    assert res["abs_rel"] == pytest.approx(0.5 / 40), value_message(
+        res["abs_rel"], 0.5 / 40, "abs_rel of a frame wrong only on 1 column of 40", hint)
 
 
 # ----------------------------------------------------------------------------- post-processing
