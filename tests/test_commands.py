@@ -49,8 +49,8 @@ def target_and_flags(command):
     if not tokens or tokens[0] == "-":
         return None, []
     if tokens[0] == "-m":
-        if len(tokens) < 2 or tokens[1].split(".")[0] in NOT_OURS:
-            return None, []
+        if len(tokens) < 2 or tokens[1].split(".")[0] in NOT_OURS or tokens[1].endswith("NAME"):
+            return None, []   # not ours, or a placeholder (python -m helpers.NAME)
         target, rest = ("module", tokens[1]), tokens[2:]
     elif tokens[0].endswith(".py") and not tokens[0].startswith("NN_"):   # NN_name.py: a placeholder
         # mine/NN_name.py is a learner's copy of the step (tests/make_exercises.py): the same flags
@@ -93,6 +93,7 @@ def test_commands_are_read_with_their_flags():
         (("module", "helpers.predict"), ["--images", "--ply"])
     assert target_and_flags("torchrun --nproc_per_node=2 06_train.py --data kitti")[1] == ["--data"]
     assert target_and_flags("python -m pytest -q") == (None, [])
+    assert target_and_flags("python -m helpers.NAME --help") == (None, [])
     assert target_and_flags("python mine/03_self_query.py")[0] == ("script", "03_self_query.py")
     assert target_and_flags("python - runs/a <<'EOF'") == (None, [])
     assert _logical_lines("python a.py --x \\\n  --y\nnext") == ["python a.py --x    --y", "next"]

@@ -542,8 +542,8 @@ def test_a_split_dir_without_the_lists_names_the_path_before_the_download(tmp_pa
     """--split_dir EMPTY offline: one line that names the exact list path looked for and the folder
     given, then the failed download; the advice is to put the list there (not to pass --split_dir,
     which was passed). Without --split_dir, the cache path and the advice to pass it."""
-    data = importlib.import_module("01_data")
-    monkeypatch.setattr(data, "SPLIT_URL_BASE", "http://127.0.0.1:9/splits")   # nothing listens: offline
+    split_lists = importlib.import_module("helpers.split_lists")
+    monkeypatch.setattr(split_lists, "SPLIT_URL_BASE", "http://127.0.0.1:9/splits")   # nothing listens: offline
     monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
     capsys.readouterr()
