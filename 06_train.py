@@ -153,9 +153,10 @@ PRESETS = {
     # Sized for a run of about ten minutes on 2 CPU cores (8 min 36 s in all, training at a median
     # 26 img/s, on an idle 2-core AMD EPYC with AVX-512: docs/benchmarks.md): 64x208 input, lr 5e-4
     # (1e-4 scored worse at this budget: docs/ablations.md), 4 epochs of the 3,072 training samples,
-    # lr / 10 for the last epoch. Stereo ("MS"): at this budget monocular training
-    # reached AbsRel 0.16-0.19 on the synthetic test split, MS 0.095 (the fixed stereo baseline
-    # supervises the far range near the vanishing point, where forward motion gives no parallax).
+    # lr / 10 for the last epoch. Stereo ("MS"): at this budget monocular training reached AbsRel
+    # 0.159-0.177 on the synthetic test split over five seeds, MS 0.096 +- 0.001 over three
+    # (docs/monocular.md; the fixed stereo baseline supervises the far range, where forward motion
+    # gives little parallax).
     # Loading in the loop (num_workers 0): on 2 cores a worker process fights the step's threads and
     # slows it more than the loading it takes over; each decoded frame is kept (the world's frames
     # at 416x128 fit in ~610 MB; at 208x64 in a quarter of that), so later epochs skip the decoding
