@@ -12,6 +12,9 @@ Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by r
 depth), compare_<split>.png (the same test frames for each variant, with the thin structures
 enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
 The README's ablation table and docs/ablations.md come from it.
+Score files (helpers/run_scores.py) keep each run's scores beyond its checkpoints: `--save_scores DIR`
+writes one JSON per run while scoring; `python -m helpers.compare_runs --scores DIR --out OUT` rebuilds
+the tables (not the figures) from such files alone.
 Tests: tests/test_compare_runs.py.
 """
 import argparse
@@ -27,6 +30,7 @@ import numpy as np
 from helpers import depth_figures                   # inverse depth in colour
 from helpers import model_files                     # checkpoints -> DepthNet
 from helpers import run_folder                      # val.csv reader
+from helpers import run_scores                      # one score file per run, and tables from them
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
@@ -319,10 +323,33 @@ def save_diagnostics_figure(logs, labels, path):
     plt.close(fig)
 
 
+def write_tables(runs, configs, ranges, out_dir, split):
+    """Group the runs into variants and write the tables (save_compare, and compare_<split>_ranges.csv),
+    printing the markdown table: the part shared by run folders and score files.
+    runs: compare_tables' per-run dicts; configs: their stored training configs (nested or flattened);
+    ranges: errors_by_range's rows with a "run" key. Returns (aggregated, per_run, groups, labels, paths)."""
+    groups, labels = group_runs(configs)
+    for members, label in zip(groups, labels):
+        seeds = [str(runs[i]["seed"]) for i in members]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # the same run given twice, or a copy: its std is no seed spread
+            print(f"   note: variant {label} has seed {', '.join(repeated)} more than once")
+    aggregated, per_run, md = compare_tables(runs, groups, labels)
+    print("\n" + md + "\n")
+    written = list(save_compare(aggregated, per_run, md, out_dir, split))
+    range_path = out_dir / f"compare_{split}_ranges.csv"
+    range_columns = ("run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share")
+    range_path.write_text("\n".join([",".join(range_columns)] + [
+        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in range_columns) for r in ranges]) + "\n")
+    return aggregated, per_run, groups, labels, written + [range_path]
+
+
 def run_compare(options, device):
     """Score every run on one test split, group seeds into variants, write the tables and figures.
     options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
     paths = [resolve_run(spec) for spec in options.runs]
+    names = run_scores.file_names(options.runs, paths) if options.save_scores else []
+    commit = run_scores.code_commit() if options.save_scores else ""
     model, config = model_files.load_model(paths[0], device)
     first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
@@ -334,7 +361,10 @@ def run_compare(options, device):
     # The figure's frames: spread evenly over the split (neighbouring frames of a drive look alike).
     frames = sorted(set(np.linspace(0, len(lines) - 1, min(cfg.num_figure_frames, len(lines))).round().astype(int)))
     runs, configs, figure_preds, ranges = [], [], [], []
-    for spec, path in zip(options.runs, paths):
+    evaluated = {"split": cfg.split, "data": Path(cfg.data_path).name, "split_file": Path(cfg.split_file).name,
+                 "max_images": cfg.max_images, "test_frames": len(lines), "post_process": cfg.post_process,
+                 "eval_stereo": cfg.eval_stereo}   # what a score file must share with another to join its table
+    for index, (spec, path) in enumerate(zip(options.runs, paths)):
         if model is None:  # (the first run's network was loaded above, for its data and split)
             model, config = model_files.load_model(path, device)
         if config.get("use_stereo") and not cfg.eval_stereo:
@@ -351,22 +381,14 @@ def run_compare(options, device):
         ranges.extend({"run": str(spec), **r} for r in by_range)
         print("     by true depth: " + " | ".join(f"{r['range']} pred/gt {r['pred_over_gt']:.2f} rmse "
                                                   f"{r['rmse']:.1f} ({100 * r['sq_error_share']:.0f}%)" for r in by_range))
+        if options.save_scores:  # at once: a later run's failure loses no finished run's scores
+            saved = run_scores.write_record(run_scores.make_record(
+                names[index], path.name, flat_config(config), evaluated, result["n"],
+                {c: result[c] for c in COMPARE_COLUMNS}, by_range, commit), options.save_scores)
+            print(f"     scores: {saved}")
         model = None  # one network in memory at a time
-    groups, labels = group_runs(configs)
-    for members, label in zip(groups, labels):
-        seeds = [str(runs[i]["seed"]) for i in members]
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:  # the same run given twice, or a copy: its std is no seed spread
-            print(f"   note: variant {label} has seed {', '.join(repeated)} more than once")
-    aggregated, per_run, md = compare_tables(runs, groups, labels)
-    print("\n" + md + "\n")
     out_dir = Path(cfg.out)
-    written = list(save_compare(aggregated, per_run, md, out_dir, cfg.split))
-    range_path = out_dir / f"compare_{cfg.split}_ranges.csv"
-    range_columns = ("run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share")
-    range_path.write_text("\n".join([",".join(range_columns)] + [
-        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in range_columns) for r in ranges]) + "\n")
-    written.append(range_path)
+    aggregated, per_run, groups, labels, written = write_tables(runs, configs, ranges, out_dir, cfg.split)
     # Images for the figure: the first run's test frames at its input size; predictions of each
     # variant's first seed.
     dataset = evaluation.test_loader(cfg, lines, int(configs[0]["height"]), int(configs[0]["width"])).dataset
@@ -382,6 +404,28 @@ def run_compare(options, device):
         diag_path = out_dir / "compare_diagnostics.png"
         save_diagnostics_figure(logs, labels, diag_path)
         written.append(diag_path)
+    print("-> " + ", ".join(str(p) for p in written))
+    return aggregated, per_run
+
+
+def compare_scores(options):
+    """run_compare's tables rebuilt from score files alone (helpers/run_scores.py): the same variants,
+    labels, mean +- std and CSVs, no figures (they need each run's network). Returns (aggregated rows,
+    per-run rows)."""
+    if not options.out:
+        raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
+    records = run_scores.read_records(options.scores)
+    shown = records[0]["evaluation"]
+    print(f"-> {len(records)} score files of runs on {shown['test_frames']} {shown['split']} frames of "
+          f"{shown['data']}{', post-processed' if shown['post_process'] else ''}; "
+          f"{'stereo: x5.4' if shown['eval_stereo'] else 'mono: median scaling'}")
+    # A column the file lacks (written before the column existed) shows as "-", like a variant without queries.
+    runs = [{**{c: r["metrics"].get(c, float("nan")) for c in COMPARE_COLUMNS}, "run": r["run"], "seed": r["seed"],
+             "frames": r["frames"]} for r in records]
+    ranges = [{"run": r["run"], **row} for r in records for row in r["error_by_range"]]
+    aggregated, per_run, _, _, written = write_tables(runs, [r["config"] for r in records], ranges,
+                                                      Path(options.out), shown["split"])
+    print("   no figures from score files: the figures need each run's network and val.csv")
     print("-> " + ", ".join(str(p) for p in written))
     return aggregated, per_run
 
@@ -514,6 +558,8 @@ class CompareConfig:
     num_figure_frames: int = 4  # test frames in the comparison figure
     worlds: list = field(default_factory=list)  # synthetic worlds (the training one first): zero-shot table
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    save_scores: str = ""  # also write each run's scores to DIR/<run folder>.json, to keep beyond its checkpoints
+    scores: list = field(default_factory=list)  # instead of --runs: score files, folders of them or globs
 
 
 def evaluation_config(options):
@@ -529,8 +575,16 @@ def main(argv=None):
     add_dataclass_flags(parser, CompareConfig)
     options = CompareConfig(**vars(parser.parse_args(argv)))
     try:
+        if options.scores:
+            if options.runs or options.worlds or options.save_scores:
+                raise data.DataError("--scores builds the table from score files alone: give it without "
+                                     "--runs, --worlds and --save_scores")
+            compare_scores(options)
+            return 0
         if not options.runs:
-            raise data.DataError("give the runs to compare: --runs RUN [RUN ...]")
+            raise data.DataError("give the runs to compare: --runs RUN [RUN ...] (or their score files: --scores)")
+        if options.worlds and options.save_scores:
+            raise data.DataError("--save_scores keeps the scores of one test split: give it without --worlds")
         device = evaluation.choose_device(options.device)
         if options.worlds:
             run_zero_shot(options, device)

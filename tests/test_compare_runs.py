@@ -230,3 +230,109 @@ def test_zero_shot_table_over_worlds(three_runs, tiny_world, tmp_path, capsys):
         assert float(run["abs_rel increase"]) == pytest.approx(increase, abs=1e-5)  # CSVs: 6 digits
     assert (out / "zero_shot.png").stat().st_size > 1000 and "median scaling" in (out / "zero_shot.md").read_text()
     assert compare().main(["--runs", str(specs[0]), "--worlds", str(tmp_path)]) == 2    # not a world
+
+
+# ----------------------------------------------------------------------------- score files
+
+@pytest.fixture(scope="module")
+def saved_scores(three_runs):
+    """The three tiny runs compared with --save_scores: (table folder, score folder, the runs' specs)."""
+    specs = [three_runs / "seed0", three_runs / "seed1", three_runs / "none"]
+    out, scores = three_runs / "scored", three_runs / "scores"
+    code = compare().main([str(a) for a in ["--runs", *specs, "--out", out, "--save_scores", scores,
+                                            "--num_figure_frames", "1"]])
+    assert code == 0
+    return out, scores, specs
+
+
+def test_save_scores_writes_one_file_per_run_equal_to_its_table_row(saved_scores, tiny_world):
+    """--save_scores: one JSON per run, named after its folder, whose metrics equal that run's row of
+    compare_<split>_runs.csv (6 significant digits there), whose error by range equals _ranges.csv; the
+    keys in a fixed order; NaN (no queries) as null; the split, data folder name and evaluation
+    settings stored; no absolute path of this machine anywhere in the file."""
+    import json
+    c = compare()
+    out, scores, specs = saved_scores
+    assert sorted(p.name for p in scores.iterdir()) == ["none.json", "seed0.json", "seed1.json"]
+    per_run = _csv_rows(out / "compare_synthetic_runs.csv")
+    ranges = _csv_rows(out / "compare_synthetic_ranges.csv")
+    for spec, row in zip(specs, per_run):
+        text = (scores / f"{spec.name}.json").read_text()
+        record = json.loads(text)
+        assert list(record) == ["format", "run", "checkpoint", "seed", "evaluation", "frames", "metrics",
+                                "error_by_range", "scored_with_commit", "trained_with_commit", "scored_at",
+                                "config"]
+        assert (record["run"], str(record["seed"]), str(record["frames"])) == (spec.name, row["seed"], row["frames"])
+        assert record["evaluation"] == {"split": "synthetic", "data": tiny_world.name, "split_file": "",
+                                        "max_images": 0, "test_frames": record["evaluation"]["test_frames"],
+                                        "post_process": False, "eval_stereo": False}
+        assert list(record["metrics"]) == list(c.COMPARE_COLUMNS)
+        for column, value in record["metrics"].items():
+            if row[column] == "nan":
+                assert value is None, column
+            else:
+                assert value == pytest.approx(float(row[column]), rel=1e-5), column
+        mine = [r for r in ranges if r["run"] == str(spec)]
+        assert [r["range"] for r in record["error_by_range"]] == [r["range"] for r in mine]
+        for stored, written in zip(record["error_by_range"], mine):
+            for key in ("pixels", "pred_over_gt", "rmse", "sq_error_share"):
+                if written[key] == "nan":
+                    assert stored[key] is None
+                else:
+                    assert stored[key] == pytest.approx(float(written[key]), rel=1e-5, abs=1e-12), key
+        assert record["config"]["data_path"] == tiny_world.name and record["config"]["run_dir"] == spec.name
+        assert str(tiny_world.parent) not in text and str(spec.parent) not in text
+        assert record["scored_with_commit"] and record["trained_with_commit"] is None
+
+
+def test_scores_rebuild_the_run_folders_table(saved_scores, capsys):
+    """--scores on the score folder (and on the files given one by one) writes the same markdown table
+    and per-variant CSV as the run-folder mode, byte for byte, the same error-by-range rows, and says
+    that it draws no figures."""
+    out, scores, specs = saved_scores
+    for given, folder in (([scores], out.parent / "rebuilt"),
+                          ([scores / f"{s.name}.json" for s in specs], out.parent / "rebuilt_files")):
+        code = compare().main([str(a) for a in ["--scores", *given, "--out", folder]])
+        printed, err = capsys.readouterr()
+        assert code == 0, err
+        if len(given) == 1:   # a folder's files in name order: none, seed0, seed1
+            expected = ["queries=none", "queries=self"]
+            assert [r["variant"] for r in _csv_rows(folder / "compare_synthetic.csv")] == expected
+            continue
+        for name in ("compare_synthetic.md", "compare_synthetic.csv"):
+            assert (folder / name).read_text() == (out / name).read_text(), name
+        assert (folder / "compare_synthetic.md").read_text().split("\n\n")[0] in printed
+        drop_run = [{k: v for k, v in r.items() if k != "run"} for r in _csv_rows(out / "compare_synthetic_ranges.csv")]
+        assert [{k: v for k, v in r.items() if k != "run"} for r in
+                _csv_rows(folder / "compare_synthetic_ranges.csv")] == drop_run
+        assert "no figures" in printed and not list(folder.glob("*.png"))
+
+
+def test_scores_refuse_mixed_evaluations_and_bad_files(saved_scores, tmp_path, capsys):
+    """Score files of another split, or scored with other evaluation settings, are refused with one
+    `error:` line naming the file and the field (exit 2); so are a missing path, a JSON that is not a
+    score file, a score file without its fields, --scores without --out, and --scores beside --runs;
+    no table is written."""
+    import json
+    out, scores, specs = saved_scores
+    first = scores / "seed0.json"
+    record = json.loads((scores / "seed1.json").read_text())
+    bad = {}
+    for name, change in (("eigen", {"split": "eigen"}), ("post", {"post_process": True})):
+        bad[name] = tmp_path / f"{name}.json"
+        bad[name].write_text(json.dumps({**record, "evaluation": {**record["evaluation"], **change}}))
+    (tmp_path / "other.json").write_text('{"abs_rel": 0.1}')
+    (tmp_path / "partial.json").write_text('{"format": 1, "run": "x"}')
+    cases = [(["--scores", first, bad["eigen"], "--out", tmp_path / "t"], "eigen.json: scored with split='eigen'"),
+             (["--scores", first, bad["post"], "--out", tmp_path / "t"], "post_process=True"),
+             (["--scores", tmp_path / "missing", "--out", tmp_path / "t"], "missing"),
+             (["--scores", tmp_path / "other.json", "--out", tmp_path / "t"], "other.json: not a score file"),
+             (["--scores", tmp_path / "partial.json", "--out", tmp_path / "t"], "lacks seed, evaluation"),
+             (["--scores", first], "--out"),
+             (["--scores", first, "--runs", specs[0], "--out", tmp_path / "t"], "without --runs")]
+    for argv, needle in cases:
+        code = compare().main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "t").exists()
