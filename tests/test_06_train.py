@@ -345,10 +345,10 @@ def test_validation_logs_the_self_query_diagnostics(two_step_run):
 
 
 def test_log_and_validation_carry_the_health_numbers(two_step_run):
-    """log.csv has 05's health numbers for every logged step (finite, in their ranges); val.csv has
+    """log.csv has the loss's health numbers for every logged step (finite, in their ranges); val.csv has
     them averaged over the split, the ratio of predicted to true motion (the synthetic world has
     poses and dense ground truth: finite and positive) and the collapse flag (0 or 1)."""
-    g = geo()
+    health_module = importlib.import_module("helpers.training_health")
     with open(two_step_run / "log.csv", newline="") as f:
         log = list(csv.DictReader(f))
     with open(two_step_run / "val.csv", newline="") as f:
@@ -359,8 +359,8 @@ def test_log_and_validation_carry_the_health_numbers(two_step_run):
         assert 0 < float(row["warped_photometric"]) < 1 and 0 < float(row["identity_photometric"]) < 1
     for row in val:
         assert 0 < float(row["motion_ratio"]) < 100 and float(row["collapsed"]) in (0.0, 1.0)
-        health = {k: float(row[k]) for k in g.HEALTH_TERMS}
-        assert float(row["collapsed"]) == float(bool(g.collapse_signs(health, int(row["step"]))))
+        health = {k: float(row[k]) for k in health_module.HEALTH_TERMS}
+        assert float(row["collapsed"]) == float(bool(health_module.collapse_signs(health, int(row["step"]))))
 
 
 def test_collapse_detector_fires_on_a_broken_run_and_not_on_a_healthy_one(tiny_world, tmp_path, capsys):
