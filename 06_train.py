@@ -46,6 +46,7 @@ import training_data                     # the world, split lists, loaders (trai
 from cli import one_line                 # errors as one line (cli.py)
 from cpu_memory import tune_cpu_memory   # page faults (cpu_memory.py)
 from fused_adam import make_adam         # Adam, fused where it can be (fused_adam.py)
+from mixed_precision import bf16_autocast_available  # where --amp runs (mixed_precision.py)
 from training_data import frame_ids      # the frames of a sample: 0, the sources (and "s")
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -101,7 +102,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
     seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
+    amp: bool = False               # bf16 autocast of the depth network (CUDA, CPUs with native bf16)
     channels_last: bool = True    # NHWC layout of both networks and their inputs (docs/benchmarks.md)
     small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
@@ -306,8 +307,9 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
 
 
 def amp_on(cfg, device):
-    """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
-    return cfg.amp and device.type == "cuda"
+    """bf16 autocast if asked for and worth it: on CUDA, and on a CPU with native bf16 instructions
+    (mixed_precision.py); elsewhere bf16 is emulated, slower than float32, and --amp runs float32."""
+    return cfg.amp and bf16_autocast_available(device)
 
 
 # ---- The loop ----
@@ -570,6 +572,9 @@ def main(argv=None):
             torch.set_num_threads(cfg.threads)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
+        if cfg.amp and info.main and not amp_on(cfg, device):
+            print("note: --amp runs in float32: this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)",
+                  flush=True)
         trainer = Trainer(cfg, info, device, ckpt)
         if cfg.profile:
             amp = amp_on(trainer.cfg, device)
