@@ -30,10 +30,9 @@ This file adds:
 This step is longer than the others (~650 lines): the loss is one concept only with all of its
 geometry, the pose networks, SSIM and the numbers that tell whether it teaches anything.
 
-Uses 02_unet (the ResNet for PoseResNet only), box_filter.py (SSIM's local means) and, in the
-demo, synthetic_world.py read by 01_data. Used by 06_train.py. Demo: `python 05_posenet_loss.py`
-warps a synthetic frame with its true depth and pose, saves a figure and prints the loss for true
-vs constant depth.
+Uses 02_unet (the ResNet for PoseResNet only) and, in the demo, synthetic_world.py read by 01_data.
+Used by 06_train.py. Demo: `python 05_posenet_loss.py` warps a synthetic frame with its true
+depth and pose, saves a figure and prints the loss for true vs constant depth.
 Tests: tests/test_05_posenet_loss.py.
 
 Where we differ from the official code (github.com/hisfog/SfMNeXt-Impl, itself Monodepth2's
@@ -55,7 +54,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from box_filter import box_mean      # avg_pool2d(x, window, 1) by running sums, faster (box_filter.py)
 from cli import add_dataclass_flags  # the command line of every script (cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -184,27 +182,25 @@ class BackprojectDepth(nn.Module):
 
 class Project3D(nn.Module):
     """Points [B, 4, H*W] seen from the target -> sampling grid [B, H, W, 2] in the source camera
-    (K @ T), normalised to [-1, 1] with (W-1), (H-1) for grid_sample(align_corners=True). T may be
-    [S, B, 4, 4], S cameras at once (the points are shared): the grid is then [S, B, H, W, 2]."""
+    (K @ T), normalised to [-1, 1] with (W-1), (H-1) for grid_sample(align_corners=True)."""
 
     def __init__(self, eps=1e-7):
         super().__init__()
         self.eps = eps      # keeps the division finite for points on the camera plane
 
     def forward(self, points, K, T, height, width):
-        proj = (K @ T)[..., :3, :]                                      # [(S,) B, 3, 4]
-        cam = proj @ points                                             # [(S,) B, 3, HW]
-        pix = cam[..., :2, :] / (cam[..., 2:3, :] + self.eps)           # [(S,) B, 2, HW] pixels
+        proj = (K @ T)[:, :3, :]                                        # [B, 3, 4]
+        cam = proj @ points                                             # [B, 3, HW]
+        pix = cam[:, :2] / (cam[:, 2:3] + self.eps)                     # [B, 2, HW] pixels
         # To [-1, 1] with Python numbers: a torch.tensor([W - 1, H - 1]) made here would be a copy
         # from host memory in the middle of every forward pass (a host sync on a GPU).
-        grid = torch.stack([pix[..., 0, :] * (2 / (width - 1)), pix[..., 1, :] * (2 / (height - 1))], -1) - 1
-        return grid.view(*cam.shape[:-2], height, width, 2)             # [(S,) B, H, W, 2]
+        grid = torch.stack([pix[:, 0] * (2 / (width - 1)), pix[:, 1] * (2 / (height - 1))], -1) - 1
+        return grid.view(-1, height, width, 2)                          # [B, H, W, 2]
 
 
 def warp(source, depth, K, inv_K, T):
     """Synthesise the target view from `source` [B, C, H, W] given the target depth [B, 1, H, W]
-    and T [B, 4, 4] (target camera -> source camera), or S sources at once (source [S, B, C, H, W],
-    T [S, B, 4, 4]: one back-projection, one grid_sample). Out-of-image samples repeat the border.
+    and T [B, 4, 4] (target camera -> source camera). Out-of-image samples repeat the border.
     A NaN/Inf in depth or T (a diverging run) never reaches grid_sample, whose CPU backward reads
     out of bounds on a NaN coordinate and crashes the process (github.com/pytorch/pytorch/issues/24823):
     such coordinates are replaced by 0, and the warped image is made NaN instead, so the loss is
@@ -212,16 +208,63 @@ def warp(source, depth, K, inv_K, T):
     sync (a check with .item() would make the GPU wait every step)."""
     h, w = depth.shape[-2:]
     points = BackprojectDepth()(depth, inv_K)                           # [B, 4, HW]
-    grid = Project3D()(points, K, T, h, w)                              # [(S,) B, H, W, 2]
+    grid = Project3D()(points, K, T, h, w)                              # [B, H, W, 2]
     finite = torch.isfinite(grid)
     grid = torch.where(finite, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
-    warped = F.grid_sample(source.flatten(0, -4), grid.flatten(0, -4), mode="bilinear",
-                           padding_mode="border", align_corners=True)  # [(S *) B, C, H, W]
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
     poison = torch.where(finite.all(), 0.0, float("nan")).to(warped.dtype)  # 0-d: 0, or NaN if any was not
-    return (warped + poison).view(source.shape)
+    return warped + poison
 
 
 # ---- Photometric error, minimum reprojection, smoothness ----
+def window_sum(x, window, dim):
+    """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
+
+    A running sum: the first window summed, then each step adds the entry that enters the window
+    and subtracts the one that leaves it, all in one cumsum. O(1) per entry whatever the window,
+    and the partial sums never grow beyond one window, so float32 keeps its precision (a plain
+    cumsum differenced at two points would carry the whole row's total in every difference).
+    """
+    n = x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = n - window + 1
+    out = x.new_empty(shape)            # filled in place: no concatenated copy
+    torch.sum(x.narrow(dim, 0, window), dim, keepdim=True, out=out.narrow(dim, 0, 1))
+    torch.sub(x.narrow(dim, window, n - window), x.narrow(dim, 0, n - window),
+              out=out.narrow(dim, 1, n - window))
+    return out.cumsum_(dim)
+
+
+def box_sum(x, window):
+    """Sum of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1]:
+    window sums along the rows, then along the columns (a box filter is separable)."""
+    return window_sum(window_sum(x, window, -1), window, -2)
+
+
+class BoxMean(torch.autograd.Function):
+    """Mean of every window x window block ('valid', stride 1), with a backward pass of its own.
+
+    Autograd would differentiate box_sum's cumsums and slices one by one (three times the forward
+    time). The adjoint of a box filter is the same box filter over the gradient padded with
+    window - 1 zeros on every side: one more box_sum. Same numbers as avg_pool2d(x, window, 1) up
+    to float rounding (tests/test_05_posenet_loss.py, with gradcheck)."""
+
+    @staticmethod
+    def forward(ctx, x, window):
+        ctx.window = window
+        return box_sum(x, window) / (window * window)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = ctx.window
+        return box_sum(F.pad(grad, (w - 1, w - 1, w - 1, w - 1)), w) / (w * w), None
+
+
+def box_mean(x, window):
+    """avg_pool2d(x, window, stride=1) for x [N, C, H, W], by running window sums (BoxMean)."""
+    return BoxMean.apply(x, window)
+
+
 class SSIM(nn.Module):
     """Structural dissimilarity map between two images [B, C, H, W] -> [B, C, H, W] in [0, 1]."""
 
@@ -260,26 +303,6 @@ class SSIM(nn.Module):
         den = (mu_x * mu_x + mu_y * mu_y + self.C1) * (sigma_x + sigma_y + self.C2)
         return torch.clamp((1 - num / den) / 2, 0, 1)
 
-    def against_target(self, images, target):
-        """self(image, target) for each of S images [S, B, C, H, W] against one target [B, C, H, W]
-        -> [S, B, C, H, W], as the training loss needs it: the target's local statistics once for
-        all S images (forward() recomputes them per pair), and the S images in one box filter. The
-        same mathematics; every image is centred on the target's mean level (forward(): the pair's),
-        so the values differ from forward()'s by float rounding (tests/test_05_posenet_loss.py)."""
-        r4, (s, b, ch, h, w) = [self.window // 2] * 4, images.shape
-        c = target.mean(dim=(2, 3), keepdim=True).detach()                 # [B, C, 1, 1]
-        y, x = target - c, images - c                                       # [B, C, H, W], [S, B, C, H, W]
-        mu_y, e_yy = box_mean(F.pad(torch.cat([y, y * y]), r4, mode="reflect"), self.window).chunk(2)
-        sigma_y_c2, mu_y_c = e_yy - mu_y * mu_y + self.C2, mu_y + c       # [B, C, H, W] each
-        mu_y2_c1 = mu_y_c * mu_y_c + self.C1
-        maps = torch.cat([x, x * x, x * y]).view(3 * s * b, ch, h, w)       # [3 S B, C, H, W]
-        mu_x, e_xx, e_xy = box_mean(F.pad(maps, r4, mode="reflect"), self.window).view(3, s, b, ch, h, w)
-        sigma_x, sigma_xy = e_xx - mu_x * mu_x, e_xy - mu_x * mu_y          # [S, B, C, H, W] each
-        mu_x = mu_x + c
-        num = (2 * mu_x * mu_y_c + self.C1) * (2 * sigma_xy + self.C2)
-        den = (mu_x * mu_x + mu_y2_c1) * (sigma_x + sigma_y_c2)
-        return torch.clamp((1 - num / den) / 2, 0, 1)
-
 
 def photometric_loss(pred, target, ssim):
     """Per-pixel error [B, 1, H, W] = 0.85 * mean_c SSIM-dissimilarity + 0.15 * mean_c |pred -
@@ -288,14 +311,6 @@ def photometric_loss(pred, target, ssim):
     if ssim is None:
         return l1
     return 0.85 * ssim(pred, target).mean(1, keepdim=True) + 0.15 * l1
-
-
-def photometric_errors(images, target, ssim):
-    """photometric_loss of S images [S, B, 3, H, W] against one target [B, 3, H, W] -> [B, S, H, W],
-    with SSIM.against_target (the target's statistics once): what self_supervised_loss calls."""
-    l1 = (images - target).abs().mean(2)                                # [S, B, H, W]
-    error = l1 if ssim is None else 0.85 * ssim.against_target(images, target).mean(2) + 0.15 * l1
-    return error.transpose(0, 1).contiguous()                           # [B, S, H, W]
 
 
 def min_reprojection(reprojection, identity=None):
@@ -438,22 +453,19 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
     with torch.autocast(device_type=depth.device.type, enabled=False):  # see _full_precision
         depth = F.interpolate(_full_precision(depth), size=(h, w), mode="bilinear",
                               align_corners=False).clamp(cfg.min_depth, cfg.max_depth)  # [B, 1, H, W]
-        sources = source_ids(cfg)
-        missing = [fid for fid in sources if fid not in poses]
-        if missing:
-            raise ValueError(f"no pose for source frame {missing[0]!r} (got {sorted(map(str, poses))})")
-        # All sources in one batch [S, B, 3, H, W]: one warp and one SSIM pass against the target's
-        # statistics (photometric_errors). In plain NCHW, the layout grid_sample returns: an NHWC
-        # image beside an NCHW one would make every elementwise op of the loss a strided one.
-        images = torch.stack([inputs["color"][fid] for fid in sources]).contiguous()
-        target = target.contiguous()
-        T = torch.stack([_full_precision(poses[fid]) for fid in sources])  # [S, B, 4, 4]
-        warped = warp(images, depth, inputs["K"], inputs["inv_K"], T)  # [S, B, 3, H, W]
-        reprojection = photometric_errors(warped, target, ssim)         # [B, S, H, W]
-        identity = None
-        if cfg.automask:                # unwarped sources vs target: no parameter involved
-            with torch.no_grad():
-                identity = photometric_errors(images, target, ssim)     # [B, S, H, W]
+        warped, reprojection, identity = {}, [], []
+        for fid in source_ids(cfg):
+            if fid not in poses:
+                raise ValueError(f"no pose for source frame {fid!r} (got {sorted(map(str, poses))})")
+            source = inputs["color"][fid]
+            T = _full_precision(poses[fid])
+            warped[fid] = warp(source, depth, inputs["K"], inputs["inv_K"], T)
+            reprojection.append(photometric_loss(warped[fid], target, ssim))  # [B, 1, H, W]
+            if cfg.automask:            # unwarped source vs target: no parameter involved
+                with torch.no_grad():
+                    identity.append(photometric_loss(source, target, ssim))
+        reprojection = torch.cat(reprojection, 1)                       # [B, S, H, W]
+        identity = torch.cat(identity, 1) if cfg.automask else None      # [B, S, H, W] or None
         best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
         smoothness = smoothness_loss(depth if cfg.smoothness_on == "depth" else 1.0 / depth, target)
@@ -461,7 +473,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,
                 photometric=photometric.detach(), smoothness=smoothness.detach(),
                 automask=automask, min_reproj=best.detach(),
-                warped={fid: img.detach() for fid, img in zip(sources, warped)}, **health)
+                warped={fid: img.detach() for fid, img in warped.items()}, **health)
 
 
 HEALTH_TERMS = ("depth_spread", "motion", "automask_kept", "identity_photometric", "warped_photometric")

@@ -28,8 +28,8 @@ class PartClock:
         self.handles, self.started = [], {}
         self.watch("depth net", depth_net)
         self.watch("pose net", pose_net)
-        if ssim is not None:     # the loss calls SSIM.against_target (05), never SSIM.forward
-            self.watch_method("ssim", ssim, "against_target")
+        if ssim is not None:
+            self.watch("ssim", ssim)
         self.reset()
 
     def now(self):
@@ -52,19 +52,6 @@ class PartClock:
                     t.register_hook(lambda grad: self.mark_gradient(part))
 
         self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-
-    def watch_method(self, part, obj, name):
-        """Time obj.name(...) as a forward part, through an instance attribute that close() removes."""
-        method = getattr(obj, name)
-
-        def timed(*args, **kwargs):
-            start = self.now()
-            out = method(*args, **kwargs)
-            self.step_forward[part] += self.now() - start
-            return out
-
-        setattr(obj, name, timed)
-        self.handles.append(_Restore(obj, name))
 
     def mark_gradient(self, part):
         """The first gradient that reaches a network's output: its backward pass starts now."""
@@ -108,16 +95,6 @@ class PartClock:
     def close(self):
         for handle in self.handles:
             handle.remove()
-
-
-class _Restore:
-    """A handle like a hook's: remove() takes an instance attribute away (the class's method shows again)."""
-
-    def __init__(self, obj, name):
-        self.obj, self.name = obj, name
-
-    def remove(self):
-        delattr(self.obj, self.name)
 
 
 def profile(trainer, steps, prepare, step, amp, warmup=2):
