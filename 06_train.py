@@ -308,7 +308,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
 
 def amp_on(cfg, device):
     """bf16 autocast if asked for and worth it: on CUDA, and on a CPU with native bf16 instructions
-    (mixed_precision.py); elsewhere bf16 is emulated, slower than float32, and --amp runs float32."""
+    (mixed_precision.py); elsewhere --amp runs float32 (bf16 pays only where it is computed natively)."""
     return cfg.amp and bf16_autocast_available(device)
 
 

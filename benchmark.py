@@ -29,6 +29,7 @@ import torch.nn as nn
 from cli import add_dataclass_flags, one_line  # the command line of every script (cli.py)
 from cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (cpu_memory.py)
 from fused_adam import make_adam               # Adam, fused where it can be (fused_adam.py)
+from mixed_precision import bf16_autocast_available  # where bf16 runs (mixed_precision.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -127,9 +128,9 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 
 
 def run_bench(cfg, device):
-    """The depth-network table: one row per preset (and per dtype with --amp on CUDA)."""
+    """The depth-network table: one row per preset (and per dtype with --amp where bf16 runs)."""
     presets = [cfg.preset] if cfg.preset else list(bins.PRESETS)
-    modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
+    modes = [False, True] if cfg.amp and bf16_autocast_available(device) else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
           f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
           f"threads {torch.get_num_threads()}, median of {cfg.iters}")
@@ -198,7 +199,7 @@ class BenchConfig:
     """What `python benchmark.py` does: the depth-network table, or the loader table with --loader DIR."""
     preset: str = ""  # one preset of 04_bins.py (default: all three)
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = False  # also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
+    amp: bool = False  # also time bf16 autocast next to fp32 (GPU, CPU with native bf16; else ignored)
     channels_last: bool = True  # channels_last memory format (06_train.py's default)
     fused_adam: bool = True  # the train step's Adam fused where available (as 06_train.py)
     small_map_convs: bool = True  # matmul weight gradient of big 3x3 convs on small maps (CPU, as 06)

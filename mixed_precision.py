@@ -2,8 +2,8 @@
 
 Not a reading step: nothing in it is SQLDepth. On a CPU, bf16 only pays where the processor has
 native bf16 instructions (AVX-512 BF16, or Intel's AMX tiles), which PyTorch's oneDNN kernels then
-use; elsewhere bf16 is emulated and slower than float32, so --amp falls back to float32 there with
-one `note:` line (06_train.py). Which parts run in bf16 is the same on CPU and CUDA (docs/kitti.md).
+use; without them its kernels convert to float32 and back, so --amp falls back to float32 there
+with one `note:` line (06_train.py). Which parts run in bf16 is the same on CPU and CUDA (docs/kitti.md).
 Tests: tests/test_06_train.py.
 """
 from functools import lru_cache
