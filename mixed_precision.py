@@ -22,7 +22,8 @@ def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
         with open(cpuinfo) as f:
             flags = {word for line in f if line.startswith("flags") for word in line.split()}
     except OSError:
-        # get_cpu_capability() only says "AVX512", which does not imply BF16: ask the probes behind it.
+        # torch.backends.cpu.get_cpu_capability() says only "AVX512", which does not imply BF16:
+        # ask torch.cpu's finer probes (private names, hence getattr with a False default).
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return bool(flags & NATIVE_BF16_FLAGS)
