@@ -52,6 +52,7 @@ from helpers import weights_init                     # --init_from, --pose_init
 from helpers.cli import one_line                     # errors as one line
 from helpers.cpu_memory import tune_cpu_memory       # page faults
 from helpers.fused_adam import make_adam             # Adam, fused where it can be
+from helpers.mixed_precision import bf16_autocast_available  # where --amp runs
 from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
 from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
 
@@ -105,7 +106,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
     seed: int = 0                   # seeds the initialisation, the sample order and the augmentation
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    amp: bool = False               # bf16 autocast of the depth network on CUDA (a no-op on CPU)
+    amp: bool = False               # bf16 autocast of the depth network (CUDA, CPUs with native bf16)
     channels_last: bool = True    # NHWC layout of both networks and their inputs (docs/benchmarks.md)
     small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
@@ -328,8 +329,9 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
 
 
 def amp_on(cfg, device):
-    """bf16 autocast only on CUDA: on CPU --amp is a documented no-op."""
-    return cfg.amp and device.type == "cuda"
+    """bf16 autocast if asked for and worth it: on CUDA, and on a CPU with native bf16 instructions
+    (helpers/mixed_precision.py); elsewhere --amp runs float32 (bf16 pays only where it is native)."""
+    return cfg.amp and bf16_autocast_available(device)
 
 
 # ---- The loop ----
@@ -471,6 +473,9 @@ def main(argv=None):
             torch.set_num_threads(cfg.threads)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
+        if cfg.amp and info.main and not amp_on(cfg, device):
+            print("note: --amp runs in float32: this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)",
+                  flush=True)
         trainer = Trainer(cfg, info, device, ckpt)
         if cfg.profile:
             amp = amp_on(trainer.cfg, device)

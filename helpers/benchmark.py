@@ -36,6 +36,7 @@ from helpers.cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memor
 from helpers.fused_adam import make_adam               # Adam, fused where it can be (helpers/fused_adam.py)
 from helpers.small_map_convs import use_small_map_convs  # a faster CPU backward of big 3x3 convs
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers.mixed_precision import bf16_autocast_available  # where bf16 runs
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -134,9 +135,9 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 
 
 def run_bench(cfg, device):
-    """The depth-network table: one row per preset (and per dtype with --amp on CUDA)."""
+    """The depth-network table: one row per preset (and per dtype with --amp where bf16 runs)."""
     presets = [cfg.preset] if cfg.preset else list(bins.PRESETS)
-    modes = [False, True] if device.type == "cuda" and cfg.amp else [False]  # bf16 next to fp32
+    modes = [False, True] if cfg.amp and bf16_autocast_available(device) else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
           f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
           f"threads {torch.get_num_threads()}, median of {cfg.iters}")
@@ -261,7 +262,7 @@ class BenchConfig:
     """What `python -m helpers.benchmark` does: the depth-network table, or the loader table with --loader DIR."""
     preset: str = ""  # one preset of 04_bins.py (default: all three)
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    amp: bool = False  # also time bf16 autocast next to fp32 (GPU only; ignored on CPU)
+    amp: bool = False  # also time bf16 autocast next to fp32 (GPU, CPU with native bf16; else ignored)
     channels_last: bool = True  # channels_last memory format (06_train.py's default)
     fused_adam: bool = True  # the train step's Adam fused where available (as 06_train.py)
     small_map_convs: bool = True  # matmul weight gradient of big 3x3 convs on small maps (CPU, as 06)

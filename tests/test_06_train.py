@@ -312,6 +312,96 @@ def test_profile_splits_a_step_into_parts_that_add_up(tiny_world, tmp_path, caps
         assert forward > 0 and backward > 0, (net, rows[net])
 
 
+# ------------------------------------------------------------------ --amp on CPU (helpers/mixed_precision.py)
+NATIVE_BF16 = importlib.import_module("helpers.mixed_precision").cpu_has_native_bf16()
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    """cpu_has_native_bf16 is True for a CPU listing avx512_bf16 or amx_bf16 among its /proc/cpuinfo
+    flags and False for one with AVX-512 but neither; where the file cannot be read, PyTorch's own
+    probes answer. amp_on: never without --amp, always on CUDA, on a CPU as its flags say."""
+    mp = importlib.import_module("helpers.mixed_precision")
+    for i, (flags, native) in enumerate([("avx512f avx512_bf16", True), ("avx512f amx_tile amx_bf16", True),
+                                         ("avx2 avx512f avx512_vnni avx512_fp16", False)]):
+        path = tmp_path / f"cpuinfo{i}"
+        path.write_text("".join(f"processor\t: {n}\nflags\t\t: fpu sse2 {flags}\n\n" for n in range(2)))
+        assert mp.cpu_has_native_bf16(str(path)) is native, flags
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert mp.cpu_has_native_bf16(str(tmp_path / f"no_cpuinfo_{native}")) is native
+    t, cpu, cuda = train(), torch.device("cpu"), torch.device("cuda")
+    cfg = t.preset_config("synthetic-cpu")
+    for native in (True, False):
+        monkeypatch.setattr(mp, "cpu_has_native_bf16", lambda: native)
+        assert t.amp_on(cfg, cpu) is False and t.amp_on(cfg, cuda) is False       # --amp not given
+        amp = t.TrainConfig(**{**cfg.__dict__, "amp": True})
+        assert t.amp_on(amp, cpu) is native and t.amp_on(amp, cuda) is True
+
+
+def test_amp_without_native_bf16_runs_float32_with_one_note(tiny_world, tmp_path, monkeypatch, capsys):
+    """On a CPU without native bf16, --amp prints one `note:` line and trains in float32: train_step
+    is called with amp=False."""
+    t = train()
+    monkeypatch.setattr(importlib.import_module("helpers.mixed_precision"), "cpu_has_native_bf16", lambda: False)
+    seen = []
+    real_step = t.train_step
+    monkeypatch.setattr(t, "train_step", lambda *a, amp=False, **k: seen.append(amp) or real_step(*a, amp=amp, **k))
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "run", "--max_steps", "1", "--amp") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --amp")]
+    assert len(notes) == 1 and "float32" in notes[0] and seen == [False]
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+def test_cpu_bf16_depth_is_close_to_float32_with_the_cuda_split():
+    """Under CPU bf16 autocast the encoder, decoder and transformer compute in bf16 and the cost
+    volume V and the bins' logits in float32 (the split of --amp on CUDA); the depth is float32 and
+    within 1% of the float32 network's, its pattern (depth minus the image's mean) within 5% of its
+    spread (measured: 0.01% and 0.7%)."""
+    t = train()
+    cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
+        num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
+        dim_feedforward=32))
+    torch.manual_seed(0)
+    net, _ = t.build_networks(cfg, torch.device("cpu"), load_pretrained=False)
+    net.eval()
+    dtypes = {}   # the first (autocast) pass's output dtypes; a hook returning a value would replace the output
+    for name, module in [("encoder", net.unet.encoder.conv1), ("decoder", net.unet.decoder),
+                         ("transformer", net.sql.transformer), ("logits", net.to_logits)]:
+        module.register_forward_hook(lambda m, i, out, name=name: dtypes.setdefault(name, out.dtype) and None)
+    image = torch.rand(2, 3, 64, 208).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            V, *_ = net.sql(net.unet(image), return_tokens=True)
+            low = net(image)
+        full = net(image)
+    assert {k: dtypes[k] for k in ("encoder", "decoder", "transformer")} == dict.fromkeys(
+        ("encoder", "decoder", "transformer"), torch.bfloat16)
+    assert dtypes["logits"] == V.dtype == low.dtype == torch.float32
+    assert ((low - full) / full).abs().max() < 1e-2
+    pattern = lambda d: d - d.mean(dim=(2, 3), keepdim=True)
+    assert (pattern(low) - pattern(full)).abs().max() < 0.05 * (full.amax() - full.amin())
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+def test_cpu_bf16_run_trains_and_validates(tiny_world, tmp_path, monkeypatch):
+    """With --amp on a CPU with native bf16, train_step runs in bf16 (amp=True) and a 2-step run ends
+    with finite training losses, a validation row with a finite loss, and its checkpoints."""
+    t = train()
+    seen = []
+    real_step = t.train_step
+    monkeypatch.setattr(t, "train_step", lambda *a, amp=False, **k: seen.append(amp) or real_step(*a, amp=amp, **k))
+    run_dir = tmp_path / "run"
+    assert run(tiny_world, run_dir, "--max_steps", "2", "--amp") == 0
+    assert seen == [True, True]
+    assert all(math.isfinite(float(v)) for row in losses(run_dir) for v in row[1:])
+    with open(run_dir / "val.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and math.isfinite(float(rows[-1]["val_loss"]))
+    assert (run_dir / "best.pt").exists() and (run_dir / "ckpt.pt").exists()
+
+
 # ------------------------------------------------------------------ the loop
 def test_two_step_smoke_run_writes_checkpoints_log_and_curves(two_step_run):
     """A 2-step run writes ckpt.pt and best.pt (loadable with weights_only=True, the contract's
