@@ -75,3 +75,12 @@ def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_world")
     synthetic_world.make_synthetic_kitti(root, num_drives=3, frames_per_drive=8, height=64, width=208, seed=0)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test that trains (the machine's cores may be shared); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -42,11 +42,9 @@ def load_model(checkpoint_path, device):
     return model.to(device).eval(), config
 
 
-def load_official(folder, device):
-    """The released official encoder.pth + depth.pth, converted by 04_bins into our DepthNet.
-
-    Returns (model, a config dict shaped like ours: model, height, width, use_stereo, data).
-    """
+def read_official(folder):
+    """(encoder.pth and depth.pth state dicts, our DepthNet state dict) of a released model's folder;
+    a file missing or unreadable, or not an official pair, is one DataError line naming it."""
     folder = Path(folder)
     sds = []
     for name in ("encoder.pth", "depth.pth"):
@@ -58,10 +56,18 @@ def load_official(folder, device):
             raise data.DataError(f"{folder / name} is not a readable checkpoint ({one_line(err)})") from None
     encoder_sd, depth_sd = sds
     try:
-        state_dict = official_weights.convert_official_checkpoint(encoder_sd, depth_sd)
-        model_cfg = official_weights.config_from_official(encoder_sd, depth_sd)
+        return encoder_sd, depth_sd, official_weights.convert_official_checkpoint(encoder_sd, depth_sd)
     except (KeyError, ValueError, RuntimeError) as err:
         raise data.DataError(f"{folder} does not hold an official SQLDepth checkpoint: {one_line(err)}") from None
+
+
+def load_official(folder, device):
+    """The released official encoder.pth + depth.pth, converted into our DepthNet.
+
+    Returns (model, a config dict shaped like ours: model, height, width, use_stereo, data).
+    """
+    encoder_sd, depth_sd, state_dict = read_official(folder)
+    model_cfg = official_weights.config_from_official(encoder_sd, depth_sd)
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
               "height": int(encoder_sd.get("height", 192)), "width": int(encoder_sd.get("width", 640))}
     return _build_and_load(config["model"], state_dict, folder, device), config

@@ -16,19 +16,14 @@ is one ValueError line naming the file and the first mismatching parameter (06_t
 The run's checkpoint records the resolved paths (config init_from / pose_init).
 Tests: tests/test_weights_init.py.
 """
-import importlib
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from helpers import official_weights  # the released weights -> our state dict
+from helpers import model_files  # the released weights' files -> our state dict
 from helpers import run_folder  # the NaN/Inf check of checkpoints
 from helpers.cli import one_line  # errors as one line
-
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
-bins = importlib.import_module("04_bins")
 
 
 def _read(path):
@@ -55,11 +50,7 @@ def depth_weights(path):
     path = Path(path)
     folder = path if path.is_dir() else path.parent if path.name == "encoder.pth" else None
     if folder is not None:
-        encoder_sd, depth_sd = _read(folder / "encoder.pth"), _read(folder / "depth.pth")
-        try:
-            return official_weights.convert_official_checkpoint(encoder_sd, depth_sd), "official encoder.pth + depth.pth"
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{folder} does not hold an official SQLDepth model: {one_line(err)}") from None
+        return model_files.read_official(folder)[2], "official encoder.pth + depth.pth"
     state = _ours(path, "model")
     if state is None:
         raise ValueError(f"--init_from {path}: neither a checkpoint of 06_train.py nor an official "

@@ -34,12 +34,7 @@ def error_lines(capsys):
     return capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread per test
 
 
 # ------------------------------------------------------------------ 0. NaN weights reach the warp

@@ -25,13 +25,7 @@ def init():
     return importlib.import_module("helpers.weights_init")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread per test
 
 
 def tiny_config(**changes):
