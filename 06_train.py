@@ -419,7 +419,9 @@ class Trainer(training_run.TrainingRun):
         data_path, loaders = training_data.prepare(cfg, info, device)
         self.cfg = cfg = replace(cfg, data_path=data_path)
         self.train_loader, self.val_loader, self.sampler = loaders.train, loaders.val, loaders.sampler
-        self.split_record, self.true_motion = loaders.split_record, loaders.true_motion
+        self.true_motion = loaders.true_motion
+        # stored beside the config: the split lists and drives (07's leakage warning), commit, precision
+        self.split_record = {**loaders.split_record, **training_run.provenance(ckpt, amp_on(cfg, device))}
         self.steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total

@@ -77,8 +77,9 @@ def make_record(run, checkpoint, config, evaluation, frames, metrics, by_range, 
             "evaluation": {k: evaluation[k] for k in EVALUATION_FIELDS}, "frames": frames,
             "metrics": dict(metrics), "error_by_range": [dict(r) for r in by_range],
             "scored_with_commit": commit,
-            # 06_train.py stores no commit in its config today: null unless a run's config holds one
-            "trained_with_commit": config.get("commit"),
+            # 06_train.py stores both beside the config (helpers/training_run.provenance); null for runs
+            # of older code
+            "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
             "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "config": portable_config(config)}
 

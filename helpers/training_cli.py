@@ -32,8 +32,8 @@ MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
 # Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
-# 07_eval's leakage warning); not options, so --resume leaves them out of the TrainConfig.
-RECORD_KEYS = ("split_files", "train_drives")
+# 07_eval's leakage warning, the score files' provenance); not options, so --resume leaves them out of the TrainConfig.
+RECORD_KEYS = ("split_files", "train_drives", "commit", "precision")
 
 
 def build_parser(config_class, preset_config, presets):

@@ -1,0 +1,223 @@
+"""study - run a list of training runs to the end, across as many sittings as it takes, and keep their scores.
+
+Not a reading step: 06_train.py trains one run, helpers/compare_runs.py scores runs; a study is the
+long job around them. A study file (docs/studies/*.txt) lists its runs, one per line: a name, then
+the run's 06_train.py flags (`#` starts a comment). One command runs it:
+
+    python -m helpers.study --study docs/studies/three_questions.txt
+
+and can be stopped at any time (Ctrl-C, SIGTERM, a session's end) and given again. Each time, per run
+in the file's order:
+  * its score file SCORES/NAME.json exists: done, nothing to do;
+  * its folder RUNS/NAME holds ckpt.pt: it was cut off, it continues with `06_train.py --resume`;
+  * else it starts: `06_train.py FLAGS --run_dir RUNS/NAME --no_eval` (CPU: `--threads T` each).
+`--parallel N` runs N at a time. A run that ends (exit 0) is scored at once into SCORES/NAME.json
+(compare_runs --save_scores: the seven metrics, thin structures, the self-query diagnostics, error by
+range, the commit that trained it and its precision), and the study's table is rebuilt from the score
+files of its runs (compare_runs --scores) into OUT. A stopped study stops its runs with SIGTERM: they
+save their checkpoint first. A run that fails is reported in one line and left for a later call; the
+others go on. A run that asks for --amp on a CPU without native bf16 would train in float32 and be
+mislabelled: it is skipped with a note (run it where bf16 is native, or on a GPU).
+Tests: tests/test_study.py.
+"""
+import argparse
+import importlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from pathlib import Path
+
+import torch
+
+from helpers import compare_runs                       # scoring and the table from score files
+from helpers import distributed_training as runtime    # SIGINT / SIGTERM as a request to stop
+from helpers import training_data                       # the default synthetic world
+from helpers.cli import add_dataclass_flags, one_line
+from helpers.mixed_precision import bf16_autocast_available
+
+data = importlib.import_module("01_data")               # DataError: the one kind of bad-input error
+
+ROOT = Path(__file__).resolve().parents[1]              # 06_train.py runs from here
+# Flags the study sets itself: a study file that gives them would fight it.
+OWN_FLAGS = ("--run_dir", "--run-dir", "--resume", "--no_eval", "--no-eval", "--threads", "--profile")
+
+
+@dataclass
+class StudyConfig:
+    """What `python -m helpers.study` does: every run of a study file trained, scored and tabled."""
+    study: str = ""  # the study file: one run per line, "NAME 06_train.py-flags ..." ('#' comments)
+    parallel: int = 2  # runs trained at once
+    threads: int = 0  # CPU threads per run (0 = the cores / --parallel, at least 1); unused on a GPU
+    runs_dir: str = "runs/study"  # the run folders RUNS/NAME (kept until the run is scored)
+    scores: str = "docs/scores"  # the score files SCORES/NAME.json
+    out: str = ""  # the study's table from the score files ("" = RUNS/<study file name>)
+    only: list = field(default_factory=list)  # train only these runs of the file (the table still shows every scored run)
+    dry_run: bool = False  # print what would run, and run nothing
+
+
+def read_study(path):
+    """[(name, [flags])] of a study file, in its order. Refuses (DataError naming the file and line) a
+    line without flags, a repeated name, and a flag the study sets itself."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise data.DataError(f"study file {path}: {err.strerror or one_line(err)}") from None
+    runs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        name, flags = words[0], words[1:]
+        where = f"study file {path}, line {number}"
+        if name.startswith("-") or "/" in name or not flags:
+            raise data.DataError(f"{where}: expected 'NAME --flag value ...', got {line.strip()!r}")
+        if name in {n for n, _ in runs}:
+            raise data.DataError(f"{where}: the run name {name} is used twice")
+        own = [f for f in flags if f.split("=")[0] in OWN_FLAGS]
+        if own:
+            raise data.DataError(f"{where}: {own[0]} is set by the study itself; leave it out")
+        runs.append((name, flags))
+    if not runs:
+        raise data.DataError(f"study file {path}: lists no run")
+    return runs
+
+
+def plan(runs, runs_dir, scores):
+    """{name: "scored" | "resume" | "start"} for each run: what this call does with it."""
+    state = {}
+    for name, _ in runs:
+        if (Path(scores) / f"{name}.json").is_file():
+            state[name] = "scored"
+        elif (Path(runs_dir) / name / "ckpt.pt").is_file():
+            state[name] = "resume"
+        else:
+            state[name] = "start"
+    return state
+
+
+def train_command(name, flags, state, runs_dir, threads):
+    """The 06_train.py command of one run (a resumed run keeps its stored flags)."""
+    folder = str(Path(runs_dir) / name)
+    cmd = [sys.executable, "06_train.py"]
+    cmd += ["--resume", folder] if state == "resume" else [*flags, "--run_dir", folder, "--no_eval"]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def score(name, runs_dir, scores, threads):
+    """compare_runs --save_scores on one finished run, in a child process (its own thread count);
+    returns its exit code."""
+    folder = Path(runs_dir) / name
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, "-m", "helpers.compare_runs", "--runs", str(folder), "--save_scores", str(scores),
+           "--out", str(folder / "compare")]
+    with open(folder / "score.log", "w") as log:
+        return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def rebuild_table(runs, scores, out):
+    """The study's table from the score files of its runs that exist (compare_runs --scores)."""
+    files = [str(Path(scores) / f"{name}.json") for name, _ in runs if (Path(scores) / f"{name}.json").is_file()]
+    if files:
+        compare_runs.main(["--scores", *files, "--out", str(out)])
+
+
+def run_study(options):
+    """Train, score and table every run of the study; returns the exit code (0: every run scored)."""
+    runs = read_study(options.study)
+    names = [n for n, _ in runs]
+    unknown = [n for n in (options.only or []) if n not in names]
+    if unknown:
+        raise data.DataError(f"--only {unknown[0]}: no such run in {options.study}")
+    runs_dir, scores = Path(options.runs_dir).resolve(), Path(options.scores).resolve()
+    out = Path(options.out or runs_dir / Path(options.study).stem).resolve()
+    gpu = torch.cuda.is_available()
+    threads = 0 if gpu else (options.threads or max(1, (os.cpu_count() or 1) // max(options.parallel, 1)))
+    state = plan(runs, runs_dir, scores)
+    todo = [(n, f) for n, f in runs if state[n] != "scored" and (not options.only or n in options.only)]
+    native_bf16 = bf16_autocast_available(torch.device("cuda" if gpu else "cpu"))
+    skipped = [n for n, f in todo if "--amp" in f and not native_bf16]
+    for name in skipped:
+        print(f"note: {name} asks for --amp, which runs float32 on this CPU (no native bf16): skipped; "
+              f"run it on a CPU with AVX-512 BF16 or AMX, or on a GPU", flush=True)
+    todo = [(n, f) for n, f in todo if n not in skipped]
+    print(f"study {options.study}: {len(runs)} runs, {sum(s == 'scored' for s in state.values())} scored, "
+          f"{len(todo)} to train ({options.parallel} at a time"
+          f"{f', --threads {threads} each' if threads else ''}); scores in {scores}", flush=True)
+    for name, flags in todo:
+        print(f"   {state[name]:6} {name}: {shlex.join(train_command(name, flags, state[name], runs_dir, threads)[1:])}")
+    if options.dry_run:
+        return 0
+    if any("--data_path" not in f and "--data-path" not in f for _, f in todo):
+        # the default world, rendered once before the runs start (two runs would render it together)
+        train = importlib.import_module("06_train")
+        training_data.ensure_synthetic_world(train.TrainConfig(), SimpleNamespace(main=True, world=1, rank=0))
+    failed, running, stop = [], {}, runtime.StopRequest(watch_workers=False)
+    with stop.installed():
+        while (todo or running) and not stop.signum:
+            while todo and len(running) < options.parallel:
+                name, flags = todo.pop(0)
+                (runs_dir / name).mkdir(parents=True, exist_ok=True)
+                log = open(runs_dir / name / "train.log", "a")
+                cmd = train_command(name, flags, state[name], runs_dir, threads)
+                running[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+                print(f"{time.strftime('%H:%M:%S')} {state[name]} {name} (log: {runs_dir / name / 'train.log'})",
+                      flush=True)
+            time.sleep(1.0)
+            for name, (child, log) in list(running.items()):
+                if child.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if child.returncode != 0:
+                    failed.append(name)
+                    print(f"{time.strftime('%H:%M:%S')} error: {name} exited with code {child.returncode}; "
+                          f"see {runs_dir / name / 'train.log'} (given again, the study resumes it)", flush=True)
+                    continue
+                code = score(name, runs_dir, scores, threads)
+                if code != 0:
+                    failed.append(name)
+                    print(f"{time.strftime('%H:%M:%S')} error: scoring {name} exited with code {code}; see "
+                          f"{runs_dir / name / 'score.log'}", flush=True)
+                    continue
+                print(f"{time.strftime('%H:%M:%S')} scored {name}: {scores / (name + '.json')}", flush=True)
+                rebuild_table(runs, scores, out)
+        if stop.signum:   # each run saves its checkpoint on SIGTERM: a later call resumes it
+            for child, log in running.values():
+                child.terminate()
+            for child, log in running.values():
+                child.wait()
+                log.close()
+            print(f"stopped by {signal.Signals(stop.signum).name}: {', '.join(running) or 'no run'} saved for --resume; give the "
+                  f"same command again to go on", file=sys.stderr, flush=True)
+            return 128 + stop.signum
+    left = [n for n, _ in runs if not (scores / f"{n}.json").is_file()]
+    print(f"study {options.study}: {len(runs) - len(left)} of {len(runs)} runs scored"
+          + (f"; not yet: {', '.join(left)}" if left else "") + f"; table: {out}", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    """Parse and run the study; returns the exit code (0 ok, 1 a run failed, 2 bad input, 128 + signal)."""
+    parser = argparse.ArgumentParser(description="Train, score and table every run of a study file; "
+                                                 "stop it at any time and give it again to go on.")
+    add_dataclass_flags(parser, StudyConfig)
+    options = StudyConfig(**vars(parser.parse_args(argv)))
+    try:
+        if not options.study:
+            raise data.DataError("give the study file: --study docs/studies/NAME.txt")
+        if options.parallel < 1:
+            raise data.DataError(f"--parallel {options.parallel}: give at least 1")
+        return run_study(options)
+    except (data.DataError, ValueError, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
