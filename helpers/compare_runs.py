@@ -450,6 +450,7 @@ def run_zero_shot(options, device):
     world; a baseline row, the mean depth map of the first run's TRAINING world; a figure of the same
     test frame in each world. Writes zero_shot.md / .csv / _runs.csv / .png; returns the aggregated rows."""
     paths = [resolve_run(spec) for spec in options.runs]
+    names = run_scores.file_names(options.runs, paths) if options.save_scores else []
     worlds = [(world_name(w), Path(w)) for w in options.worlds]
     first_config = model_files.load_model(paths[0], device)[1]
     train_cfg = evaluation_config(options)
@@ -490,10 +491,29 @@ def run_zero_shot(options, device):
         baseline.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
     b0 = baseline[f"{per_world[0][0]} abs_rel"]
     baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
+    if options.save_scores:   # one file per run: the table outlives the checkpoints (helpers/run_scores.py)
+        commit = run_scores.code_commit()
+        for index, (row, config) in enumerate(zip(runs, configs)):
+            record = run_scores.make_zero_shot_record(
+                names[index], paths[index].name, flat_config(config), [w for w, *_ in per_world],
+                {c: row[c] for c in columns}, {c: baseline[c] for c in columns}, commit)
+            print(f"     zero-shot scores: {run_scores.write_record(record, options.save_scores)}")
+    out = Path(options.out) if options.out else Path(options.runs[0]).resolve().parent / "zero_shot"
+    aggregated, groups, labels = write_zero_shot_tables(runs, configs, baseline, [w for w, *_ in per_world], out)
+    save_zero_shot_figure(per_world, frame, figure, groups, labels, configs, out / "zero_shot.png")
+    print(f"-> {out / 'zero_shot.png'}")
+    return aggregated
+
+
+def write_zero_shot_tables(runs, configs, baseline, worlds, out):
+    """The zero-shot tables (zero_shot.md / .csv / _runs.csv in out): the runs grouped into variants,
+    mean +- std over seeds, the baseline row last; the part shared by run folders and score files.
+    runs: per-run dicts ("run", "seed", every zero-shot column); worlds: style names, the training
+    world first. Returns (aggregated rows, groups, labels)."""
+    columns = [f"{w} {m}" for w in worlds for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
     groups, labels = group_runs(configs)
     aggregated, per_run, md = compare_tables(runs + [baseline], groups + [[len(runs)]],
                                              labels + ["baseline: mean depth map of the training world"], columns)
-    out = Path(options.out) if options.out else Path(options.runs[0]).resolve().parent / "zero_shot"
     out.mkdir(parents=True, exist_ok=True)
 
     def text(value):
@@ -502,15 +522,25 @@ def run_zero_shot(options, device):
     for path, rows, cols in ((out / "zero_shot.csv", aggregated, ["variant", "n", "seeds"] + stats),
                              (out / "zero_shot_runs.csv", per_run, ["variant", "run", "seed"] + columns)):
         path.write_text("\n".join([",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]) + "\n")
-    legend = (f"Zero-shot: every run trained on the {per_world[0][0]} world, scored on the test drives of each "
+    legend = (f"Zero-shot: every run trained on the {worlds[0]} world, scored on the test drives of each "
               f"world with per-image median scaling in every column (the paper's zero-shot protocol). "
-              f"abs_rel increase: mean over the other worlds of AbsRel / AbsRel on {per_world[0][0]} - 1, per "
+              f"abs_rel increase: mean over the other worlds of AbsRel / AbsRel on {worlds[0]} - 1, per "
               f"run. Mean ± sample std over the n seeds of each variant.")
     (out / "zero_shot.md").write_text(md + "\n\n" + legend + "\n")
     print("\n" + md + "\n")
-    save_zero_shot_figure(per_world, frame, figure, groups, labels, configs, out / "zero_shot.png")
-    print(f"-> {out / 'zero_shot.md'}, {out / 'zero_shot.csv'}, {out / 'zero_shot_runs.csv'}, {out / 'zero_shot.png'}")
-    return aggregated
+    print(f"-> {out / 'zero_shot.md'}, {out / 'zero_shot.csv'}, {out / 'zero_shot_runs.csv'}")
+    return aggregated, groups, labels
+
+
+def compare_zero_shot_scores(options):
+    """run_zero_shot's tables rebuilt from zero-shot score files alone (no figure). Returns the
+    aggregated rows."""
+    records = run_scores.read_zero_shot_records(options.scores)
+    print(f"-> {len(records)} zero-shot score files, worlds {', '.join(records[0]['worlds'])}")
+    runs = [{**r["metrics"], "run": r["run"], "seed": r["seed"]} for r in records]
+    baseline = {**records[0]["baseline"], "run": "mean training depth map", "seed": ""}
+    return write_zero_shot_tables(runs, [r["config"] for r in records], baseline, records[0]["worlds"],
+                                  Path(options.out))[0]
 
 
 def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs, path):
@@ -558,7 +588,7 @@ class CompareConfig:
     num_figure_frames: int = 4  # test frames in the comparison figure
     worlds: list = field(default_factory=list)  # synthetic worlds (the training one first): zero-shot table
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    save_scores: str = ""  # also write each run's scores to DIR/<run folder>.json, to keep beyond its checkpoints
+    save_scores: str = ""  # also write each run's scores (with --worlds: its zero-shot scores) to DIR/<run>.json
     scores: list = field(default_factory=list)  # instead of --runs: score files, folders of them or globs
 
 
@@ -579,12 +609,15 @@ def main(argv=None):
             if options.runs or options.worlds or options.save_scores:
                 raise data.DataError("--scores builds the table from score files alone: give it without "
                                      "--runs, --worlds and --save_scores")
-            compare_scores(options)
+            if not options.out:
+                raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
+            if run_scores.is_zero_shot(options.scores):
+                compare_zero_shot_scores(options)
+            else:
+                compare_scores(options)
             return 0
         if not options.runs:
             raise data.DataError("give the runs to compare: --runs RUN [RUN ...] (or their score files: --scores)")
-        if options.worlds and options.save_scores:
-            raise data.DataError("--save_scores keeps the scores of one test split: give it without --worlds")
         device = evaluation.choose_device(options.device)
         if options.worlds:
             run_zero_shot(options, device)

@@ -84,6 +84,19 @@ def make_record(run, checkpoint, config, evaluation, frames, metrics, by_range, 
             "config": portable_config(config)}
 
 
+def make_zero_shot_record(run, checkpoint, config, worlds, row, baseline, commit):
+    """One run's zero-shot score file (compare_runs --worlds ... --save_scores DIR): as make_record, but
+    the evaluation is the list of worlds (their style names, the training world first) and the metrics
+    are the zero-shot columns ("<world> <metric>" and "abs_rel increase"); baseline: the same columns of
+    the training world's mean depth map, so that a table rebuilt from these files shows it too."""
+    return {"format": FORMAT, "kind": "zero_shot", "run": run, "checkpoint": checkpoint,
+            "seed": config.get("seed", ""), "worlds": list(worlds), "metrics": dict(row),
+            "baseline": dict(baseline), "scored_with_commit": commit,
+            "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
+            "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "config": portable_config(config)}
+
+
 def file_names(specs, checkpoints):
     """The name of each run's score file: its run folder's name, <folder>_<file stem> for a checkpoint
     file given (several checkpoints of one run, e.g. epoch_*.pt). Refuses two runs of one name before
@@ -142,19 +155,50 @@ def _nan_for_null(value):
     return float("nan") if value is None else value
 
 
+def _read(path):
+    """One score file as a dict; DataError naming the file when it is unreadable or of another format."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise data.DataError(f"--scores {path}: not a readable score file ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise data.DataError(f"--scores {path}: not a score file of format {FORMAT} "
+                             f"(written by compare_runs --save_scores)")
+    return record
+
+
+def is_zero_shot(specs):
+    """Whether the first score file of --scores is a zero-shot one (then all must be)."""
+    return _read(score_paths(specs)[0]).get("kind") == "zero_shot"
+
+
+def read_zero_shot_records(specs):
+    """The zero-shot score files of --scores, checked to share one list of worlds: list of records
+    (null numbers back as NaN). DataError naming the file otherwise."""
+    records = []
+    for path in score_paths(specs):
+        record = _read(path)
+        if record.get("kind") != "zero_shot":
+            raise data.DataError(f"--scores {path}: not a zero-shot score file; give those of one kind")
+        if records and record["worlds"] != records[0]["worlds"]:
+            raise data.DataError(f"--scores {path}: scored on the worlds {record['worlds']}, the first file "
+                                 f"({records[0]['path']}) on {records[0]['worlds']}: one table, one list of worlds")
+        for key in ("metrics", "baseline"):
+            record[key] = {k: _nan_for_null(v) for k, v in record[key].items()}
+        record["path"] = str(path)
+        records.append(record)
+    return records
+
+
 def read_records(specs):
     """The score files of --scores, checked to share one evaluation: list of records (dicts as
     written, null numbers back as NaN). Raises DataError naming the file for an unreadable file, one
     of another format, or one scored on another split or with other evaluation settings."""
     records = []
     for path in score_paths(specs):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise data.DataError(f"--scores {path}: not a readable score file ({err})") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise data.DataError(f"--scores {path}: not a score file of format {FORMAT} "
-                                 f"(written by compare_runs --save_scores)")
+        record = _read(path)
+        if record.get("kind") == "zero_shot":
+            raise data.DataError(f"--scores {path}: a zero-shot score file; give those of one kind")
         missing = [k for k in READ_FIELDS if k not in record]
         if missing:
             raise data.DataError(f"--scores {path}: the score file lacks {', '.join(missing)}")

@@ -2,7 +2,9 @@
 
 Not a reading step: 06_train.py trains one run, helpers/compare_runs.py scores runs; a study is the
 long job around them. A study file (docs/studies/*.txt) lists its runs, one per line: a name, then
-the run's 06_train.py flags (`#` starts a comment). One command runs it:
+the run's 06_train.py flags (`#` starts a comment); one line `@zero_shot STYLES GLOB ...` also scores
+the runs whose names match a GLOB on the training world's test drives rendered in every world style
+into the folder STYLES (docs/zero_shot.md; rendered when missing). One command runs it:
 
     python -m helpers.study --study docs/studies/three_questions.txt
 
@@ -14,14 +16,17 @@ in the file's order:
 `--parallel N` runs N at a time. A run that ends (exit 0) is scored at once into SCORES/NAME.json
 (compare_runs --save_scores: the seven metrics, thin structures, the self-query diagnostics, error by
 range, the commit that trained it and its precision), and the study's table is rebuilt from the score
-files of its runs (compare_runs --scores) into OUT. A stopped study stops its runs with SIGTERM: they
+files of its runs (compare_runs --scores) into OUT; a zero-shot run also into SCORES/zero_shot/NAME.json
+and OUT/zero_shot (the run folder's best.pt is needed for that, so it is scored at once). A stopped study stops its runs with SIGTERM: they
 save their checkpoint first. A run that fails is reported in one line and left for a later call; the
 others go on. A run that asks for --amp on a CPU without native bf16 would train in float32 and be
 mislabelled: it is skipped with a note (run it where bf16 is native, or on a GPU).
 Tests: tests/test_study.py.
 """
 import argparse
+import fnmatch
 import importlib
+import json
 import os
 import shlex
 import signal
@@ -36,6 +41,7 @@ import torch
 
 from helpers import compare_runs                       # scoring and the table from score files
 from helpers import distributed_training as runtime    # SIGINT / SIGTERM as a request to stop
+from helpers import synthetic_world                     # the world styles (zero-shot)
 from helpers import training_data                       # the default synthetic world
 from helpers.cli import add_dataclass_flags, one_line
 from helpers.mixed_precision import bf16_autocast_available
@@ -61,20 +67,26 @@ class StudyConfig:
 
 
 def read_study(path):
-    """[(name, [flags])] of a study file, in its order. Refuses (DataError naming the file and line) a
-    line without flags, a repeated name, and a flag the study sets itself."""
+    """([(name, [flags])] in the file's order, (styles folder, [name globs]) of its @zero_shot line or
+    None). Refuses (DataError naming the file and line) a line without flags, a repeated name, a flag
+    the study sets itself, and a second or empty @zero_shot line."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise data.DataError(f"study file {path}: {err.strerror or one_line(err)}") from None
-    runs = []
+    runs, zero_shot = [], None
     for number, line in enumerate(text.splitlines(), start=1):
         words = shlex.split(line, comments=True)
         if not words:
             continue
         name, flags = words[0], words[1:]
         where = f"study file {path}, line {number}"
+        if name == "@zero_shot":
+            if zero_shot or len(flags) < 2:
+                raise data.DataError(f"{where}: give one line '@zero_shot STYLES_FOLDER RUN_GLOB ...'")
+            zero_shot = (flags[0], flags[1:])
+            continue
         if name.startswith("-") or "/" in name or not flags:
             raise data.DataError(f"{where}: expected 'NAME --flag value ...', got {line.strip()!r}")
         if name in {n for n, _ in runs}:
@@ -85,15 +97,66 @@ def read_study(path):
         runs.append((name, flags))
     if not runs:
         raise data.DataError(f"study file {path}: lists no run")
-    return runs
+    return runs, zero_shot
 
 
-def plan(runs, runs_dir, scores):
-    """{name: "scored" | "resume" | "start"} for each run: what this call does with it."""
+def zero_shot_names(runs, zero_shot):
+    """The names of the runs a @zero_shot line selects (none without one)."""
+    globs = zero_shot[1] if zero_shot else []
+    return {n for n, _ in runs if any(fnmatch.fnmatchcase(n, g) for g in globs)}
+
+
+def training_world(flags):
+    """The data folder a run trains on: its --data_path, else the default world data/synthetic."""
+    for i, flag in enumerate(flags[:-1]):
+        if flag in ("--data_path", "--data-path"):
+            return (ROOT / flags[i + 1]).resolve()
+    return ROOT / "data" / "synthetic"
+
+
+def render_styles(world, styles):
+    """The training world's test drives in every world style, into STYLES/<style> (what is there
+    already is kept): the same frames, size and seed as the world, so that a style that changes only
+    the look shows the test frames the runs are scored on."""
+    missing = [n for n in synthetic_world.STYLES if n != "default" and not (styles / n / data.SYNTH_MARKER).is_file()]
+    if not missing:
+        return
+    try:
+        marker = json.loads((world / data.SYNTH_MARKER).read_text())
+        lines = (world / "splits" / "synthetic" / "test_files.txt").read_text().splitlines()
+    except (OSError, ValueError) as err:
+        raise data.DataError(f"zero-shot: {world} is not a readable synthetic world ({one_line(err)})") from None
+    drives = sorted({int(line.split()[0].split("_drive_")[1][:4]) for line in lines if line.strip()})
+    cmd = [sys.executable, "-m", "helpers.synthetic_world", "--styles", str(styles), "--first_drive", str(drives[0]),
+           "--num_drives", str(drives[-1] - drives[0] + 1), "--frames_per_drive", str(marker["frames_per_drive"]),
+           "--height", str(marker["height"]), "--width", str(marker["width"]), "--seed", str(marker["seed"])]
+    print(f"{time.strftime('%H:%M:%S')} rendering the world styles: {shlex.join(cmd[1:])}", flush=True)
+    if subprocess.call(cmd, cwd=ROOT) != 0:
+        raise data.DataError(f"zero-shot: rendering the world styles into {styles} failed")
+
+
+def score_zero_shot(name, flags, runs_dir, scores, styles, threads):
+    """compare_runs --worlds (the training world, then every style) --save_scores SCORES/zero_shot on one
+    finished run, in a child process; returns its exit code."""
+    folder = Path(runs_dir) / name
+    world = training_world(flags)
+    render_styles(world, styles)
+    worlds = [str(world)] + [str(styles / n) for n in synthetic_world.STYLES if n != "default"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, "-m", "helpers.compare_runs", "--runs", str(folder), "--worlds", *worlds,
+           "--save_scores", str(Path(scores) / "zero_shot"), "--out", str(folder / "zero_shot")]
+    with open(folder / "score.log", "a") as log:
+        return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def plan(runs, runs_dir, scores, zero_shot=()):
+    """{name: "scored" | "zero-shot" | "resume" | "start"} for each run: what this call does with it
+    (zero-shot: scored on the test split, not yet on the world styles; zero_shot: the names that need it)."""
     state = {}
     for name, _ in runs:
         if (Path(scores) / f"{name}.json").is_file():
-            state[name] = "scored"
+            needs = name in zero_shot and not (Path(scores) / "zero_shot" / f"{name}.json").is_file()
+            state[name] = "zero-shot" if needs and (Path(runs_dir) / name / "best.pt").is_file() else "scored"
         elif (Path(runs_dir) / name / "ckpt.pt").is_file():
             state[name] = "resume"
         else:
@@ -120,16 +183,21 @@ def score(name, runs_dir, scores, threads):
         return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def rebuild_table(runs, scores, out):
-    """The study's table from the score files of its runs that exist (compare_runs --scores)."""
+def rebuild_table(runs, scores, out, zero_shot=()):
+    """The study's tables from the score files of its runs that exist (compare_runs --scores): the test
+    split's in OUT, the zero-shot one in OUT/zero_shot."""
     files = [str(Path(scores) / f"{name}.json") for name, _ in runs if (Path(scores) / f"{name}.json").is_file()]
     if files:
         compare_runs.main(["--scores", *files, "--out", str(out)])
+    files = [str(Path(scores) / "zero_shot" / f"{n}.json") for n, _ in runs if n in zero_shot
+             and (Path(scores) / "zero_shot" / f"{n}.json").is_file()]
+    if files:
+        compare_runs.main(["--scores", *files, "--out", str(Path(out) / "zero_shot")])
 
 
 def run_study(options):
     """Train, score and table every run of the study; returns the exit code (0: every run scored)."""
-    runs = read_study(options.study)
+    runs, zero_shot = read_study(options.study)
     names = [n for n, _ in runs]
     unknown = [n for n in (options.only or []) if n not in names]
     if unknown:
@@ -138,7 +206,13 @@ def run_study(options):
     out = Path(options.out or runs_dir / Path(options.study).stem).resolve()
     gpu = torch.cuda.is_available()
     threads = 0 if gpu else (options.threads or max(1, (os.cpu_count() or 1) // max(options.parallel, 1)))
-    state = plan(runs, runs_dir, scores)
+    shot = zero_shot_names(runs, zero_shot)
+    styles = (ROOT / zero_shot[0]).resolve() if zero_shot else None
+    state = plan(runs, runs_dir, scores, shot)
+    for name in sorted(shot):
+        if state[name] == "scored" and not (scores / "zero_shot" / f"{name}.json").is_file():
+            print(f"note: {name} is scored but not zero-shot, and its run folder is gone (no best.pt in "
+                  f"{runs_dir / name}): delete {scores / (name + '.json')} to train it again", flush=True)
     todo = [(n, f) for n, f in runs if state[n] != "scored" and (not options.only or n in options.only)]
     native_bf16 = bf16_autocast_available(torch.device("cuda" if gpu else "cpu"))
     skipped = [n for n, f in todo if "--amp" in f and not native_bf16]
@@ -147,21 +221,47 @@ def run_study(options):
               f"run it on a CPU with AVX-512 BF16 or AMX, or on a GPU", flush=True)
     todo = [(n, f) for n, f in todo if n not in skipped]
     print(f"study {options.study}: {len(runs)} runs, {sum(s == 'scored' for s in state.values())} scored, "
-          f"{len(todo)} to train ({options.parallel} at a time"
+          f"{len(todo)} to do ({options.parallel} at a time"
           f"{f', --threads {threads} each' if threads else ''}); scores in {scores}", flush=True)
     for name, flags in todo:
-        print(f"   {state[name]:6} {name}: {shlex.join(train_command(name, flags, state[name], runs_dir, threads)[1:])}")
+        what = ("score on the world styles" if state[name] == "zero-shot"
+                else shlex.join(train_command(name, flags, state[name], runs_dir, threads)[1:]))
+        print(f"   {state[name]:6} {name}: {what}")
     if options.dry_run:
         return 0
     if any("--data_path" not in f and "--data-path" not in f for _, f in todo):
         # the default world, rendered once before the runs start (two runs would render it together)
         train = importlib.import_module("06_train")
         training_data.ensure_synthetic_world(train.TrainConfig(), SimpleNamespace(main=True, world=1, rank=0))
+    flags_of = dict(runs)
+
+    def finish(name, zero_only=False):
+        """Score a finished run (test split, then the world styles if asked) and rebuild the tables;
+        True if a scoring failed (one line said so)."""
+        steps = [] if zero_only else [("score", lambda: score(name, runs_dir, scores, threads),
+                                       scores / f"{name}.json")]
+        if name in shot:
+            steps.append(("zero-shot", lambda: score_zero_shot(name, flags_of[name], runs_dir, scores, styles,
+                                                               threads), scores / "zero_shot" / f"{name}.json"))
+        for what, call, made in steps:
+            code = call()
+            if code != 0:
+                print(f"{time.strftime('%H:%M:%S')} error: {what} of {name} exited with code {code}; see "
+                      f"{runs_dir / name / 'score.log'}", flush=True)
+                return True
+            print(f"{time.strftime('%H:%M:%S')} {what} {name}: {made}", flush=True)
+        rebuild_table(runs, scores, out, shot)
+        return False
+
     failed, running, stop = [], {}, runtime.StopRequest(watch_workers=False)
     with stop.installed():
         while (todo or running) and not stop.signum:
             while todo and len(running) < options.parallel:
                 name, flags = todo.pop(0)
+                if state[name] == "zero-shot":      # trained and scored before: the world styles only
+                    if finish(name, zero_only=True):
+                        failed.append(name)
+                    continue
                 (runs_dir / name).mkdir(parents=True, exist_ok=True)
                 log = open(runs_dir / name / "train.log", "a")
                 cmd = train_command(name, flags, state[name], runs_dir, threads)
@@ -179,22 +279,16 @@ def run_study(options):
                     print(f"{time.strftime('%H:%M:%S')} error: {name} exited with code {child.returncode}; "
                           f"see {runs_dir / name / 'train.log'} (given again, the study resumes it)", flush=True)
                     continue
-                code = score(name, runs_dir, scores, threads)
-                if code != 0:
+                if finish(name):
                     failed.append(name)
-                    print(f"{time.strftime('%H:%M:%S')} error: scoring {name} exited with code {code}; see "
-                          f"{runs_dir / name / 'score.log'}", flush=True)
-                    continue
-                print(f"{time.strftime('%H:%M:%S')} scored {name}: {scores / (name + '.json')}", flush=True)
-                rebuild_table(runs, scores, out)
         if stop.signum:   # each run saves its checkpoint on SIGTERM: a later call resumes it
             for child, log in running.values():
                 child.terminate()
             for child, log in running.values():
                 child.wait()
                 log.close()
-            print(f"stopped by {signal.Signals(stop.signum).name}: {', '.join(running) or 'no run'} saved for --resume; give the "
-                  f"same command again to go on", file=sys.stderr, flush=True)
+            print(f"stopped by {signal.Signals(stop.signum).name}: {', '.join(running) or 'no run'} saved for "
+                  f"--resume; give the same command again to go on", file=sys.stderr, flush=True)
             return 128 + stop.signum
     left = [n for n, _ in runs if not (scores / f"{n}.json").is_file()]
     print(f"study {options.study}: {len(runs) - len(left)} of {len(runs)} runs scored"

@@ -30,6 +30,8 @@ def write_study(path, lines):
     (["a --seed 0 --threads 2"], "line 1: --threads is set by the study itself"),
     (["a"], "line 1: expected 'NAME --flag value ...'"),
     (["--seed 0"], "line 1: expected 'NAME --flag value ...'"),
+    (["@zero_shot data/styles", "a --seed 0"], "line 1: give one line '@zero_shot STYLES_FOLDER RUN_GLOB"),
+    (["@zero_shot s a*", "@zero_shot s b*", "a --seed 0"], "line 2: give one line '@zero_shot"),
 ])
 def test_read_study_refuses_a_bad_file_naming_the_line(tmp_path, lines, message):
     """A study file without runs, with a repeated name, a flag the study sets itself, a run without flags
@@ -45,7 +47,8 @@ def test_plan_skips_scored_runs_and_resumes_cut_off_ones(tmp_path):
     others start; a resumed run keeps its stored flags (06's --resume), a new one gets its run folder,
     --no_eval and the thread count."""
     path = write_study(tmp_path / "s.txt", ["a --seed 0  # comment", "b --seed 1", "c --seed 2 --queries none"])
-    runs = study.read_study(path)
+    runs, zero_shot = study.read_study(path)
+    assert zero_shot is None
     assert runs == [("a", ["--seed", "0"]), ("b", ["--seed", "1"]), ("c", ["--seed", "2", "--queries", "none"])]
     (tmp_path / "scores").mkdir()
     (tmp_path / "scores" / "a.json").write_text("{}")
@@ -71,7 +74,7 @@ def test_amp_runs_are_skipped_where_they_would_train_in_float32(tmp_path, monkey
                        "--scores", str(tmp_path / "scores"), "--dry_run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "note: bf asks for --amp" in out and "1 to train" in out
+    assert "note: bf asks for --amp" in out and "1 to do" in out
     assert "start  fp:" in out and "start  bf:" not in out
 
 
@@ -91,11 +94,13 @@ def test_study_stopped_by_a_signal_resumes_and_tables_like_compare_runs(tiny_wor
     trains: the study stops it (exit 143, its checkpoint saved). Given again: the first resumes from its
     checkpoint, the others start, each is scored into SCORES/NAME.json (with the commit that trained it
     and its precision), and the study's table, rebuilt from the score files, equals compare_runs over
-    the three run folders."""
+    the three run folders. Two runs are also scored zero-shot on the world styles (rendered from the
+    training world's test drives): their table from score files equals compare_runs --worlds."""
     flags = (f"--data_path {tiny_world} --batch_size 2 --max_steps 12 --save_every 2 --pretrained none "
              "--num_features 32 --model_dim 16 --num_queries 8 --num_bins 16")  # small: quick to save
+    styles = tmp_path / "styles"
     path = write_study(tmp_path / "tiny.txt", [f"a {flags} --seed 0", f"b {flags} --seed 1",
-                                               f"c {flags} --seed 0 --queries none"])
+                                               f"c {flags} --seed 0 --queries none", f"@zero_shot {styles} a c"])
     runs, scores = tmp_path / "runs", tmp_path / "scores"
     cmd = [sys.executable, "-m", "helpers.study", "--study", str(path), "--runs_dir", str(runs),
            "--scores", str(scores), "--parallel", "1", "--threads", "1"]
@@ -126,3 +131,12 @@ def test_study_stopped_by_a_signal_resumes_and_tables_like_compare_runs(tiny_wor
     table = runs / "tiny"
     assert (table / "compare_synthetic.csv").read_text() == (tmp_path / "oracle" / "compare_synthetic.csv").read_text()
     assert (table / "compare_synthetic.md").read_text() == (tmp_path / "oracle" / "compare_synthetic.md").read_text()
+
+    assert sorted(p.name for p in (scores / "zero_shot").iterdir()) == ["a.json", "c.json"]
+    worlds = [str(tiny_world)] + [str(styles / n) for n in ("dusk", "other_town", "van_camera", "cluttered")]
+    oracle = subprocess.run([sys.executable, "-m", "helpers.compare_runs", "--runs", str(runs / "a"), str(runs / "c"),
+                             "--worlds", *worlds, "--out", str(tmp_path / "oracle_zero_shot")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert oracle.returncode == 0, oracle.stderr
+    assert ((table / "zero_shot" / "zero_shot.csv").read_text()
+            == (tmp_path / "oracle_zero_shot" / "zero_shot.csv").read_text())
