@@ -1,21 +1,27 @@
-"""Every command line shown in README.md and docs/ still works: its script or module answers --help,
-and every flag the command uses is one that script accepts.
+"""Every command line shown in README.md and docs/, and every command the scripts in tools/ run, still
+works: its script or module answers --help, and every flag the command uses is one that script accepts.
 
 A moved or renamed module, or a flag that was renamed or removed, would otherwise leave a dead
-command in the documentation that no other test runs. The commands are read from the Markdown text
-itself (fenced blocks and inline code): `python X.py ...`, `python -m helpers.X ...`, `torchrun ...
-X.py ...`, `time python ...`. pip and pytest lines and inline Python programs (`python - <<EOF`) are
-not the project's commands and are left out.
+command in the documentation or in a tool script that no other test runs (tools/gpu_check.sh only
+runs for real on a CUDA machine). The documented commands are read from the Markdown text itself
+(fenced blocks and inline code): `python X.py ...`, `python -m helpers.X ...`, `torchrun ... X.py ...`,
+`time python ...`; pip and pytest lines are not the project's commands and are left out. The tool
+scripts are run dry: with PYTHON set to a recorder that notes each command it is given instead of
+running it, so the commands checked are the ones the script would really run (arrays expanded).
 """
+import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TOOLS = sorted((ROOT / "tools").glob("*.sh"))
 COMMAND = re.compile(r"(?:^|[\s`(])((?:time\s+)?(?:python3?|torchrun)\s[^`\n]*)")
 NOT_OURS = {"pip", "pytest"}  # `python -m pip ...`, `python -m pytest ...`
 
@@ -44,9 +50,11 @@ def target_and_flags(command):
     tokens = [t.strip("[]()") for t in command.split()]
     while tokens and tokens[0] in ("time", "python", "python3"):
         tokens.pop(0)
-    if tokens and tokens[0] == "torchrun":
-        tokens = [t for t in tokens[1:] if not t.startswith("--nproc")]
-    if not tokens or tokens[0] == "-":
+    if tokens[:1] == ["torchrun"] or tokens[:2] == ["-m", "torch.distributed.run"]:
+        tokens = tokens[1 if tokens[0] == "torchrun" else 2:]
+        while tokens and tokens[0].startswith("-"):   # torchrun's own options, e.g. --nproc_per_node=8
+            tokens.pop(0)
+    if not tokens or tokens[0] in ("-", "-c"):
         return None, []
     if tokens[0] == "-m":
         if len(tokens) < 2 or tokens[1].split(".")[0] in NOT_OURS or tokens[1].endswith("NAME"):
@@ -61,10 +69,43 @@ def target_and_flags(command):
     return target, flags
 
 
+RECORDER = """import json, os, sys
+with open(os.environ["DRY_RUN_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["-c"]:
+    print("dry run")
+"""
+
+
+def dry_run(script, workdir):
+    """Run a tool script with PYTHON set to a recorder (a Python program that notes its arguments and
+    exits 0; its `-c` probes, such as "is there a GPU?", answer yes). (completed process, [argv of every
+    command the script gave PYTHON]); the script's outputs go to workdir/out."""
+    workdir = Path(workdir)
+    recorder, log = workdir / "python", workdir / "commands.jsonl"
+    recorder.write_text(f"#!{sys.executable}\n{RECORDER}")
+    recorder.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(recorder), "DRY_RUN_LOG": str(log), "GPU_CHECK_STEP_LIMIT": "60"}
+    done = subprocess.run(["bash", str(script), str(workdir / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    argvs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return done, argvs
+
+
+def tool_commands():
+    """[(tools/NAME.sh, command)] of every command the tool scripts run, from a dry run of each."""
+    found = []
+    for script in TOOLS:
+        with tempfile.TemporaryDirectory() as workdir:
+            _, argvs = dry_run(script, workdir)
+        found += [(f"tools/{script.name}", " ".join(["python", *argv])) for argv in argvs]
+    return found
+
+
 def _targets():
-    """{target: {flag: [where it is documented]}} over every documented command."""
+    """{target: {flag: [where it is documented]}} over every documented command and tool command."""
     targets = {}
-    for doc, command in documented_commands():
+    for doc, command in documented_commands() + tool_commands():
         target, flags = target_and_flags(command)
         if target is not None:
             seen = targets.setdefault(target, {})
@@ -96,6 +137,9 @@ def test_commands_are_read_with_their_flags():
     assert target_and_flags("python -m helpers.NAME --help") == (None, [])
     assert target_and_flags("python mine/03_self_query.py")[0] == ("script", "03_self_query.py")
     assert target_and_flags("python - runs/a <<'EOF'") == (None, [])
+    assert target_and_flags("python -c import torch") == (None, [])
+    assert target_and_flags("python -m torch.distributed.run --nproc_per_node=1 --standalone 06_train.py "
+                            "--max_steps 2")[0] == ("script", "06_train.py")
     assert _logical_lines("python a.py --x \\\n  --y\nnext") == ["python a.py --x    --y", "next"]
 
 
@@ -111,3 +155,19 @@ def test_documented_command_answers_help_and_knows_its_flags(target):
     known = set(re.findall(r"--[a-z][a-z0-9_-]*", done.stdout))
     unknown = {flag: where for flag, where in TARGETS[target].items() if flag not in known}
     assert not unknown, f"{name} has no flag " + "; ".join(f"{f} (in {w[0]})" for f, w in unknown.items())
+
+
+@pytest.mark.parametrize("script", TOOLS, ids=lambda p: p.name)
+def test_tool_script_runs_to_its_end_dry(script, tmp_path):
+    """A dry run of each tools/ script (PYTHON = the recorder) reaches its end with exit 0 and runs
+    project commands, which the test above checks like the documented ones: a step that names a module
+    by file path (`python helpers/x.py`, which cannot import helpers) or a flag that is gone fails there."""
+    done, argvs = dry_run(script, tmp_path)
+    assert done.returncode == 0, f"{script.name}, dry run: {(done.stdout + done.stderr).strip()[-600:]}"
+    ours = [argv for argv in argvs if target_and_flags(" ".join(["python", *argv]))[0] is not None]
+    assert ours, f"{script.name} ran no project command through $PYTHON: {argvs}"
+    if script.name == "gpu_check.sh":
+        assert "all GPU checks passed" in done.stdout
+        run = {" ".join(argv) for argv in argvs}
+        assert any("--no-channels_last" in c and "06_train.py" in c for c in run), "the NCHW profile is gone"
+        assert any(c.startswith("-m helpers.benchmark") for c in run)
