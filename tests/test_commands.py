@@ -5,8 +5,9 @@ A moved or renamed module, or a flag that was renamed or removed, would otherwis
 command in the documentation or in a tool script that no other test runs (tools/gpu_check.sh only
 runs for real on a CUDA machine). The documented commands are read from the Markdown text itself
 (fenced blocks and inline code): `python X.py ...`, `python -m helpers.X ...`, `torchrun ... X.py ...`,
-`time python ...`; pip and pytest lines are not the project's commands and are left out. The tool
-scripts are run dry: with PYTHON set to a recorder that notes each command it is given instead of
+`time python ...`; pip and pytest lines are not the project's commands and are left out. The inline
+Python programs of the docs (`python - ARGS <<'EOF' ... EOF`) are run for real, their run-folder
+arguments (runs/...) replaced by a two-step run of a tiny world. The tool scripts are run dry: with PYTHON set to a recorder that notes each command it is given instead of
 running it, so the commands checked are the ones the script would really run (arrays expanded).
 """
 import json
@@ -171,3 +172,44 @@ def test_tool_script_runs_to_its_end_dry(script, tmp_path):
         run = {" ".join(argv) for argv in argvs}
         assert any("--no-channels_last" in c and "06_train.py" in c for c in run), "the NCHW profile is gone"
         assert any(c.startswith("-m helpers.benchmark") for c in run)
+
+
+HEREDOC = re.compile(r"^(?:python3?) - (?P<args>[^<\n]*)<<\s*'?(?P<end>\w+)'?[^\n]*\n(?P<body>.*?)\n(?P=end)$",
+                     re.M | re.S)
+
+
+def documented_programs():
+    """[(file name, [arguments], program text)] of every inline Python program in the README and docs/."""
+    return [(doc.name, m.group("args").split(), m.group("body"))
+            for doc in DOCS for m in HEREDOC.finditer(doc.read_text())]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_world, tmp_path_factory):
+    """A finished two-step run (log.csv, val.csv, checkpoints) of a tiny network on the tiny world."""
+    run_dir = tmp_path_factory.mktemp("doc_programs") / "run"
+    tiny = ["--num_layers", "18", "--num_features", "32", "--model_dim", "16", "--patch_size", "8",
+            "--num_queries", "8", "--num_bins", "16", "--dim_feedforward", "32", "--batch_size", "2",
+            "--log_every", "1", "--no_eval", "--threads", "1", "--max_steps", "2"]
+    done = subprocess.run([sys.executable, "06_train.py", *tiny, "--data_path", str(tiny_world),
+                           "--run_dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-600:]
+    return run_dir
+
+
+def test_the_docs_programs_are_found():
+    """The reader of inline programs finds the collapse detector's replay (docs/monocular.md)."""
+    assert any("CollapseWatch" in body for _, _, body in documented_programs())
+
+
+@pytest.mark.parametrize("doc, args, body", documented_programs(), ids=lambda v: v if isinstance(v, str) and
+                         v.endswith(".md") else "")
+def test_documented_program_runs(doc, args, body, tiny_run):
+    """Each inline program of the docs runs from the repository root and exits 0, every run folder it is
+    given (runs/NAME) replaced by the tiny run: a name moved out of a module fails here."""
+    argv = [str(tiny_run) if a.startswith("runs/") else a for a in args]
+    done = subprocess.run([sys.executable, "-", *argv], input=body, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"the program of {doc} failed: {done.stderr.strip()[-600:]}"
+    assert done.stdout.strip(), f"the program of {doc} printed nothing"
