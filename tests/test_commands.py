@@ -1,5 +1,7 @@
-"""Every command line shown in README.md and docs/, and every command the scripts in tools/ run, still
-works: its script or module answers --help, and every flag the command uses is one that script accepts.
+"""Every command line shown in README.md and docs/ (and in the docstrings of the steps and helpers), and
+every command the scripts in tools/ run, still works: its script or module answers --help, and every flag
+the command uses is one that script accepts; and a documented command can be pasted as it stands (no
+literal `...` standing for arguments).
 
 A moved or renamed module, or a flag that was renamed or removed, would otherwise leave a dead
 command in the documentation or in a tool script that no other test runs (tools/gpu_check.sh only
@@ -10,6 +12,7 @@ Python programs of the docs (`python - ARGS <<'EOF' ... EOF`) are run for real, 
 arguments (runs/...) replaced by a two-step run of a tiny world. The tool scripts are run dry: with PYTHON set to a recorder that notes each command it is given instead of
 running it, so the commands checked are the ones the script would really run (arrays expanded).
 """
+import ast
 import json
 import os
 import re
@@ -23,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TOOLS = sorted((ROOT / "tools").glob("*.sh"))
+MODULES = sorted(ROOT.glob("0[1-7]_*.py")) + sorted((ROOT / "helpers").glob("*.py"))
 COMMAND = re.compile(r"(?:^|[\s`(])((?:time\s+)?(?:python3?|torchrun)\s[^`\n]*)")
 NOT_OURS = {"pip", "pytest"}  # `python -m pip ...`, `python -m pytest ...`
 
@@ -32,16 +36,27 @@ def _logical_lines(text):
     return text.replace("\\\n", " ").splitlines()
 
 
+def _documents():
+    """[(name, text)]: the Markdown files, and the module docstrings of the steps and the helpers."""
+    docs = [(doc.name, doc.read_text()) for doc in DOCS]
+    for module in MODULES:
+        docstring = ast.get_docstring(ast.parse(module.read_text()))
+        if docstring:
+            docs.append((f"{module.relative_to(ROOT)} (docstring)", docstring))
+    return docs
+
+
 def documented_commands():
-    """[(file name, command)] of every project command in the README and docs/ (comments cut off)."""
+    """[(file name, command)] of every project command in the README, docs/ and the module docstrings
+    (comments cut off)."""
     found = []
-    for doc in DOCS:
-        for line in _logical_lines(doc.read_text()):
+    for doc, text in _documents():
+        for line in _logical_lines(text):
             for match in COMMAND.finditer(line):
                 for part in re.split(r"\s&&\s|\s&\s|;\s", match.group(1)):
                     command = part.split(" #")[0].strip().rstrip("&").strip()
                     if command:
-                        found.append((doc.name, command))
+                        found.append((doc, command))
     return found
 
 
@@ -125,6 +140,14 @@ def test_the_docs_show_commands_of_every_kind():
     modules = {name for kind, name in TARGETS if kind == "module"}
     assert {"06_train.py", "07_eval.py"} <= scripts
     assert {"helpers.compare_runs", "helpers.predict", "helpers.benchmark", "helpers.synthetic_world"} <= modules
+
+
+def test_documented_commands_can_be_pasted():
+    """No documented command holds a literal `...` for arguments left out (placeholders in capitals,
+    such as RUN or PATH/TO/RELEASED_MODEL, are named; a `...` cannot be pasted)."""
+    elided = [f"{doc}: {command}" for doc, command in documented_commands()
+              if any(token.strip("[]()`'\"").endswith("...") for token in command.split())]
+    assert not elided, elided
 
 
 def test_commands_are_read_with_their_flags():
