@@ -9,8 +9,9 @@ runs for real on a CUDA machine). The documented commands are read from the Mark
 (fenced blocks and inline code): `python X.py ...`, `python -m helpers.X ...`, `torchrun ... X.py ...`,
 `time python ...`; pip and pytest lines are not the project's commands and are left out. The inline
 Python programs of the docs (`python - ARGS <<'EOF' ... EOF`) are run for real, their run-folder
-arguments (runs/...) replaced by a two-step run of a tiny world. The tool scripts are run dry: with PYTHON set to a recorder that notes each command it is given instead of
-running it, so the commands checked are the ones the script would really run (arrays expanded).
+arguments (runs/...) replaced by a two-step run of a tiny world. The tool scripts are run dry, with
+PYTHON set to a recorder that notes each command it is given instead of running it, so the commands
+checked are the ones the script would really run (arrays expanded).
 """
 import ast
 import json
