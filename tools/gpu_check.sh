@@ -2,8 +2,8 @@
 # tools/gpu_check.sh [OUT_DIR]: every check of this project that needs a GPU, in one unattended go.
 #
 # On a CUDA machine, in order, each step's output in OUT_DIR/<step>.log and its numbers in
-# OUT_DIR/summary.txt (the whole script: about 5 minutes on one H100-class GPU by our estimate; it has
-# not run on a GPU yet, so that time was never measured):
+# OUT_DIR/summary.txt. How long it takes is our estimate, never measured (the script has not run on a
+# GPU yet): a few minutes on one H100-class GPU.
 #   1. the GPU-marked tests                     python -m pytest -m gpu
 #   2. the depth network, R50 640x192, fp32 and bf16 (batch 16), NHWC and NCHW
 #                                               python -m helpers.benchmark --amp [--no-channels_last]
