@@ -17,7 +17,8 @@ trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
-`torchrun --nproc_per_node=N 06_train.py ...`, `python 06_train.py --help` for every option.
+`torchrun --nproc_per_node=N 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`
+(N GPUs), `python 06_train.py --help` for every option.
 Tests: tests/test_06_train.py, tests/test_faults.py.
 
 Exit codes: 0 done, 2 bad input (one `error: ...` line), 3 non-finite loss or weights, 4 a

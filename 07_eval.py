@@ -35,8 +35,10 @@ Deviation from the official code: the official SQLDepth evaluation passes its DE
 (flip-average of depth, not of 1/depth), so our numbers are comparable with the released ones.
 The untrained-network baseline is built with pretrained=None (truly untrained, and no download).
 
-The metrics come first; below the engineering banner: loading models, data and ground truth,
-tables, pictures and the command line.
+The metrics come first, then the test frames, their ground truth and the whole evaluation; below
+the engineering banner only the command line (EvalConfig, defaults taken from the checkpoint, the
+device, main). Loading models, the tables and the pictures live in helpers (model_files,
+eval_tables, depth_figures).
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
 (runs this file as a subprocess at the end of the default run), helpers/compare_runs.py, helpers/predict.py.
 Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`.
@@ -342,8 +344,8 @@ def evaluate(model, config, cfg, device):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# Loading models, data and ground truth, tables, pictures and the command line (--compare and
-# --predict moved to helpers/compare_runs.py and helpers/predict.py).
+# The command line: EvalConfig, defaults from the checkpoint, the device, main (several runs in one
+# table: helpers/compare_runs.py; your own images: helpers/predict.py).
 # ==============================================================================================
 # ---- Command line ----
 @dataclass

@@ -9,7 +9,8 @@ out and back (a torch profile of the default training step: about 380 copies). `
 kernel a 1-D view of each parameter's memory instead, which is contiguous in any layout: the same
 update, in place, with no copy. `make_adam` gives it where the installed PyTorch has a fused Adam
 for the parameters' device, and the plain `torch.optim.Adam` otherwise.
-Used by 06_train.py (training) and 04_bins.py (`--bench`). Tests: tests/test_fused_adam.py.
+Used by 06_train.py (training) and helpers/benchmark.py (`python -m helpers.benchmark`).
+Tests: tests/test_fused_adam.py.
 """
 import torch
 

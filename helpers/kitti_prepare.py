@@ -4,14 +4,14 @@ Not a reading step: nothing in it is SQLDepth. Pillow and the standard library o
 core, resumable (a finished file is never redone: run the same command again after a stop), one
 `error: ...` line per bad file while the others go on (exit 2 at the end when there was one):
 
-  python kitti_prepare.py --to_jpg --data_path kitti_data [--delete_png]
+  python -m helpers.kitti_prepare --to_jpg --data_path kitti_data [--delete_png]
       every camera image <date>/<drive>/image_0N/data/*.png -> the same name .jpg, as Monodepth2's
       README recommends (ImageMagick `-quality 92 -sampling-factor 2x2,1x1,1x1`: JPEG quality 92,
       4:2:0 chroma), which the default `--img_ext .jpg` of 06_train.py expects. Only image folders
       are touched: the depth ground truth (also png, 16-bit) never is. Each jpg is written to a
       temporary name and renamed, so an interrupted run leaves no half file; --delete_png removes
       each png after its jpg is in place (Monodepth2's command deletes them too).
-  python kitti_prepare.py --depth_gt DIR --data_path kitti_data
+  python -m helpers.kitti_prepare --depth_gt DIR --data_path kitti_data
       KITTI's depth-completion ground truth (data_depth_annotated.zip: DIR/{train,val}/<drive>/
       proj_depth/groundtruth/image_0{2,3}/*.png) arranged as <date>/<drive>/proj_depth/... under the
       raw data, where the eigen_benchmark split of 07_eval.py reads it. Hard links where DIR is on

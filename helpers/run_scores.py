@@ -11,7 +11,7 @@ custom split list, frames, post_process, eval_stereo), every per-run column of t
 error by range of true depth, the commit of the code that scored it and the date, and the training
 config. Paths keep no trace of the machine: data folders by their last component, other paths as
 given when relative and by their last component when absolute.
-Written by `python -m helpers.compare_runs --runs ... --save_scores DIR`, read by
+Written by `python -m helpers.compare_runs --runs RUN_A RUN_B --save_scores DIR`, read by
 `python -m helpers.compare_runs --scores DIR --out OUT`. Tests: tests/test_compare_runs.py.
 """
 import glob

@@ -4,7 +4,7 @@ Serves 06_train.py (`--small_map_convs`, on by default) and helpers/benchmark.py
 ResNet's deepest layers on a CPU that changes no number a reader of 02_unet.py needs to know. It
 swaps qualifying nn.Conv2d modules for SmallMapConv2d, whose weight gradient is one matrix product.
 Run: `python -m helpers.small_map_convs` times it against PyTorch's conv per shape.
-Tests: tests/test_02_unet.py.
+Tests: tests/test_small_map_convs.py.
 """
 import argparse
 import statistics

@@ -1,4 +1,4 @@
-"""Faults a long training run meets, each ending in one clear line or a clean recovery (README, "Reliability"):
+"""Faults a long training run meets, each ending in one clear line or a clean recovery (docs/reliability.md):
 a diverging run (NaN weights) reaching the warp, a full disk while saving, a checkpoint holding
 NaN/Inf weights, a rank dying under torchrun, two trainings on one run folder, SIGTERM during the
 final evaluation, a run folder that cannot be written, a killed DataLoader worker, an error in a

@@ -304,3 +304,26 @@ def test_cli_bool_named_no_and_list_fields():
     assert parser.parse_args(["--no_eval", "--no-no-eval"]).no_eval is False
     assert parser.parse_args(["--runs", "a", "b"]).runs == ["a", "b"]
     assert parser.parse_args([]).runs == []
+
+
+README_MAX_LINES = 250   # the front door: what it is, the two commands, the reading order, the results in brief
+
+
+def test_readme_stays_a_front_door():
+    """README.md stays short (the long write-ups live in docs/), and every doc it links to exists."""
+    text = (ROOT / "README.md").read_text()
+    lines = len(text.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
+    for target in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / target).is_file(), f"README.md links to {target}, which does not exist"
+
+
+def test_install_line_agrees_with_ci_and_pyproject():
+    """The README's install line pins the PyTorch that CI installs, its Python version is pyproject's
+    requires-python, and its test command is the one CI runs."""
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    pins = set(re.findall(r"pip install(?: -q)? torch==([0-9.]+)", readme))
+    assert pins and pins == set(re.findall(r"pip install(?: -q)? torch==([0-9.]+)", ci)), (pins, "vs .ci/run")
+    python = re.search(r'requires-python = ">=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"Python {python} or newer" in readme, f"README.md does not say 'Python {python} or newer'"
+    assert "python -m pytest -q\n" in readme and "\npython -m pytest -q\n" in ci

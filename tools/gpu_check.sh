@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # tools/gpu_check.sh [OUT_DIR]: every check of this project that needs a GPU, in one unattended go.
 #
-# On a CUDA machine (about 5 minutes on one H100-class GPU), in order, each step's output in
-# OUT_DIR/<step>.log and its numbers in OUT_DIR/summary.txt:
+# On a CUDA machine, in order, each step's output in OUT_DIR/<step>.log and its numbers in
+# OUT_DIR/summary.txt. How long it takes is our estimate, never measured (the script has not run on a
+# GPU yet): a few minutes on one H100-class GPU.
 #   1. the GPU-marked tests                     python -m pytest -m gpu
-#   2. the depth network, R50 640x192, fp32 and bf16 (batch 16)      python -m helpers.benchmark --amp
-#   3. a synthetic world at KITTI's size (1242x375), rendered once
-#   4. 20 profiled training steps of kitti-r50-640x192 on it, without and with --amp
+#   2. the depth network, R50 640x192, fp32 and bf16 (batch 16), NHWC and NCHW
+#                                               python -m helpers.benchmark --amp [--no-channels_last]
+#   3. a synthetic world at KITTI's size (1242x375), rendered once (python -m helpers.synthetic_world)
+#   4. 20 profiled training steps of kitti-r50-640x192 on it: fp32, bf16 (--amp), and fp32 in NCHW
+#      (--no-channels_last; NHWC, --channels_last, is 06_train.py's default)
 #   5. 20 training steps under torchrun --nproc_per_node=1 (the NCCL process group)
 #   6. one step of kitti-r50-640x192-ms started from step 5's weights (--init_from + --pose_init)
 # Any failing step (a CUDA error included) stops the script with exit 1 and the end of its log.
-# On a machine without CUDA it says so and exits 0: CI runs that path (tests/test_faults.py).
+# On a machine without CUDA it says so and exits 0: CI runs that path (tests/test_faults.py), and
+# tests/test_commands.py runs every step dry (PYTHON set to a recorder) and checks that each command
+# answers --help and knows its flags. Steps run from the repository root, modules as python -m NAME.
 # Environment: PYTHON (default python), GPU_CHECK_STEP_LIMIT (seconds per step, default 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,11 +58,14 @@ note "$("$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f
 run_step gpu_tests "$PY" -m pytest -q -m gpu
 note "$(tail -n 1 "$OUT/gpu_tests.log")"
 
-run_step bench_r50 "$PY" helpers/benchmark.py --preset kitti-r50-640x192 --amp --batch_size 16 --iters 10
+BENCH=("$PY" -m helpers.benchmark --preset kitti-r50-640x192 --amp --batch_size 16 --iters 10)
+run_step bench_r50 "${BENCH[@]}"
 note "$(grep -E '^(preset|kitti)' "$OUT/bench_r50.log")"
+run_step bench_r50_nchw "${BENCH[@]}" --no-channels_last
+note "NCHW: $(grep -E '^kitti' "$OUT/bench_r50_nchw.log")"
 
 WORLD="$OUT/world_1242x375"
-run_step world "$PY" helpers/synthetic_world.py --make "$WORLD" --height 375 --width 1242 --num_drives 10 \
+run_step world "$PY" -m helpers.synthetic_world --make "$WORLD" --height 375 --width 1242 --num_drives 10 \
     --frames_per_drive 24 --workers 8
 TRAIN=("$PY" 06_train.py --preset kitti-r50-640x192 --data synthetic --data_path "$WORLD" --pretrained none
        --num_workers 8)
@@ -65,6 +73,8 @@ run_step profile_fp32 "${TRAIN[@]}" --profile 20
 note "fp32: $(grep 'throughput' "$OUT/profile_fp32.log")"
 run_step profile_bf16 "${TRAIN[@]}" --profile 20 --amp
 note "bf16: $(grep 'throughput' "$OUT/profile_bf16.log")"
+run_step profile_fp32_nchw "${TRAIN[@]}" --profile 20 --no-channels_last
+note "fp32, NCHW: $(grep 'throughput' "$OUT/profile_fp32_nchw.log")"
 
 rm -rf "$OUT/torchrun"
 run_step torchrun_nccl "$PY" -m torch.distributed.run --nproc_per_node=1 --standalone \
