@@ -472,7 +472,8 @@ def main(argv=None):
     try:
         cfg, ckpt = training_cli.prepare_run(cfg, given, TrainConfig)
         info, device = runtime.setup_process(cfg)
-        threads = cpu_threads.use_threads(cfg.threads, info.world, info.main, cfg.run_dir, ckpt)  # says which
+        threads = cpu_threads.use_threads(cfg.threads, info.world, say=info.main, run_dir=cfg.run_dir,
+                                          resumed=ckpt, watch=device.type == "cpu")
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         if cfg.amp and info.main and not amp_on(cfg, device):

@@ -35,7 +35,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -160,14 +160,14 @@ class RunThreads:
     processes: int               # training processes (torchrun); an automatic change needs just one
     run_dir: str                 # named in the advice line
     used: str                    # threads_used so far, stored in the checkpoint's config
-    watch: BusyWatch = field(default_factory=BusyWatch)
+    watch: BusyWatch = None      # None: nothing watched (on a GPU the step rate hardly depends on the cores)
 
     def start_line(self):
         return f"threads: {self.threads} ({self.why})"
 
     def update(self, step, rate, seconds):
         """The one line when the machine got busy (None otherwise); an auto run lowers its count here."""
-        seen = self.watch.update(rate, seconds)
+        seen = self.watch.update(rate, seconds) if self.watch else None
         if seen is None:
             return None
         head = f"the machine got busy: img/s fell from {seen[0]:.1f} to {seen[1]:.1f}"
@@ -176,22 +176,23 @@ class RunThreads:
             lower = choose_threads(usable_cores(), busy, self.threads)
             if lower < self.threads:
                 torch.set_num_threads(lower)
-                self.threads, self.used = lower, recorded(self.used, lower, step)
-                return (f"{head} ({busy:.1f} cores busy with other work): {lower} thread(s) from step {step} on "
-                        f"(auto; recorded as threads_used in ckpt.pt's config; --threads N never changes)")
+                was, self.threads, self.used = self.threads, lower, recorded(self.used, lower, step)
+                return (f"{head} ({busy:.1f} cores busy with other work): threads {was} -> {lower} from step "
+                        f"{step} on (auto; recorded as threads_used in ckpt.pt's config)")
         if self.threads > 1:
-            return (f"{head}; if other work now shares the cores, stop (Ctrl-C saves a checkpoint) and continue "
-                    f"with --resume {self.run_dir} --threads 1")
+            return (f"{head}; if other work now shares the cores, stop (Ctrl-C saves a checkpoint) and "
+                    f"continue with --resume {self.run_dir} --threads 1")
         return f"{head}; the run already uses one thread: it speeds up again when the other work ends"
 
 
-def use_threads(requested, processes=1, say=True, run_dir="", resumed=None):
+def use_threads(requested, processes=1, say=True, run_dir="", resumed=None, watch=True):
     """Set PyTorch's intra-op threads for a run: `requested` > 0 exactly (as always), 0 = auto. Prints
     the start line ("threads: 1 (auto: 1.0 of 2 cores busy with other work)") when `say`; returns the
-    RunThreads (resumed: the checkpoint continued, whose record the new one extends). A negative
-    count is a ValueError naming it."""
+    RunThreads (resumed: the checkpoint continued, whose record the new one extends; watch: watch its
+    step rate, a run on the CPU). A negative count is a ValueError naming it."""
     if requested < 0:
-        raise ValueError(f"--threads {requested}: give a positive count, or 0 for the cores free at the start")
+        raise ValueError(f"--threads {requested}: give a positive count, or 0 for the cores free at the "
+                         f"start")
     if requested:
         threads, why = requested, f"--threads {requested}"
     else:
@@ -200,9 +201,9 @@ def use_threads(requested, processes=1, say=True, run_dir="", resumed=None):
     before, step = "", 0
     if resumed is not None:   # an old checkpoint without the record: its fixed count, else unknown
         config, step = resumed["config"], resumed["step"]
-        before = config.get("threads_used") or (str(config["threads"]) if config.get("threads") else "unrecorded")
+        before = config.get("threads_used") or str(config.get("threads") or "unrecorded")
     run = RunThreads(threads, why, auto=not requested, processes=processes, run_dir=run_dir,
-                     used=recorded(before, threads, step))
+                     used=recorded(before, threads, step), watch=BusyWatch() if watch else None)
     if say:
         print(run.start_line(), flush=True)
     return run

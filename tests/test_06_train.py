@@ -392,7 +392,7 @@ def test_thread_auto_run_lowers_its_count_once_and_records_it(monkeypatch):
     monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: 1.0)   # ... that gets busy later
     lines = slow_down(run)
     assert [line for line in lines if line] == [lines[5]], lines
-    assert "img/s fell from 20.0 to 6.1" in lines[5] and "1 thread(s) from step 150 on" in lines[5]
+    assert "img/s fell from 20.0 to 6.1" in lines[5] and "threads 2 -> 1 from step 150 on" in lines[5]
     assert (run.threads, run.used, torch.get_num_threads()) == (1, "2; 1 from step 150", 1)
 
 
