@@ -9,7 +9,8 @@ machine"). So the thread count follows the cores that are free:
   choose_threads     the rule, a pure function: max(1, min(ceiling, (cores - busy) // processes))
   busy_cores         how many cores other work keeps busy, sampled over half a second: /proc/stat
                      over the cores this process may run on (os.sched_getaffinity) minus our own CPU
-                     time; os.getloadavg where there is no /proc/stat (macOS); None where neither is
+                     time (niced work yields to us: free); os.getloadavg where there is no /proc/stat
+                     (macOS); None where neither is
   use_threads        --threads N: exactly N, as before. --threads 0 (auto): choose_threads, never
                      above PyTorch's own default (which honours OMP_NUM_THREADS, and so torchrun's one
                      thread per process); returns the RunThreads of a training run
@@ -66,26 +67,28 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def cpu_jiffies(text, cpus):
+def cpu_jiffies(text, cpus, nice_is_busy=True):
     """(busy, total) CPU time of the given cores from the text of /proc/stat, in its clock ticks:
     total = user nice system idle iowait irq softirq steal, busy = total - idle - iowait (stolen
-    time is busy: a hypervisor gave the core to someone else)."""
+    time is busy: a hypervisor gave the core to someone else), and without `nice` when not
+    nice_is_busy (work at a lower priority than ours yields its core to our threads)."""
     busy = total = 0
     for line in text.splitlines():
         name, *values = line.split()
         if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
             ticks = [int(v) for v in values[:8]]
             total += sum(ticks)
-            busy += sum(ticks) - ticks[3] - ticks[4]
+            busy += sum(ticks) - ticks[3] - ticks[4] - (0 if nice_is_busy else ticks[1])
     return busy, total
 
 
 def busy_cores(seconds=SAMPLE_S):
     """Cores kept busy by other work over the next `seconds` (float; None when this system cannot
     tell): the busy share of our cores from /proc/stat times their count, minus this process's own
-    CPU time (its threads may still spin). Without /proc/stat: the 1-minute load average."""
+    CPU time (its threads may still spin). Niced work counts only when we are niced too (else it
+    yields to us). Without /proc/stat: the 1-minute load average."""
     try:
-        cpus = os.sched_getaffinity(0)
+        cpus, niced = os.sched_getaffinity(0), os.nice(0) > 0
         before = Path("/proc/stat").read_text()
     except (AttributeError, OSError):
         try:
@@ -94,8 +97,8 @@ def busy_cores(seconds=SAMPLE_S):
             return None
     own, wall = time.process_time(), time.perf_counter()
     time.sleep(seconds)
-    busy, total = (a - b for a, b in zip(cpu_jiffies(Path("/proc/stat").read_text(), cpus),
-                                         cpu_jiffies(before, cpus)))
+    busy, total = (a - b for a, b in zip(cpu_jiffies(Path("/proc/stat").read_text(), cpus, niced),
+                                         cpu_jiffies(before, cpus, niced)))
     own, wall = time.process_time() - own, time.perf_counter() - wall
     if total <= 0:
         return None

@@ -334,11 +334,13 @@ def test_thread_choice_leaves_the_cores_of_other_work_free():
 
 
 def test_thread_busy_cores_read_only_the_cores_we_may_use():
-    """cpu_jiffies sums user..steal of the listed cores from /proc/stat's text, idle + iowait not busy,
-    ignoring the all-cores line and other counters; busy_cores subtracts this process's own CPU time."""
+    """cpu_jiffies sums user..steal of the listed cores from /proc/stat's text, idle + iowait not busy
+    (nice neither, when niced work yields to us), ignoring the all-cores line and other counters;
+    busy_cores (minus this process's own CPU time) lies between 0 and our cores."""
     text = ("cpu  100 0 0 300 0 0 0 0 0 0\ncpu0 10 1 2 80 5 0 1 1 0 0\ncpu1 50 0 0 50 0 0 0 0 0 0\n"
             "cpu2 90 0 0 10 0 0 0 0 0 0\nintr 5 3\nctxt 99\n")
     assert threads_module().cpu_jiffies(text, {0, 2}) == (10 + 1 + 2 + 1 + 1 + 90, 100 + 100)
+    assert threads_module().cpu_jiffies(text, {0, 2}, nice_is_busy=False) == (10 + 2 + 1 + 1 + 90, 100 + 100)
     assert 0.0 <= threads_module().busy_cores(0.05) <= threads_module().usable_cores()
 
 
