@@ -411,6 +411,36 @@ def test_thread_explicit_count_is_exact_and_never_changed(monkeypatch):
     assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
 
 
+
+def test_thread_change_is_replayed_exactly_from_its_record(tiny_world, tmp_path, monkeypatch, capsys):
+    """An auto run whose watch fires at step 2 (a core got busy) runs steps 3-4 on one thread and records
+    "2; 1 from step 2"; replaying that record (--threads 2 --max_steps 2, then --resume --threads 1)
+    gives the same loss sequence in log.csv and the same final weights."""
+    ct = threads_module()
+
+    class FiresAtTheSecondInterval(ct.BusyWatch):
+        def update(self, rate, seconds):
+            self.calls = getattr(self, "calls", 0) + 1
+            return (20.0, 5.0) if self.calls == 2 else None
+
+    measured = iter([0.0, 1.0])                               # idle at the start, a core busy later
+    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: next(measured))
+    monkeypatch.setattr(ct, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ct, "BusyWatch", FiresAtTheSecondInterval)
+    torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
+    auto, replay = tmp_path / "auto", tmp_path / "replay"
+    capsys.readouterr()
+    assert run(tiny_world, auto, "--max_steps", "4", "--batch_size", "4") == 0
+    assert "threads 2 -> 1 from step 2 on" in capsys.readouterr().out
+    assert load(auto / "ckpt.pt")["config"]["threads_used"] == "2; 1 from step 2"
+    assert run(tiny_world, replay, "--max_steps", "2", "--batch_size", "4", "--threads", "2") == 0
+    assert train().main(["--resume", str(replay), "--max_steps", "4", "--threads", "1"]) == 0
+    assert losses(replay) == losses(auto) and len(losses(auto)) == 4
+    a, b = load(auto / "ckpt.pt"), load(replay / "ckpt.pt")
+    assert b["config"]["threads_used"] == "2; 1 from step 2"
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
 def test_thread_start_line_and_checkpoint_name_the_count(tiny_world, tmp_path, monkeypatch, capsys):
     """06_train.py prints the threads it runs with before the train line and stores them as threads_used
     beside the config (threads keeps 0 = auto): --threads 1 exactly (nothing measured), auto from the
