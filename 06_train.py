@@ -12,8 +12,8 @@ validation loss, the self-query diagnostics, the health numbers that tell a coll
 and main. What a reader of the concept never needs is in helpers/: training_run.py (the run's
 record in RUN/: ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv; resume),
 distributed_training.py (torchrun, the resumable sampler, signals), training_data.py (loaders),
-training_health.py (is the run collapsing?), profiling.py (--profile). Deviations from the official
-trainer: docs/kitti.md.
+training_health.py (is the run collapsing?), profiling.py (--profile), cpu_threads.py (how many CPU
+threads: the cores free at the start). Deviations from the official trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,

@@ -23,13 +23,15 @@ Mid-run. A changed thread count splits PyTorch's sums differently, so the floats
 differ (not the method, not the expected result: the rounding). A run given `--threads N` is the
 reproducible kind (the studies and the README's seed band use it): its count never changes, and when
 it slows down it says so in one line with what to do. An auto run was never reproducible to the bit:
-its count depends on how busy the machine was at its start. So an auto run (one process) that slows
-to under half its own earlier rate for two log intervals measures the cores again and, if others'
-work now holds some of them, drops to the free count, once, and records it: threads_used "2; 1 from
-step 350" in the checkpoint's config (and the line it prints says the same). Such a run is replayed
-exactly by `--threads 2 --max_steps 350`, then `--resume RUN --threads 1`. It never raises the count
+its count depends on how busy the machine was at its start. So an auto run of one process (under
+torchrun the ranks would have to agree: they only warn) that slows to under half its own earlier rate
+for two log intervals measures the cores again and, if others' work now holds some of them, drops to
+the free count, once, and records it: threads_used "2; 1 from step 350" in the checkpoint's config
+(the line it prints says the same). Resuming is exact, so `--threads 2 --max_steps 350`, then
+`--resume RUN --threads 1 --max_steps 0` replays such a run to the bit. It never raises the count
 again (a busy spell that ends would make it flip back and forth); `--resume RUN` chooses afresh.
-Not seen: a CPU quota of a container (cgroups) that leaves the cores' count unchanged.
+Not handled: a container's CPU quota (cgroups) that leaves the count of cores unchanged (PyTorch's
+default oversubscribes it, as before).
 Tests: tests/test_06_train.py (-k thread).
 """
 import math
@@ -82,17 +84,18 @@ def cpu_jiffies(text, cpus, nice_is_busy=True):
     return busy, total
 
 
-def busy_cores(seconds=SAMPLE_S):
+def busy_cores(seconds=SAMPLE_S, ours=0):
     """Cores kept busy by other work over the next `seconds` (float; None when this system cannot
     tell): the busy share of our cores from /proc/stat times their count, minus this process's own
     CPU time (its threads may still spin). Niced work counts only when we are niced too (else it
-    yields to us). Without /proc/stat: the 1-minute load average."""
+    yields to us). Without /proc/stat: the 1-minute load average less `ours` (the threads this
+    process ran with lately, part of that average)."""
     try:
         cpus, niced = os.sched_getaffinity(0), os.nice(0) > 0
         before = Path("/proc/stat").read_text()
     except (AttributeError, OSError):
         try:
-            return os.getloadavg()[0]            # lags by a minute, but says whether others run
+            return max(0.0, os.getloadavg()[0] - ours)   # lags by a minute, but says whether others run
         except (AttributeError, OSError):
             return None
     own, wall = time.process_time(), time.perf_counter()
@@ -123,8 +126,8 @@ def auto_threads(processes=1):
 class BusyWatch:
     """Has the step rate fallen far below the run's own earlier rate? update(img/s of a log interval,
     its seconds) -> (earlier, now) the first time `patience` intervals in a row run under `factor` x
-    the median of the first `baseline` intervals (after a warm-up of any length: the median ignores
-    one slow first interval); None otherwise, and always None after that. Intervals shorter than
+    the median of the first `baseline` intervals (the median shrugs off a slow first interval, the
+    warm-up); None otherwise, and always None after that. Intervals shorter than
     `min_seconds` are skipped: their rate is mostly timer noise (tests log every step)."""
 
     def __init__(self, baseline=4, factor=0.5, patience=2, min_seconds=2.0):
@@ -175,7 +178,7 @@ class RunThreads:
             return None
         head = f"the machine got busy: img/s fell from {seen[0]:.1f} to {seen[1]:.1f}"
         if self.auto and self.threads > 1 and self.processes == 1:
-            busy = busy_cores()
+            busy = busy_cores(ours=self.threads)
             lower = choose_threads(usable_cores(), busy, self.threads)
             if lower < self.threads:
                 torch.set_num_threads(lower)

@@ -333,15 +333,21 @@ def test_thread_choice_leaves_the_cores_of_other_work_free():
         choose(0, 0.0, 2)
 
 
-def test_thread_busy_cores_read_only_the_cores_we_may_use():
+def test_thread_busy_cores_read_only_the_cores_we_may_use(monkeypatch):
     """cpu_jiffies sums user..steal of the listed cores from /proc/stat's text, idle + iowait not busy
     (nice neither, when niced work yields to us), ignoring the all-cores line and other counters;
-    busy_cores (minus this process's own CPU time) lies between 0 and our cores."""
+    busy_cores (minus this process's own CPU time) lies between 0 and our cores. Without affinity masks
+    and /proc/stat (macOS): the load average less our own threads; with neither: None (unknown)."""
     text = ("cpu  100 0 0 300 0 0 0 0 0 0\ncpu0 10 1 2 80 5 0 1 1 0 0\ncpu1 50 0 0 50 0 0 0 0 0 0\n"
             "cpu2 90 0 0 10 0 0 0 0 0 0\nintr 5 3\nctxt 99\n")
     assert threads_module().cpu_jiffies(text, {0, 2}) == (10 + 1 + 2 + 1 + 1 + 90, 100 + 100)
     assert threads_module().cpu_jiffies(text, {0, 2}, nice_is_busy=False) == (10 + 2 + 1 + 1 + 90, 100 + 100)
     assert 0.0 <= threads_module().busy_cores(0.05) <= threads_module().usable_cores()
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    assert threads_module().busy_cores(ours=2) == 1.0 and threads_module().busy_cores(ours=4) == 0.0
+    monkeypatch.delattr(os, "getloadavg")
+    assert threads_module().busy_cores() is None
 
 
 def test_thread_busy_watch_warns_once_when_the_rate_halves():
@@ -380,18 +386,18 @@ def test_thread_auto_run_lowers_its_count_once_and_records_it(monkeypatch):
     step, once: torch's threads, the record and the one line agree. A run at one thread only says so."""
     ct = threads_module()
     monkeypatch.setattr(ct, "usable_cores", lambda: 2)
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: 1.0)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)
     torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
     run = ct.use_threads(0, say=False, run_dir="runs/r")      # a start with one core busy
     assert (run.threads, run.used, torch.get_num_threads()) == (1, "1", 1)
     assert run.start_line() == "threads: 1 (auto: 1.0 of 2 cores busy with other work)"
     lines = slow_down(run)
     assert [line for line in lines if line] == [lines[5]] and "already uses one thread" in lines[5]
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: 0.1)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 0.1)
     torch.set_num_threads(2)
     run = ct.use_threads(0, say=False, run_dir="runs/r")      # a start on an idle machine: unchanged
     assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: 1.0)   # ... that gets busy later
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)   # ... that gets busy later
     lines = slow_down(run)
     assert [line for line in lines if line] == [lines[5]], lines
     assert "img/s fell from 20.0 to 6.1" in lines[5] and "threads 2 -> 1 from step 150 on" in lines[5]
@@ -402,7 +408,7 @@ def test_thread_explicit_count_is_exact_and_never_changed(monkeypatch):
     """--threads N sets exactly N without measuring anything, and a run that slows down keeps N: one
     line of advice naming its folder, and the record unchanged."""
     ct = threads_module()
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: pytest.fail("an explicit count measured the cores"))
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: pytest.fail("an explicit count measured the cores"))
     run = ct.use_threads(2, say=False, run_dir="runs/r")
     assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
     assert run.start_line() == "threads: 2 (--threads 2)"
@@ -424,7 +430,7 @@ def test_thread_change_is_replayed_exactly_from_its_record(tiny_world, tmp_path,
             return (20.0, 5.0) if self.calls == 2 else None
 
     measured = iter([0.0, 1.0])                               # idle at the start, a core busy later
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: next(measured))
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: next(measured))
     monkeypatch.setattr(ct, "usable_cores", lambda: 2)
     monkeypatch.setattr(ct, "BusyWatch", FiresAtTheSecondInterval)
     torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
@@ -446,7 +452,7 @@ def test_thread_start_line_and_checkpoint_name_the_count(tiny_world, tmp_path, m
     beside the config (threads keeps 0 = auto): --threads 1 exactly (nothing measured), auto from the
     free cores; a negative count is one error line and exit 2."""
     ct = threads_module()
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: pytest.fail("an explicit count measured the cores"))
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: pytest.fail("an explicit count measured the cores"))
     torch.set_num_threads(2)
     capsys.readouterr()
     assert run(tiny_world, tmp_path / "fixed", "--max_steps", "1", "--threads", "1") == 0
@@ -454,7 +460,7 @@ def test_thread_start_line_and_checkpoint_name_the_count(tiny_world, tmp_path, m
     assert out[0] == "threads: 1 (--threads 1)" and out[1].startswith("train: "), out[:2]
     config = load(tmp_path / "fixed" / "ckpt.pt")["config"]
     assert (config["threads"], config["threads_used"], torch.get_num_threads()) == (1, "1", 1)
-    monkeypatch.setattr(ct, "busy_cores", lambda seconds=0.5: 1.0)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)
     monkeypatch.setattr(ct, "usable_cores", lambda: 2)
     torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
     assert run(tiny_world, tmp_path / "auto", "--max_steps", "1") == 0

@@ -284,7 +284,7 @@ def test_eval_and_predict_threads_are_exact_or_the_free_cores(tmp_path, monkeypa
     threads = importlib.import_module("helpers.cpu_threads")
     predict = importlib.import_module("helpers.predict")
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    monkeypatch.setattr(threads, "busy_cores", lambda seconds=0.5: 1.0)   # one of the 2 cores is busy
+    monkeypatch.setattr(threads, "busy_cores", lambda **_: 1.0)   # one of the 2 cores is busy
     before = torch.get_num_threads()
     try:
         for main, flags in ((ev().main, []), (predict.main, ["--images", str(tmp_path)])):
