@@ -12,8 +12,8 @@ validation loss, the self-query diagnostics, the health numbers that tell a coll
 and main. What a reader of the concept never needs is in helpers/: training_run.py (the run's
 record in RUN/: ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv; resume),
 distributed_training.py (torchrun, the resumable sampler, signals), training_data.py (loaders),
-training_health.py (is the run collapsing?), profiling.py (--profile). Deviations from the official
-trainer: docs/kitti.md.
+training_health.py (is the run collapsing?), profiling.py (--profile), cpu_threads.py (how many CPU
+threads: the cores free at the start). Deviations from the official trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
 `python 06_train.py --data kitti --data_path DIR --preset kitti-r50-640x192`,
@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 # The helpers: engineering that a reader of the training concept can skip (helpers/NAME.py).
+from helpers import cpu_threads                      # threads from the cores free at the start
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
 from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
@@ -112,7 +113,7 @@ class TrainConfig:
     small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
     cache_mb: int = 0               # keep this many MB of decoded frames in memory, per dataset and process
-    threads: int = 0                # CPU threads per process for PyTorch ops (0 = PyTorch's default)
+    threads: int = 0                # CPU threads per process for PyTorch ops (0 = auto: the free cores)
     pin_memory: bool = True         # page-locked host batches (only used on CUDA)
     persistent_workers: bool = True  # keep the workers alive between epochs (when num_workers > 0)
     log_every: int = 25             # steps between log lines / log.csv rows
@@ -415,8 +416,8 @@ class Trainer(training_run.TrainingRun):
 
     step_terms = STEP_TERMS
 
-    def __init__(self, cfg, info, device, ckpt=None):
-        self.info, self.device = info, device
+    def __init__(self, cfg, info, device, ckpt, threads):
+        self.info, self.device, self.threads = info, device, threads
         data_path, loaders = training_data.prepare(cfg, info, device)
         self.cfg = cfg = replace(cfg, data_path=data_path)
         self.train_loader, self.val_loader, self.sampler = loaders.train, loaders.val, loaders.sampler
@@ -472,14 +473,14 @@ def main(argv=None):
     try:
         cfg, ckpt = training_cli.prepare_run(cfg, given, TrainConfig)
         info, device = runtime.setup_process(cfg)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        threads = cpu_threads.use_threads(cfg.threads, info.world, say=info.main, run_dir=cfg.run_dir,
+                                          resumed=ckpt, watch=device.type == "cpu")
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         if cfg.amp and info.main and not amp_on(cfg, device):
             print("note: --amp runs in float32: this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)",
                   flush=True)
-        trainer = Trainer(cfg, info, device, ckpt)
+        trainer = Trainer(cfg, info, device, ckpt, threads)
         if cfg.profile:
             amp = amp_on(trainer.cfg, device)
             step = lambda batch, timer: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,

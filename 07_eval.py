@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 # The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
 from helpers import checkpoint_sweep # --checkpoint 'RUN/epoch_*.pt': every kept epoch in one table
+from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import depth_figures    # --figures: predictions and the SQL internals
 from helpers import eval_tables      # the printed, CSV and markdown table, the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
@@ -370,6 +371,7 @@ class EvalConfig:
     num_figure_frames: int = 4  # rows of the prediction figure
     out: str = ""  # output folder ("" = next to the checkpoint)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for PyTorch ops (0 = auto: the cores free at the start)
     seed: int = 0  # seed of the untrained-network baseline
     model_name: str = ""  # name of the model's row in the table ("" = from the checkpoint file)
 
@@ -414,6 +416,7 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
+        cpu_threads.use_threads(cfg.threads, say=False)
         if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table
             checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
             return 0

@@ -23,7 +23,6 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     impl = config.getoption("--impl")
     if impl != "reference":
         folder = (ROOT / impl).resolve()
@@ -31,6 +30,10 @@ def pytest_configure(config):
             raise pytest.UsageError(f"--impl {impl}: no folder {folder}; create it with tests/make_exercises.py")
         sys.path.insert(0, str(folder))
     sys.path.insert(1 if impl != "reference" else 0, str(ROOT))
+    # At most 2 threads (the suite's timings were set on 2 cores), and no more than the cores that are
+    # free when it starts (helpers/cpu_threads.py: threads on a busy core stall every parallel op).
+    from helpers import cpu_threads
+    torch.set_num_threads(min(2, cpu_threads.auto_threads()[0]))
 
 
 def _exercise_id(excinfo):

@@ -49,7 +49,7 @@ evaluation = importlib.import_module("07_eval")
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
     "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
-    "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision"})
+    "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision", "threads_used"})
 
 
 COMPARE_COLUMNS = evaluation.METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
+from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import model_files
 from helpers import depth_figures
 
@@ -133,6 +134,7 @@ class PredictConfig:
     cx: float = 0.0  # principal point x, pixels
     cy: float = 0.0  # principal point y, pixels
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for PyTorch ops (0 = auto: the cores free at the start)
 
 
 def main(argv=None):
@@ -144,6 +146,7 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official) or not cfg.images:
             raise data.DataError("give --images and exactly one of --checkpoint FILE or --official DIR")
         device = evaluation.choose_device(cfg.device)
+        cpu_threads.use_threads(cfg.threads, say=False)
         model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         return run_predict(model, config, cfg, device, Path(cfg.out) if cfg.out else source_dir / "predict")
     except (data.DataError, ValueError, OSError) as err:

@@ -32,8 +32,9 @@ MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
 # Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
-# 07_eval's leakage warning, the score files' provenance); not options, so --resume leaves them out of the TrainConfig.
-RECORD_KEYS = ("split_files", "train_drives", "commit", "precision")
+# 07_eval's leakage warning, the score files' provenance, the threads a run used: helpers/cpu_threads.py);
+# not options, so --resume leaves them out of the TrainConfig.
+RECORD_KEYS = ("split_files", "train_drives", "commit", "precision", "threads_used")
 
 
 def build_parser(config_class, preset_config, presets):

@@ -37,8 +37,9 @@ EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED = 2, 3, 4
 class TrainingRun:
     """The record of one run. A subclass (06_train.Trainer) sets cfg, info, device, run_dir, lock,
     depth_net, pose_net, nets (DDP-wrapped or not), optimizer, scheduler, sampler, train_loader,
-    val_loader, split_record, step, epoch, best_val, steps_per_epoch, total_steps, collapse_watch and
-    step_terms (what its train_step returns), and defines validate() -> (loss, {diagnostic: float})."""
+    val_loader, split_record, step, epoch, best_val, steps_per_epoch, total_steps, collapse_watch,
+    threads (helpers/cpu_threads.RunThreads) and step_terms (what its train_step returns), and defines
+    validate() -> (loss, {diagnostic: float})."""
 
     def log_columns(self):
         """The columns of RUN/log.csv: one row per logged step."""
@@ -96,7 +97,8 @@ class TrainingRun:
 
     def log(self, terms, interval):
         """One fixed-format line and one log.csv row (the loss terms and health numbers of this step,
-        throughput over the interval since the last); a warning line when the run looks collapsed."""
+        throughput over the interval since the last); a warning line when the run looks collapsed, one when
+        the machine got busy (an auto run may lower its threads there: helpers/cpu_threads.py)."""
         now = time.perf_counter()
         elapsed = max(now - interval["start"], 1e-9)
         row = dict(step=self.step, epoch=self.epoch, **{k: terms.get(k, math.nan) for k in self.step_terms},
@@ -112,9 +114,11 @@ class TrainingRun:
               f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
               f"ETA {run_folder.format_time(row['eta_s'])}", flush=True)
         interval.update(start=now, data=0.0, steps=0)
-        warning = self.collapse_watch.update(self.step, row)
-        if warning:
-            print(warning, flush=True)
+        # a collapsed run; a machine that got busy (helpers/cpu_threads.py: one line, at most once)
+        for warning in (self.collapse_watch.update(self.step, row),
+                        self.threads.update(self.step, row["img_per_s"], elapsed)):
+            if warning:
+                print(warning, flush=True)
 
     def stop_nonfinite(self, what, last_saved):
         """One error line (rank 0) for a NaN/Inf; nothing is written. Returns exit code 3."""
@@ -145,7 +149,8 @@ class TrainingRun:
         return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
-                "steps_per_epoch": self.steps_per_epoch, "config": {**asdict(self.cfg), **self.split_record},
+                "steps_per_epoch": self.steps_per_epoch,
+                "config": {**asdict(self.cfg), **self.split_record, "threads_used": self.threads.used},
                 "rng": run_folder.rng_state()}
 
 

@@ -312,6 +312,164 @@ def test_profile_splits_a_step_into_parts_that_add_up(tiny_world, tmp_path, caps
         assert forward > 0 and backward > 0, (net, rows[net])
 
 
+
+# ------------------------------------------------------------------ threads (helpers/cpu_threads.py)
+def threads_module():
+    return importlib.import_module("helpers.cpu_threads")
+
+
+def test_thread_choice_leaves_the_cores_of_other_work_free():
+    """choose_threads (pure): the cores other work keeps busy (a core counts from half of it) are left
+    free, shared by the run's processes, never above the ceiling (PyTorch's default), never below 1;
+    unknown load (None) keeps the ceiling, what a run did before; nonsense counts are one ValueError."""
+    choose = threads_module().choose_threads
+    assert choose(2, 0.0, 2) == 2 and choose(2, 0.3, 2) == 2        # idle (a browser): unchanged
+    assert choose(2, 1.0, 2) == 1 and choose(2, 0.5, 2) == 1        # one core taken, or half of it
+    assert choose(2, 2.0, 2) == 1 and choose(2, 5.0, 2) == 1        # all taken: still one thread
+    assert choose(16, 1.0, 8) == 8 and choose(16, 3.2, 16) == 13    # the ceiling; round 3.2 -> 3
+    assert choose(16, 0.0, 16, processes=4) == 4 and choose(2, 1.0, 2, processes=2) == 1
+    assert choose(2, None, 2) == 2 and choose(2, -0.1, 2) == 2      # unknown; counters that ran back
+    with pytest.raises(ValueError, match="cores 0"):
+        choose(0, 0.0, 2)
+
+
+def test_thread_busy_cores_read_only_the_cores_we_may_use(monkeypatch):
+    """cpu_jiffies sums user..steal of the listed cores from /proc/stat's text, idle + iowait not busy
+    (nice neither, when niced work yields to us), ignoring the all-cores line and other counters;
+    busy_cores (minus this process's own CPU time) lies between 0 and our cores. Without affinity masks
+    and /proc/stat (macOS): the load average less our own threads; with neither: None (unknown)."""
+    text = ("cpu  100 0 0 300 0 0 0 0 0 0\ncpu0 10 1 2 80 5 0 1 1 0 0\ncpu1 50 0 0 50 0 0 0 0 0 0\n"
+            "cpu2 90 0 0 10 0 0 0 0 0 0\nintr 5 3\nctxt 99\n")
+    assert threads_module().cpu_jiffies(text, {0, 2}) == (10 + 1 + 2 + 1 + 1 + 90, 100 + 100)
+    assert threads_module().cpu_jiffies(text, {0, 2}, nice_is_busy=False) == (10 + 2 + 1 + 1 + 90, 100 + 100)
+    assert 0.0 <= threads_module().busy_cores(0.05) <= threads_module().usable_cores()
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    assert threads_module().busy_cores(ours=2) == 1.0 and threads_module().busy_cores(ours=4) == 0.0
+    monkeypatch.delattr(os, "getloadavg")
+    assert threads_module().busy_cores() is None
+
+
+def test_thread_busy_watch_warns_once_when_the_rate_halves():
+    """BusyWatch: steady rates and a single dip say nothing; two intervals in a row under half the
+    median of the first four say (earlier, now) once and never again; intervals under 2 s are skipped."""
+    watch = threads_module().BusyWatch()
+    assert all(watch.update(rate, 10.0) is None for rate in [14.0, 20.0, 21.0, 19.0] * 5)   # a slow start
+    assert watch.update(9.0, 10.0) is None and watch.update(19.0, 10.0) is None        # a dip alone
+    assert watch.update(1.0, 0.5) is None and watch.update(1.0, 0.5) is None           # too short to judge
+    assert watch.update(9.0, 10.0) is None
+    assert watch.update(7.0, 10.0) == (19.5, 8.0)
+    assert all(watch.update(rate, 10.0) is None for rate in (6.0, 5.0, 20.0, 3.0, 3.0))
+
+
+def test_thread_record_names_every_count_and_its_first_step():
+    """recorded: a new run's count; a change (mid-run, or a resume with another count) appended with its
+    step; the same count again changes nothing; an old checkpoint without the record says so."""
+    recorded = threads_module().recorded
+    assert recorded("", 2, 0) == "2" and recorded("2", 2, 40) == "2"
+    assert recorded("2", 1, 350) == "2; 1 from step 350"
+    assert recorded("2; 1 from step 350", 1, 400) == "2; 1 from step 350"
+    assert recorded("2; 1 from step 350", 2, 400) == "2; 1 from step 350; 2 from step 400"
+    use = threads_module().use_threads
+    assert use(1, say=False, resumed={"config": {"threads": 1}, "step": 4}).used == "1"
+    assert use(1, say=False, resumed={"config": {"threads": 0}, "step": 4}).used == "unrecorded; 1 from step 4"
+
+
+def slow_down(run, rates=(20.0, 20.0, 20.0, 20.0, 6.0, 6.2, 6.0, 5.0)):
+    """RunThreads.update over log intervals of 25 steps and 10 s each: its lines (None: nothing said)."""
+    return [run.update(25 * (i + 1), rate, 10.0) for i, rate in enumerate(rates)]
+
+
+def test_thread_auto_run_lowers_its_count_once_and_records_it(monkeypatch):
+    """Auto: the free cores at the start (under PyTorch's default, the ceiling); a run that then slows to
+    under half its rate for two intervals measures the cores again and drops to the free count at that
+    step, once: torch's threads, the record and the one line agree. A run at one thread only says so."""
+    ct = threads_module()
+    monkeypatch.setattr(ct, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)
+    torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
+    run = ct.use_threads(0, say=False, run_dir="runs/r")      # a start with one core busy
+    assert (run.threads, run.used, torch.get_num_threads()) == (1, "1", 1)
+    assert run.start_line() == "threads: 1 (auto: 1.0 of 2 cores busy with other work)"
+    lines = slow_down(run)
+    assert [line for line in lines if line] == [lines[5]] and "already uses one thread" in lines[5]
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 0.1)
+    torch.set_num_threads(2)
+    run = ct.use_threads(0, say=False, run_dir="runs/r")      # a start on an idle machine: unchanged
+    assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)   # ... that gets busy later
+    lines = slow_down(run)
+    assert [line for line in lines if line] == [lines[5]], lines
+    assert "img/s fell from 20.0 to 6.1" in lines[5] and "threads 2 -> 1 from step 150 on" in lines[5]
+    assert (run.threads, run.used, torch.get_num_threads()) == (1, "2; 1 from step 150", 1)
+
+
+def test_thread_explicit_count_is_exact_and_never_changed(monkeypatch):
+    """--threads N sets exactly N without measuring anything, and a run that slows down keeps N: one
+    line of advice naming its folder, and the record unchanged."""
+    ct = threads_module()
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: pytest.fail("an explicit count measured the cores"))
+    run = ct.use_threads(2, say=False, run_dir="runs/r")
+    assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
+    assert run.start_line() == "threads: 2 (--threads 2)"
+    lines = slow_down(run)
+    assert [line for line in lines if line] == [lines[5]] and "--resume runs/r --threads 1" in lines[5]
+    assert (run.threads, run.used, torch.get_num_threads()) == (2, "2", 2)
+
+
+
+def test_thread_change_is_replayed_exactly_from_its_record(tiny_world, tmp_path, monkeypatch, capsys):
+    """An auto run whose watch fires at step 2 (a core got busy) runs steps 3-4 on one thread and records
+    "2; 1 from step 2"; replaying that record (--threads 2 --max_steps 2, then --resume --threads 1)
+    gives the same loss sequence in log.csv and the same final weights."""
+    ct = threads_module()
+
+    class FiresAtTheSecondInterval(ct.BusyWatch):
+        def update(self, rate, seconds):
+            self.calls = getattr(self, "calls", 0) + 1
+            return (20.0, 5.0) if self.calls == 2 else None
+
+    measured = iter([0.0, 1.0])                               # idle at the start, a core busy later
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: next(measured))
+    monkeypatch.setattr(ct, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ct, "BusyWatch", FiresAtTheSecondInterval)
+    torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
+    auto, replay = tmp_path / "auto", tmp_path / "replay"
+    capsys.readouterr()
+    assert run(tiny_world, auto, "--max_steps", "4", "--batch_size", "4") == 0
+    assert "threads 2 -> 1 from step 2 on" in capsys.readouterr().out
+    assert load(auto / "ckpt.pt")["config"]["threads_used"] == "2; 1 from step 2"
+    assert run(tiny_world, replay, "--max_steps", "2", "--batch_size", "4", "--threads", "2") == 0
+    assert train().main(["--resume", str(replay), "--max_steps", "4", "--threads", "1"]) == 0
+    assert losses(replay) == losses(auto) and len(losses(auto)) == 4
+    a, b = load(auto / "ckpt.pt"), load(replay / "ckpt.pt")
+    assert b["config"]["threads_used"] == "2; 1 from step 2"
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+def test_thread_start_line_and_checkpoint_name_the_count(tiny_world, tmp_path, monkeypatch, capsys):
+    """06_train.py prints the threads it runs with before the train line and stores them as threads_used
+    beside the config (threads keeps 0 = auto): --threads 1 exactly (nothing measured), auto from the
+    free cores; a negative count is one error line and exit 2."""
+    ct = threads_module()
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: pytest.fail("an explicit count measured the cores"))
+    torch.set_num_threads(2)
+    capsys.readouterr()
+    assert run(tiny_world, tmp_path / "fixed", "--max_steps", "1", "--threads", "1") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "threads: 1 (--threads 1)" and out[1].startswith("train: "), out[:2]
+    config = load(tmp_path / "fixed" / "ckpt.pt")["config"]
+    assert (config["threads"], config["threads_used"], torch.get_num_threads()) == (1, "1", 1)
+    monkeypatch.setattr(ct, "busy_cores", lambda **_: 1.0)
+    monkeypatch.setattr(ct, "usable_cores", lambda: 2)
+    torch.set_num_threads(2)                                  # PyTorch's default on 2 cores
+    assert run(tiny_world, tmp_path / "auto", "--max_steps", "1") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "threads: 1 (auto: 1.0 of 2 cores busy with other work)"
+    config = load(tmp_path / "auto" / "ckpt.pt")["config"]
+    assert (config["threads"], config["threads_used"], torch.get_num_threads()) == (0, "1", 1)
+    assert run(tiny_world, tmp_path / "bad", "--threads", "-1") == 2
+    assert "--threads -1" in _one_error_line(capsys) and not (tmp_path / "bad").exists()
+
 # ------------------------------------------------------------------ --amp on CPU (helpers/mixed_precision.py)
 NATIVE_BF16 = importlib.import_module("helpers.mixed_precision").cpu_has_native_bf16()
 

@@ -258,7 +258,8 @@ def test_load_model_round_trips_a_checkpoint(tmp_path):
 
 def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys):
     """Missing checkpoint, a file that is not a checkpoint, a checkpoint whose weights belong to another
-    architecture than its config, a missing data path: each gives exactly one `error:` line, exit 2."""
+    architecture than its config, a missing data path, a negative --threads: each gives exactly one
+    `error:` line, exit 2."""
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     _tiny_checkpoint(tmp_path / "other.pt", model_cfg={**asdict(importlib.import_module("04_bins").DepthNetConfig(**TINY)),
                                                        "num_bins": 32})
@@ -268,12 +269,32 @@ def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys)
              (["--checkpoint", tmp_path / "other.pt"], "does not match"),
              (["--checkpoint", tmp_path / "ok.pt"], "no_such_data"),
              (["--checkpoint", tmp_path / "ok.pt", "--data_path", tiny_world, "--split", "nonsense"], "nonsense"),
-             (["--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one")]
+             (["--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one"),
+             (["--checkpoint", tmp_path / "ok.pt", "--threads", "-1"], "--threads -1")]
     for argv, needle in cases:
         code, _, err = _run_main(argv, capsys)
         assert code == 2, argv
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
 
+
+
+def test_eval_and_predict_threads_are_exact_or_the_free_cores(tmp_path, monkeypatch, capsys):
+    """07_eval.py and helpers/predict.py: --threads N sets exactly N; no flag takes the cores free at the
+    start (helpers/cpu_threads.py), never more than PyTorch's default."""
+    threads = importlib.import_module("helpers.cpu_threads")
+    predict = importlib.import_module("helpers.predict")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda **_: 1.0)   # one of the 2 cores is busy
+    before = torch.get_num_threads()
+    try:
+        for main, flags in ((ev().main, []), (predict.main, ["--images", str(tmp_path)])):
+            for given, expected in ((["--threads", "2"], 2), ([], 1)):
+                torch.set_num_threads(2)
+                assert main(flags + ["--checkpoint", str(tmp_path / "missing.pt"), *given]) == 2   # no model
+                assert torch.get_num_threads() == expected, (main, given)
+        capsys.readouterr()
+    finally:
+        torch.set_num_threads(before)
 
 def test_evaluation_with_baselines_figures_and_tables(tmp_path, tiny_world, capsys):
     """A random tiny net on the synthetic test split: finite metrics for the model and both baselines,

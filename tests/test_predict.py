@@ -85,7 +85,7 @@ def test_predict_writes_png_npy_and_ply(tmp_path, tiny_world, capsys):
 
 def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys):
     """No images, both or neither of --checkpoint / --official, a folder without images, an image
-    that is not one: each gives exactly one `error:` line and exit 2."""
+    that is not one, a negative --threads: each gives exactly one `error:` line and exit 2."""
     _tiny_checkpoint(tmp_path / "ok.pt", data_path=tiny_world)
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad").mkdir()
@@ -94,7 +94,8 @@ def test_bad_inputs_give_one_error_line_and_exit_2(tmp_path, tiny_world, capsys)
              (["--images", tmp_path / "empty"], "exactly one"),
              (["--images", tmp_path / "empty", "--checkpoint", tmp_path / "ok.pt", "--official", tmp_path], "exactly one"),
              (["--images", tmp_path / "empty", "--checkpoint", tmp_path / "ok.pt"], "no image file"),
-             (["--images", tmp_path / "bad", "--checkpoint", tmp_path / "ok.pt"], "cannot read image")]
+             (["--images", tmp_path / "bad", "--checkpoint", tmp_path / "ok.pt"], "cannot read image"),
+             (["--images", tmp_path / "bad", "--checkpoint", tmp_path / "ok.pt", "--threads", "-2"], "--threads -2")]
     for argv, needle in cases:
         code = predict_module().main([str(a) for a in argv])
         err = capsys.readouterr().err
