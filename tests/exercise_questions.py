@@ -23,7 +23,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
-KINDS = {"choice": 'a letter, e.g. "a"', "number": "a number, e.g. 12 or 0.25",
+KINDS = {"choice": 'one letter, as a string ("a")', "number": "a number, e.g. 12 or 0.25",
          "shape": "a tuple of integers, e.g. (3, 4)"}
 
 
@@ -126,7 +126,8 @@ QUESTIONS = [
                   "a": "Hence 'self-query': V compares each pixel with summaries of the same image.",
                   "c": "The bins are made from V in 04; V needs the queries first."}),
     Question(
-        "4.1", "The softmax of 4.1 runs over the pixels, that of 4.3 over the bins. Why?", "choice", "2b5406afe789d1d6",
+        "4.1", "The softmax of 4.1 runs over the pixels, that of 4.3 over the bins. Why?", "choice",
+        "2b5406afe789d1d6",
         "Ask of each softmax: what must sum to 1, and what is the weighted sum it feeds?",
         options={"a": "Either axis would do; the choice only changes the speed.",
                  "c": "4.1 makes, per query, a weighted mean of the pixels' features (weights over the "
@@ -151,10 +152,11 @@ QUESTIONS = [
         "With a flat P every P_d is 1/D: what is sum_d P_d * c_d then?",
         options={"b": "min_depth: nothing is predicted yet.",
                  "a": "The mean of the bin centres: with uniform bins over [0, 80] m, the middle of the range, "
-                      "about 40 m (what `python 04_bins.py` shows for an untrained network).",
+                      "about 40 m.",
                  "c": "The centre of the most likely bin, which is the first one on a tie."},
         feedback={"b": "Depth is a weighted mean of the centres, never below the first one.",
-                  "a": "So an untrained network puts every pixel at about the same depth.",
+                  "a": "So an untrained network puts every pixel at about the same depth, as `python "
+                       "04_bins.py` shows without --checkpoint.",
                   "c": "4.3 takes the expectation over the bins, not the argmax."}),
     Question(
         "5.1", "axisangle = (0, pi/2, 0): a quarter turn about the y axis (right-handed; y points down in "
@@ -223,8 +225,8 @@ def answers_block(exercise_ids):
     """The text appended to a learner copy: each question of these exercises as comments, with its
     ANSWER_N_M = None below it."""
     lines = ["", "", "# " + "=" * 94,
-             "# ---- Questions of understanding: one per exercise of this step (not in the reference script) ----",
-             "# Replace None by your answer; `python tests/check_exercise.py N.M` checks it (and the exercise).",
+             "# ---- Questions of understanding: one per exercise of this step (not in the reference) ----",
+             "# Replace None by your answer; `python tests/check_exercise.py N.M` checks it and the exercise.",
              "# " + "=" * 94]
     for qid in exercise_ids:
         q = BY_ID.get(qid)
@@ -234,7 +236,8 @@ def answers_block(exercise_ids):
         lines += textwrap.wrap(f"Question {q.id}: {q.text}", 96, initial_indent="# ", subsequent_indent="#   ")
         for letter, text in sorted(q.options.items()):
             lines += textwrap.wrap(f"({letter}) {text}", 96, initial_indent="#   ", subsequent_indent="#       ")
-        lines.append(f"{q.constant} = None  # your answer: {KINDS[q.kind]}")
+        letters = " or ".join(f'"{letter}"' for letter in sorted(q.options))
+        lines.append(f"{q.constant} = None  # your answer: {letters or KINDS[q.kind]}")
     return "\n".join(lines) + "\n"
 
 

@@ -158,7 +158,27 @@ def test_refuses_to_overwrite_a_learner_file_without_force(tmp_path, capsys):
     assert learner.read_text() == "# my work\n"
     assert not (tmp_path / second.name).exists()
     assert make_exercises.main([first.name[:2], "--out", str(tmp_path), "--force"]) == 0
-    assert learner.read_text() == make_exercises.make_stub(first)
+    assert learner.read_text() == make_exercises.make_copy(first)
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_copy_adds_only_the_questions_of_its_step_before_the_demo(path):
+    """The learner copy is the stub plus, before `if __name__ == "__main__":`, one ANSWER_N_M = None per
+    exercise of the step under its question: without those assignments its AST is the stub's, and
+    importing it sets every answer to None (the demo block stays last)."""
+    copy, stub = make_exercises.make_copy(path), make_exercises.make_stub(path)
+    tree = ast.parse(copy)
+    answers = [node for node in tree.body if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id.startswith("ANSWER_") for t in node.targets)]
+    ids = [ex.id for ex in make_exercises.find_exercises(path)]
+    assert [node.targets[0].id for node in answers] == ["ANSWER_" + i.replace(".", "_") for i in ids]
+    assert all(isinstance(node.value, ast.Constant) and node.value.value is None for node in answers)
+    tree.body = [node for node in tree.body if node not in answers]
+    assert ast.dump(tree) == ast.dump(ast.parse(stub))
+    for exercise_id in ids:
+        assert f"# Question {exercise_id}: " in copy
+    guard = make_exercises._demo_guard(ast.parse(copy))
+    assert guard is not None and guard.lineno > answers[-1].lineno
 
 
 def test_list_prints_every_exercise(capsys):
