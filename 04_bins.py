@@ -59,7 +59,9 @@ def spatial_softmax_summaries(V, S):
 
     V [B, Q, h, w] cost volume, S [B, E, h, w] fine features. For each query q: a softmax of V[b, q] over
     all h*w pixels gives weights that sum to 1; the summary is the weighted sum of S's pixel
-    vectors. Returns [B, Q, E]. Hint: flatten the spatial dims, softmax over them, one bmm.
+    vectors. Returns [B, Q, E]. Hint: per image, the weights form a [Q, pixels] matrix whose rows
+    sum to 1 and the pixel vectors a [pixels, E] one: a weighted sum for every query at once is
+    their product.
     """
     B, Q, h, w = V.shape
     weights = torch.softmax(V.reshape(B, Q, h * w), dim=-1)  # [B, Q, h*w], each row sums to 1
@@ -72,7 +74,8 @@ def bins_from_mlp_output(y, min_depth, max_depth):
     y [B, D] raw numbers. widths: relu(y) + 0.1, divided by their sum, times (max - min).
     edges = min_depth followed by the cumulative sum of the widths added to it -> [B, D+1]
     (first = min_depth, last = max_depth); centres = mid-points of consecutive edges -> [B, D].
-    Returns (edges, centres). Hint: F.pad(widths, (1, 0), value=min_depth) then cumsum.
+    Returns (edges, centres). Hint: edge k is min_depth plus the widths of the k bins before it, so
+    D widths make D + 1 edges; a running sum along the bins gives them for every image at once.
     """
     y = torch.relu(y) + 0.1  # the 0.1 keeps every bin strictly wider than zero
     widths = (max_depth - min_depth) * y / y.sum(dim=1, keepdim=True)  # [B, D]
@@ -86,8 +89,9 @@ def combine_probabilities(logits, centres):
 
     logits [B, D, h, w] (one score per bin and pixel), centres [B, D] (per-image bin centres).
     P = softmax over the D bins at each pixel; depth = sum_d P_d * c_d -> [B, 1, h, w].
-    Returns (depth [B, 1, h, w], P [B, D, h, w]). Hint: the bins are dim 1; broadcast the centres as
-    [B, D, 1, 1] and keep the summed dimension so depth stays 4-D.
+    Returns (depth [B, 1, h, w], P [B, D, h, w]). Hint: the bins are dim 1. All pixels of an image
+    share its D centres, so the centres must broadcast against P [B, D, h, w]; depth is an expected
+    value over the bins, and it stays 4-D.
     """
     P = torch.softmax(logits, dim=1)  # [B, D, h, w], sums to 1 over D
     depth = (P * centres[:, :, None, None]).sum(dim=1, keepdim=True)  # [B, 1, h, w]
