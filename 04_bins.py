@@ -382,8 +382,26 @@ def run_demo(cfg):
     if "probs" not in out:
         raise ValueError("this model has no bins (queries='none'): nothing to plot")
     c = out["bin_centers"][0]  # [D]
-    demo_figures.save_bins_figure(img, thin, out, Path(cfg.out))
+    # Say which state the figure shows: an untrained network's flat P and equal depths look like a bug
+    # in 4.2/4.3 to a learner who does not know they are what random weights give.
+    if cfg.checkpoint:
+        state = f"trained network ({cfg.checkpoint})"
+    else:
+        state = f"UNTRAINED network ({name}, random weights, no --checkpoint): flat P, about equal depths"
+    title = state if cfg.checkpoint else (state + "\na trained one: python 06_train.py, then python 04_bins.py "
+                                                   "--checkpoint runs/RUN/best.pt")
+    depths = demo_figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
+    peak = float(out["probs"][0].max(dim=0).values.mean())  # mean over pixels of the largest P_d
+    print(state)
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")
+    print("marked pixels: " + ", ".join(f"{label} {d:.1f} m" for label, d in depths.items())
+          + f"; mean peak probability {peak:.3f} (flat: 1/D = {1 / len(c):.3f})")
+    if not cfg.checkpoint:
+        print("  Random weights give near-equal logits, so P is almost flat and every pixel's depth is\n"
+              "  about the mean of the bin centres: what an untrained network shows, not a wrong 4.2 or\n"
+              "  4.3. A trained one puts the near road closer than the far centre, with peaked\n"
+              "  probabilities. To see it: `python 06_train.py` (about 10 min; it prints its run folder),\n"
+              "  then `python 04_bins.py --checkpoint runs/RUN/best.pt`.")
 
 
 def main(argv=None):
