@@ -133,7 +133,8 @@ def derive_5_3():
     def mean(t):  # local means over window x window blocks of the reflect-padded image
         return F.avg_pool2d(F.pad(t, [r, r, r, r], mode="reflect"), window, 1)
     mu_x, mu_y = mean(x), mean(x + c)
-    luminance_only = (2 * mu_x * mu_y + ssim.C1) / (mu_x ** 2 + mu_y ** 2 + ssim.C1)
+    c1 = getattr(ssim, "C1", 0.01 ** 2)  # Wang et al.'s stabiliser for images in [0, 1]
+    luminance_only = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
     same = torch.allclose(ssim(x, x + c), (1 - luminance_only) / 2, atol=1e-6)
     return "c" if same else "a"
 
