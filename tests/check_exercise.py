@@ -174,21 +174,22 @@ def verdict(exercise_id, test_ids, results):
     mine = {n: r for n, r in results.items() if any(_belongs(n, t) for t in test_ids)}
     failed = [f"{n.split('::')[-1]}: {line}" for n, (outcome, line) in mine.items() if outcome == "failed"]
     passed = sum(outcome == "passed" for outcome, _ in mine.values())
-    blockers = set()
+    blockers = []  # the exercise each test skipped for (an unfinished stub it reached)
     for outcome, line in mine.values():
         found = NOT_DONE.search(line) if outcome == "skipped" else None
         if found:
-            blockers.add(found.group(1).split()[1])
+            blockers.append(found.group(1).split()[1])
     if failed:
         return "failing", failed
     if exercise_id in blockers:
         return "not started", []
     if passed:
-        waiting = sorted(blockers)
-        return "done", ([f"{len([1 for o, l in mine.values() if o == 'skipped'])} more tests wait on "
-                         f"{', '.join(waiting)}"] if waiting else [])
+        waiting = sorted(set(blockers))
+        many = len(blockers) != 1
+        note = f"{len(blockers)} more test{'s wait' if many else ' waits'} on {', '.join(waiting)}"
+        return "done", [note] if waiting else []
     if blockers:
-        return "waits on " + ", ".join(sorted(blockers)), []
+        return "waits on " + ", ".join(sorted(set(blockers))), []
     return "no test ran", []
 
 

@@ -43,7 +43,7 @@ def test_verdict_from_the_outcomes_of_an_exercises_tests():
     assert check.verdict("4.2", [t], results) == ("failing", ["test_a[2]: Exercise 4.2 f: x is 1, expected 2"])
     assert check.verdict("4.2", [t], {t: ("skipped", "Exercise 4.2 is not done yet")}) == ("not started", [])
     waits = {f"{t}[1]": ("passed", ""), f"{t}[2]": ("skipped", "Exercise 4.1 is not done yet")}
-    assert check.verdict("4.2", [t], waits) == ("done", ["1 more tests wait on 4.1"])
+    assert check.verdict("4.2", [t], waits) == ("done", ["1 more test waits on 4.1"])
     assert check.verdict("4.2", [t], {t: ("skipped", "Exercise 3.1 is not done yet")}) == ("waits on 3.1", [])
 
 
