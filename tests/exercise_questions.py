@@ -118,29 +118,29 @@ QUESTIONS = [
     Question(
         "3.2", "Where do the queries K come from in SQLDepth (queries='self')?", "choice", "0473f9c52ce92648",
         "Read SelfQueryLayer.forward in 03: what is K for queries == 'self'?",
-        options={"b": "Learned parameters, the same vectors for every image (DETR-style).",
-                 "a": "The first Q output tokens of the transformer for this very image: coarse summaries "
+        options={"a": "The first Q output tokens of the transformer for this very image: coarse summaries "
                       "of its own patches, so the cost volume compares the image with itself.",
+                 "b": "Learned parameters, the same vectors for every image (DETR-style).",
                  "c": "The bin centres of 04, one query per depth bin."},
-        feedback={"b": "That is the 'learned' ablation of 03 (nn.Embedding queries), not SQLDepth's own.",
-                  "a": "Hence 'self-query': V compares each pixel with summaries of the same image.",
+        feedback={"a": "Hence 'self-query': V compares each pixel with summaries of the same image.",
+                  "b": "That is the 'learned' ablation of 03 (nn.Embedding queries), not SQLDepth's own.",
                   "c": "The bins are made from V in 04; V needs the queries first."}),
     Question(
         "4.1", "The softmax of 4.1 runs over the pixels, that of 4.3 over the bins. Why?", "choice",
         "2b5406afe789d1d6",
         "Ask of each softmax: what must sum to 1, and what is the weighted sum it feeds?",
         options={"a": "Either axis would do; the choice only changes the speed.",
+                 "b": "4.1 assigns every pixel to one query (weights over the queries sum to 1 per pixel); "
+                      "4.3 spreads each bin over the pixels.",
                  "c": "4.1 makes, per query, a weighted mean of the pixels' features (weights over the "
                       "pixels, one image-wide summary per query); 4.3 makes, per pixel, a probability "
-                      "distribution over the depth bins (the pixel's depth is its expected bin centre).",
-                 "b": "4.1 assigns every pixel to one query (weights over the queries sum to 1 per pixel); "
-                      "4.3 spreads each bin over the pixels."},
+                      "distribution over the depth bins (the pixel's depth is its expected bin centre)."},
         feedback={"a": "Change the axis in either one and the test catches it: the outputs differ in meaning, "
                        "not only in value.",
-                  "c": "A softmax over Q in 4.1 would give per-pixel weights, not one summary per query; one "
-                       "over the pixels in 4.3 would not give each pixel a distribution over depths.",
                   "b": "That swaps the roles: in 4.1 each query's weights sum to 1 over the pixels; in 4.3 "
-                       "each pixel's probabilities sum to 1 over the bins."}),
+                       "each pixel's probabilities sum to 1 over the bins.",
+                  "c": "A softmax over Q in 4.1 would give per-pixel weights, not one summary per query; one "
+                       "over the pixels in 4.3 would not give each pixel a distribution over depths."}),
     Question(
         "4.2", "D = 4 bins over [min_depth, max_depth] = [0, 80] m and the MLP's raw output y = [-5, -1, 0.9, "
         "1.9]. How wide is the first bin, in metres?", "number", "f544328cabba9caa",
@@ -150,13 +150,13 @@ QUESTIONS = [
         "4.3", "A pixel whose logits are all equal (a flat P, as in an untrained network). What depth does it "
         "get?", "choice", "38034734f76963b9",
         "With a flat P every P_d is 1/D: what is sum_d P_d * c_d then?",
-        options={"b": "min_depth: nothing is predicted yet.",
-                 "a": "The mean of the bin centres: with uniform bins over [0, 80] m, the middle of the range, "
+        options={"a": "The mean of the bin centres: with uniform bins over [0, 80] m, the middle of the range, "
                       "about 40 m.",
+                 "b": "min_depth: nothing is predicted yet.",
                  "c": "The centre of the most likely bin, which is the first one on a tie."},
-        feedback={"b": "Depth is a weighted mean of the centres, never below the first one.",
-                  "a": "So an untrained network puts every pixel at about the same depth, as `python "
+        feedback={"a": "So an untrained network puts every pixel at about the same depth, as `python "
                        "04_bins.py` shows without --checkpoint.",
+                  "b": "Depth is a weighted mean of the centres, never below the first one.",
                   "c": "4.3 takes the expectation over the bins, not the argmax."}),
     Question(
         "5.1", "axisangle = (0, pi/2, 0): a quarter turn about the y axis (right-handed; y points down in "
@@ -173,13 +173,13 @@ QUESTIONS = [
         "5.3", "y = x + c, the same image made uniformly brighter by a constant c. Which of SSIM's terms "
         "change?", "choice", "040795b9c1f6619b",
         "Write mu_y, sigma_y and sigma_xy for y = x + c in terms of those of x.",
-        options={"c": "Only the mean (luminance) term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1): the "
-                      "variances and the covariance do not move under a constant shift.",
+        options={"a": "All of them: every term reads the pixel values.",
                  "b": "Only the structure term: a brighter image has different structure.",
-                 "a": "All of them: every term reads the pixel values."},
-        feedback={"c": "So SSIM forgives lighting changes more than L1 does, which is why the loss mixes both.",
+                 "c": "Only the mean (luminance) term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1): the "
+                      "variances and the covariance do not move under a constant shift."},
+        feedback={"a": "Variances and covariances subtract the means first: a shift drops out.",
                   "b": "sigma_xy = E[xy] - mu_x mu_y: put y = x + c in and the c terms cancel.",
-                  "a": "Variances and covariances subtract the means first: a shift drops out."}),
+                  "c": "So SSIM forgives lighting changes more than L1 does, which is why the loss mixes both."}),
     Question(
         "5.4", "The camera stands still (the three frames are identical) but the pose net predicts a small, "
         "non-zero motion. Which pixels does the auto-mask keep in the loss?", "choice", "e19554ff0cc1b6e0",
@@ -201,12 +201,12 @@ QUESTIONS = [
         "6.1", "A training step without zero_grad: which gradient does optimizer.step() apply at the second "
         "step?", "choice", "5b62744afd4bc305",
         "Where does backward() put its result: does it replace .grad or add to it?",
-        options={"b": "The gradient of the second step's loss only.",
-                 "a": "The sum of the first and the second step's gradients: backward() adds to .grad.",
+        options={"a": "The sum of the first and the second step's gradients: backward() adds to .grad.",
+                 "b": "The gradient of the second step's loss only.",
                  "c": "Zero: the optimizer clears the gradients in step()."},
-        feedback={"b": "backward() accumulates into .grad (that is what lets a loss be summed over several "
+        feedback={"a": "So every forgotten zero_grad adds all earlier gradients to the step.",
+                  "b": "backward() accumulates into .grad (that is what lets a loss be summed over several "
                        "backward calls); only zero_grad clears it.",
-                  "a": "So every forgotten zero_grad adds all earlier gradients to the step.",
                   "c": "step() reads .grad and leaves it as it is."}),
     Question(
         "7.1", "gt = [10, 20, 30] m, pred = [0.25, 0.5, 0.75] (a monocular network knows depth only up to "
