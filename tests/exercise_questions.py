@@ -185,13 +185,13 @@ QUESTIONS = [
         "non-zero motion. Which pixels does the auto-mask keep in the loss?", "choice", "e19554ff0cc1b6e0",
         "With identical frames, what is the photometric error of the unwarped source (identity), and can a "
         "warped one beat it?",
-        options={"a": "All of them: the mask only removes moving objects.",
-                 "b": "Almost none: the unwarped source already matches the target perfectly (error 0, up to "
-                      "the 1e-5 noise), so it wins the minimum at nearly every pixel and nothing is learned "
-                      "from this frame.",
-                 "c": "Only the pixels on image edges, where the warp changes the most."},
+        options={"a": "All of them: the auto-mask only removes the pixels of moving objects.",
+                 "b": "Almost none: the unwarped source already matches the target (error 0), so it wins "
+                      "the minimum at nearly every pixel.",
+                 "c": "Only the pixels on image edges, where the small warp changes the image most."},
         feedback={"a": "The mask keeps a pixel only where a warped source beats every unwarped one.",
-                  "b": "That is what Monodepth2 made it for: a still camera teaches nothing about depth.",
+                  "b": "That is what Monodepth2 made it for: a still camera teaches nothing about depth, so "
+                       "such frames drop out of the loss.",
                   "c": "On edges the warp's error is the largest, so the unwarped source wins there too."}),
     Question(
         "5.5", "Multiply a depth map by 10 (the same image). By what factor does smoothness_loss change?",
@@ -201,9 +201,9 @@ QUESTIONS = [
         "6.1", "A training step without zero_grad: which gradient does optimizer.step() apply at the second "
         "step?", "choice", "5b62744afd4bc305",
         "Where does backward() put its result: does it replace .grad or add to it?",
-        options={"a": "The sum of the first and the second step's gradients: backward() adds to .grad.",
-                 "b": "The gradient of the second step's loss only.",
-                 "c": "Zero: the optimizer clears the gradients in step()."},
+        options={"a": "The sum of the first and the second step's gradients.",
+                 "b": "The gradient of the second step's loss only: backward() overwrites .grad.",
+                 "c": "Zero: optimizer.step() clears the gradients after using them."},
         feedback={"a": "So every forgotten zero_grad adds all earlier gradients to the step.",
                   "b": "backward() accumulates into .grad (that is what lets a loss be summed over several "
                        "backward calls); only zero_grad clears it.",
