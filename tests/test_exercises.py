@@ -3,8 +3,9 @@
 An exercise is a function whose docstring has a line `Exercise N.M: ...`; the learner copy replaces
 its body by `raise NotImplementedError("Exercise N.M")`. These tests check the exercise set itself
 (enough of them, every script covered, ids unique and numbered by script, docstrings that say what
-to implement), that the learner copies keep everything but the bodies, and that the tool never
-overwrites a learner's file without --force. That every exercise is caught by a test when done
+to implement, with a hint at the idea rather than the calls), that the learner copies keep everything
+but the bodies and add only the step's questions (tests/exercise_questions.py), and that the tool
+never overwrites a learner's file without --force. That every exercise is caught by a test when done
 wrong is checked by the per-script test files (run with `--impl mine`).
 """
 import ast
