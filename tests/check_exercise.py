@@ -95,7 +95,8 @@ def copy_state(impl):
                 continue
             body = _body(found[i], copy).strip()
             stub = body == f'raise NotImplementedError("Exercise {i}")'
-            states[i] = ("not started", None) if stub else ("written", hashlib.sha256(body.encode()).hexdigest()[:16])
+            fingerprint = hashlib.sha256(body.encode()).hexdigest()[:16]
+            states[i] = ("not started", None) if stub else ("written", fingerprint)
     return states
 
 
@@ -111,13 +112,12 @@ def answers(impl):
         except SyntaxError:
             continue
         for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                name = node.targets[0].id
-                if name.startswith("ANSWER_"):
-                    try:
-                        values[name] = ast.literal_eval(node.value)
-                    except ValueError:
-                        values[name] = NOT_A_LITERAL
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if isinstance(target, ast.Name) and target.id.startswith("ANSWER_"):
+                try:
+                    values[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    values[target.id] = NOT_A_LITERAL
     out = {}
     for qid, q in BY_ID.items():
         if q.constant not in values:
@@ -243,7 +243,8 @@ def main(argv=None):
     parser.add_argument("exercise", nargs="?", help="exercise id N.M, e.g. 4.2 (none: the progress table only)")
     parser.add_argument("--hint", action="store_true", help="print the exercise's code-level hint and stop")
     parser.add_argument("--tests", action="store_true", help="list the tests that check the exercise and stop")
-    parser.add_argument("--all", action="store_true", help="check every exercise (a few minutes), then the table")
+    parser.add_argument("--all", action="store_true",
+                        help="check every exercise of the steps you copied (a few minutes), then the table")
     parser.add_argument("--impl", default=os.environ.get("TUTORIAL_IMPL", "mine"),
                         help="folder of your copies, relative to the repository root (default: mine)")
     args = parser.parse_args(argv)
@@ -266,7 +267,9 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     code = 0
-    chosen = list(found) if args.all else ([args.exercise] if args.exercise else [])
+    # --all: the exercises of the steps you copied (the others would only test the reference)
+    copied = [i for i, ex in found.items() if (impl / ex.script).is_file()]
+    chosen = copied if args.all else ([args.exercise] if args.exercise else [])
     if args.exercise and not (impl / found[args.exercise].script).is_file():
         script = found[args.exercise].script
         print(f"error: no {args.impl}/{script}: make your copy first (python tests/make_exercises.py "
@@ -277,6 +280,9 @@ def main(argv=None):
         node_ids += [QUESTION_TEST.format(i) for i in chosen]
         started = time.time()
         code, results = run_tests(node_ids, args.impl)
+        if code not in (0, 1):  # interrupted, a usage error, nothing collected: no outcome to keep
+            print(f"error: pytest stopped with exit code {code}; nothing recorded", file=sys.stderr)
+            return 2
         progress, copies = load_progress(impl), copy_state(impl)
         for i in chosen:
             if copies[i][0] == "written":
@@ -286,7 +292,8 @@ def main(argv=None):
             else:
                 progress.pop(i, None)
         save_progress(impl, progress)
-        print(f"\nchecked {', '.join(chosen) if not args.all else 'every exercise'} in {time.time() - started:.0f} s")
+        what = "every exercise you copied" if args.all else ", ".join(chosen)
+        print(f"\nchecked {what} in {time.time() - started:.0f} s")
     print("\n".join(table(impl, found, load_progress(impl))))
     if args.exercise and load_progress(impl).get(args.exercise, {}).get("state") == "failing":
         print(f"stuck? python tests/check_exercise.py {args.exercise} --hint   (a code-level hint)")

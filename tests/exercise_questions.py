@@ -179,7 +179,8 @@ QUESTIONS = [
                       "variances and the covariance do not move under a constant shift."},
         feedback={"a": "Variances and covariances subtract the means first: a shift drops out.",
                   "b": "sigma_xy = E[xy] - mu_x mu_y: put y = x + c in and the c terms cancel.",
-                  "c": "So SSIM forgives lighting changes more than L1 does, which is why the loss mixes both."}),
+                  "c": "So SSIM forgives lighting changes more than L1 does, which is why the loss mixes "
+                       "both."}),
     Question(
         "5.4", "The camera stands still (the three frames are identical) but the pose net predicts a small, "
         "non-zero motion. Which pixels does the auto-mask keep in the loss?", "choice", "e19554ff0cc1b6e0",
@@ -235,7 +236,8 @@ def answers_block(exercise_ids):
         lines.append("")
         lines += textwrap.wrap(f"Question {q.id}: {q.text}", 96, initial_indent="# ", subsequent_indent="#   ")
         for letter, text in sorted(q.options.items()):
-            lines += textwrap.wrap(f"({letter}) {text}", 96, initial_indent="#   ", subsequent_indent="#       ")
+            lines += textwrap.wrap(f"({letter}) {text}", 96, initial_indent="#   ",
+                                   subsequent_indent="#       ")
         letters = " or ".join(f'"{letter}"' for letter in sorted(q.options))
         lines.append(f"{q.constant} = None  # your answer: {letters or KINDS[q.kind]}")
     return "\n".join(lines) + "\n"

@@ -153,7 +153,8 @@ def derive_5_5():
     posenet_loss = step("05_posenet_loss")
     torch.manual_seed(0)
     depth, img = 1 + torch.rand(2, 1, 8, 8, dtype=torch.float64), torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    return round(float(posenet_loss.smoothness_loss(10 * depth, img) / posenet_loss.smoothness_loss(depth, img)), 3)
+    ratio = posenet_loss.smoothness_loss(10 * depth, img) / posenet_loss.smoothness_loss(depth, img)
+    return round(float(ratio), 3)
 
 
 def derive_6_1():
@@ -192,7 +193,8 @@ def test_answers_are_read_as_the_learner_writes_them():
     """2.5, 2.50 and 2.5000001 are one number; "B " is "b"; a list is a tuple; -0 is 0; a string where a
     number is asked, a bool or NaN is a wrong answer with what was expected, and None is unanswered."""
     assert canonical("number", 2.5) == canonical("number", 2.50) == canonical("number", 2.5000001)
-    assert canonical("choice", "B ") == "b" and canonical("shape", [0, -0.0, -1]) == canonical("shape", (0, 0, -1))
+    assert canonical("choice", "B ") == "b"
+    assert canonical("shape", [0, -0.0, -1]) == canonical("shape", (0, 0, -1))
     q = BY_ID["3.1"]
     for wrong in ("52", True, float("nan")):
         state, message = check_answer(q, wrong)
