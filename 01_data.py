@@ -106,8 +106,10 @@ def scale_K(K_norm, width, height):
 
     K_norm is a [4, 4] array whose first row (fx, 0, cx, 0) is in units of the image width and whose
     second row (0, fy, cy, 0) is in units of the image height. Return a new [4, 4] float32 array
-    (do not modify K_norm) in pixels, e.g. fx = 0.58 * width, cy = 0.5 * height.
-    Hint: multiply the whole first row by width and the whole second row by height.
+    in pixels (K_norm itself stays as it was).
+    Hint: "in units of the width" means a fraction of it (fx = 0.58: 58% of the width in pixels).
+    Which entries are measured along the image's x axis, which along its y axis, and which rows
+    are not lengths at all?
     """
     K = np.array(K_norm, dtype=np.float32, copy=True)  # [4, 4]
     K[0, :] *= width
@@ -179,7 +181,9 @@ def project_velo_to_image(points_velo, P_velo2im):
     the homogeneous 1. P_velo2im: [3, 4] or [4, 4] (only its first 3 rows are used).
     Returns uv [N, 2] float pixel coordinates (u = column, v = row) and depth [N], the third
     homogeneous coordinate (camera z for a rectified camera).
-    Hint: append a column of ones, multiply by P[:3].T, then divide the first two columns by the third.
+    Hint: P maps a homogeneous point (x, y, z, 1) to a homogeneous pixel (u d, v d, d); do all N
+    points in one product ([N, 4] against P's 3 rows -> [N, 3]), then leave homogeneous
+    coordinates.
     """
     pts = np.asarray(points_velo, dtype=np.float64)[:, :3]
     homog = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)  # [N, 4]

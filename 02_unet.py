@@ -140,8 +140,9 @@ def up_block(x, skip, net):
 
     x [B, C, h, w] (coarse), skip [B, Cs, H', W'] (finer), net: the Sequential(conv3x3, BN, LeakyReLU,
     conv3x3, BN, LeakyReLU) taking C + Cs channels. Returns net's output [B, C_out, H', W'].
-    Hint: F.interpolate to skip's exact size (not scale_factor: sizes need not be 2x), bilinear with
-    align_corners=True as in the official code; concatenate [upsampled x, skip] in that order.
+    Hint: the concatenation needs x at the skip's exact size (H', W'), and H' need not be 2h (conv2's
+    padding=1 makes the deepest map 2 pixels larger), so ask for a size, not a factor. Bilinear
+    with align_corners=True as in the official code; channels [upsampled x, skip] in that order.
     """
     up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)  # [B, C, H', W']
     return net(torch.cat([up, skip], dim=1))  # [B, C_out, H', W']

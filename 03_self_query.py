@@ -39,7 +39,9 @@ def embed_patches(s0, patch_conv, pos_encoding):
 
     s0 [B, E, h, w]; patch_conv: Conv2d(E, E, kernel p, stride p); pos_encoding [500, E].
     Returns tokens [B, N, E] with N = floor(h/p) * floor(w/p) in raster order (row by row), token n
-    having pos_encoding[n] added. Hint: conv -> flatten the two spatial dims -> move E last.
+    having pos_encoding[n] added. Hint: the stride-p conv already turns each p x p patch into one
+    E-vector, a map [B, E, h/p, w/p]; what is left is to line those vectors up as a sequence, row
+    by row, with E last, and to give each position n its own learned vector.
     """
     patches = patch_conv(s0)  # [B, E, h/p, w/p]
     tokens = patches.flatten(2).transpose(1, 2)  # [B, N, E]
@@ -51,7 +53,8 @@ def self_cost_volume(S, K):
 
     S [B, E, h, w] (fine per-pixel features), K [B, Q, E] (queries). Returns V [B, Q, h, w] with
     V[b, q, i, j] = sum_e K[b, q, e] * S[b, e, i, j]: raw dot products, no scaling, no softmax.
-    Hint: one batched matmul of K [B, Q, E] with S flattened to [B, E, h*w], then reshape.
+    Hint: for one image this is a matrix product, [Q, E] times [E, pixels]; the pixels need to be
+    one dimension only while you multiply, and get their (h, w) back afterwards.
     """
     B, E, h, w = S.shape
     V = torch.bmm(K, S.reshape(B, E, h * w))  # [B, Q, h*w]

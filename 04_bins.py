@@ -59,7 +59,9 @@ def spatial_softmax_summaries(V, S):
 
     V [B, Q, h, w] cost volume, S [B, E, h, w] fine features. For each query q: a softmax of V[b, q] over
     all h*w pixels gives weights that sum to 1; the summary is the weighted sum of S's pixel
-    vectors. Returns [B, Q, E]. Hint: flatten the spatial dims, softmax over them, one bmm.
+    vectors. Returns [B, Q, E]. Hint: per image, the weights form a [Q, pixels] matrix whose rows
+    sum to 1 and the pixel vectors a [pixels, E] one: a weighted sum for every query at once is
+    their product.
     """
     B, Q, h, w = V.shape
     weights = torch.softmax(V.reshape(B, Q, h * w), dim=-1)  # [B, Q, h*w], each row sums to 1
@@ -72,7 +74,8 @@ def bins_from_mlp_output(y, min_depth, max_depth):
     y [B, D] raw numbers. widths: relu(y) + 0.1, divided by their sum, times (max - min).
     edges = min_depth followed by the cumulative sum of the widths added to it -> [B, D+1]
     (first = min_depth, last = max_depth); centres = mid-points of consecutive edges -> [B, D].
-    Returns (edges, centres). Hint: F.pad(widths, (1, 0), value=min_depth) then cumsum.
+    Returns (edges, centres). Hint: edge k is min_depth plus the widths of the k bins before it, so
+    D widths make D + 1 edges; a running sum along the bins gives them for every image at once.
     """
     y = torch.relu(y) + 0.1  # the 0.1 keeps every bin strictly wider than zero
     widths = (max_depth - min_depth) * y / y.sum(dim=1, keepdim=True)  # [B, D]
@@ -86,8 +89,9 @@ def combine_probabilities(logits, centres):
 
     logits [B, D, h, w] (one score per bin and pixel), centres [B, D] (per-image bin centres).
     P = softmax over the D bins at each pixel; depth = sum_d P_d * c_d -> [B, 1, h, w].
-    Returns (depth [B, 1, h, w], P [B, D, h, w]). Hint: the bins are dim 1; broadcast the centres as
-    [B, D, 1, 1] and keep the summed dimension so depth stays 4-D.
+    Returns (depth [B, 1, h, w], P [B, D, h, w]). Hint: the bins are dim 1. All pixels of an image
+    share its D centres, so the centres must broadcast against P [B, D, h, w]; depth is an expected
+    value over the bins, and it stays 4-D.
     """
     P = torch.softmax(logits, dim=1)  # [B, D, h, w], sums to 1 over D
     depth = (P * centres[:, :, None, None]).sum(dim=1, keepdim=True)  # [B, 1, h, w]
@@ -378,8 +382,26 @@ def run_demo(cfg):
     if "probs" not in out:
         raise ValueError("this model has no bins (queries='none'): nothing to plot")
     c = out["bin_centers"][0]  # [D]
-    demo_figures.save_bins_figure(img, thin, out, Path(cfg.out))
+    # Say which state the figure shows: an untrained network's flat P and equal depths look like a bug
+    # in 4.2/4.3 to a learner who does not know they are what random weights give.
+    if cfg.checkpoint:
+        state = f"trained network ({cfg.checkpoint})"
+    else:
+        state = f"UNTRAINED network ({name}, random weights, no --checkpoint): flat P, about equal depths"
+    title = state if cfg.checkpoint else (state + "\na trained one: python 06_train.py, then python 04_bins.py "
+                                                   "--checkpoint runs/RUN/best.pt")
+    depths = demo_figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
+    peak = float(out["probs"][0].max(dim=0).values.mean())  # mean over pixels of the largest P_d
+    print(state)
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")
+    print("marked pixels: " + ", ".join(f"{label} {d:.1f} m" for label, d in depths.items())
+          + f"; mean peak probability {peak:.3f} (flat: 1/D = {1 / len(c):.3f})")
+    if not cfg.checkpoint:
+        print("  Random weights give near-equal logits, so P is almost flat and every pixel's depth is\n"
+              "  about the mean of the bin centres: what an untrained network shows, not a wrong 4.2 or\n"
+              "  4.3. A trained one puts the near road closer than the far centre, with peaked\n"
+              "  probabilities. To see it: `python 06_train.py` (about 10 min; it prints its run folder),\n"
+              "  then `python 04_bins.py --checkpoint runs/RUN/best.pt`.")
 
 
 def main(argv=None):

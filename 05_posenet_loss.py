@@ -132,7 +132,8 @@ def rot_from_axisangle(axisangle):
     Exercise 5.1: implement Rodrigues' formula. axisangle [B, 3] = angle * unit axis (angle in
     radians, right-handed). Return [B, 4, 4] with R in the top-left 3x3, 1 at [3, 3], 0 elsewhere:
         R = I + sin(a) [k]x + (1 - cos(a)) [k]x^2,   [k]x = [[0,-kz,ky],[kz,0,-kx],[-ky,kx,0]].
-    Hint: a = norm of the vector (add 1e-7 before dividing, so a zero rotation gives I).
+    Hint: the angle a is the vector's length and the axis k its direction; a zero vector must give
+    R = I (add 1e-7 to the length before dividing). Build [k]x for the whole batch, [B, 3, 3].
     """
     angle = torch.linalg.vector_norm(axisangle, dim=1, keepdim=True)    # [B, 1]
     kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)                 # each [B]
@@ -170,7 +171,8 @@ class BackprojectDepth(nn.Module):
         Build the pixel grid p = (u, v, 1) with u = column 0..W-1 and v = row 0..H-1, flattened
         row-major to [3, H*W]; camera rays inv_K[:, :3, :3] @ p -> [B, 3, H*W]; multiply by the
         depth (flattened the same way) and append a row of ones -> [B, 4, H*W].
-        Hint: torch.meshgrid(rows, cols, indexing="ij"); create tensors on depth's device/dtype.
+        Hint: entry i of a row-major flattening is row i // W, column i % W: build the grid so that
+        its flattening and depth's agree; new tensors take depth's dtype and device.
         """
         b, _, h, w = depth.shape
         opts = dict(dtype=depth.dtype, device=depth.device)
@@ -323,7 +325,8 @@ def min_reprojection(reprojection, identity=None):
     put them before the reprojection errors along dim 1 and take the minimum over that dim.
     Return (minimum [B, 1, H, W], automask [B, 1, H, W] bool = a warped source won); without
     identity errors the minimum is over the reprojection errors and the mask is all True.
-    Hint: torch.min(x, dim=1, keepdim=True) returns (values, indices).
+    Hint: one minimum over all 2S candidates gives both outputs: its value is the error, and where
+    the winner sits along dim 1 (an identity or a warped source) is the mask.
     """
     if identity is None:
         best = reprojection.min(dim=1, keepdim=True).values
@@ -341,8 +344,9 @@ def smoothness_loss(depth, img):
     take absolute differences between horizontal neighbours ([..., :, 1:] vs [..., :, :-1]) and
     vertical neighbours, weight each by exp(-|image difference in the SAME direction|) averaged
     over colour channels, and return mean(x-term) + mean(y-term).
-    Hint: x[..., :, 1:] - x[..., :, :-1] is [B, C, H, W-1]; average the image term with
-    .mean(1, keepdim=True). SQLDepth (official) smooths depth, Monodepth2 disparity (1/depth).
+    Hint: differences between neighbours along x are one column shorter, [B, C, H, W-1]: the
+    weight of a depth difference comes from the same pair of pixels of the image, averaged over
+    its 3 channels to one. SQLDepth (official) smooths depth, Monodepth2 disparity (1/depth).
     """
     norm = depth / (depth.mean(dim=(2, 3), keepdim=True) + 1e-7)       # [B, 1, H, W]
     grad_x = (norm[..., :, 1:] - norm[..., :, :-1]).abs()               # [B, 1, H, W-1]

@@ -84,7 +84,8 @@ def median_scale(gt, pred):
 
     Exercise 7.1: given the valid GT and predicted depths of ONE image, 1-D arrays [N], return
     (pred * ratio, ratio) with ratio = median(gt) / median(pred), so the scaled prediction has the
-    same median as the GT. Hint: the ratio multiplies the prediction (not divides it).
+    same median as the GT. Hint: a monocular network knows depth only up to one scale per image:
+    the ratio is that scale, read off the medians (robust to outliers, unlike the means).
     """
     ratio = float(np.median(gt) / np.median(pred))
     return pred * ratio, ratio
@@ -97,7 +98,8 @@ def compute_depth_errors(gt, pred):
     [N] of positive depths in metres, returning a dict with keys abs_rel = mean(|gt-pred|/gt),
     sq_rel = mean((gt-pred)^2/gt), rmse = sqrt(mean((gt-pred)^2)), rmse_log = sqrt(mean((ln gt -
     ln pred)^2)) and a1, a2, a3 = fraction of pixels with max(gt/pred, pred/gt) < 1.25, 1.25^2, 1.25^3.
-    Hint: natural logarithms, and a strict "<" for the thresholds.
+    Hint: each metric is one mean over the N pixels (the rmse ones: its root); the logarithms are
+    natural ones and the thresholds strict ("<"), as in Monodepth2.
     """
     gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
     ratio = np.maximum(gt / pred, pred / gt)

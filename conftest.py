@@ -60,6 +60,14 @@ def pytest_runtest_makereport(item, call):
         if exercise:
             report.outcome = "skipped"
             report.longrepr = (str(item.path), item.location[1] or 0, f"{exercise} is not done yet")
+            return
+        # A failure about an exercise whose message does not say where its code-level hint is (the
+        # messages of tests/exercise_checks.py do): say it below the failure.
+        text = str(call.excinfo.value)
+        named = EXERCISE_STUB.search(text)
+        if named and "check_exercise.py" not in text:
+            report.sections.append(("exercise hint", f"stuck? python tests/check_exercise.py "
+                                                     f"{named.group(0).split()[1]} --hint"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -117,10 +117,11 @@ def main(argv, net_class):
     return 0
 
 
-def save_bins_figure(img, thin, out, path):
+def save_bins_figure(img, thin, out, path, title=""):
     """04_bins.py's demo figure: the image with three pixels (near road, far, a thin pole), the bin
     centres of this image, and the bin probabilities P(d) at the three pixels. img [1, 3, H, W];
-    thin [H, W] bool or None; out: DepthNet's extras (probs [1, D, h, w], bin_centers [1, D], depth)."""
+    thin [H, W] bool or None; out: DepthNet's extras (probs [1, D, h, w], bin_centers [1, D], depth);
+    title: what the figure shows (trained or not), above the panels. Returns {pixel label: depth in m}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,9 +141,13 @@ def save_bins_figure(img, thin, out, path):
     axes[1].stem(c.numpy(), np.ones(len(c)), markerfmt=" ", basefmt=" ")
     axes[1].set(xlabel="bin centre (m)", title=f"{len(c)} bin centres of this image", yticks=[])
     axes[2].set(xlabel="bin centre (m)", ylabel="probability", title="per-pixel bin probabilities")
+    axes[2].set_ylim(bottom=0)  # from 0: a flat P must look flat, not zoomed into noise
     axes[2].legend(fontsize=7)
     axes[0].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return {label: float(out["depth"][0, 0, y, x]) for label, (y, x) in pixels.items()}

@@ -6,15 +6,21 @@ test always made (torch.testing.assert_close or np.testing.assert_allclose, with
 tolerances: that function decides pass or fail) and, only when it fails, raise an AssertionError
 whose first line names the first wrong element (its index, the value got, the value expected),
 how many elements differ, and the test's hints; the lines below give the tolerance and, for small
-arrays, both arrays in full.
+arrays, both arrays in full. Numbers that would read the same at 6 digits (a failing `0.0001 <=
+0.0001`) are printed with every digit, and a message about a tutorial exercise ends with the command
+that prints its code-level hint (tests/exercise_hints.py).
 
     assert_close_explained(tokens, want, "Exercise 3.1 embed_patches: tokens",
                            "raster order (row by row)? positional encoding added?",
                            names=("b", "n", "e"), where=lambda i: f"token {i[1]} = ...")
 """
+import re
+
 import numpy as np
 import torch
 from torch.autograd.gradcheck import GradcheckError
+
+from exercise_hints import HINTS
 
 SHOW_WHOLE = 24  # arrays with at most this many elements are printed in full below the first line
 
@@ -38,6 +44,24 @@ def _flat_text(array):
 
 def _number(v):
     return str(bool(v)) if isinstance(v, (bool, np.bool_)) else f"{float(v):.6g}"
+
+
+def _numbers(*values):
+    """The values as text, 6 significant digits unless two of them would then read the same: a
+    failing check must never print `0.0001 <= 0.0001`, so those get every digit (repr)."""
+    short = [_number(v) for v in values]
+    if len(set(short)) == len(short) or any(isinstance(v, (bool, np.bool_)) for v in values):
+        return short
+    return [repr(float(v)) for v in values]
+
+
+def more_help(what):
+    """The line that tells a learner where the code-level hint of the exercise named in `what` is
+    ("" when `what` names no exercise of the tutorial)."""
+    found = re.match(r"\s*Exercise (\d+\.\d+)\b", what)
+    if not found or found.group(1) not in HINTS:
+        return ""
+    return f"\n  stuck? python tests/check_exercise.py {found.group(1)} --hint   (a code-level hint)"
 
 
 def index_text(index, names=None):
@@ -72,14 +96,16 @@ def mismatch_message(got, want, what, hints, atol, rtol, names=None, where=None,
     if len(wrong) == 0:
         return None
     first = tuple(int(i) for i in wrong[0])
-    lines = [f"{what}{index_text(first, names)}{_where_text(where, first)} is {_number(g[first])}, "
-             f"expected {_number(w[first])}; {len(wrong)} of {g.size} values differ. "
+    got_text, want_text = _numbers(g[first], w[first])
+    diff_text, allowed_text = _numbers(diff[first], allowed[first])
+    lines = [f"{what}{index_text(first, names)}{_where_text(where, first)} is {got_text}, "
+             f"expected {want_text}; {len(wrong)} of {g.size} values differ. "
              f"Check: {_hint_text(hints)}",
-             f"  |got - expected| = {abs(g[first] - w[first]):.3g} there; the test allows {atol:g} + {rtol:g} * "
+             f"  |got - expected| = {diff_text} there; the test allows {allowed_text} = {atol:g} + {rtol:g} * "
              f"|expected|{' (exclusive)' if strict else ''}"]
     if g.size <= SHOW_WHOLE:
         lines += [f"  got:      {_flat_text(g)}", f"  expected: {_flat_text(w)}"]
-    return "\n".join(lines)
+    return "\n".join(lines) + more_help(what)
 
 
 # torch.testing.assert_close's default (rtol, atol) per dtype; other dtypes compare exactly.
@@ -111,7 +137,7 @@ def assert_close_explained(got, want, what, hints, atol=None, rtol=None, names=N
         raise AssertionError(shape_message(got_shape, want_shape, what, hints))
     message = mismatch_message(got, want, what, hints, atol, rtol, names, where)
     if message is None:  # not the values: the dtype or the device differ
-        message = f"{what}: {original} Check: {_hint_text(hints)}"
+        message = f"{what}: {original} Check: {_hint_text(hints)}{more_help(what)}"
     raise AssertionError(message)
 
 
@@ -124,7 +150,7 @@ def assert_allclose_explained(got, want, what, hints, atol=0.0, rtol=1e-7, names
     except AssertionError as err:
         original = " ".join(str(err).split())
     message = mismatch_message(got, want, what, hints, atol, rtol, names, where, equal_nan=True)
-    raise AssertionError(message or f"{what}: {original} Check: {_hint_text(hints)}")
+    raise AssertionError(message or f"{what}: {original} Check: {_hint_text(hints)}{more_help(what)}")
 
 
 def assert_near_explained(got, want, what, hints, atol, names=None, where=None):
@@ -146,19 +172,20 @@ def gradcheck_explained(fn, inputs, what, hints, input_names, **kwargs):
         found = str(err).strip().splitlines()[0].rstrip(",")
         for number, name in enumerate(input_names):
             found = found.replace(f"input {number}", f"input {number} ({name})")
-        raise AssertionError(f"{what}: {found}. Check: {_hint_text(hints)}") from None
-    assert passed, f"{what}: gradcheck failed. Check: {_hint_text(hints)}"
+        raise AssertionError(f"{what}: {found}. Check: {_hint_text(hints)}{more_help(what)}") from None
+    assert passed, f"{what}: gradcheck failed. Check: {_hint_text(hints)}{more_help(what)}"
 
 
 def shape_message(got_shape, want_shape, what, hints):
     """The text of a failed shape check."""
     return (f"{what} has shape {tuple(got_shape)}, expected {tuple(want_shape)}. "
-            f"Check: {_hint_text(hints)}")
+            f"Check: {_hint_text(hints)}{more_help(what)}")
 
 
 def value_message(got, want, what, hints):
     """The text of a failed check of one number (pytest.approx or an equality)."""
-    return f"{what} is {_number(got)}, expected {_number(want)}. Check: {_hint_text(hints)}"
+    got_text, want_text = _numbers(got, want)
+    return f"{what} is {got_text}, expected {want_text}. Check: {_hint_text(hints)}{more_help(what)}"
 
 
 def first_false_message(ok, what, hints, values=None, names=None, where=None):
@@ -167,10 +194,10 @@ def first_false_message(ok, what, hints, values=None, names=None, where=None):
     ok = _numpy(ok).astype(bool)
     bad = np.argwhere(~ok)
     if len(bad) == 0:  # the test asserted something else than `ok`
-        return f"{what}. Check: {_hint_text(hints)}"
+        return f"{what}. Check: {_hint_text(hints)}{more_help(what)}"
     first = tuple(int(i) for i in bad[0])
     value = ""
     if values is not None:
         value = f" (value {_number(np.broadcast_to(_numpy(values), ok.shape)[first])})"
     return (f"{what} fails at {index_text(first, names) or 'the value'}{_where_text(where, first)}{value}; "
-            f"{len(bad)} of {ok.size} fail. Check: {_hint_text(hints)}")
+            f"{len(bad)} of {ok.size} fail. Check: {_hint_text(hints)}{more_help(what)}")

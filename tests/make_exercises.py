@@ -4,10 +4,14 @@ An exercise is a function or method whose docstring has a line starting with `Ex
 the script number). The learner copy `mine/NN_name.py` is the script byte for byte, except that
 each exercise body (everything after its docstring) becomes `raise NotImplementedError("Exercise
 N.M")`; signatures, decorators, docstrings, comments and the rest of the file stay as they are.
+One block is added before the demo (`if __name__ == "__main__":`): a question of understanding per
+exercise of the step, each with its `ANSWER_N_M = None` for the learner to fill in
+(tests/exercise_questions.py; `python tests/check_exercise.py N.M` checks exercise and answer).
 
     python tests/make_exercises.py --list          # the exercises, script by script
     python tests/make_exercises.py 03              # writes mine/03_self_query.py
     python tests/make_exercises.py all             # a learner copy of every script
+    python tests/check_exercise.py 3.1             # one exercise's tests and question, then your progress
     python -m pytest --impl=mine tests/test_03_self_query.py   # or --impl mine alone: every test
     PYTHONPATH=. python mine/03_self_query.py      # the demo, on your code
 
@@ -20,6 +24,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by file: tests/ modules
+from exercise_questions import answers_block  # noqa: E402  (the questions appended to a copy)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_LINE = re.compile(r"^\s*Exercise (\d+)\.(\d+):\s*(.*)$")
@@ -156,6 +163,28 @@ def make_stub(path):
     return stub
 
 
+def _demo_guard(tree):
+    """The last top-level `if __name__ == "__main__":` statement of a module, or None."""
+    for node in reversed(tree.body):
+        test = node.test if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"):
+            return node
+    return None
+
+
+def make_copy(path):
+    """The learner copy as written to mine/: make_stub's text plus the step's questions of understanding
+    (answers_block), placed before the demo so that the answers are set when the step is imported."""
+    stub = make_stub(path)
+    block = answers_block([ex.id for ex in find_exercises(path)])
+    guard = _demo_guard(ast.parse(stub))
+    if guard is None:
+        return stub.rstrip("\n") + "\n" + block
+    lines = stub.splitlines(keepends=True)
+    head, tail = "".join(lines[:guard.lineno - 1]), "".join(lines[guard.lineno - 1:])
+    return head.rstrip("\n") + "\n" + block + "\n\n" + tail
+
+
 def _select(names, root):
     """Scripts chosen on the command line: 'all', or numbers such as 3 / 03 / file names."""
     scripts = find_scripts(root)
@@ -214,7 +243,7 @@ def main(argv=None):
             raise ExerciseError(f"{names} already {'exists' if len(existing) == 1 else 'exist'} and "
                                 f"may hold your work; nothing written (pass --force to overwrite, "
                                 f"or name only the scripts you want)")
-        stubs = [(target, make_stub(path), len(find_exercises(path))) for path, target in targets]
+        stubs = [(target, make_copy(path), len(find_exercises(path))) for path, target in targets]
         out.mkdir(parents=True, exist_ok=True)  # every stub was built (and compiled) before writing
         for target, text, count in stubs:
             target.write_text(text)
@@ -222,7 +251,12 @@ def main(argv=None):
         folder = _shown(out, root)
         tests = sorted((root / "tests").glob(f"test_{scripts[0].name[:2]}_*.py"))
         where = " ".join(str(t.relative_to(root)) for t in tests) if len(scripts) == 1 else ""
-        print(f"next: python -m pytest --impl={folder} {where}".rstrip())
+        first = find_exercises(scripts[0])
+        if first:
+            impl = "" if folder == Path("mine") else f" --impl {folder}"
+            print(f"next: python tests/check_exercise.py {first[0].id}{impl}   (one exercise's tests and "
+                  f"its question, then your progress)")
+        print(f"      python -m pytest --impl={folder} {where}".rstrip())
         if len(scripts) == 1:
             print(f"      PYTHONPATH=. python {folder / scripts[0].name}   (the demo, on your code)")
     except (ExerciseError, SyntaxError, OSError) as err:

@@ -402,8 +402,9 @@ def test_config_inferred_from_official_shapes_is_the_preset(name):
     assert len(official_weights.convert_official_checkpoint(enc, dep)) == len(enc) + len(dep)
 
 
-def test_demo_figure_and_cli_errors(tmp_path):
-    """`python 04_bins.py` writes the bins figure; an unknown preset is one `error:` line, exit 2."""
+def test_demo_figure_and_cli_errors(tmp_path, capsys):
+    """`python 04_bins.py` writes the bins figure and says that it shows an untrained network (flat
+    probabilities) and how to see a trained one; an unknown preset is one `error:` line, exit 2."""
     bins = bins_module()
     assert bins.main(["--preset", "nope"]) == 2
     try:
@@ -411,8 +412,12 @@ def test_demo_figure_and_cli_errors(tmp_path):
     except (ModuleNotFoundError, AttributeError):
         pytest.skip("synthetic_world.make_synthetic_kitti is not there yet")
     out = tmp_path / "bins.png"
+    capsys.readouterr()
     assert bins.main(["--out", str(out)]) == 0
     assert out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("UNTRAINED network (kitti-r18-640x192, random weights, no --checkpoint)"), printed
+    assert "python 06_train.py" in printed and "python 04_bins.py --checkpoint runs/RUN/best.pt" in printed
 
 
 @pytest.mark.gpu

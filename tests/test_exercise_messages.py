@@ -18,7 +18,7 @@ import test_03_self_query
 import test_05_posenet_loss
 import test_07_eval
 from exercise_checks import (assert_allclose_explained, assert_close_explained, assert_near_explained,
-                             first_false_message)
+                             first_false_message, value_message)
 
 
 def first_line_of_failure(test, *args):
@@ -139,3 +139,28 @@ def test_allclose_and_near_explained_keep_their_comparisons():
     message = first_false_message(torch.tensor([[True, True], [False, True]]), "w > 0", "relu + 0.1?",
                                   values=torch.tensor([[1.0, 2.0], [-3.0, 4.0]]), names=("b", "d"))
     assert message == "w > 0 fails at [b=1, d=0] (value -3); 1 of 4 fail. Check: relu + 0.1?"
+
+
+def test_numbers_that_would_read_the_same_are_printed_in_full():
+    """A failing check never prints two equal-looking numbers: values that agree to 6 digits are printed
+    with every digit (got and expected, the difference and the allowance alike)."""
+    assert value_message(1e-4 + 1e-11, 1e-4, "x", "h") == f"x is {1e-4 + 1e-11!r}, expected 0.0001. Check: h"
+    assert value_message(2.0, 1.0, "x", "h") == "x is 2, expected 1. Check: h"   # short where they differ
+    just_over = 1e-4 + 1e-12
+    with pytest.raises(AssertionError) as err:
+        assert_allclose_explained(np.array([just_over]), np.array([0.0]), "x", "h", atol=1e-4, rtol=0.0)
+    first, second = str(err.value).splitlines()[:2]
+    assert first.startswith("x[0] is 0.0001, expected 0; 1 of 1 values differ"), first   # they read apart
+    assert second.startswith(f"  |got - expected| = {just_over!r} there; the test allows {1e-4!r} = "), second
+
+
+def test_a_failing_exercise_check_names_the_hint_command():
+    """The message of a failed exercise check ends with the command that prints the code-level hint;
+    a check that names no exercise of the tutorial does not."""
+    with pytest.raises(AssertionError) as err:
+        assert_close_explained(torch.ones(3), torch.zeros(3), "Exercise 4.2 bins_from_mlp_output: edges", "h")
+    assert str(err.value).splitlines()[-1] == ("  stuck? python tests/check_exercise.py 4.2 --hint   "
+                                               "(a code-level hint)")
+    with pytest.raises(AssertionError) as err:
+        assert_close_explained(torch.ones(3), torch.zeros(3), "Exercise 0.0 f: out", "h")
+    assert "check_exercise" not in str(err.value)

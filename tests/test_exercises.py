@@ -3,8 +3,9 @@
 An exercise is a function whose docstring has a line `Exercise N.M: ...`; the learner copy replaces
 its body by `raise NotImplementedError("Exercise N.M")`. These tests check the exercise set itself
 (enough of them, every script covered, ids unique and numbered by script, docstrings that say what
-to implement), that the learner copies keep everything but the bodies, and that the tool never
-overwrites a learner's file without --force. That every exercise is caught by a test when done
+to implement, with a hint at the idea rather than the calls), that the learner copies keep everything
+but the bodies and add only the step's questions (tests/exercise_questions.py), and that the tool
+never overwrites a learner's file without --force. That every exercise is caught by a test when done
 wrong is checked by the per-script test files (run with `--impl mine`).
 """
 import ast
@@ -60,6 +61,24 @@ def test_exercise_docstring_says_what_shapes_and_hint(ex):
     assert has_shapes, f"{where}: give the shapes in and out"
     assert has_hint, f"{where}: add a 'Hint: ...'"
     assert long_enough, f"{where}: the docstring is too short to work from"
+
+
+# A library call in a docstring's hint hands the learner the code; tests/exercise_hints.py holds those.
+LIBRARY_CALL = re.compile(r"\b(?:torch|F|np|nn)\.[\w.]+\(")
+# 5.3's docstring is being rewritten together with its test (the SSIM definition it teaches): drop it
+# from this set once its hint names no call.
+HINT_NAMES_CALLS = {"5.3"}
+
+
+@pytest.mark.parametrize("ex", _all_exercises(), ids=lambda ex: ex.id)
+def test_docstring_hint_points_at_the_idea_not_the_calls(ex):
+    """The docstring's hint names no torch / F / np call (the code-level hint is asked for with
+    `python tests/check_exercise.py N.M --hint`)."""
+    if ex.id in HINT_NAMES_CALLS:
+        pytest.skip(f"Exercise {ex.id}: its docstring is being rewritten")
+    hint = ex.docstring[ex.docstring.lower().index("hint"):]
+    calls = LIBRARY_CALL.findall(hint)
+    assert not calls, f"Exercise {ex.id} ({ex.script}): the hint names {calls}: say the idea and the shapes"
 
 
 def _stubbed_reference_tree(path):
@@ -158,7 +177,27 @@ def test_refuses_to_overwrite_a_learner_file_without_force(tmp_path, capsys):
     assert learner.read_text() == "# my work\n"
     assert not (tmp_path / second.name).exists()
     assert make_exercises.main([first.name[:2], "--out", str(tmp_path), "--force"]) == 0
-    assert learner.read_text() == make_exercises.make_stub(first)
+    assert learner.read_text() == make_exercises.make_copy(first)
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_copy_adds_only_the_questions_of_its_step_before_the_demo(path):
+    """The learner copy is the stub plus, before `if __name__ == "__main__":`, one ANSWER_N_M = None per
+    exercise of the step under its question: without those assignments its AST is the stub's, and
+    importing it sets every answer to None (the demo block stays last)."""
+    copy, stub = make_exercises.make_copy(path), make_exercises.make_stub(path)
+    tree = ast.parse(copy)
+    answers = [node for node in tree.body if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id.startswith("ANSWER_") for t in node.targets)]
+    ids = [ex.id for ex in make_exercises.find_exercises(path)]
+    assert [node.targets[0].id for node in answers] == ["ANSWER_" + i.replace(".", "_") for i in ids]
+    assert all(isinstance(node.value, ast.Constant) and node.value.value is None for node in answers)
+    tree.body = [node for node in tree.body if node not in answers]
+    assert ast.dump(tree) == ast.dump(ast.parse(stub))
+    for exercise_id in ids:
+        assert f"# Question {exercise_id}: " in copy
+    guard = make_exercises._demo_guard(ast.parse(copy))
+    assert guard is not None and guard.lineno > answers[-1].lineno
 
 
 def test_list_prints_every_exercise(capsys):
