@@ -48,8 +48,8 @@ evaluation = importlib.import_module("07_eval")
 # split_files: where the lists were found, the split itself is named by `split`.)
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
-    "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
-    "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision"})
+    "persistent_workers", "channels_last", "small_map_convs", "speed_layer", "log_every", "save_every", "no_eval",
+    "profile", "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision"})
 
 
 COMPARE_COLUMNS = evaluation.METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS

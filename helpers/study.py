@@ -38,7 +38,7 @@ from helpers import compare_runs                       # scoring and the table f
 from helpers import distributed_training as runtime    # SIGINT / SIGTERM as a request to stop
 from helpers import training_data                       # the default synthetic world
 from helpers.cli import add_dataclass_flags, one_line
-from helpers.mixed_precision import bf16_autocast_available
+from helpers.speed_layer import cpu_has_native_bf16   # where --amp runs bf16 on a CPU
 
 data = importlib.import_module("01_data")               # DataError: the one kind of bad-input error
 
@@ -140,7 +140,7 @@ def run_study(options):
     threads = 0 if gpu else (options.threads or max(1, (os.cpu_count() or 1) // max(options.parallel, 1)))
     state = plan(runs, runs_dir, scores)
     todo = [(n, f) for n, f in runs if state[n] != "scored" and (not options.only or n in options.only)]
-    native_bf16 = bf16_autocast_available(torch.device("cuda" if gpu else "cpu"))
+    native_bf16 = gpu or cpu_has_native_bf16()
     skipped = [n for n, f in todo if "--amp" in f and not native_bf16]
     for name in skipped:
         print(f"note: {name} asks for --amp, which runs float32 on this CPU (no native bf16): skipped; "
