@@ -306,9 +306,6 @@ class LossConfig:
     use_stereo: bool = False         # add the other camera "s" as a source (fixed inputs["stereo_T"])
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
-    # What the smoothness term smooths: "depth" as the official SQLDepth code, or "disparity" (1 /
-    # depth) as Monodepth2 (worse on the synthetic world's monocular runs: docs/monocular.md).
-    smoothness_on: str = "depth"
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
     # "inv_depth": t * mean(1/depth), the official code (from arXiv 1712.00175). "depth": t * mean
@@ -323,8 +320,6 @@ class LossConfig:
     def __post_init__(self):
         if self.pose_scaling not in POSE_SCALINGS:
             raise ValueError(f"pose_scaling must be one of {POSE_SCALINGS}, got {self.pose_scaling!r}")
-        if self.smoothness_on not in ("depth", "disparity"):
-            raise ValueError(f"smoothness_on must be 'depth' or 'disparity', got {self.smoothness_on!r}")
         if self.ssim_window < 0:
             raise ValueError(f"ssim_window must be >= 0 (0 = L1 only), got {self.ssim_window}")
         if not 0 < self.min_depth < self.max_depth:
@@ -415,7 +410,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
         identity = torch.cat(identity, 1) if cfg.automask else None      # [B, S, H, W] or None
         best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
-        smoothness = smoothness_loss(depth if cfg.smoothness_on == "depth" else 1.0 / depth, target)
+        smoothness = smoothness_loss(depth, target)   # depth as official SQLDepth (Monodepth2: disparity)
         temporal = [fid for fid in source_ids(cfg) if fid != "s"]
         health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, temporal)
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,

@@ -89,7 +89,6 @@ class TrainConfig:
     lr: float = 5e-4                # Adam learning rate of the depth network
     pose_lr_scale: float = 1.0      # pose network lr = lr x this (0.1 = the optional "pose lr/10")
     query_lr_scale: float = 1.0     # lr of what makes the queries (patch embedding, transformer) = lr x this
-    warmup_steps: int = 0           # linear learning-rate warm-up over the first N steps (0 = none)
     lr_step: int = 3                # StepLR: multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float = 0.1           # StepLR factor
     use_stereo: bool = False        # add the stereo frame "s" as a source ("MS" training)
@@ -97,7 +96,6 @@ class TrainConfig:
     pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
     pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
     smoothness_weight: float = 0.0  # smoothness weight; 0 = the recipe's: 1e-3 with stereo, 1e-2 without
-    smoothness_on: str = "depth"    # smooth "depth" (official SQLDepth) or "disparity" (Monodepth2)
     ssim_window: int = 7            # SSIM window (7 as SQLDepth, 3 as Monodepth2, 0 = L1 only)
     automask: bool = True           # Monodepth2's auto-masking of static pixels
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
@@ -210,17 +208,6 @@ def make_optimizer(cfg, depth_net, pose_net, adam=torch.optim.Adam):
     return adam(groups)
 
 
-def warm_up(optimizer, scheduler, step, epoch, cfg):
-    """Linear warm-up: before step `step` (counted from 0), each group's lr is its StepLR value times
-    (step + 1) / warmup_steps, and exactly its StepLR value from step warmup_steps on. A function of
-    (step, epoch) only, so a resumed run continues the same schedule."""
-    if not 0 <= step <= cfg.warmup_steps or not cfg.warmup_steps:
-        return
-    factor = min(1.0, (step + 1) / cfg.warmup_steps) * cfg.lr_gamma ** (epoch // cfg.lr_step)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base * factor
-
-
 # The smoothness weight when none is given: the paper's 1e-3 for MS; 1e-2 for monocular (M) runs,
 # where 1e-3 let textureless road regions go far on some seeds (README, "Monocular training").
 SMOOTHNESS_WEIGHT = {True: 1e-3, False: 1e-2}
@@ -232,7 +219,7 @@ def loss_config(cfg):
     smoothness_weight = cfg.smoothness_weight or SMOOTHNESS_WEIGHT[cfg.use_stereo]
     return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
                                    ssim_window=cfg.ssim_window, smoothness_weight=smoothness_weight,
-                                   smoothness_on=cfg.smoothness_on, automask=cfg.automask,
+                                   automask=cfg.automask,
                                    pose_scaling=cfg.pose_scaling, min_depth=min_depth, max_depth=max_depth)
 
 
@@ -312,7 +299,7 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
 def fit(trainer, stop):
     """The training loop of a Trainer (set up below the engineering banner) until its total_steps, a
     signal or a dead DataLoader worker (stop.signum) or a non-finite loss; returns the exit code.
-    Each step: a batch, the learning-rate warm-up, train_step, one host read of the loss terms
+    Each step: a batch, train_step, one host read of the loss terms
     (runtime.step_outcome), the log line; at epoch ends StepLR and a validation with checkpoints
     (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
@@ -335,7 +322,6 @@ def fit(trainer, stop):
             raise
         interval["data"] += time.perf_counter() - tick
         batch = training_data.to_device(batch, trainer.device, cfg.channels_last)
-        warm_up(trainer.optimizer, trainer.scheduler, trainer.step, trainer.epoch, cfg)
         terms = train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim)
         trainer.step += 1
         interval["steps"] += 1

@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from helpers import run_folder                                 # checkpoints (helpers/run_folder.py)
-from helpers.cli import add_dataclass_flags, one_line     # the command line of every script (helpers/cli.py)
+from helpers.cli import add_dataclass_flags, one_line, without_removed  # the command line (helpers/cli.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -26,14 +26,17 @@ HERE = Path(__file__).resolve().parents[1]  # the repository root
 CHOICES = {"data": ["synthetic", "kitti"],
            "pose_scaling": list(posenet_loss.POSE_SCALINGS), "pose_net": ["posecnn", "resnet"],
            "num_layers": [18, 34, 50], "bins": ["sql", "fixed", "adabins"],
-           "queries": ["self", "learned", "none"], "smoothness_on": ["depth", "disparity"],
-           "bins_space": ["depth", "disparity", "log"]}
+           "queries": ["self", "learned", "none"]}
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
 # Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
 # 07_eval's leakage warning, the score files' provenance); not options, so --resume leaves them out of the TrainConfig.
 RECORD_KEYS = ("split_files", "train_drives", "commit", "precision")
+# Training fields of earlier code that were measured, lost and removed (docs/ablations.md, "Removed
+# knobs"), with their default then (the model's: 04_bins.REMOVED_MODEL_FIELDS); small_map_convs became
+# the speed layer's switch.
+REMOVED_FIELDS = {"warmup_steps": 0, "smoothness_on": "depth", "small_map_convs": True}
 
 
 def build_parser(config_class, preset_config, presets):
@@ -79,6 +82,9 @@ def apply_overrides(cfg, given):
 def resume_config(ckpt, given, run_dir, config_class):
     """The checkpoint's TrainConfig with the given flags applied; refuses architecture changes."""
     stored = {k: v for k, v in ckpt["config"].items() if k not in RECORD_KEYS}
+    where = f"{run_dir}/ckpt.pt"
+    stored = {**without_removed(stored, REMOVED_FIELDS, where),
+              "model": without_removed(stored.get("model", {}), bins.REMOVED_MODEL_FIELDS, where)}
     try:
         cfg = config_class(**stored)
     except TypeError as err:

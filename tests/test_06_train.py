@@ -450,19 +450,21 @@ def test_collapse_detector_fires_on_a_broken_run_and_not_on_a_healthy_one(tiny_w
             assert warnings == [] and collapsed == 0.0
 
 
-def test_warmup_ramps_the_learning_rate_and_resume_keeps_it(tiny_world, tmp_path):
-    """--warmup_steps 4: steps 1..4 run at 1/4, 2/4, 3/4, 4/4 of the lr, then the StepLR schedule
-    as without warm-up; a run stopped at step 2 and resumed logs the same learning rates and losses."""
-    def lrs(run_dir):
-        with open(Path(run_dir) / "log.csv", newline="") as f:
-            return [float(r["lr"]) for r in csv.DictReader(f)]
-    common = ("--log_every", "1", "--warmup_steps", "4", "--lr", "1e-3")
-    assert run(tiny_world, tmp_path / "whole", "--max_steps", "6", *common) == 0
-    assert lrs(tmp_path / "whole") == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
-    assert run(tiny_world, tmp_path / "split", "--max_steps", "2", *common) == 0
-    assert train().main(["--resume", str(tmp_path / "split"), "--max_steps", "6"]) == 0
-    assert lrs(tmp_path / "split") == lrs(tmp_path / "whole")
-    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+def test_checkpoint_with_removed_knobs_resumes_at_their_old_default_only(tiny_world, tmp_path, capsys):
+    """A checkpoint of older code that stored knobs since removed (warmup_steps, smoothness_on, the
+    model's bins_space) resumes when they hold their old defaults; another value is one error line
+    naming the knob and the commit that had it."""
+    run_dir = tmp_path / "run"
+    assert run(tiny_world, run_dir, "--max_steps", "1") == 0
+    for warmup, code in ((0, 0), (300, 2)):
+        ckpt = load(run_dir / "ckpt.pt")
+        ckpt["config"].update(warmup_steps=warmup, smoothness_on="depth")
+        ckpt["config"]["model"]["bins_space"] = "depth"
+        torch.save(ckpt, run_dir / "ckpt.pt")
+        capsys.readouterr()
+        assert train().main(["--resume", str(run_dir), "--max_steps", str(2 + warmup)]) == code
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "warmup_steps=300" in errors[0] and "f51d69b" in errors[0]
 
 
 def test_query_lr_scale_gives_the_query_path_its_own_learning_rate(tiny_world):
