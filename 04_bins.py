@@ -27,7 +27,7 @@ queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holdi
 `internals_stats(net, images)`, all three at once for logging.
 
 Below the engineering banner: loading our checkpoints, and the demo (the official encoder.pth +
-depth.pth of github.com/hisfog/SfMNeXt-Impl become our state dict in helpers/official_weights.py). Run
+depth.pth of github.com/hisfog/SfMNeXt-Impl become our state dict in helpers/model_files.py). Run
 `python 04_bins.py` for the demo figure (bin centres and per-pixel bin probabilities); the speed
 table of the presets (parameters, MACs, inference and training step) is helpers/benchmark.py's.
 Tests: tests/test_04_bins.py.
@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import run_folder                    # checkpoints: NaN/Inf weights are refused
-from helpers.cli import add_dataclass_flags, without_removed  # the command line of every script (helpers/cli.py)
+from helpers.cli import add_dataclass_flags, without_removed  # the command line of every script
 from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -300,7 +300,7 @@ def internals_stats(depth_net, images):
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # Loading our checkpoints, the demo and the command line (the official weights' conversion is
-# helpers/official_weights.py, the speed table helpers/benchmark.py).
+# helpers/model_files.py, the speed table helpers/benchmark.py).
 # ==============================================================================================
 # ---- Our checkpoints, the demo and the command line ----
 @dataclass

@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 # The helpers: engineering that a reader of the training concept can skip (helpers/NAME.py).
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
+from helpers import model_files                      # --init_from, --pose_init
 from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
 from helpers import speed_layer                      # the CPU speed-ups (--no-speed_layer: stock PyTorch)
@@ -48,7 +49,6 @@ from helpers import training_cli                     # the command line, presets
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
 from helpers import training_run                     # the Trainer's record: checkpoints, logs, resume
-from helpers import weights_init                     # --init_from, --pose_init
 from helpers.cli import one_line                     # errors as one line
 from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
 from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
@@ -388,7 +388,7 @@ class Trainer(training_run.TrainingRun):
         self.depth_net, self.pose_net = runtime.main_rank_first(
             info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None and not cfg.init_from))
         if ckpt is None:                         # a resumed run has its weights in the checkpoint
-            self.cfg = cfg = weights_init.start_networks(cfg, self.depth_net, self.pose_net, info.main)
+            self.cfg = cfg = model_files.start_networks(cfg, self.depth_net, self.pose_net, info.main)
         # On a CPU: small-map convs in place, the box-filter SSIM, flat Adam, bf16 only where native
         self.speed = speed_layer.apply(device, self.depth_net, self.pose_net, cfg.amp, cfg.speed_layer)
         # stored beside the config: the split lists and drives (07's leakage warning), commit, precision

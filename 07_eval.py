@@ -21,7 +21,7 @@ world, plus AbsRel on thin-structure pixels), and `--split_file` for any list in
 
 Also: `--baselines` (mean training depth map, untrained network), `--figures` (predictions and the
 SQL internals: cost-volume slices and bin distributions), `--official DIR` (the released SQLDepth
-weights through helpers/official_weights.py). Built on this file, not reading steps:
+weights through helpers/model_files.py). Built on this file, not reading steps:
 helpers/compare_runs.py (several runs on one test split, one row per variant, mean +- std over seeds) and
 helpers/predict.py (depth for your own images: colour PNG, .npy, PLY point clouds).
 
