@@ -28,14 +28,12 @@ SIGTERM (128 + the signal; a checkpoint was saved first), else 07_eval.py's code
 import errno
 import importlib
 import math
-import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -434,8 +432,6 @@ def main(argv=None):
         info, device = runtime.setup_process(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
         trainer = Trainer(cfg, info, device, ckpt)
         if cfg.amp and info.main and not trainer.speed.bf16:
             why = "this CPU has no native bf16 instructions" if cfg.speed_layer else "the speed layer is off"

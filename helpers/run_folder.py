@@ -10,14 +10,13 @@ log.csv, val.csv, curves.png) through it, and 04_bins.py / 07_eval.py read check
                     for 07_eval.py to score every epoch offline, as the official trainer's weights_N
   lock_run_folder   one training per run folder: a second one is refused; the lock is the operating
                     system's, so a crashed run never leaves it stuck
-  rng_state         every RNG's state in types that torch.load(weights_only=True) accepts (exact resume)
+  rng_state         the torch and CUDA RNG states a run draws from (exact resume)
   append_csv, read_csv, truncate_csv, save_plots   the logs and the curves figure
 Tests: tests/test_06_train.py and tests/test_faults.py.
 """
 import csv
 import errno
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -149,14 +148,12 @@ def lock_run_folder(run_dir):
 
 # ---- RNG states (exact resume) ----
 def rng_state():
-    """torch / CUDA / numpy / python RNG states in types torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
+    """The states of the generators a run draws from: torch's (dropout, the auto-mask's noise, the
+    DataLoader workers' seeds) and CUDA's. The sample order and the augmentation draw from their own
+    seeded generators (01_data, the sampler), nothing from numpy's or Python's global ones; the
+    numpy/python entries of older checkpoints are ignored."""
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
@@ -164,11 +161,6 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
 # ---- Logs and curves ----
