@@ -63,6 +63,7 @@ from helpers import model_files      # our checkpoints and the official weights 
 from helpers import split_lists      # the standard split lists (download, SHA-256)
 from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
+from helpers.distributed_training import choose_device  # --device, chosen as 06 chooses it
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -391,17 +392,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate SQLDepth (Eigen protocol) on a test split.")
     add_dataclass_flags(parser, EvalConfig)
     return EvalConfig(**vars(parser.parse_args(argv)))
-
-
-def choose_device(spec):
-    """torch.device of --device auto | cpu | cuda | cuda:N (a DataError naming a value that is not one)."""
-    try:
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
-    except RuntimeError:
-        raise data.DataError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise data.DataError(f"--device {spec}: no CUDA device is available")
-    return device
 
 
 def main(argv=None):

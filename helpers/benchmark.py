@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers.distributed_training import choose_device  # --device
 from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_effect, page_faults,  # CPU
                                  tune_cpu_memory, use_small_map_convs)                        # speed-ups
 
@@ -311,12 +312,7 @@ def main(argv=None):
         if cfg.train_memory:
             run_memory(cfg)
             return 0
-        if cfg.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        elif cfg.device in ("cpu", "cuda") and (cfg.device == "cpu" or torch.cuda.is_available()):
-            device = torch.device(cfg.device)
-        else:
-            raise ValueError(f"device {cfg.device!r} is not available")
+        device = choose_device(cfg.device)
         if cfg.preset and cfg.preset not in bins.PRESETS:
             raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
         run_bench(cfg, device)

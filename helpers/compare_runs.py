@@ -33,6 +33,7 @@ from helpers import run_folder                      # val.csv reader
 from helpers import run_scores                      # one score file per run, and tables from them
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
 from helpers import training_cli                    # the training fields removed since older runs
+from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -587,7 +588,7 @@ def main(argv=None):
             raise data.DataError("give the runs to compare: --runs RUN [RUN ...] (or their score files: --scores)")
         if options.worlds and options.save_scores:
             raise data.DataError("--save_scores keeps the scores of one test split: give it without --worlds")
-        device = evaluation.choose_device(options.device)
+        device = choose_device(options.device)
         if options.worlds:
             run_zero_shot(options, device)
         else:
