@@ -17,6 +17,8 @@ Tests: tests/test_06_train.py and tests/test_faults.py.
 import csv
 import errno
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +41,35 @@ class NonFinite(Exception):
     """A NaN/Inf weight found when about to save."""
 
 
-def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
-    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
-    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+@contextmanager
+def atomic_path(path):
+    """The one atomic write of the project: a temporary name beside `path` that no other writer uses,
+    to write to inside the block; renamed over `path` when the block ends, removed if it raised. A
+    reader sees the previous file or the complete new one, never part of one, also when several
+    processes write the same file at once (torchrun ranks, two runs sharing a download cache)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
     try:
-        torch.save(state, tmp)
+        yield tmp
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
     finally:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:                          # a read-only folder: nothing was created there
             pass
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
+    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
+    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:
+        previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
 
 
 CHECKPOINT_KEYS = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "best_val", "steps_per_epoch",
@@ -194,13 +208,8 @@ def truncate_csv(path, step):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
 
 
 def format_time(seconds):
