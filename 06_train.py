@@ -43,10 +43,9 @@ from helpers import model_files                      # --init_from, --pose_init
 from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
 from helpers import speed_layer                      # the CPU speed-ups (--no-speed_layer: stock PyTorch)
-from helpers import training_cli                     # the command line, presets, --resume
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
-from helpers import training_run                     # the Trainer's record: checkpoints, logs, resume
+from helpers import training_run                     # the command line, checkpoints, logs, resume
 from helpers.cli import one_line                     # errors as one line
 from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
 from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
@@ -412,10 +411,10 @@ class Trainer(training_run.TrainingRun):
                         self.device, self.info, self.true_motion)
 
 
-# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_cli.py)
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_run.py)
 def parse_args(argv=None):
     """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
-    return training_cli.parse_args(argv, TrainConfig, preset_config, PRESETS)
+    return training_run.parse_args(argv, TrainConfig, preset_config, PRESETS)
 
 
 def main(argv=None):
@@ -428,7 +427,7 @@ def main(argv=None):
         speed_layer.tune_cpu_memory()            # before the first big tensor, or PyTorch ignores it
     trainer = None
     try:
-        cfg, ckpt = training_cli.prepare_run(cfg, given, TrainConfig)
+        cfg, ckpt = training_run.prepare_run(cfg, given, TrainConfig)
         info, device = runtime.setup_process(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)

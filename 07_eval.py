@@ -56,9 +56,8 @@ import torch
 import torch.nn.functional as F
 
 # The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
-from helpers import checkpoint_sweep # --checkpoint 'RUN/epoch_*.pt': every kept epoch in one table
 from helpers import depth_figures    # --figures: predictions and the SQL internals
-from helpers import eval_tables      # the printed, CSV and markdown table, the leakage warning
+from helpers import eval_tables      # the tables (one checkpoint, or every kept epoch), the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
 from helpers import split_lists      # the standard split lists (download, SHA-256)
 from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
@@ -402,8 +401,8 @@ def main(argv=None):
         if bool(cfg.checkpoint) == bool(cfg.official):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
-        if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table
-            checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
+        if eval_tables.is_pattern(cfg.checkpoint):   # several checkpoints, one table
+            eval_tables.evaluate_checkpoints(cfg, device, sys.modules[__name__])
             return 0
         model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         defaults_from_checkpoint(config, cfg, source_dir)

@@ -32,7 +32,7 @@ from helpers import model_files                     # checkpoints -> DepthNet
 from helpers import run_folder                      # val.csv reader
 from helpers import run_scores                      # one score file per run, and tables from them
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
-from helpers import training_cli                    # the training fields removed since older runs
+from helpers import training_run                    # the training fields removed since older runs
 from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
@@ -84,7 +84,7 @@ def flat_config(config):
 def config_defaults():
     """Today's default of every stored config field, flattened as flat_config flattens a run's config:
     06's TrainConfig and 04's DepthNetConfig; a removed field's default is the one it had then."""
-    removed = {**training_cli.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
+    removed = {**training_run.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
     return {**removed, **flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})}
 
 

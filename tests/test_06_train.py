@@ -51,7 +51,7 @@ def plumbing():
 
 
 def cli_module():
-    return importlib.import_module("helpers.training_cli")
+    return importlib.import_module("helpers.training_run")
 
 
 def run(world, run_dir, *extra):
