@@ -35,7 +35,6 @@ from PIL import Image
 
 from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
 from helpers.color_jitter import color_jitter  # torchvision's ColorJitter maths in numpy (helpers/)
-from helpers.cpu_memory import retain_freed_memory  # glibc keeps freed memory for reuse (helpers/)
 
 
 # ---- Errors ----
@@ -419,7 +418,6 @@ class KittiRaw(torch.utils.data.Dataset):
 
     def decode_frames(self, folder, frame, side):
         """Every frame of one split line, decoded and resized to the training size -> [F, H, W, 3] uint8."""
-        retain_freed_memory()
         size = (self.width, self.height)
         return np.stack([self.frame_cache.get(path, lambda p: load_rgb(p, size))
                          for path in self.frame_paths(folder, frame, side)])

@@ -27,14 +27,13 @@ queries), `cost_volume_effective_rank` (1 .. Q), `bins_holding_mass` (bins holdi
 `internals_stats(net, images)`, all three at once for logging.
 
 Below the engineering banner: loading our checkpoints, and the demo (the official encoder.pth +
-depth.pth of github.com/hisfog/SfMNeXt-Impl become our state dict in helpers/official_weights.py). Run
+depth.pth of github.com/hisfog/SfMNeXt-Impl become our state dict in helpers/model_files.py). Run
 `python 04_bins.py` for the demo figure (bin centres and per-pixel bin probabilities); the speed
 table of the presets (parameters, MACs, inference and training step) is helpers/benchmark.py's.
 Tests: tests/test_04_bins.py.
 """
 import argparse
 import importlib
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import run_folder                    # checkpoints: NaN/Inf weights are refused
-from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.cli import add_dataclass_flags, without_removed  # the command line of every script
 from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -134,7 +133,6 @@ class DepthNetConfig:
     bins: str = "sql"  # "sql" (from the cost volume), "fixed" (uniform) or "adabins" (first token)
     queries: str = "self"  # "self" (first Q tokens), "learned" (DETR-style), "none" (disparity head, no bins)
     dropout: float = 0.1  # dropout of the self-query transformer layers (0.1 as the official code)
-    bins_space: str = "depth"  # bins over "depth" [min, max] (the paper), "disparity" or "log" depth
     pretrained: Optional[str] = None  # None, "imagenet" (torchvision download) or a .pth path
 
 
@@ -166,8 +164,6 @@ class DepthNet(nn.Module):
             raise ValueError(f"bins={cfg.bins!r}: choose 'sql', 'fixed' or 'adabins'")
         if cfg.queries not in ("self", "learned", "none"):
             raise ValueError(f"queries={cfg.queries!r}: choose 'self', 'learned' or 'none'")
-        if cfg.bins_space not in ("depth", "disparity", "log"):
-            raise ValueError(f"bins_space={cfg.bins_space!r}: choose 'depth', 'disparity' or 'log'")
         if not 0 < cfg.min_depth < cfg.max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {cfg.min_depth}, {cfg.max_depth}")
         self.cfg = cfg
@@ -205,13 +201,7 @@ class DepthNet(nn.Module):
         # Everything after the transformer runs in float32 even under bf16 autocast (it is cheap):
         # the summaries and logits come from softmaxes of V, and bf16 keeps 8 bits of mantissa,
         # i.e. steps of 0.25-0.5 m near 80 m, too coarse for bin centres and depth.
-        # The bins' range (bins_space): depth [min, max] (the paper), disparity [1/max, 1/min], or
-        # log-depth [ln min, ln max] (spacing-increasing bins, as DORN's: Fu et al., CVPR 2018).
-        lo, hi = cfg.min_depth, cfg.max_depth
-        if cfg.bins_space == "disparity":
-            lo, hi = 1 / hi, 1 / lo
-        elif cfg.bins_space == "log":
-            lo, hi = math.log(lo), math.log(hi)
+        lo, hi = cfg.min_depth, cfg.max_depth   # the bins span depth [min, max] (the paper)
         with torch.autocast(device_type=V.device.type, enabled=False):
             if cfg.bins == "sql":
                 summaries = spatial_softmax_summaries(V, S)  # [B, Q, E]
@@ -224,11 +214,7 @@ class DepthNet(nn.Module):
                 edges = torch.linspace(lo, hi, cfg.num_bins + 1, device=V.device)
                 edges = edges.expand(V.shape[0], -1)  # [B, D+1]
                 centres = 0.5 * (edges[:, :-1] + edges[:, 1:])  # [B, D]
-            if cfg.bins_space == "log":  # centres and edges in metres; the combination stays Eq. 6
-                edges, centres = edges.exp(), centres.exp()
             depth, P = combine_probabilities(self.to_logits(V), centres)  # [B, 1, h, w], [B, D, h, w]
-            if cfg.bins_space == "disparity":  # the combination is a disparity: depth is its reciprocal
-                depth, edges, centres = 1 / depth, 1 / edges, 1 / centres
         if return_extras:
             return {"depth": depth, "cost_volume": V, "bin_centers": centres, "bin_edges": edges, "probs": P,
                     "queries": K}
@@ -318,7 +304,7 @@ def internals_stats(depth_net, images):
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # Loading our checkpoints, the demo and the command line (the official weights' conversion is
-# helpers/official_weights.py, the speed table helpers/benchmark.py).
+# helpers/model_files.py, the speed table helpers/benchmark.py).
 # ==============================================================================================
 # ---- Our checkpoints, the demo and the command line ----
 @dataclass
@@ -330,9 +316,15 @@ class BinsDemoConfig:
     seed: int = 0  # synthetic frame and weights seed
 
 
+# Model fields of earlier code that were measured, lost and removed (docs/ablations.md, "Removed knobs"),
+# with their default then: a checkpoint that stored one at that default loads as if it lacked it.
+REMOVED_MODEL_FIELDS = {"bins_space": "depth"}
+
+
 def depthnet_from_config(model_cfg, state_dict=None):
     """A DepthNet rebuilt from a stored config dict; its weights come from state_dict (strict) or
     stay at their seeded random initialisation, never from a download."""
+    model_cfg = without_removed(model_cfg, REMOVED_MODEL_FIELDS, "this checkpoint")
     net = DepthNet(DepthNetConfig(**{**model_cfg, "pretrained": None}))
     if state_dict is not None:
         net.load_state_dict(state_dict, strict=True)

@@ -220,56 +220,9 @@ def warp(source, depth, K, inv_K, T):
 
 
 # ---- Photometric error, minimum reprojection, smoothness ----
-def window_sum(x, window, dim):
-    """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
-
-    A running sum: the first window summed, then each step adds the entry that enters the window
-    and subtracts the one that leaves it, all in one cumsum. O(1) per entry whatever the window,
-    and the partial sums never grow beyond one window, so float32 keeps its precision (a plain
-    cumsum differenced at two points would carry the whole row's total in every difference).
-    """
-    n = x.shape[dim]
-    shape = list(x.shape)
-    shape[dim] = n - window + 1
-    out = x.new_empty(shape)            # filled in place: no concatenated copy
-    torch.sum(x.narrow(dim, 0, window), dim, keepdim=True, out=out.narrow(dim, 0, 1))
-    torch.sub(x.narrow(dim, window, n - window), x.narrow(dim, 0, n - window),
-              out=out.narrow(dim, 1, n - window))
-    return out.cumsum_(dim)
-
-
-def box_sum(x, window):
-    """Sum of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1]:
-    window sums along the rows, then along the columns (a box filter is separable)."""
-    return window_sum(window_sum(x, window, -1), window, -2)
-
-
-class BoxMean(torch.autograd.Function):
-    """Mean of every window x window block ('valid', stride 1), with a backward pass of its own.
-
-    Autograd would differentiate box_sum's cumsums and slices one by one (three times the forward
-    time). The adjoint of a box filter is the same box filter over the gradient padded with
-    window - 1 zeros on every side: one more box_sum. Same numbers as avg_pool2d(x, window, 1) up
-    to float rounding (tests/test_05_posenet_loss.py, with gradcheck)."""
-
-    @staticmethod
-    def forward(ctx, x, window):
-        ctx.window = window
-        return box_sum(x, window) / (window * window)
-
-    @staticmethod
-    def backward(ctx, grad):
-        w = ctx.window
-        return box_sum(F.pad(grad, (w - 1, w - 1, w - 1, w - 1)), w) / (w * w), None
-
-
-def box_mean(x, window):
-    """avg_pool2d(x, window, stride=1) for x [N, C, H, W], by running window sums (BoxMean)."""
-    return BoxMean.apply(x, window)
-
-
 class SSIM(nn.Module):
-    """Structural dissimilarity map between two images [B, C, H, W] -> [B, C, H, W] in [0, 1]."""
+    """Structural dissimilarity map between two images [B, C, H, W] -> [B, C, H, W] in [0, 1].
+    A training run on a CPU uses helpers/speed_layer.py's BoxFilterSSIM: the same numbers, faster."""
 
     def __init__(self, window=7):
         super().__init__()
@@ -285,23 +238,16 @@ class SSIM(nn.Module):
         blocks (stride 1): mu_x, mu_y, sigma_x = E[x^2] - mu_x^2, sigma_y likewise, sigma_xy =
         E[xy] - mu_x mu_y, and SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) /
         ((mu_x^2 + mu_y^2 + C1)(sigma_x + sigma_y + C2)). Output has the input's shape.
-        Hint: F.pad(x, [r, r, r, r], mode="reflect"); box_mean(x, self.window) gives the local
-        means (F.avg_pool2d(x, self.window, 1) is the same, slower).
+        Hint: F.pad(x, [r, r, r, r], mode="reflect"), then F.avg_pool2d(t, self.window, 1) gives
+        the local means of t (Monodepth2's layers.SSIM, with its 3 replaced by the window).
         """
         r = self.window // 2
-        # The variances are shift-invariant: subtracting each image-channel's mean level c first
-        # changes nothing mathematically, but E[x^2] - mu^2 then cancels far less in float32
-        # (10-100x smaller rounding error than on raw [0, 1] values); c is added back to the means.
-        c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # [B, C, 1, 1]
-        x, y = x - c, y - c
-        # The five maps in two stacks, one box filter each: the maps of x (the only ones a gradient
-        # flows through in training: the warped image) and the maps of y alone (the target).
-        r4 = [r, r, r, r]
-        mu_x, e_xx, e_xy = box_mean(F.pad(torch.cat([x, x * x, x * y]), r4, mode="reflect"),
-                                    self.window).chunk(3)               # each [B, C, H, W]
-        mu_y, e_yy = box_mean(F.pad(torch.cat([y, y * y]), r4, mode="reflect"), self.window).chunk(2)
-        sigma_x, sigma_y, sigma_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
-        mu_x, mu_y = mu_x + c, mu_y + c
+        x = F.pad(x, [r, r, r, r], mode="reflect")                          # [B, C, H+2r, W+2r]
+        y = F.pad(y, [r, r, r, r], mode="reflect")
+        mu_x, mu_y = F.avg_pool2d(x, self.window, 1), F.avg_pool2d(y, self.window, 1)  # [B, C, H, W]
+        sigma_x = F.avg_pool2d(x * x, self.window, 1) - mu_x * mu_x
+        sigma_y = F.avg_pool2d(y * y, self.window, 1) - mu_y * mu_y
+        sigma_xy = F.avg_pool2d(x * y, self.window, 1) - mu_x * mu_y
         num = (2 * mu_x * mu_y + self.C1) * (2 * sigma_xy + self.C2)
         den = (mu_x * mu_x + mu_y * mu_y + self.C1) * (sigma_x + sigma_y + self.C2)
         return torch.clamp((1 - num / den) / 2, 0, 1)
@@ -364,9 +310,6 @@ class LossConfig:
     use_stereo: bool = False         # add the other camera "s" as a source (fixed inputs["stereo_T"])
     ssim_window: int = 7             # SSIM window: 7 as SQLDepth, 3 as Monodepth2, 0 = L1 only
     smoothness_weight: float = 1e-3  # weight of the edge-aware smoothness term (paper Sec. 3.4)
-    # What the smoothness term smooths: "depth" as the official SQLDepth code, or "disparity" (1 /
-    # depth) as Monodepth2 (worse on the synthetic world's monocular runs: docs/monocular.md).
-    smoothness_on: str = "depth"
     automask: bool = True            # Monodepth2's auto-masking of pixels that do not move
     # Monocular translation scaling, skipped when use_stereo (the stereo baseline fixes the scale).
     # "inv_depth": t * mean(1/depth), the official code (from arXiv 1712.00175). "depth": t * mean
@@ -381,8 +324,6 @@ class LossConfig:
     def __post_init__(self):
         if self.pose_scaling not in POSE_SCALINGS:
             raise ValueError(f"pose_scaling must be one of {POSE_SCALINGS}, got {self.pose_scaling!r}")
-        if self.smoothness_on not in ("depth", "disparity"):
-            raise ValueError(f"smoothness_on must be 'depth' or 'disparity', got {self.smoothness_on!r}")
         if self.ssim_window < 0:
             raise ValueError(f"ssim_window must be >= 0 (0 = L1 only), got {self.ssim_window}")
         if not 0 < self.min_depth < self.max_depth:
@@ -473,7 +414,7 @@ def self_supervised_loss(inputs, depth, poses, cfg, ssim):
         identity = torch.cat(identity, 1) if cfg.automask else None      # [B, S, H, W] or None
         best, automask = min_reprojection(reprojection, identity)
         photometric = best.mean()
-        smoothness = smoothness_loss(depth if cfg.smoothness_on == "depth" else 1.0 / depth, target)
+        smoothness = smoothness_loss(depth, target)   # depth as official SQLDepth (Monodepth2: disparity)
         temporal = [fid for fid in source_ids(cfg) if fid != "s"]
         health = training_health(depth.detach(), poses, reprojection.detach(), identity, automask, temporal)
     return dict(loss=photometric + cfg.smoothness_weight * smoothness,

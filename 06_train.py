@@ -29,32 +29,26 @@ SIGTERM (128 + the signal; a checkpoint was saved first), else 07_eval.py's code
 import errno
 import importlib
 import math
-import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 # The helpers: engineering that a reader of the training concept can skip (helpers/NAME.py).
 from helpers import cpu_threads                      # threads from the cores free at the start
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
+from helpers import model_files                      # --init_from, --pose_init
 from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
-from helpers import small_map_convs                  # a faster CPU backward of big 3x3 convs
-from helpers import training_cli                     # the command line, presets, --resume
+from helpers import speed_layer                      # the CPU speed-ups (--no-speed_layer: stock PyTorch)
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
-from helpers import training_run                     # the Trainer's record: checkpoints, logs, resume
-from helpers import weights_init                     # --init_from, --pose_init
+from helpers import training_run                     # the command line, checkpoints, logs, resume
 from helpers.cli import one_line                     # errors as one line
-from helpers.cpu_memory import tune_cpu_memory       # page faults
-from helpers.fused_adam import make_adam             # Adam, fused where it can be
-from helpers.mixed_precision import bf16_autocast_available  # where --amp runs
 from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
 from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
 
@@ -94,7 +88,6 @@ class TrainConfig:
     lr: float = 5e-4                # Adam learning rate of the depth network
     pose_lr_scale: float = 1.0      # pose network lr = lr x this (0.1 = the optional "pose lr/10")
     query_lr_scale: float = 1.0     # lr of what makes the queries (patch embedding, transformer) = lr x this
-    warmup_steps: int = 0           # linear learning-rate warm-up over the first N steps (0 = none)
     lr_step: int = 3                # StepLR: multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float = 0.1           # StepLR factor
     use_stereo: bool = False        # add the stereo frame "s" as a source ("MS" training)
@@ -102,7 +95,6 @@ class TrainConfig:
     pose_scaling: str = "depth"     # monocular translation scaling: depth | inv_depth (official) | none
     pose_net: str = "posecnn"       # posecnn (official trainer) or resnet (Monodepth2's PoseResNet-18)
     smoothness_weight: float = 0.0  # smoothness weight; 0 = the recipe's: 1e-3 with stereo, 1e-2 without
-    smoothness_on: str = "depth"    # smooth "depth" (official SQLDepth) or "disparity" (Monodepth2)
     ssim_window: int = 7            # SSIM window (7 as SQLDepth, 3 as Monodepth2, 0 = L1 only)
     automask: bool = True           # Monodepth2's auto-masking of static pixels
     model: dict = field(default_factory=dict)  # DepthNetConfig as a plain dict (flat flags --num_layers ...)
@@ -110,7 +102,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = False               # bf16 autocast of the depth network (CUDA, CPUs with native bf16)
     channels_last: bool = True    # NHWC layout of both networks and their inputs (docs/benchmarks.md)
-    small_map_convs: bool = True    # CPU: big 3x3 convs on small maps take their weight gradient by matmul
+    speed_layer: bool = True        # CPU: the speed-ups of helpers/speed_layer.py (same numbers); off: stock
     num_workers: int = 1            # DataLoader worker processes per training process (0 = in the loop)
     cache_mb: int = 0               # keep this many MB of decoded frames in memory, per dataset and process
     threads: int = 0                # CPU threads per process for PyTorch ops (0 = auto: the free cores)
@@ -198,37 +190,21 @@ def build_networks(cfg, device, load_pretrained=True):
     pose_pretrained = "imagenet" if model.get("pretrained") == "imagenet" else None
     pose_net = (posenet_loss.PoseCNN(num_input_frames=2) if cfg.pose_net == "posecnn"
                 else posenet_loss.PoseResNet(18, pose_pretrained))
-    if cfg.small_map_convs:  # the same gradients, faster on CPU (helpers/small_map_convs.py; unused on GPU)
-        for net in (depth_net, pose_net):
-            small_map_convs.use_small_map_convs(net)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Both networks in the layout of their (4-D) inputs: a mismatch re-lays out weights every call.
     return depth_net.to(device, memory_format=layout), pose_net.to(device, memory_format=layout)
 
 
-def make_optimizer(cfg, depth_net, pose_net):
+def make_optimizer(cfg, depth_net, pose_net, adam=torch.optim.Adam):
     """Adam over both networks (pose lr = lr x pose_lr_scale; with query_lr_scale != 1 the query
-    path of the self-query layer in a group of its own at lr x query_lr_scale). The fused kernel (one
-    pass over all parameters instead of several ops per tensor; the same update up to float
-    rounding), run on the parameters' memory as it lies (helpers/fused_adam.py), where the installed
-    PyTorch has it for the device; the plain one otherwise."""
+    path of the self-query layer in a group of its own at lr x query_lr_scale). `adam`: the class
+    (or factory) a run's speed layer chose: fused where it runs faster, the same update."""
     query = {id(p) for p in depth_net.query_parameters()} if cfg.query_lr_scale != 1 else set()
     groups = [{"params": [p for p in depth_net.parameters() if id(p) not in query], "lr": cfg.lr},
               {"params": list(pose_net.parameters()), "lr": cfg.lr * cfg.pose_lr_scale}]
     if query:
         groups.append({"params": depth_net.query_parameters(), "lr": cfg.lr * cfg.query_lr_scale})
-    return make_adam(groups)
-
-
-def warm_up(optimizer, scheduler, step, epoch, cfg):
-    """Linear warm-up: before step `step` (counted from 0), each group's lr is its StepLR value times
-    (step + 1) / warmup_steps, and exactly its StepLR value from step warmup_steps on. A function of
-    (step, epoch) only, so a resumed run continues the same schedule."""
-    if not 0 <= step <= cfg.warmup_steps or not cfg.warmup_steps:
-        return
-    factor = min(1.0, (step + 1) / cfg.warmup_steps) * cfg.lr_gamma ** (epoch // cfg.lr_step)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base * factor
+    return adam(groups)
 
 
 # The smoothness weight when none is given: the paper's 1e-3 for MS; 1e-2 for monocular (M) runs,
@@ -242,11 +218,11 @@ def loss_config(cfg):
     smoothness_weight = cfg.smoothness_weight or SMOOTHNESS_WEIGHT[cfg.use_stereo]
     return posenet_loss.LossConfig(frame_ids=frame_ids(cfg), use_stereo=cfg.use_stereo,
                                    ssim_window=cfg.ssim_window, smoothness_weight=smoothness_weight,
-                                   smoothness_on=cfg.smoothness_on, automask=cfg.automask,
+                                   automask=cfg.automask,
                                    pose_scaling=cfg.pose_scaling, min_depth=min_depth, max_depth=max_depth)
 
 
-def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False, timer=None):
+def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim):
     """One optimisation step of self-supervised training; returns the loss terms (0-d tensors).
 
     Exercise 6.1: implement one training step. Clear the old gradients, predict the depth
@@ -256,27 +232,16 @@ def train_step(depth_net, pose_net, inputs, optimizer, loss_cfg, ssim, amp=False
     back-propagate its "loss" (a scalar) and take one optimizer step. Return the loss dict's
     entries named in STEP_TERMS (the three loss terms and the loss's health numbers) as detached 0-d
     tensors, not floats: float() makes the host wait for the GPU, and the loop reads them all at
-    once, after the step. Only the depth network runs under
-    torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp); take its output back to
-    float32 before the poses and the loss (bf16 keeps 3 digits: SSIM's E[x^2] - mu^2 and the
-    rotation matrices would drown in rounding). If `timer` is given, call timer("forward"),
-    timer("backward"), timer("optimizer") after each phase (--profile).
+    once, after the step.
     Hint: without zero_grad the gradients of all earlier steps add up; without optimizer.step()
     nothing learns (tests/test_06_train.py checks both against a step computed by hand).
     """
-    tick = timer or (lambda phase: None)
-    target = inputs["color_aug"][0]                                    # [B, 3, H, W]
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=target.device.type, dtype=torch.bfloat16, enabled=amp):
-        depth = depth_net(target)                                      # [B, 1, H/2, W/2]
-    depth = depth.float()
+    depth = depth_net(inputs["color_aug"][0])                          # [B, 1, H/2, W/2]
     poses = posenet_loss.predict_poses(pose_net, inputs, loss_cfg, depth=depth)  # {fid: [B, 4, 4]}
     out = posenet_loss.self_supervised_loss(inputs, depth, poses, loss_cfg, ssim)
-    tick("forward")
     out["loss"].backward()
-    tick("backward")
     optimizer.step()
-    tick("optimizer")
     return {k: out[k].detach() for k in STEP_TERMS}
 
 
@@ -304,9 +269,8 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
             if cfg.val_batches and i >= cfg.val_batches:
                 break
             batch = training_data.to_device(batch, device, cfg.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_on(cfg, device)):
-                out = depth_net(batch["color"][0], return_extras=True)
-            depth = out["depth"].float()                                # as in train_step
+            out = depth_net(batch["color"][0], return_extras=True)
+            depth = out["depth"].float()                                # bf16 under --amp
             if i == 0:   # do the queries differ, how many bins are used? (reads the device: once)
                 stats = bins.stats_from_extras(out)
             poses = posenet_loss.predict_poses(pose_net, batch, loss_cfg, depth=depth)
@@ -330,17 +294,11 @@ def validate(depth_net, pose_net, loader, loss_cfg, ssim, cfg, device, info, tru
     return (total[0] / total[1] if total[1] else float("nan")), {**stats, **health}
 
 
-def amp_on(cfg, device):
-    """bf16 autocast if asked for and worth it: on CUDA, and on a CPU with native bf16 instructions
-    (helpers/mixed_precision.py); elsewhere --amp runs float32 (bf16 pays only where it is native)."""
-    return cfg.amp and bf16_autocast_available(device)
-
-
 # ---- The loop ----
 def fit(trainer, stop):
     """The training loop of a Trainer (set up below the engineering banner) until its total_steps, a
     signal or a dead DataLoader worker (stop.signum) or a non-finite loss; returns the exit code.
-    Each step: a batch, the learning-rate warm-up, train_step, one host read of the loss terms
+    Each step: a batch, train_step, one host read of the loss terms
     (runtime.step_outcome), the log line; at epoch ends StepLR and a validation with checkpoints
     (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
@@ -363,9 +321,7 @@ def fit(trainer, stop):
             raise
         interval["data"] += time.perf_counter() - tick
         batch = training_data.to_device(batch, trainer.device, cfg.channels_last)
-        warm_up(trainer.optimizer, trainer.scheduler, trainer.step, trainer.epoch, cfg)
-        terms = train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim,
-                           amp=amp_on(cfg, trainer.device))
+        terms = train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg, trainer.ssim)
         trainer.step += 1
         interval["steps"] += 1
         log_now = info.main and (trainer.step % cfg.log_every == 0 or trainer.step == trainer.total_steps)
@@ -422,8 +378,6 @@ class Trainer(training_run.TrainingRun):
         self.cfg = cfg = replace(cfg, data_path=data_path)
         self.train_loader, self.val_loader, self.sampler = loaders.train, loaders.val, loaders.sampler
         self.true_motion = loaders.true_motion
-        # stored beside the config: the split lists and drives (07's leakage warning), commit, precision
-        self.split_record = {**loaders.split_record, **training_run.provenance(ckpt, amp_on(cfg, device))}
         self.steps_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
@@ -433,12 +387,15 @@ class Trainer(training_run.TrainingRun):
         self.depth_net, self.pose_net = runtime.main_rank_first(
             info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None and not cfg.init_from))
         if ckpt is None:                         # a resumed run has its weights in the checkpoint
-            self.cfg = cfg = weights_init.start_networks(cfg, self.depth_net, self.pose_net, info.main)
-        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net)
+            self.cfg = cfg = model_files.start_networks(cfg, self.depth_net, self.pose_net, info.main)
+        # On a CPU: small-map convs in place, the box-filter SSIM, flat Adam, bf16 only where native
+        self.speed = speed_layer.apply(device, self.depth_net, self.pose_net, cfg.amp, cfg.speed_layer)
+        # stored beside the config: the split lists and drives (07's leakage warning), commit, precision
+        self.split_record = {**loaders.split_record, **training_run.provenance(ckpt, self.speed.bf16)}
+        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net, self.speed.adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
-        self.ssim = posenet_loss.make_ssim(self.loss_cfg)
-        self.ssim = self.ssim.to(device) if self.ssim is not None else None
+        self.ssim = self.speed.ssim(self.loss_cfg.ssim_window).to(device) if self.loss_cfg.ssim_window else None
         if ckpt is not None:
             self.load_state(ckpt)
         else:
@@ -456,37 +413,35 @@ class Trainer(training_run.TrainingRun):
                         self.device, self.info, self.true_motion)
 
 
-# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_cli.py)
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_run.py)
 def parse_args(argv=None):
     """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
-    return training_cli.parse_args(argv, TrainConfig, preset_config, PRESETS)
+    return training_run.parse_args(argv, TrainConfig, preset_config, PRESETS)
 
 
 def main(argv=None):
     """Parse, train (and evaluate); returns the exit code (see the module docstring)."""
-    tune_cpu_memory()                            # before the first big tensor, or PyTorch ignores it
     try:
         cfg, given = parse_args(argv)
     except SystemExit as exit_:                  # --help, or argparse's own usage error (code 2)
         return int(exit_.code or 0)
+    if cfg.speed_layer:
+        speed_layer.tune_cpu_memory()            # before the first big tensor, or PyTorch ignores it
     trainer = None
     try:
-        cfg, ckpt = training_cli.prepare_run(cfg, given, TrainConfig)
+        cfg, ckpt = training_run.prepare_run(cfg, given, TrainConfig)
         info, device = runtime.setup_process(cfg)
         threads = cpu_threads.use_threads(cfg.threads, info.world, say=info.main, run_dir=cfg.run_dir,
                                           resumed=ckpt, watch=device.type == "cpu")
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
-        if cfg.amp and info.main and not amp_on(cfg, device):
-            print("note: --amp runs in float32: this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)",
-                  flush=True)
         trainer = Trainer(cfg, info, device, ckpt, threads)
+        if cfg.amp and info.main and not trainer.speed.bf16:
+            why = "this CPU has no native bf16 instructions" if cfg.speed_layer else "the speed layer is off"
+            print(f"note: --amp runs in float32: {why} (bf16 on a CPU: AVX-512 BF16 or AMX)", flush=True)
         if cfg.profile:
-            amp = amp_on(trainer.cfg, device)
-            step = lambda batch, timer: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,
-                                                   trainer.ssim, amp=amp, timer=timer)
+            step = lambda batch: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,
+                                            trainer.ssim)
             prepare = lambda batch: training_data.to_device(batch, device, trainer.cfg.channels_last)
-            return profiling.profile(trainer, cfg.profile, prepare, step, amp)
+            return profiling.profile(trainer, cfg.profile, prepare, step, trainer.speed.bf16)
         stop = runtime.StopRequest()
         with stop.installed():
             code = fit(trainer, stop)

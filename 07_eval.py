@@ -21,7 +21,7 @@ world, plus AbsRel on thin-structure pixels), and `--split_file` for any list in
 
 Also: `--baselines` (mean training depth map, untrained network), `--figures` (predictions and the
 SQL internals: cost-volume slices and bin distributions), `--official DIR` (the released SQLDepth
-weights through helpers/official_weights.py). Built on this file, not reading steps:
+weights through helpers/model_files.py). Built on this file, not reading steps:
 helpers/compare_runs.py (several runs on one test split, one row per variant, mean +- std over seeds) and
 helpers/predict.py (depth for your own images: colour PNG, .npy, PLY point clouds).
 
@@ -58,14 +58,14 @@ import torch
 import torch.nn.functional as F
 
 # The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
-from helpers import checkpoint_sweep # --checkpoint 'RUN/epoch_*.pt': every kept epoch in one table
 from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import depth_figures    # --figures: predictions and the SQL internals
-from helpers import eval_tables      # the printed, CSV and markdown table, the leakage warning
+from helpers import eval_tables      # the tables (one checkpoint, or every kept epoch), the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
 from helpers import split_lists      # the standard split lists (download, SHA-256)
 from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
+from helpers.distributed_training import choose_device  # --device, chosen as 06 chooses it
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -399,17 +399,6 @@ def parse_args(argv=None):
     return EvalConfig(**vars(parser.parse_args(argv)))
 
 
-def choose_device(spec):
-    """torch.device of --device auto | cpu | cuda | cuda:N (a DataError naming a value that is not one)."""
-    try:
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
-    except RuntimeError:
-        raise data.DataError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise data.DataError(f"--device {spec}: no CUDA device is available")
-    return device
-
-
 def main(argv=None):
     """CLI entry point; returns the exit status (0 ok, 2 bad input with one `error:` line)."""
     cfg = parse_args(argv)
@@ -419,8 +408,8 @@ def main(argv=None):
             raise data.DataError("give exactly one of --checkpoint FILE or --official DIR")
         device = choose_device(cfg.device)
         cpu_threads.use_threads(cfg.threads, say=False)
-        if checkpoint_sweep.is_pattern(cfg.checkpoint):   # several checkpoints, one table
-            checkpoint_sweep.evaluate_checkpoints(cfg, device, sys.modules[__name__])
+        if eval_tables.is_pattern(cfg.checkpoint):   # several checkpoints, one table
+            eval_tables.evaluate_checkpoints(cfg, device, sys.modules[__name__])
             return 0
         model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         defaults_from_checkpoint(config, cfg, source_dir)

@@ -6,12 +6,12 @@ measured and what was tried to make them faster):
   python -m helpers.benchmark [--preset kitti-r50-640x192] [--amp]
       per preset of 04_bins.py: parameters, GMACs per image (counted by hooks), inference ms per image,
       forward+backward ms and the training step ms with the trainer's Adam, medians over --iters;
-      page faults per step (helpers/cpu_memory.py)
+      page faults per step (helpers/speed_layer.py)
   python -m helpers.benchmark --loader data/synthetic [--height 64 --width 208]
       01_data.KittiRaw training samples per second with 0, 1 and 2 DataLoader workers, against the
       bound of the same loader that only decodes and resizes the frames
 
-Per convolution: `python -m helpers.small_map_convs`; a whole training step split into its
+Per convolution: `python -m helpers.speed_layer`; a whole training step split into its
 parts: `python 06_train.py --profile 20`. Tests: tests/test_benchmark.py.
 
   python -m helpers.benchmark --train_memory WORLD --batch_size N [--preset NAME]
@@ -32,11 +32,10 @@ import torch
 import torch.nn as nn
 
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
-from helpers.cpu_memory import huge_pages_in_effect, page_faults, tune_cpu_memory  # page faults (helpers/cpu_memory.py)
-from helpers.fused_adam import make_adam               # Adam, fused where it can be (helpers/fused_adam.py)
-from helpers.small_map_convs import use_small_map_convs  # a faster CPU backward of big 3x3 convs
 from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
-from helpers.mixed_precision import bf16_autocast_available  # where bf16 runs
+from helpers.distributed_training import choose_device  # --device
+from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_effect, page_faults,  # CPU
+                                 tune_cpu_memory, use_small_map_convs)                        # speed-ups
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -86,8 +85,8 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
     """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, page faults per
     train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
     faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
-    where this PyTorch has it for the device (fused_adam.make_adam, as 06_train.py) unless fused_adam
-    is False; on CPU the big 3x3 convs on small maps take the matmul weight gradient (as
+    where this PyTorch has it for the device (speed_layer.flat_adam on CPU, as 06_train.py) unless
+    fused_adam is False; on CPU the big 3x3 convs on small maps take the matmul weight gradient (as
     06_train.py) unless small_map_convs is False."""
     torch.manual_seed(0)
     model = bins.DepthNet(bins.PRESETS[preset]).to(device)
@@ -119,7 +118,12 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
             model(img)
     infer_ms = timed(infer)[0] / batch_size
     model.train()
-    opt = make_adam(model.parameters(), fused=fused_adam, lr=1e-4)
+    if not fused_adam:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    elif device.type == "cuda":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    else:
+        opt = flat_adam(model.parameters(), lr=1e-4)
 
     def forward_backward():
         with autocast:
@@ -137,7 +141,7 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 def run_bench(cfg, device):
     """The depth-network table: one row per preset (and per dtype with --amp where bf16 runs)."""
     presets = [cfg.preset] if cfg.preset else list(bins.PRESETS)
-    modes = [False, True] if cfg.amp and bf16_autocast_available(device) else [False]  # bf16 next to fp32
+    modes = [False, True] if cfg.amp and (device.type == "cuda" or cpu_has_native_bf16()) else [False]  # bf16 next to fp32
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
           f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
           f"threads {torch.get_num_threads()}, median of {cfg.iters}")
@@ -308,12 +312,7 @@ def main(argv=None):
         if cfg.train_memory:
             run_memory(cfg)
             return 0
-        if cfg.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        elif cfg.device in ("cpu", "cuda") and (cfg.device == "cpu" or torch.cuda.is_available()):
-            device = torch.device(cfg.device)
-        else:
-            raise ValueError(f"device {cfg.device!r} is not available")
+        device = choose_device(cfg.device)
         if cfg.preset and cfg.preset not in bins.PRESETS:
             raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
         run_bench(cfg, device)

@@ -88,6 +88,17 @@ def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), on
                                 default=None if only_given else default, **kw)
 
 
+def without_removed(stored, removed, where):
+    """A stored config dict without the fields of `removed` ({field: its default then}) that this code
+    no longer has. A knob that was measured, lost and removed (docs/ablations.md names the commit that
+    had it) is read as absent when it holds its old default; any other value is one error line."""
+    for name, default in removed.items():
+        if stored.get(name, default) != default:
+            raise ValueError(f"{where} was trained with {name}={stored[name]!r}, a knob removed after commit "
+                             f"f51d69b (docs/ablations.md, \"Removed knobs\"): use that commit's code for it")
+    return {k: v for k, v in stored.items() if k not in removed}
+
+
 def one_line(err):
     """The first line of an exception's message, or its type's name: every bad input or failure is
     reported as one `error: ...` line (PyTorch's state-dict errors span many lines)."""

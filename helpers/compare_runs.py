@@ -32,6 +32,8 @@ from helpers import model_files                     # checkpoints -> DepthNet
 from helpers import run_folder                      # val.csv reader
 from helpers import run_scores                      # one score file per run, and tables from them
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
+from helpers import training_run                    # the training fields removed since older runs
+from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -48,8 +50,8 @@ evaluation = importlib.import_module("07_eval")
 # split_files: where the lists were found, the split itself is named by `split`.)
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
-    "persistent_workers", "channels_last", "small_map_convs", "log_every", "save_every", "no_eval", "profile",
-    "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision", "threads_used"})
+    "persistent_workers", "channels_last", "small_map_convs", "speed_layer", "log_every", "save_every", "no_eval",
+    "profile", "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision", "threads_used"})
 
 
 COMPARE_COLUMNS = evaluation.METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
@@ -81,8 +83,9 @@ def flat_config(config):
 
 def config_defaults():
     """Today's default of every stored config field, flattened as flat_config flattens a run's config:
-    06's TrainConfig and 04's DepthNetConfig."""
-    return flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})
+    06's TrainConfig and 04's DepthNetConfig; a removed field's default is the one it had then."""
+    removed = {**training_run.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
+    return {**removed, **flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})}
 
 
 def trained_with(config, defaults):
@@ -618,7 +621,7 @@ def main(argv=None):
             return 0
         if not options.runs:
             raise data.DataError("give the runs to compare: --runs RUN [RUN ...] (or their score files: --scores)")
-        device = evaluation.choose_device(options.device)
+        device = choose_device(options.device)
         if options.worlds:
             run_zero_shot(options, device)
         else:

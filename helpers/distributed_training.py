@@ -96,9 +96,10 @@ def setup_process(cfg):
     return info, device
 
 
-def choose_device(spec, info):
-    """torch.device of --device auto | cpu | cuda | cuda:N; a ValueError naming the value when that
-    device does not exist (also when torchrun starts more processes than the machine has GPUs)."""
+def choose_device(spec, info=Dist()):
+    """torch.device of --device auto | cpu | cuda | cuda:N, for every script (07, predict, compare_runs
+    with one process); a ValueError naming the value when that device does not exist (also when
+    torchrun starts more processes than the machine has GPUs)."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
+from helpers.run_folder import atomic_path  # the one atomic write
 
 JPEG_QUALITY = 92       # Monodepth2's README: convert -quality 92
 JPEG_SUBSAMPLING = 2    # Pillow's 4:2:0, ImageMagick's -sampling-factor 2x2,1x1,1x1
@@ -46,11 +47,6 @@ class PrepareConfig:
     workers: int = 0  # parallel processes (0 = one per core)
 
 
-def _atomic_target(path):
-    """A temporary name beside `path` (renamed over it when complete)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def convert_one(job):
     """(png, delete) -> ("done" | "skipped", png) or ("error", message): one image to jpg."""
     png, delete = job
@@ -59,14 +55,11 @@ def convert_one(job):
         if delete:
             png.unlink(missing_ok=True)
         return "skipped", str(png)
-    tmp = _atomic_target(jpg)
     try:
-        with Image.open(png) as im:
+        with atomic_path(jpg) as tmp, Image.open(png) as im:
             im = im if im.mode in ("RGB", "L") else im.convert("RGB")   # KITTI: RGB (cams 2, 3), L (0, 1)
             im.save(tmp, "JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
-        os.replace(tmp, jpg)
     except (OSError, SyntaxError, ValueError) as err:
-        tmp.unlink(missing_ok=True)
         return "error", f"cannot convert {png}: {one_line(err)}"
     if delete:
         png.unlink()
@@ -109,12 +102,11 @@ def place_one(job):
                 return "error", f"{src} is not a 16-bit depth png (mode {im.mode})"
             im.verify()
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _atomic_target(dst)
-        try:
-            os.link(src, tmp)
-        except OSError:                          # another file system (or no links): copy
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            try:
+                os.link(src, tmp)
+            except OSError:                      # another file system (or no links): copy
+                shutil.copyfile(src, tmp)
     except (OSError, SyntaxError, ValueError) as err:
         return "error", f"cannot place {src}: {one_line(err)}"
     return "done", str(dst)

@@ -1,19 +1,30 @@
-"""model_files - a trained depth network from a file: our checkpoints and the released official weights.
+"""model_files - model and weight files: our checkpoints, the released official weights, --init_from/--pose_init.
 
-Serves 07_eval.py, helpers/predict.py and helpers/compare_runs.py: each turns a file into a DepthNet
-in eval mode. Our checkpoints (RUN/best.pt, RUN/ckpt.pt) rebuild the network from the config they
-store (04_bins.load_checkpoint); the official SQLDepth release (encoder.pth + depth.pth of
-github.com/hisfog/SfMNeXt-Impl) goes through helpers/official_weights.py. A file that is not
-what it should be is one DataError line naming it.
-Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion).
+Not a reading step: nothing in it is SQLDepth. One reader, `read_weights`, opens every .pt/.pth file
+(torch.load with weights_only=True) and turns a missing or unreadable one into one DataError line
+naming it. Built on it:
+  load_model, load_official, load_either   a DepthNet in eval mode from one of our checkpoints (the
+                                           network rebuilt from the config it stores: 04_bins) or from
+                                           the official release; for 07_eval.py, predict, compare_runs
+  convert_official_checkpoint, config_from_official   the released SQLDepth weights (encoder.pth +
+                                           depth.pth of github.com/hisfog/SfMNeXt-Impl, the resnet_lite
+                                           models) as a DepthNet state dict: keys renamed to ours, the
+                                           architecture inferred from the shapes, checked strictly
+  start_networks                           a training that starts from weights (06_train.py): the
+                                           depth network from --init_from (ours, or the official pair),
+                                           the pose network from --pose_init (ours, or the official
+                                           pose.pth), as the official MS recipe and Monodepth2's
+                                           --load_weights_folder do; optimiser and schedule start afresh
+A file that does not fit is one line naming it and the first mismatching parameter.
+Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion), tests/test_weights_init.py.
 """
 import importlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from helpers import official_weights  # the released weights -> our state dict
+from helpers import run_folder  # the NaN/Inf check of weights
 from helpers.cli import one_line  # errors as one line
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
@@ -21,6 +32,23 @@ data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
 
 
+def read_weights(path):
+    """torch.load(path, weights_only=True) on the CPU; a missing or unreadable file is one DataError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise data.DataError(f"{path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:                     # zip / pickle errors of every kind
+        raise data.DataError(f"{path} is not a readable weights file ({one_line(err)})") from None
+
+
+def strip_module(state):
+    """The tensors of a state dict, with DataParallel's "module." prefix removed from their keys."""
+    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+# ---- A trained depth network for evaluation ----
 def _build_and_load(model_cfg, state_dict, source, device):
     """A DepthNet from a config dict, strictly loaded; mismatches become one DataError line."""
     try:
@@ -46,17 +74,9 @@ def read_official(folder):
     """(encoder.pth and depth.pth state dicts, our DepthNet state dict) of a released model's folder;
     a file missing or unreadable, or not an official pair, is one DataError line naming it."""
     folder = Path(folder)
-    sds = []
-    for name in ("encoder.pth", "depth.pth"):
-        if not (folder / name).is_file():
-            raise data.DataError(f"official checkpoint file {folder / name} not found")
-        try:
-            sds.append(torch.load(folder / name, map_location="cpu", weights_only=True))
-        except Exception as err:
-            raise data.DataError(f"{folder / name} is not a readable checkpoint ({one_line(err)})") from None
-    encoder_sd, depth_sd = sds
+    encoder_sd, depth_sd = (read_weights(folder / name) for name in ("encoder.pth", "depth.pth"))
     try:
-        return encoder_sd, depth_sd, official_weights.convert_official_checkpoint(encoder_sd, depth_sd)
+        return encoder_sd, depth_sd, convert_official_checkpoint(encoder_sd, depth_sd)
     except (KeyError, ValueError, RuntimeError) as err:
         raise data.DataError(f"{folder} does not hold an official SQLDepth checkpoint: {one_line(err)}") from None
 
@@ -67,7 +87,7 @@ def load_official(folder, device):
     Returns (model, a config dict shaped like ours: model, height, width, use_stereo, data).
     """
     encoder_sd, depth_sd, state_dict = read_official(folder)
-    model_cfg = official_weights.config_from_official(encoder_sd, depth_sd)
+    model_cfg = config_from_official(encoder_sd, depth_sd)
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
               "height": int(encoder_sd.get("height", 192)), "width": int(encoder_sd.get("width", 640))}
     return _build_and_load(config["model"], state_dict, folder, device), config
@@ -78,3 +98,153 @@ def load_either(checkpoint, official, device):
     if checkpoint:
         return (*load_model(checkpoint, device), Path(checkpoint).parent)
     return (*load_official(official, device), Path(official))
+
+
+# ---- The released official weights as a DepthNet state dict ----
+# Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
+# Lite_Depth_Decoder_QueryTr) -> our prefix.
+OFFICIAL_PREFIXES = [
+    ("encoder.encoder.", "unet.encoder."), ("decoder.", "unet.decoder."),
+    ("embedding_convPxP.", "sql.patch_embed."), ("positional_encodings", "sql.pos_encoding"),
+    ("transformer_encoder.", "sql.transformer."), ("conv3x3.", "sql.fine_conv."),
+    ("bins_regressor.", "bins_mlp."), ("convert_to_prob.0.", "to_logits."),
+]
+
+
+def official_metadata(encoder_sd):
+    """The training size and stereo flag saved in an official encoder.pth (None where absent)."""
+    return {k: encoder_sd.get(k) for k in ("height", "width", "use_stereo")}
+
+
+def config_from_official(encoder_sd, depth_sd):
+    """Infer the DepthNetConfig of an official encoder.pth + depth.pth pair from its tensor shapes."""
+    enc, dep = strip_module(encoder_sd), strip_module(depth_sd)
+    needed = ["encoder.encoder.layer1.0.conv1.weight", "decoder.conv2.weight", "decoder.conv3.weight"]
+    needed_d = ["embedding_convPxP.weight", "convert_to_prob.0.weight", "bins_regressor.0.weight",
+                "transformer_encoder.layers.0.linear1.weight"]
+    missing = [k for k in needed if k not in enc] + [k for k in needed_d if k not in dep]
+    if missing:
+        raise ValueError(f"not an official SQLDepth encoder.pth/depth.pth pair: missing {missing}")
+    bottleneck = "encoder.encoder.layer1.0.conv3.weight" in enc
+    n3 = len({k.split(".")[3] for k in enc if k.startswith("encoder.encoder.layer3.")})
+    num_layers = {(True, 6): 50, (False, 6): 34, (False, 2): 18}.get((bottleneck, n3))
+    n_tr = len({k.split(".")[2] for k in dep if k.startswith("transformer_encoder.layers.")})
+    if num_layers is None or n_tr != 4:
+        raise ValueError(f"unsupported official model: ResNet layer3 has {n3} blocks (bottleneck={bottleneck}), "
+                         f"{n_tr} transformer layers (we support ResNet-18/34/50 and 4 layers)")
+    D, Q = dep["convert_to_prob.0.weight"].shape[:2]
+    E = dep["embedding_convPxP.weight"].shape[0]
+    cfg = bins.DepthNetConfig(num_layers=num_layers, num_features=enc["decoder.conv2.weight"].shape[0],
+                              model_dim=E, patch_size=dep["embedding_convPxP.weight"].shape[-1], num_queries=Q,
+                              num_bins=D, dim_feedforward=dep["transformer_encoder.layers.0.linear1.weight"].shape[0])
+    if dep["bins_regressor.0.weight"].shape[1] != Q * E:  # min/max depth are not stored: KITTI's 0.001/80
+        raise ValueError(f"bins_regressor.0 takes {dep['bins_regressor.0.weight'].shape[1]} inputs, "
+                         f"expected Q*E={Q * E}")
+    return cfg
+
+
+def convert_official_checkpoint(encoder_sd, depth_sd):
+    """Official encoder.pth + depth.pth state dicts -> a DepthNet state dict (checked strictly).
+
+    Raises ValueError listing missing / unexpected / mis-shaped keys. Use with
+    `DepthNet(config_from_official(e, d)).load_state_dict(convert_official_checkpoint(e, d))`.
+    """
+    cfg = config_from_official(encoder_sd, depth_sd)
+    out, unexpected = {}, []
+    for key, value in {**strip_module(encoder_sd), **strip_module(depth_sd)}.items():
+        for old, new in OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            unexpected.append(key)
+    with torch.device("meta"):  # shapes only, no memory, no init cost
+        expected = {k: v.shape for k, v in bins.DepthNet(cfg).state_dict().items()}
+    for k in expected:  # checkpoints from PyTorch < 0.4.1 have no BN counters: harmless, start at 0
+        if k.endswith("num_batches_tracked") and k not in out:
+            out[k] = torch.zeros((), dtype=torch.long)
+    missing = [k for k in expected if k not in out]
+    unexpected += [k for k in out if k not in expected]
+    shapes = [f"{k} {tuple(out[k].shape)}!={tuple(s)}" for k, s in expected.items() if k in out and out[k].shape != s]
+    if missing or unexpected or shapes:
+        raise ValueError(f"official checkpoint does not match DepthNet({cfg}): missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}, wrong shapes {shapes[:8]}")
+    return out
+
+
+# ---- A training that starts from weights (--init_from, --pose_init) ----
+def _ours(path, part):
+    """The `part` ("model" or "pose") state dict of one of our checkpoints, or None when the file is
+    not one (a checkpoint of 06_train.py, or a weights-only epoch file of --keep_epochs)."""
+    ckpt = read_weights(path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get(part), dict) and isinstance(ckpt.get("config"), dict):
+        return ckpt[part]
+    return None
+
+
+def depth_weights(path):
+    """(DepthNet state dict, what it is) from --init_from PATH: ours, or the official encoder+depth pair."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent if path.name == "encoder.pth" else None
+    if folder is not None:
+        return read_official(folder)[2], "official encoder.pth + depth.pth"
+    state = _ours(path, "model")
+    if state is None:
+        raise ValueError(f"--init_from {path}: neither a checkpoint of 06_train.py nor an official "
+                         f"encoder.pth (+ depth.pth beside it)")
+    return state, "checkpoint of 06_train.py"
+
+
+def pose_weights(path):
+    """(pose network state dict, what it is) from --pose_init PATH: ours, or the official pose.pth."""
+    path = Path(path)
+    state = _ours(path, "pose")
+    if state is not None:
+        return state, "checkpoint of 06_train.py"
+    state = read_weights(path)
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"--pose_init {path}: neither a checkpoint of 06_train.py nor an official pose.pth")
+    return strip_module(state), "official pose.pth"   # the official trainer may save it from DataParallel
+
+
+def first_mismatch(net, state):
+    """The first parameter or buffer of `net` that `state` lacks or has in another shape, else the
+    first key of `state` that `net` lacks; None when they fit exactly."""
+    expected = net.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            return f"{key} is missing"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key} has shape {tuple(state[key].shape)}, this run's network {tuple(value.shape)}"
+    extra = [k for k in state if k not in expected]
+    return f"{extra[0]} is not in this run's network" if extra else None
+
+
+def load_into(net, state, source, what):
+    """Strict load of `state` into `net` (copied into its tensors: their device and layout stay)."""
+    mismatch = first_mismatch(net, state)
+    if mismatch:
+        raise ValueError(f"{source} does not fit the {what} of this run: {mismatch}")
+    run_folder.require_finite(state, str(source))
+    net.load_state_dict(state, strict=True)
+
+
+def start_networks(cfg, depth_net, pose_net, verbose=True):
+    """Load --init_from / --pose_init into freshly built networks (a line each when verbose); returns
+    cfg with both paths made absolute (the checkpoint's record of where the networks started). A
+    no-op without them."""
+    log = print if verbose else (lambda line: None)
+    if cfg.init_from:
+        path = Path(cfg.init_from).resolve()
+        state, kind = depth_weights(path)
+        load_into(depth_net, state, path, "depth network")
+        log(f"init: depth network from {path} ({kind}); optimiser and schedule start afresh")
+        cfg = replace(cfg, init_from=str(path))
+    if cfg.pose_init:
+        path = Path(cfg.pose_init).resolve()
+        path = path / "pose.pth" if path.is_dir() else path     # the official weights folder
+        state, kind = pose_weights(path)
+        load_into(pose_net, state, path, f"pose network ({cfg.pose_net})")
+        log(f"init: pose network from {path} ({kind}), lr x {cfg.pose_lr_scale}")
+        cfg = replace(cfg, pose_init=str(path))
+    return cfg

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
 from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import model_files
@@ -145,7 +146,7 @@ def main(argv=None):
     try:
         if bool(cfg.checkpoint) == bool(cfg.official) or not cfg.images:
             raise data.DataError("give --images and exactly one of --checkpoint FILE or --official DIR")
-        device = evaluation.choose_device(cfg.device)
+        device = choose_device(cfg.device)
         cpu_threads.use_threads(cfg.threads, say=False)
         model, config, source_dir = model_files.load_either(cfg.checkpoint, cfg.official, device)
         return run_predict(model, config, cfg, device, Path(cfg.out) if cfg.out else source_dir / "predict")

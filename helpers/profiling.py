@@ -5,13 +5,17 @@ prints the throughput and a table of the parts of a step: data wait, depth net, 
 loss (of which SSIM), each forward and backward, and the optimizer (PartClock). The numbers and what
 was tried with them: docs/benchmarks.md. Tests: tests/test_06_train.py.
 """
+import importlib
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
-from helpers.cpu_memory import huge_pages_in_effect  # page faults (helpers/cpu_memory.py)
 from helpers.distributed_training import unwrap      # the module inside DDP (helpers/distributed_training.py)
+from helpers.speed_layer import huge_pages_in_effect  # page faults (helpers/speed_layer.py)
+
+posenet_loss = importlib.import_module("05_posenet_loss")   # a name cannot start with a digit: loaded by name
 
 
 class PartClock:
@@ -19,7 +23,9 @@ class PartClock:
     depth net, the pose net and SSIM; the rest of the forward pass is warping and the loss. Backward:
     autograd runs nodes in reverse order of creation, so the loss's backward comes first, then the
     pose net's, then the depth net's; a gradient hook on each network's output marks the moment its
-    backward starts. On CUDA every mark synchronises, so each part is charged its own GPU time."""
+    backward starts. The ends of the three phases of a step: the loss returned (`phases` wraps
+    05's self_supervised_loss while it runs), the optimizer's step begins and ends (its step hooks).
+    On CUDA every mark synchronises, so each part is charged its own GPU time."""
 
     NETS = ("depth net", "pose net")
 
@@ -58,11 +64,34 @@ class PartClock:
         self.grad_marks.setdefault(part, self.now())
 
     def begin_step(self):
-        self.step_forward, self.grad_marks = defaultdict(float), {}
+        self.step_forward, self.grad_marks, self.phase_end = defaultdict(float), {}, {}
 
-    def end_step(self, start, data_ready, forward_end, backward_end, optimizer_end):
+    @contextmanager
+    def phases(self, optimizer):
+        """Mark the ends of a step's phases while inside: forward (the loss returned), backward (the
+        optimizer's step begins) and optimizer (its step ends); the training step never knows."""
+        real_loss = posenet_loss.self_supervised_loss
+
+        def timed_loss(*args, **kwargs):
+            out = real_loss(*args, **kwargs)
+            self.phase_end["forward"] = self.now()
+            return out
+
+        mark = lambda phase: lambda *args: self.phase_end.__setitem__(phase, self.now())  # noqa: E731
+        handles = [optimizer.register_step_pre_hook(mark("backward")),
+                   optimizer.register_step_post_hook(mark("optimizer"))]
+        posenet_loss.self_supervised_loss = timed_loss
+        try:
+            yield
+        finally:
+            posenet_loss.self_supervised_loss = real_loss
+            for handle in handles:
+                handle.remove()
+
+    def end_step(self, start, data_ready):
         """Book one step from the times at its start, when its batch was ready and at the ends of its
-        three phases (train_step's timer)."""
+        three phases (marked inside `phases`)."""
+        forward_end, backward_end, optimizer_end = (self.phase_end[p] for p in ("forward", "backward", "optimizer"))
         self.other["data wait"] += data_ready - start
         nets = sum(self.step_forward[p] for p in self.NETS)
         for part in self.NETS:
@@ -100,8 +129,8 @@ class PartClock:
 def profile(trainer, steps, prepare, step, amp, warmup=2):
     """--profile N of 06_train.py: N timed steps after `warmup` untimed ones; prints the throughput and
     where the time goes by part (PartClock). trainer: 06's Trainer (networks, loader, sampler, config);
-    prepare(batch) -> the batch on the device; step(batch, timer): one training step that calls
-    timer("forward" | "backward" | "optimizer") after each phase. Writes nothing."""
+    prepare(batch) -> the batch on the device; step(batch): one training step (06's train_step), whose
+    phases PartClock.phases marks from outside. Writes nothing."""
     cfg, device, info = trainer.cfg, trainer.device, trainer.info
     clock = PartClock(*map(unwrap, trainer.nets), trainer.ssim, device)
 
@@ -110,19 +139,16 @@ def profile(trainer, steps, prepare, step, amp, warmup=2):
             trainer.sampler.set_epoch(epoch)
             yield from trainer.train_loader
 
-    batches, phase_end = endless(), {}
-
-    def timer(phase):
-        phase_end[phase] = clock.now()
-
-    for i in range(warmup + steps):
-        start = clock.now()
-        batch = prepare(next(batches))
-        data_ready = clock.now()
-        step(batch, timer)
-        clock.end_step(start, data_ready, phase_end["forward"], phase_end["backward"], phase_end["optimizer"])
-        if i + 1 == warmup:
-            clock.reset()
+    batches = endless()
+    with clock.phases(trainer.optimizer):
+        for i in range(warmup + steps):
+            start = clock.now()
+            batch = prepare(next(batches))
+            data_ready = clock.now()
+            step(batch)
+            clock.end_step(start, data_ready)
+            if i + 1 == warmup:
+                clock.reset()
     clock.close()
     total, lines = clock.report(steps)
     if info.main:

@@ -10,14 +10,15 @@ log.csv, val.csv, curves.png) through it, and 04_bins.py / 07_eval.py read check
                     for 07_eval.py to score every epoch offline, as the official trainer's weights_N
   lock_run_folder   one training per run folder: a second one is refused; the lock is the operating
                     system's, so a crashed run never leaves it stuck
-  rng_state         every RNG's state in types that torch.load(weights_only=True) accepts (exact resume)
+  rng_state         the torch and CUDA RNG states a run draws from (exact resume)
   append_csv, read_csv, truncate_csv, save_plots   the logs and the curves figure
 Tests: tests/test_06_train.py and tests/test_faults.py.
 """
 import csv
 import errno
 import os
-import random
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +41,35 @@ class NonFinite(Exception):
     """A NaN/Inf weight found when about to save."""
 
 
-def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
-    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
-    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+@contextmanager
+def atomic_path(path):
+    """The one atomic write of the project: a temporary name beside `path` that no other writer uses,
+    to write to inside the block; renamed over `path` when the block ends, removed if it raised. A
+    reader sees the previous file or the complete new one, never part of one, also when several
+    processes write the same file at once (torchrun ranks, two runs sharing a download cache)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
     try:
-        torch.save(state, tmp)
+        yield tmp
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
     finally:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:                          # a read-only folder: nothing was created there
             pass
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
+    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
+    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:
+        previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
 
 
 CHECKPOINT_KEYS = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "best_val", "steps_per_epoch",
@@ -149,14 +162,12 @@ def lock_run_folder(run_dir):
 
 # ---- RNG states (exact resume) ----
 def rng_state():
-    """torch / CUDA / numpy / python RNG states in types torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
+    """The states of the generators a run draws from: torch's (dropout, the auto-mask's noise, the
+    DataLoader workers' seeds) and CUDA's. The sample order and the augmentation draw from their own
+    seeded generators (01_data, the sampler), nothing from numpy's or Python's global ones; the
+    numpy/python entries of older checkpoints are ignored."""
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
@@ -164,11 +175,6 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
 # ---- Logs and curves ----
@@ -202,13 +208,8 @@ def truncate_csv(path, step):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
 
 
 def format_time(seconds):

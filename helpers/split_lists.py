@@ -13,9 +13,10 @@ import importlib
 import os
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
+
+from helpers.run_folder import atomic_path  # the one atomic write
 
 data = importlib.import_module("01_data")  # a module name cannot start with a digit: loaded by name
 
@@ -47,16 +48,9 @@ def write_atomic(path, payload):
     """Write bytes to `path` through a temporary file of a name no other writer uses, then rename.
     Several processes (torchrun ranks, two runs sharing a cache) may fetch one file at once: with a
     unique temporary name each, every rename succeeds and a reader sees no file or a complete one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "xb") as f:  # "x": never share a file with another writer
-            f.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # "x": never share a file with another writer
+        f.write(payload)
 
 
 def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):

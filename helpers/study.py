@@ -44,7 +44,7 @@ from helpers import distributed_training as runtime    # SIGINT / SIGTERM as a r
 from helpers import synthetic_world                     # the world styles (zero-shot)
 from helpers import training_data                       # the default synthetic world
 from helpers.cli import add_dataclass_flags, one_line
-from helpers.mixed_precision import bf16_autocast_available
+from helpers.speed_layer import cpu_has_native_bf16   # where --amp runs bf16 on a CPU
 
 data = importlib.import_module("01_data")               # DataError: the one kind of bad-input error
 
@@ -214,7 +214,7 @@ def run_study(options):
             print(f"note: {name} is scored but not zero-shot, and its run folder is gone (no best.pt in "
                   f"{runs_dir / name}): delete {scores / (name + '.json')} to train it again", flush=True)
     todo = [(n, f) for n, f in runs if state[n] != "scored" and (not options.only or n in options.only)]
-    native_bf16 = bf16_autocast_available(torch.device("cuda" if gpu else "cpu"))
+    native_bf16 = gpu or cpu_has_native_bf16()
     skipped = [n for n, f in todo if "--amp" in f and not native_bf16]
     for name in skipped:
         print(f"note: {name} asks for --amp, which runs float32 on this CPU (no native bf16): skipped; "

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import official_weights
+from helpers import model_files as official_weights  # the official release's conversion
 from exercise_checks import (assert_close_explained, assert_near_explained, first_false_message, gradcheck_explained,
                              shape_message)
 from test_02_unet import torchvision_resnet_shapes

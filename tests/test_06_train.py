@@ -7,6 +7,7 @@ world with a tiny model (R18, nf 32, E 16, 64x208, batch 2).
 """
 import copy
 import csv
+import functools
 import importlib
 import math
 import os
@@ -50,7 +51,7 @@ def plumbing():
 
 
 def cli_module():
-    return importlib.import_module("helpers.training_cli")
+    return importlib.import_module("helpers.training_run")
 
 
 def run(world, run_dir, *extra):
@@ -198,7 +199,9 @@ def tiny_step_setup(tiny_world, use_stereo, channels_last=False):
     torch.manual_seed(0)
     depth_net, pose_net = t.build_networks(cfg, torch.device("cpu"))
     loss_cfg = t.loss_config(cfg)
-    return cfg, depth_net, pose_net, t.make_optimizer(cfg, depth_net, pose_net), loss_cfg, batch
+    # the fused Adam of a CUDA run (the for-loop Adam reads its step counter on the host)
+    optimizer = t.make_optimizer(cfg, depth_net, pose_net, functools.partial(torch.optim.Adam, fused=True))
+    return cfg, depth_net, pose_net, optimizer, loss_cfg, batch
 
 
 @pytest.mark.parametrize("use_stereo", [True, False])
@@ -238,14 +241,14 @@ def test_channels_last_lays_out_both_networks(tiny_world):
 
 
 def test_fused_adam_matches_plain_adam():
-    """make_optimizer's Adam (fused where available) makes the same updates as torch's plain Adam,
-    with the pose network's own learning rate, to float rounding over five steps."""
+    """make_optimizer with the speed layer's Adam (fused where available) makes the same updates as
+    torch's plain Adam, with the pose network's own learning rate, to float rounding over five steps."""
     t = train()
     cfg = t.TrainConfig(lr=1e-2, pose_lr_scale=0.1)
     torch.manual_seed(0)
     nets = [torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 2)]
     copies = copy.deepcopy(nets)
-    fast = t.make_optimizer(cfg, *nets)
+    fast = t.make_optimizer(cfg, *nets, importlib.import_module("helpers.speed_layer").flat_adam)
     plain = torch.optim.Adam([{"params": copies[0].parameters(), "lr": 1e-2},
                               {"params": copies[1].parameters(), "lr": 1e-3}], foreach=False)
     x, v = torch.rand(2, 3, 6, 6), torch.rand(3, 5)
@@ -470,45 +473,27 @@ def test_thread_start_line_and_checkpoint_name_the_count(tiny_world, tmp_path, m
     assert run(tiny_world, tmp_path / "bad", "--threads", "-1") == 2
     assert "--threads -1" in _one_error_line(capsys) and not (tmp_path / "bad").exists()
 
-# ------------------------------------------------------------------ --amp on CPU (helpers/mixed_precision.py)
-NATIVE_BF16 = importlib.import_module("helpers.mixed_precision").cpu_has_native_bf16()
+
+# ------------------------------------------------------------------ --amp on CPU (helpers/speed_layer.py)
+NATIVE_BF16 = importlib.import_module("helpers.speed_layer").cpu_has_native_bf16()
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
-    """cpu_has_native_bf16 is True for a CPU listing avx512_bf16 or amx_bf16 among its /proc/cpuinfo
-    flags and False for one with AVX-512 but neither; where the file cannot be read, PyTorch's own
-    probes answer. amp_on: never without --amp, always on CUDA, on a CPU as its flags say."""
-    mp = importlib.import_module("helpers.mixed_precision")
-    for i, (flags, native) in enumerate([("avx512f avx512_bf16", True), ("avx512f amx_tile amx_bf16", True),
-                                         ("avx2 avx512f avx512_vnni avx512_fp16", False)]):
-        path = tmp_path / f"cpuinfo{i}"
-        path.write_text("".join(f"processor\t: {n}\nflags\t\t: fpu sse2 {flags}\n\n" for n in range(2)))
-        assert mp.cpu_has_native_bf16(str(path)) is native, flags
-    for native in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-        assert mp.cpu_has_native_bf16(str(tmp_path / f"no_cpuinfo_{native}")) is native
-    t, cpu, cuda = train(), torch.device("cpu"), torch.device("cuda")
-    cfg = t.preset_config("synthetic-cpu")
-    for native in (True, False):
-        monkeypatch.setattr(mp, "cpu_has_native_bf16", lambda: native)
-        assert t.amp_on(cfg, cpu) is False and t.amp_on(cfg, cuda) is False       # --amp not given
-        amp = t.TrainConfig(**{**cfg.__dict__, "amp": True})
-        assert t.amp_on(amp, cpu) is native and t.amp_on(amp, cuda) is True
+def precision(run_dir):
+    """The precision a run's checkpoint says it trained in ("bf16" or "float32")."""
+    return load(Path(run_dir) / "ckpt.pt")["config"]["precision"]
 
 
 def test_amp_without_native_bf16_runs_float32_with_one_note(tiny_world, tmp_path, monkeypatch, capsys):
-    """On a CPU without native bf16, --amp prints one `note:` line and trains in float32: train_step
-    is called with amp=False."""
-    t = train()
-    monkeypatch.setattr(importlib.import_module("helpers.mixed_precision"), "cpu_has_native_bf16", lambda: False)
-    seen = []
-    real_step = t.train_step
-    monkeypatch.setattr(t, "train_step", lambda *a, amp=False, **k: seen.append(amp) or real_step(*a, amp=amp, **k))
-    capsys.readouterr()
-    assert run(tiny_world, tmp_path / "run", "--max_steps", "1", "--amp") == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --amp")]
-    assert len(notes) == 1 and "float32" in notes[0] and seen == [False]
+    """On a CPU without native bf16, and with the speed layer off on any CPU, --amp prints one `note:`
+    line saying why and trains in float32 (the checkpoint's precision)."""
+    monkeypatch.setattr(importlib.import_module("helpers.speed_layer"), "cpu_has_native_bf16", lambda: False)
+    for extra, why in ((), "no native bf16"), (("--no-speed_layer",), "speed layer is off"):
+        capsys.readouterr()
+        run_dir = tmp_path / f"run{len(extra)}"
+        assert run(tiny_world, run_dir, "--max_steps", "1", "--amp", *extra) == 0
+        notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: --amp")]
+        assert len(notes) == 1 and "float32" in notes[0] and why in notes[0]
+        assert precision(run_dir) == "float32"
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
@@ -544,15 +529,11 @@ def test_cpu_bf16_depth_is_close_to_float32_with_the_cuda_split():
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
 def test_cpu_bf16_run_trains_and_validates(tiny_world, tmp_path, monkeypatch):
-    """With --amp on a CPU with native bf16, train_step runs in bf16 (amp=True) and a 2-step run ends
-    with finite training losses, a validation row with a finite loss, and its checkpoints."""
-    t = train()
-    seen = []
-    real_step = t.train_step
-    monkeypatch.setattr(t, "train_step", lambda *a, amp=False, **k: seen.append(amp) or real_step(*a, amp=amp, **k))
+    """With --amp on a CPU with native bf16, a 2-step run trains in bf16 (the checkpoint's precision)
+    and ends with finite training losses, a validation row with a finite loss, and its checkpoints."""
     run_dir = tmp_path / "run"
     assert run(tiny_world, run_dir, "--max_steps", "2", "--amp") == 0
-    assert seen == [True, True]
+    assert precision(run_dir) == "bf16"
     assert all(math.isfinite(float(v)) for row in losses(run_dir) for v in row[1:])
     with open(run_dir / "val.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -628,19 +609,21 @@ def test_collapse_detector_fires_on_a_broken_run_and_not_on_a_healthy_one(tiny_w
             assert warnings == [] and collapsed == 0.0
 
 
-def test_warmup_ramps_the_learning_rate_and_resume_keeps_it(tiny_world, tmp_path):
-    """--warmup_steps 4: steps 1..4 run at 1/4, 2/4, 3/4, 4/4 of the lr, then the StepLR schedule
-    as without warm-up; a run stopped at step 2 and resumed logs the same learning rates and losses."""
-    def lrs(run_dir):
-        with open(Path(run_dir) / "log.csv", newline="") as f:
-            return [float(r["lr"]) for r in csv.DictReader(f)]
-    common = ("--log_every", "1", "--warmup_steps", "4", "--lr", "1e-3")
-    assert run(tiny_world, tmp_path / "whole", "--max_steps", "6", *common) == 0
-    assert lrs(tmp_path / "whole") == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
-    assert run(tiny_world, tmp_path / "split", "--max_steps", "2", *common) == 0
-    assert train().main(["--resume", str(tmp_path / "split"), "--max_steps", "6"]) == 0
-    assert lrs(tmp_path / "split") == lrs(tmp_path / "whole")
-    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+def test_checkpoint_with_removed_knobs_resumes_at_their_old_default_only(tiny_world, tmp_path, capsys):
+    """A checkpoint of older code that stored knobs since removed (warmup_steps, smoothness_on, the
+    model's bins_space) resumes when they hold their old defaults; another value is one error line
+    naming the knob and the commit that had it."""
+    run_dir = tmp_path / "run"
+    assert run(tiny_world, run_dir, "--max_steps", "1") == 0
+    for warmup, code in ((0, 0), (300, 2)):
+        ckpt = load(run_dir / "ckpt.pt")
+        ckpt["config"].update(warmup_steps=warmup, smoothness_on="depth")
+        ckpt["config"]["model"]["bins_space"] = "depth"
+        torch.save(ckpt, run_dir / "ckpt.pt")
+        capsys.readouterr()
+        assert train().main(["--resume", str(run_dir), "--max_steps", str(2 + warmup)]) == code
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "warmup_steps=300" in errors[0] and "f51d69b" in errors[0]
 
 
 def test_query_lr_scale_gives_the_query_path_its_own_learning_rate(tiny_world):

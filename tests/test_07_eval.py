@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, depth_figures, eval_tables, model_files, official_weights
+from helpers import cli, depth_figures, eval_tables, model_files
+from helpers import model_files as official_weights  # the official release's conversion
 from exercise_checks import assert_allclose_explained, value_message
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,7 +368,7 @@ def test_velodyne_ground_truth_path_with_a_custom_split_file(tmp_path, tiny_worl
 
 def test_official_checkpoint_path(tmp_path, tiny_world, capsys):
     """A fake official encoder.pth/depth.pth (our tiny net's weights under the official key names, with
-    height/width/use_stereo metadata) loads through helpers/official_weights.py and predicts exactly like the net."""
+    height/width/use_stereo metadata) loads through helpers/model_files.py and predicts exactly like the net."""
     net = _tiny_checkpoint(tmp_path / "unused.pt").eval()
     encoder_sd, depth_sd = {"height": 64, "width": 208, "use_stereo": True}, {}
     for key, value in net.state_dict().items():

@@ -15,16 +15,16 @@ def bench_module():
 
 def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
     """The speed table's row: params and MACs of the preset, and three medians of timed calls; with
-    fused_adam the step uses fused_adam.make_adam's FlatAdam (as 06_train.py), without it the plain Adam."""
+    fused_adam the CPU step uses the speed layer's flat_adam (as 06_train.py), without it the plain Adam."""
     b, bins = bench_module(), importlib.import_module("04_bins")
     made = []
-    real_make_adam = b.make_adam
+    real_flat_adam = b.flat_adam
 
     def spy(*args, **kwargs):
-        optimizer = real_make_adam(*args, **kwargs)
+        optimizer = real_flat_adam(*args, **kwargs)
         made.append(type(optimizer).__name__)
         return optimizer
-    monkeypatch.setattr(b, "make_adam", spy)
+    monkeypatch.setattr(b, "flat_adam", spy)
     small = bins.DepthNetConfig(num_layers=18, num_features=32, model_dim=16, patch_size=4, num_queries=8,
                                 num_bins=16, dim_feedforward=32)
     monkeypatch.setitem(bins.PRESETS, "small", small)
@@ -35,7 +35,7 @@ def test_benchmark_times_forward_backward_and_the_step(monkeypatch):
         assert params == sum(p.numel() for p in net.parameters())
         assert macs == b.count_macs(net, torch.rand(1, 3, 32, 96))
         assert min(infer, fwd_bwd, step) > 0 and faults >= 0
-    assert made == ["FlatAdam", "Adam"]
+    assert made == ["FlatAdam"]             # fused_adam=False: torch.optim.Adam, no flat_adam
 
 
 def test_loader_benchmark_reports_both_loaders(tiny_world, capsys):

@@ -51,18 +51,20 @@ def test_group_runs_reads_a_field_an_older_run_lacks_as_todays_default():
     changes such a field the label names that field alone, the old run's value being the default.
     smoothness_weight 0 (the recipe's) is the weight 06 trains with: one variant with a run that
     stored the same weight by hand, and labelled with the weight itself, 1e-3 with stereo, 1e-2
-    without."""
+    without. A knob removed since (warmup_steps, bins_space) stored at its old default splits nothing."""
     c = compare()
     train, depth_net = importlib.import_module("06_train"), importlib.import_module("04_bins")
     defaults = depth_net.DepthNetConfig()
     new = {**asdict(train.TrainConfig(use_stereo=True)), "model": asdict(depth_net.DepthNetConfig(num_layers=18))}
-    old = {k: v for k, v in new.items() if k not in ("source_frames", "smoothness_on", "warmup_steps")}
-    old["model"] = {k: v for k, v in new["model"].items() if k not in ("bins_space", "dropout")}
+    old = {k: v for k, v in new.items() if k != "source_frames"}
+    old["model"] = {k: v for k, v in new["model"].items() if k != "dropout"}
     old["smoothness_weight"] = train.SMOOTHNESS_WEIGHT[True]   # older code stored the weight itself
+    # knobs removed since (warmup_steps, bins_space): at their old default they split nothing
+    older = {**old, "warmup_steps": 0, "model": {**old["model"], "bins_space": "depth"}}
     log_bins = {**new, "seed": 1, "model": {**new["model"], "bins_space": "log"}}
-    groups, labels = c.group_runs([old, new, log_bins])
-    assert groups == [[0, 1], [2]]
-    assert labels == [f"bins_space={defaults.bins_space}", "bins_space=log"]
+    groups, labels = c.group_runs([old, new, older, log_bins])
+    assert groups == [[0, 1, 2], [3]]
+    assert labels == ["bins_space=depth", "bins_space=log"]
     mono = {**new, "use_stereo": False}
     groups, labels = c.group_runs([old, mono, new])
     assert groups == [[0, 2], [1]]

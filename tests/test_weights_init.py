@@ -1,4 +1,4 @@
-"""Tests of helpers/weights_init.py: --init_from and --pose_init of 06_train.py.
+"""Tests of helpers/model_files.py's start_networks: --init_from and --pose_init of 06_train.py.
 
 Oracles: the source networks themselves (the loaded networks give their outputs; a run with lr 0
 keeps their parameters exactly), files the tests write in the official format (encoder.pth +
@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from helpers import official_weights
+from helpers import model_files as official_weights  # the official release's conversion
 from test_06_train import TINY as TINY_FLAGS  # the tiny network and run of test_06_train
 
 TINY = dict(num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
@@ -22,7 +22,7 @@ def train():
 
 
 def init():
-    return importlib.import_module("helpers.weights_init")
+    return importlib.import_module("helpers.model_files")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread per test
@@ -59,7 +59,7 @@ def write_official(folder, depth_net, pose_net):
 
 
 def write_ours(path, depth_net, pose_net, **model):
-    """A checkpoint in 06_train.py's format (the parts weights_init reads: model, pose, config)."""
+    """A checkpoint in 06_train.py's format (the parts start_networks reads: model, pose, config)."""
     config = asdict(tiny_config())
     config["model"] = {**config["model"], **model}
     torch.save({"model": depth_net.state_dict(), "pose": pose_net.state_dict(), "config": config}, path)
@@ -116,7 +116,7 @@ def test_mismatched_or_foreign_files_name_the_file_and_the_first_mismatch(tmp_pa
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match=r"list\.pt: neither a checkpoint of 06_train\.py"):
         init().start_networks(replace(cfg, init_from=str(tmp_path / "list.pt")), depth_net, pose_net, False)
-    with pytest.raises(ValueError, match=r"nothing\.pt not found"):
+    with pytest.raises(importlib.import_module("01_data").DataError, match=r"nothing\.pt not found"):
         init().start_networks(replace(cfg, pose_init=str(tmp_path / "nothing.pt")), depth_net, pose_net, False)
 
 
