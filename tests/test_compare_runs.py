@@ -262,8 +262,8 @@ def test_save_scores_writes_one_file_per_run_equal_to_its_table_row(saved_scores
         text = (scores / f"{spec.name}.json").read_text()
         record = json.loads(text)
         assert list(record) == ["format", "run", "checkpoint", "seed", "evaluation", "frames", "metrics",
-                                "error_by_range", "scored_with_commit", "trained_with_commit", "scored_at",
-                                "config"]
+                                "error_by_range", "scored_with_commit", "trained_with_commit", "precision",
+                                "scored_at", "config"]
         assert (record["run"], str(record["seed"]), str(record["frames"])) == (spec.name, row["seed"], row["frames"])
         assert record["evaluation"] == {"split": "synthetic", "data": tiny_world.name, "split_file": "",
                                         "max_images": 0, "test_frames": record["evaluation"]["test_frames"],
@@ -284,7 +284,7 @@ def test_save_scores_writes_one_file_per_run_equal_to_its_table_row(saved_scores
                     assert stored[key] == pytest.approx(float(written[key]), rel=1e-5, abs=1e-12), key
         assert record["config"]["data_path"] == tiny_world.name and record["config"]["run_dir"] == spec.name
         assert str(tiny_world.parent) not in text and str(spec.parent) not in text
-        assert record["scored_with_commit"] and record["trained_with_commit"] is None
+        assert record["scored_with_commit"] and record["trained_with_commit"] == record["scored_with_commit"]
 
 
 def test_scores_rebuild_the_run_folders_table(saved_scores, capsys):
