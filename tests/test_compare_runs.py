@@ -262,8 +262,8 @@ def test_save_scores_writes_one_file_per_run_equal_to_its_table_row(saved_scores
         text = (scores / f"{spec.name}.json").read_text()
         record = json.loads(text)
         assert list(record) == ["format", "run", "checkpoint", "seed", "evaluation", "frames", "metrics",
-                                "error_by_range", "scored_with_commit", "trained_with_commit", "precision", "scored_at",
-                                "config"]
+                                "error_by_range", "scored_with_commit", "trained_with_commit", "precision",
+                                "scored_at", "config"]
         assert (record["run"], str(record["seed"]), str(record["frames"])) == (spec.name, row["seed"], row["frames"])
         assert record["evaluation"] == {"split": "synthetic", "data": tiny_world.name, "split_file": "",
                                         "max_images": 0, "test_frames": record["evaluation"]["test_frames"],
