@@ -238,8 +238,9 @@ class SSIM(nn.Module):
         blocks (stride 1): mu_x, mu_y, sigma_x = E[x^2] - mu_x^2, sigma_y likewise, sigma_xy =
         E[xy] - mu_x mu_y, and SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) /
         ((mu_x^2 + mu_y^2 + C1)(sigma_x + sigma_y + C2)). Output has the input's shape.
-        Hint: F.pad(x, [r, r, r, r], mode="reflect"), then F.avg_pool2d(t, self.window, 1) gives
-        the local means of t (Monodepth2's layers.SSIM, with its 3 replaced by the window).
+        Hint: a local mean over a window, taken at every pixel, is an average pooling with stride 1;
+        mirror the border by window // 2 first, so that the map keeps its size. The variances and
+        the covariance are then local means of products, less products of local means.
         """
         r = self.window // 2
         x = F.pad(x, [r, r, r, r], mode="reflect")                          # [B, C, H+2r, W+2r]

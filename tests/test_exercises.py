@@ -65,17 +65,12 @@ def test_exercise_docstring_says_what_shapes_and_hint(ex):
 
 # A library call in a docstring's hint hands the learner the code; tests/exercise_hints.py holds those.
 LIBRARY_CALL = re.compile(r"\b(?:torch|F|np|nn)\.[\w.]+\(")
-# 5.3's docstring is being rewritten together with its test (the SSIM definition it teaches): drop it
-# from this set once its hint names no call.
-HINT_NAMES_CALLS = {"5.3"}
 
 
 @pytest.mark.parametrize("ex", _all_exercises(), ids=lambda ex: ex.id)
 def test_docstring_hint_points_at_the_idea_not_the_calls(ex):
     """The docstring's hint names no torch / F / np call (the code-level hint is asked for with
     `python tests/check_exercise.py N.M --hint`)."""
-    if ex.id in HINT_NAMES_CALLS:
-        pytest.skip(f"Exercise {ex.id}: its docstring is being rewritten")
     hint = ex.docstring[ex.docstring.lower().index("hint"):]
     calls = LIBRARY_CALL.findall(hint)
     assert not calls, f"Exercise {ex.id} ({ex.script}): the hint names {calls}: say the idea and the shapes"
