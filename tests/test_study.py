@@ -67,7 +67,7 @@ def test_plan_skips_scored_runs_and_resumes_cut_off_ones(tmp_path):
 def test_amp_runs_are_skipped_where_they_would_train_in_float32(tmp_path, monkeypatch, capsys):
     """On a CPU without native bf16 an --amp run would train in float32 under a bf16 label: the study
     says so in one note and leaves it for a machine that can run it."""
-    monkeypatch.setattr(study, "bf16_autocast_available", lambda device: False)
+    monkeypatch.setattr(study, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(study.torch.cuda, "is_available", lambda: False)
     path = write_study(tmp_path / "s.txt", ["fp --seed 0", "bf --seed 0 --amp"])
     code = study.main(["--study", str(path), "--runs_dir", str(tmp_path / "runs"),
