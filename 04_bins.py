@@ -358,7 +358,7 @@ def load_checkpoint(path):
 
 def run_demo(cfg):
     """Figure: the per-image bin centres and the bin probabilities of three pixels of a synthetic frame."""
-    from helpers import demo_figures  # a rendered synthetic frame, the figure
+    from helpers import figures  # a rendered synthetic frame, the figure
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
         net, config = load_checkpoint(cfg.checkpoint)
@@ -368,7 +368,7 @@ def run_demo(cfg):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
-    img, thin = demo_figures.synthetic_frame(h, w, cfg.seed)
+    img, thin = figures.synthetic_frame(h, w, cfg.seed)
     with torch.no_grad():
         out = net.eval()(img, return_extras=True)
     if "probs" not in out:
@@ -382,7 +382,7 @@ def run_demo(cfg):
         state = f"UNTRAINED network ({name}, random weights, no --checkpoint): flat P, about equal depths"
     title = state if cfg.checkpoint else (state + "\na trained one: python 06_train.py, then python 04_bins.py "
                                                    "--checkpoint runs/RUN/best.pt")
-    depths = demo_figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
+    depths = figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
     peak = float(out["probs"][0].max(dim=0).values.mean())  # mean over pixels of the largest P_d
     print(state)
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import depth_figures                   # inverse depth in colour
+from helpers import figures                         # inverse depth in colour
 from helpers import model_files                     # checkpoints -> DepthNet
 from helpers import run_folder                      # val.csv reader
 from helpers import run_scores                      # one score file per run, and tables from them
@@ -275,9 +275,9 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
         window = (slice(top, top + crop_h), slice(left, left + crop_w))
         for c, (title, preds) in enumerate(columns):
             if preds is None:  # ground truth: pixels without GT drawn as far as the farthest GT pixel
-                colour = depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
+                colour = figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
             else:
-                colour = depth_figures.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
+                colour = figures.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
             ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
             ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
             ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
@@ -560,8 +560,8 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
         sample = evaluation.test_loader(cfg, lines[f:f + 1], int(config["height"]), int(config["width"])).dataset[0]
         gt = gts[f]
         panels = [(data.image_to_float(sample["color"][0]).permute(1, 2, 0).numpy(), f"{name}: input"),
-                  (depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
-        panels += [(depth_figures.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
+                  (figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
+        panels += [(figures.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
                     labels[g]) for g, members in enumerate(groups)]
         for ax, (image, title) in zip(axes[r], panels):
             ax.imshow(image)
