@@ -12,7 +12,7 @@ validation loss, the self-query diagnostics, the health numbers that tell a coll
 and main. What a reader of the concept never needs is in helpers/: training_run.py (the run's
 record in RUN/: ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv; resume),
 distributed_training.py (torchrun, the resumable sampler, signals), training_data.py (loaders),
-training_health.py (is the run collapsing?), profiling.py (--profile), cpu_threads.py (how many CPU
+training_health.py (is the run collapsing?), benchmark.py (--profile), cpu_threads.py (how many CPU
 threads: the cores free at the start). Deviations from the official trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
@@ -42,7 +42,6 @@ import torch.distributed as dist
 from helpers import cpu_threads                      # threads from the cores free at the start
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
 from helpers import model_files                      # --init_from, --pose_init
-from helpers import profiling                        # --profile
 from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
 from helpers import speed_layer                      # the CPU speed-ups (--no-speed_layer: stock PyTorch)
 from helpers import training_data                    # the world, split lists, loaders
@@ -441,7 +440,8 @@ def main(argv=None):
             step = lambda batch: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,
                                             trainer.ssim)
             prepare = lambda batch: training_data.to_device(batch, device, trainer.cfg.channels_last)
-            return profiling.profile(trainer, cfg.profile, prepare, step, trainer.speed.bf16)
+            from helpers import benchmark        # --profile: where a step's time goes
+            return benchmark.profile(trainer, cfg.profile, prepare, step, trainer.speed.bf16)
         stop = runtime.StopRequest()
         with stop.installed():
             code = fit(trainer, stop)

@@ -2,7 +2,7 @@
 
 The seven numbered scripts at the repository root teach the method; this package holds what a reader
 of those concepts never needs: the synthetic world (the default data), the command line, run folders
-and checkpoints, data loading plumbing, distributed training, profiling and benchmarks, memory and
+and checkpoints, data loading plumbing, distributed training, benchmarks and profiling, memory and
 optimiser speed-ups, split lists, training health, model files, figures and run comparison.
 
 Imported as `from helpers import run_folder`; the runnable ones are started from the repository root
