@@ -17,6 +17,7 @@ Tests: tests/test_06_train.py and tests/test_faults.py.
 import csv
 import errno
 import os
+import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,3 +266,16 @@ def save_plots(run_dir, model):
     fig.savefig(run_dir / "curves.png", dpi=90)
     plt.close(fig)
     return run_dir / "curves.png"
+
+
+def code_commit():
+    """Short commit of this repository ("-dirty" added when tracked files differ from it), else "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              timeout=30)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=Path(__file__).resolve().parents[1], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):   # no git on this machine
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")

@@ -261,8 +261,7 @@ def provenance(ckpt, bf16):
     """What a score file says of how a run was trained: the commit of the code (the one that started the
     run; "A then B" when it was resumed with other code) and the precision it ran in ("bf16" where --amp
     ran bf16 autocast of the depth network, else "float32"; a resumed run that changed it: "A then B")."""
-    from helpers.run_scores import code_commit   # git, asked once per run
-    now = {"commit": code_commit(), "precision": "bf16" if bf16 else "float32"}
+    now = {"commit": run_folder.code_commit(), "precision": "bf16" if bf16 else "float32"}
     before = (ckpt or {}).get("config", {})
     return {k: v if not before.get(k) or before[k].split(" then ")[-1] == v else f"{before[k]} then {v}"
             for k, v in now.items()}
