@@ -202,7 +202,7 @@ class ResnetUNet(nn.Module):
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # The demo and the command line (ImageNet weights: helpers/imagenet_weights.py; a faster CPU
-# backward of big 3x3 convs on small maps: helpers/small_map_convs.py).
+# backward of big 3x3 convs on small maps: helpers/speed_layer.py).
 # ==============================================================================================
 @dataclass
 class UNetDemoConfig:
