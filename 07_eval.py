@@ -62,7 +62,7 @@ from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import figures          # --figures: predictions and the SQL internals
 from helpers import eval_tables      # the tables (one checkpoint, or every kept epoch), the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
-from helpers import split_lists      # the standard split lists (download, SHA-256)
+from helpers import kitti_files      # the standard split lists (download, SHA-256)
 from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 from helpers.distributed_training import choose_device  # --device, chosen as 06 chooses it
@@ -229,7 +229,7 @@ def split_lines(cfg, kind="test"):
     if cfg.split_file and kind == "test":
         path = cfg.split_file
     else:
-        path = split_lists.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
+        path = kitti_files.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
                                    log=lambda line: print("   " + line))
     lines = data.read_split(path)
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines

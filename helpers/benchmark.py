@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 from helpers.distributed_training import choose_device, unwrap  # --device, the module inside DDP
 from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_effect, page_faults,  # CPU
                                  tune_cpu_memory, use_small_map_convs)                        # speed-ups
@@ -187,7 +187,7 @@ def train_step_memory(preset, world, batch_size):
     training_data = importlib.import_module("helpers.training_data")
     cfg = train.preset_config(preset)
     cfg = train.TrainConfig(**{**vars(cfg), "batch_size": batch_size, "model": {**cfg.model, "pretrained": None}})
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(world)))[:batch_size]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=str(world)))[:batch_size]
     dataset = data.KittiRaw(str(world), lines, cfg.height, cfg.width, frame_ids=train.frame_ids(cfg), is_train=True)
     batch = training_data.to_device(data.collate([dataset[i] for i in range(len(lines))]), torch.device("cpu"),
                                     cfg.channels_last)
@@ -441,7 +441,7 @@ def run_loader_bench(cfg):
     if not root.is_dir():
         raise data.DataError(f"data folder not found: {root}")
     name = "synthetic" if (root / data.SYNTH_MARKER).is_file() else "eigen_zhou"
-    lines = data.read_split(split_lists.get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
+    lines = data.read_split(kitti_files.get_split_file(name, cfg.split, cfg.split_dir or None, data_path=root))
     results = loader_benchmark(root, lines, cfg.height, cfg.width, cfg.samples, cfg.img_ext)
     print(f"loader at {cfg.width}x{cfg.height}, {min(cfg.samples, len(lines))} samples of frames 0, -1, +1 "
           f"(samples/s)")

@@ -32,9 +32,8 @@ import numpy as np
 
 from helpers import figures                         # inverse depth in colour
 from helpers import model_files                     # checkpoints -> DepthNet
-from helpers import run_folder                      # val.csv reader
+from helpers import run_record                      # val.csv, the training fields removed since older runs
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
-from helpers import training_run                    # the training fields removed since older runs
 from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
@@ -86,7 +85,7 @@ def flat_config(config):
 def config_defaults():
     """Today's default of every stored config field, flattened as flat_config flattens a run's config:
     06's TrainConfig and 04's DepthNetConfig; a removed field's default is the one it had then."""
-    removed = {**training_run.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
+    removed = {**run_record.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
     return {**removed, **flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})}
 
 
@@ -299,7 +298,7 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
 
 def read_val_log(run_dir):
     """{column: values} of a run folder's val.csv (step and the self-query diagnostics); {} without one."""
-    return run_folder.read_csv(Path(run_dir) / "val.csv", ("step",) + bins.INTERNALS_STATS)
+    return run_record.read_csv(Path(run_dir) / "val.csv", ("step",) + bins.INTERNALS_STATS)
 
 
 def save_diagnostics_figure(logs, labels, path):
@@ -354,7 +353,7 @@ def run_compare(options, device):
     options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
     paths = [resolve_run(spec) for spec in options.runs]
     names = file_names(options.runs, paths) if options.save_scores else []
-    commit = run_folder.code_commit() if options.save_scores else ""
+    commit = run_record.code_commit() if options.save_scores else ""
     model, config = model_files.load_model(paths[0], device)
     first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
@@ -497,7 +496,7 @@ def run_zero_shot(options, device):
     b0 = baseline[f"{per_world[0][0]} abs_rel"]
     baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
     if options.save_scores:   # one file per run: the table outlives the checkpoints (helpers/py)
-        commit = run_folder.code_commit()
+        commit = run_record.code_commit()
         for index, (row, config) in enumerate(zip(runs, configs)):
             record = make_zero_shot_record(
                 names[index], paths[index].name, flat_config(config), [w for w, *_ in per_world],
@@ -617,7 +616,7 @@ def make_record(run, checkpoint, config, evaluation, frames, metrics, by_range, 
             "evaluation": {k: evaluation[k] for k in EVALUATION_FIELDS}, "frames": frames,
             "metrics": dict(metrics), "error_by_range": [dict(r) for r in by_range],
             "scored_with_commit": commit,
-            # 06_train.py stores both beside the config (helpers/training_run.provenance); null for runs
+            # 06_train.py stores both beside the config (helpers/run_record.provenance); null for runs
             # of older code
             "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
             "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),

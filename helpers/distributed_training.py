@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from helpers import run_folder         # the save's own errors
 from helpers.cli import one_line  # errors as one line
 
 # 06_train.py's exit code when a DataLoader worker died (its docstring lists them all).
@@ -247,9 +246,10 @@ def save_or_stop(save, validate_too, stop):
     the step). A DataLoader worker gone during the validation stops the run as a signal does
     (stop.signum); any other error (bad data in the val split, memory) is raised again after that
     save. The save's own errors (a failed write, NaN weights) are raised as they come."""
+    from helpers.run_record import NonFinite, SaveError   # the save's own errors
     try:
         save(validate_too)
-    except (run_folder.SaveError, run_folder.NonFinite, OSError):
+    except (SaveError, NonFinite, OSError):
         raise
     except Exception as err:
         if not validate_too:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from helpers.distributed_training import Dist, EpochBatches, main_rank_first  # (helpers/distributed_training.py)
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -76,7 +76,7 @@ def split_names(cfg):
 
 def split_files(cfg, root, log=print):
     """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
-    helpers/split_lists.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
+    helpers/kitti_files.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
     test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
     informative line about a user's list that differs from the standard list of its name."""
     split, eval_split = split_names(cfg)
@@ -86,7 +86,7 @@ def split_files(cfg, root, log=print):
         raise ValueError(f"give --split {cfg.split} or --train_files/--val_files, not both")
 
     def find(name, kind):
-        return split_lists.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
+        return kitti_files.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
 
     if cfg.train_files:
         files = {"train": Path(cfg.train_files).resolve(), "val": Path(cfg.val_files).resolve()}
@@ -105,9 +105,9 @@ def load_splits(cfg, root, log=print):
     split, eval_split = split_names(cfg)
     what = f"the {'--train_files/--val_files' if cfg.train_files else split} split (train + val lines)"
     against = f"the {eval_split} test split"
-    shared = split_lists.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
+    shared = kitti_files.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
     if shared and log is not None:
-        log(f"warning: {what} shares {split_lists.describe_overlap(shared, len(test), against)} "
+        log(f"warning: {what} shares {kitti_files.describe_overlap(shared, len(test), against)} "
             f"(allowed by --allow_split_overlap): test numbers on these drives will be optimistic")
     return train, val, files
 
