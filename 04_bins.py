@@ -44,7 +44,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.cli import add_dataclass_flags, without_removed  # the command line of every script
-from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -179,7 +178,7 @@ class DepthNet(nn.Module):
             elif cfg.bins == "adabins":
                 self.bins_mlp = _mlp([E, 256, 256, D])  # AdaBins' regressor on the first token
             self.to_logits = nn.Conv2d(Q, D, 1)  # official convert_to_prob.0
-        load_pretrained(self.unet.encoder, cfg.pretrained)
+        unet.load_pretrained(self.unet.encoder, cfg.pretrained)
 
     def forward(self, img, return_extras=False):
         return self.depth_from_features(self.unet(img), return_extras)
