@@ -1,6 +1,7 @@
 """helpers - everything that is not a reading step: the engineering around SQLDepth, one module per job.
 
-synthetic_world (the default data), kitti_files (split lists, KITTI made ready), training_data (loaders),
+synthetic_world (the default data), kitti_files (split lists, KITTI made ready), color_jitter (01's
+augmentation maths), training_data (loaders),
 cli (the command-line convention), run_record (a run's flags, folder, checkpoints, logs, resume),
 model_files (every weights file read back, the official release), training_health, distributed_training,
 cpu_threads, speed_layer (the CPU speed-ups), benchmark (speed tables, --profile), figures, eval_tables,
