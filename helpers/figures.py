@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.cli import add_dataclass_flags  # the command line of every script
+from helpers import model_files  # our checkpoints, read with their checks
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
@@ -139,18 +140,18 @@ def load_trained(path, net_class):
     """(net_class(**model config), height, width) from a 06_train checkpoint, its U-Net and Self-Query
     Layer weights loaded; ValueError with the path if unusable."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model_cfg = ckpt["config"]["model"]
-        if model_cfg.get("queries", "self") == "none":
-            raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
+        ckpt = model_files.read_checkpoint(path, keys=("model", "config"))
+    except data.DataError as err:                # missing, unreadable, not ours, NaN/Inf weights
+        raise ValueError(str(err)) from None
+    model_cfg = ckpt["config"]["model"]
+    if model_cfg.get("queries", "self") == "none":
+        raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
+    try:
         net = net_class(**model_cfg)
-        wanted = {k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))}
-        net.load_state_dict(wanted)
-        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
-    except ValueError:
-        raise
-    except Exception as err:  # missing file, not a checkpoint, a state dict that does not fit: one line
-        raise ValueError(f"cannot load checkpoint {path} ({type(err).__name__}: {err})".splitlines()[0]) from None
+        net.load_state_dict({k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))})
+    except (TypeError, RuntimeError) as err:     # a state dict that does not fit: one line
+        raise ValueError(f"cannot load checkpoint {path} ({one_line(err)})") from None
+    return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
 
 
 def main(argv, net_class):

@@ -1,21 +1,11 @@
 """model_files - model and weight files: our checkpoints, the released official weights, --init_from/--pose_init.
 
-Not a reading step: nothing in it is SQLDepth. One reader, `read_weights`, opens every .pt/.pth file
-(torch.load with weights_only=True) and turns a missing or unreadable one into one DataError line
-naming it. Built on it:
-  load_model, load_official, load_either   a DepthNet in eval mode from one of our checkpoints (the
-                                           network rebuilt from the config it stores: 04_bins) or from
-                                           the official release; for 07_eval.py, predict, compare_runs
-  convert_official_checkpoint, config_from_official   the released SQLDepth weights (encoder.pth +
-                                           depth.pth of github.com/hisfog/SfMNeXt-Impl, the resnet_lite
-                                           models) as a DepthNet state dict: keys renamed to ours, the
-                                           architecture inferred from the shapes, checked strictly
-  start_networks                           a training that starts from weights (06_train.py): the
-                                           depth network from --init_from (ours, or the official pair),
-                                           the pose network from --pose_init (ours, or the official
-                                           pose.pth), as the official MS recipe and Monodepth2's
-                                           --load_weights_folder do; optimiser and schedule start afresh
-A file that does not fit is one line naming it and the first mismatching parameter.
+Not a reading step: nothing in it is SQLDepth. One reader, `read_weights` (torch.load with
+weights_only=True), opens every .pt/.pth file; a file missing, unreadable, not ours, with NaN/Inf
+weights or not fitting its network is one DataError line naming it and the first mismatch. Built on
+it: our checkpoints back as a DepthNet (07_eval.py, predict, compare_runs) or for --resume; the
+released SQLDepth weights (encoder.pth + depth.pth of github.com/hisfog/SfMNeXt-Impl) converted to
+our names, the architecture inferred from the shapes; --init_from / --pose_init (06_train.py).
 Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion), tests/test_weights_init.py.
 """
 import importlib

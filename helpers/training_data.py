@@ -1,15 +1,10 @@
 """training_data - where 06_train.py's samples come from: the world, the split lists, the loaders.
 
 Not a reading step: 01_data.py is the concept (KITTI raw, splits, KittiRaw); this is the plumbing a
-training program puts around it:
-  prepare                    all of the below for one run of 06_train.py
-  ensure_synthetic_world     the default data, rendered once into data/synthetic (rank 0 first)
-  split_files, load_splits   the train / val lists of --split or --train_files, downloaded on first
-                             use, and refused when they share a drive with the evaluation split
-  make_datasets, make_loaders   KittiRaw at the network size, over distributed_training.EpochBatches
-  to_device                  a batch on the device, images turned to float there
-  true_motion                the synthetic world's true camera motion per val sample (health check)
-Tests: tests/test_06_train.py.
+training program puts around it (`prepare`): the default world rendered once (rank 0 first), the
+train / val lists (downloaded on first use, refused when they share a drive with the evaluation
+split), KittiRaw loaders over distributed_training.EpochBatches, batches moved to the device, and the
+synthetic world's true camera motion for the health check. Tests: tests/test_06_train.py.
 """
 import importlib
 import time
