@@ -6,8 +6,8 @@ the bins, 04) happens on top of S0.
 
 - Encoder: ResNet-18/34/50 written here in plain PyTorch with *torchvision's parameter names*
   (conv1, bn1, layer1.0.conv1, ..., layer4, fc), so torchvision-format ImageNet weights load with
-  strict=True (load_pretrained, below the banner). The classifier `fc` is never used but is kept so the weights
-  load strictly and the parameter counts match the paper's 31M / 37M.
+  strict=True (load_pretrained, below the banner). The classifier `fc` is never used but is kept so
+  the weights load strictly and the parameter counts match the paper's 31M / 37M.
 - Input in [0, 1], normalised inside with (x - 0.45) / 0.225 like Monodepth2 and the official code.
 - Decoder (the official `DecoderBN`, github.com/hisfog/SfMNeXt-Impl): a 1x1 conv on layer4 then
   four up-blocks (Exercise 2.1), each "bilinear upsample to the skip's size (align_corners=True),
