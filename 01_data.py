@@ -6,7 +6,7 @@ github.com/nianticlabs/monodepth2). This file rebuilds that pipeline:
   * velodyne ground truth exactly as Monodepth2's `generate_depth_map` (Exercise 1.2), the improved
     ground-truth pngs, and an .npz export of the evaluation ground truth;
   * split lists: Monodepth2's `folder frame side` files (where the standard lists come from, and the
-    train/test drive-overlap check: helpers/split_lists.py);
+    train/test drive-overlap check: helpers/kitti_files.py);
   * `KittiRaw`, the Dataset that 06 and 07 read: frames 0/-1/+1 and the stereo partner "s", flip and
     colour jitter drawn once per sample, uint8 images batched by `collate`.
 Where we deviate from Monodepth2's loader, the function concerned says so. The synthetic mini-KITTI
@@ -15,7 +15,7 @@ reading step).
 
 This is the longest step: KITTI raw's layout, calibration, velodyne ground truth, split lists and
 the dataset are each needed to train or evaluate at all. What a reader can skip lives in helpers/:
-the colour jitter's HSV maths (color_jitter.py), the split-list download (split_lists.py), the
+the colour jitter's HSV maths (color_jitter.py), the split-list download (kitti_files.py), the
 loader's benchmark (benchmark.py).
 
 Demo:  python 01_data.py    (a tiny synthetic world, one sample's schema, a figure)

@@ -6,8 +6,8 @@ the bins, 04) happens on top of S0.
 
 - Encoder: ResNet-18/34/50 written here in plain PyTorch with *torchvision's parameter names*
   (conv1, bn1, layer1.0.conv1, ..., layer4, fc), so torchvision-format ImageNet weights load with
-  strict=True (helpers/imagenet_weights.py). The classifier `fc` is never used but is kept so the weights
-  load strictly and the parameter counts match the paper's 31M / 37M.
+  strict=True (load_pretrained, below the banner). The classifier `fc` is never used but is kept so
+  the weights load strictly and the parameter counts match the paper's 31M / 37M.
 - Input in [0, 1], normalised inside with (x - 0.45) / 0.225 like Monodepth2 and the official code.
 - Decoder (the official `DecoderBN`, github.com/hisfog/SfMNeXt-Impl): a 1x1 conv on layer4 then
   four up-blocks (Exercise 2.1), each "bilinear upsample to the skip's size (align_corners=True),
@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
-from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights, strictly
 
 # ---- Encoder: ResNet-18/34/50 with torchvision's parameter names ----
 # (block type, blocks per stage) of each depth, as in the ResNet paper / torchvision.
@@ -201,9 +200,50 @@ class ResnetUNet(nn.Module):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# The demo and the command line (ImageNet weights: helpers/imagenet_weights.py; a faster CPU
-# backward of big 3x3 convs on small maps: helpers/small_map_convs.py).
+# torchvision's ImageNet weights, the demo and the command line (a faster CPU
+# backward of big 3x3 convs on small maps: helpers/speed_layer.py).
 # ==============================================================================================
+# torchvision's published ImageNet weights (IMAGENET1K_V1, the ones `pretrained=True` gives).
+IMAGENET_URLS = {
+    18: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    34: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+
+
+def load_pretrained(encoder_module, spec):
+    """Load ImageNet weights into a `ResNet`: spec None (nothing), "imagenet" (download) or a file path.
+
+    Loading is strict: a file with other keys or shapes raises ValueError naming the file.
+    """
+    if spec is None or spec == "" or spec == "none":
+        return
+    if spec == "imagenet":
+        url = IMAGENET_URLS[encoder_module.num_layers]
+        # torch.hub downloads into a temporary file of a unique name and then renames it, so several
+        # processes fetching at once (torchrun ranks, two runs) cannot break each other; check_hash
+        # compares the download with the SHA-256 prefix in torchvision's file name.
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
+        except Exception as err:  # offline, proxy, certificate...: one clear line
+            raise ValueError(f"could not download ImageNet weights from {url} ({type(err).__name__}); "
+                             f"download the file elsewhere and pass its path as --pretrained PATH") from None
+        source = url
+    else:
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as err:  # missing file, not a torch file, pickled objects, ...: one line
+            raise ValueError(f"cannot read pretrained weights {spec} (not a PyTorch weights file? "
+                             f"{type(err).__name__}: {err})".splitlines()[0]) from None
+        source = spec
+    try:
+        encoder_module.load_state_dict(state, strict=True)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        first = str(err).splitlines()[1:2] or [str(err)]
+        raise ValueError(f"{source} is not a torchvision ResNet-{encoder_module.num_layers} state dict: "
+                         f"{first[0].strip()}") from None
+
+
 @dataclass
 class UNetDemoConfig:
     """What `python 02_unet.py` does: print the feature shapes of one random image."""
@@ -222,7 +262,7 @@ def main(argv=None):
     cfg = UNetDemoConfig(**vars(parser.parse_args(argv)))
     try:
         net = ResnetUNet(cfg.num_layers, cfg.num_features, cfg.model_dim).eval()
-        load_pretrained(net.encoder, cfg.pretrained or None)  # helpers/imagenet_weights.py
+        load_pretrained(net.encoder, cfg.pretrained or None)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -127,7 +127,7 @@ class SelfQueryLayer(nn.Module):
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
 # The demo: a U-Net + Self-Query Layer without 04 (its figure, the synthetic frame and the command
-# line: helpers/demo_figures.py).
+# line: helpers/figures.py).
 # ==============================================================================================
 class CostVolumeNet(nn.Module):
     """U-Net (02) + Self-Query Layer (03): image -> self-cost volume, for the demo.
@@ -149,9 +149,9 @@ class CostVolumeNet(nn.Module):
 
 def main(argv=None):
     """The demo: cost-volume slices V[q] of a synthetic frame, untrained and (with --checkpoint) trained;
-    helpers/demo_figures.py draws them with this file's CostVolumeNet. Returns the exit status."""
-    from helpers import demo_figures
-    return demo_figures.main(argv, CostVolumeNet)
+    helpers/figures.py draws them with this file's CostVolumeNet. Returns the exit status."""
+    from helpers import figures
+    return figures.main(argv, CostVolumeNet)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import run_folder                    # checkpoints: NaN/Inf weights are refused
 from helpers.cli import add_dataclass_flags, without_removed  # the command line of every script
-from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -180,7 +178,7 @@ class DepthNet(nn.Module):
             elif cfg.bins == "adabins":
                 self.bins_mlp = _mlp([E, 256, 256, D])  # AdaBins' regressor on the first token
             self.to_logits = nn.Conv2d(Q, D, 1)  # official convert_to_prob.0
-        load_pretrained(self.unet.encoder, cfg.pretrained)
+        unet.load_pretrained(self.unet.encoder, cfg.pretrained)
 
     def forward(self, img, return_extras=False):
         return self.depth_from_features(self.unet(img), return_extras)
@@ -331,44 +329,22 @@ def depthnet_from_config(model_cfg, state_dict=None):
     return net
 
 
-def load_checkpoint(path):
-    """(DepthNet, training config dict) rebuilt from a 06_train checkpoint's stored config.
-
-    The checkpoint is read with weights_only=True and loaded strictly; anything unusable (missing
-    file, not a checkpoint, NaN/Inf weights, a state dict that does not fit its config) is one
-    ValueError line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors of every kind: the file is not a torch checkpoint
-        raise ValueError(f"{path} is not a readable checkpoint ({str(err).strip().splitlines()[0]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model" not in ckpt.get("config", {}):
-        raise ValueError(f"{path} is not a checkpoint of 06_train.py (no 'model' / 'config' entries)")
-    run_folder.require_finite(ckpt["model"], str(path))   # a diverged run's weights: say so, not garbage
-    try:
-        net = depthnet_from_config(ckpt["config"]["model"], ckpt["model"])
-    except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{path} does not match the architecture of its config: "
-                         f"{str(err).strip().splitlines()[0]}") from None
-    return net, ckpt["config"]
-
-
 def run_demo(cfg):
     """Figure: the per-image bin centres and the bin probabilities of three pixels of a synthetic frame."""
-    from helpers import demo_figures  # a rendered synthetic frame, the figure
+    from helpers import figures, model_files  # a rendered synthetic frame, the figure; our checkpoints
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
-        net, config = load_checkpoint(cfg.checkpoint)
+        try:
+            net, config = model_files.load_model(cfg.checkpoint, torch.device("cpu"))
+        except model_files.data.DataError as err:    # missing, unreadable, not ours, NaN/Inf weights
+            raise ValueError(str(err)) from None
         h, w = int(config["height"]), int(config["width"])
     else:
         name = cfg.preset or "kitti-r18-640x192"
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         net, (h, w) = DepthNet(PRESETS[name]), PRESET_SIZES[name]
-    img, thin = demo_figures.synthetic_frame(h, w, cfg.seed)
+    img, thin = figures.synthetic_frame(h, w, cfg.seed)
     with torch.no_grad():
         out = net.eval()(img, return_extras=True)
     if "probs" not in out:
@@ -382,7 +358,7 @@ def run_demo(cfg):
         state = f"UNTRAINED network ({name}, random weights, no --checkpoint): flat P, about equal depths"
     title = state if cfg.checkpoint else (state + "\na trained one: python 06_train.py, then python 04_bins.py "
                                                    "--checkpoint runs/RUN/best.pt")
-    depths = demo_figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
+    depths = figures.save_bins_figure(img, thin, out, Path(cfg.out), title=title)
     peak = float(out["probs"][0].max(dim=0).values.mean())  # mean over pixels of the largest P_d
     print(state)
     print(f"bin centres: {c[:4].numpy().round(2)} ... {c[-2:].numpy().round(2)} m; saved {cfg.out}")

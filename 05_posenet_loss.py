@@ -54,7 +54,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
-from helpers.imagenet_weights import load_pretrained  # torchvision's ImageNet weights (helpers/)
 from helpers.training_health import training_health  # does self-supervision teach? (helpers/)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
@@ -105,7 +104,7 @@ class PoseResNet(nn.Module):
     def __init__(self, num_layers=18, pretrained=None):
         super().__init__()
         self.encoder = unet.ResNet(num_layers)                 # torchvision names, 3-channel conv1
-        load_pretrained(self.encoder, pretrained)         # None, "imagenet" or a .pth path
+        unet.load_pretrained(self.encoder, pretrained)    # None, "imagenet" or a .pth path (02)
         old = self.encoder.conv1.weight.detach()               # (64, 3, 7, 7)
         self.encoder.conv1 = nn.Conv2d(6, 64, 7, stride=2, padding=3, bias=False)
         with torch.no_grad():

@@ -9,10 +9,10 @@ Adam; StepLR divides the learning rate by 10 after `lr_step` epochs. Read in thi
 `build_networks`, `make_optimizer`, `loss_config`, `train_step` (Exercise 6.1), `validate` (the
 validation loss, the self-query diagnostics, the health numbers that tell a collapsed run) and
 `fit` (the loop). Below the engineering banner: the Trainer that sets a run up, the command line
-and main. What a reader of the concept never needs is in helpers/: training_run.py (the run's
+and main. What a reader of the concept never needs is in helpers/: run_record.py (the run's
 record in RUN/: ckpt.pt, best.pt = the lowest validation loss, log.csv, val.csv; resume),
 distributed_training.py (torchrun, the resumable sampler, signals), training_data.py (loaders),
-training_health.py (is the run collapsing?), profiling.py (--profile), cpu_threads.py (how many CPU
+training_health.py (is the run collapsing?), benchmark.py (--profile), cpu_threads.py (how many CPU
 threads: the cores free at the start). Deviations from the official trainer: docs/kitti.md.
 
 Run: `python 06_train.py` (synthetic world, about ten minutes on 2 CPU cores, ends with 07_eval.py),
@@ -42,15 +42,13 @@ import torch.distributed as dist
 from helpers import cpu_threads                      # threads from the cores free at the start
 from helpers import distributed_training as runtime  # torchrun, the resumable sampler, signals
 from helpers import model_files                      # --init_from, --pose_init
-from helpers import profiling                        # --profile
-from helpers import run_folder                       # checkpoint files, the run folder's lock, CSVs
+from helpers import run_record                       # the command line, run folder, checkpoints, logs
 from helpers import speed_layer                      # the CPU speed-ups (--no-speed_layer: stock PyTorch)
 from helpers import training_data                    # the world, split lists, loaders
 from helpers import training_health                  # is self-supervision working? (a collapsed run)
-from helpers import training_run                     # the command line, checkpoints, logs, resume
 from helpers.cli import one_line                     # errors as one line
 from helpers.training_data import frame_ids          # the frames of a sample: 0, the sources (and "s")
-from helpers.training_run import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
+from helpers.run_record import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -302,10 +300,10 @@ def fit(trainer, stop):
     (runtime.step_outcome), the log line; at epoch ends StepLR and a validation with checkpoints
     (trainer.save)."""
     cfg, info = trainer.cfg, trainer.info
-    if info.main:   # one training per run folder: a second one is refused (helpers/run_folder.py)
-        trainer.lock = run_folder.lock_run_folder(trainer.run_dir)
+    if info.main:   # one training per run folder: a second one is refused (helpers/run_record.py)
+        trainer.lock = run_record.lock_run_folder(trainer.run_dir)
         for name in ("log.csv", "val.csv"):
-            run_folder.truncate_csv(trainer.run_dir / name, trainer.step)
+            run_record.truncate_csv(trainer.run_dir / name, trainer.step)
         print(f"train: {cfg.preset} | {cfg.data} {cfg.width}x{cfg.height} | batch {cfg.batch_size} x "
               f"{info.world} process(es) | {trainer.steps_per_epoch} steps/epoch | step {trainer.step} -> "
               f"{trainer.total_steps} | {trainer.device} | {trainer.run_dir}", flush=True)
@@ -345,7 +343,7 @@ def fit(trainer, stop):
             paused = time.perf_counter()
             try:   # a failed validation: the checkpoint without it (helpers/distributed_training.py)
                 runtime.save_or_stop(trainer.save, validate_now, stop)
-            except run_folder.NonFinite as err:
+            except run_record.NonFinite as err:
                 return trainer.stop_nonfinite(str(err), last_saved)
             last_saved = trainer.step
             interval["start"] += time.perf_counter() - paused   # img/s and ETA exclude saving
@@ -353,7 +351,7 @@ def fit(trainer, stop):
     try:
         if stop.signum or last_saved != trainer.step:
             runtime.save_or_stop(trainer.save, not stop.signum, stop)   # no validation when asked to stop
-    except run_folder.NonFinite as err:
+    except run_record.NonFinite as err:
         return trainer.stop_nonfinite(str(err), last_saved)
     if stop.signum:                          # a signal or a dead DataLoader worker: one line
         return stop.report(trainer.run_dir, trainer.step, info.main)
@@ -363,12 +361,12 @@ def fit(trainer, stop):
 
 # ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# The Trainer (what a run holds; its checkpoints, logs and resume are helpers/training_run.py's),
+# The Trainer (what a run holds; its checkpoints, logs and resume are helpers/run_record.py's),
 # the command line and main.
 # ==============================================================================================
-class Trainer(training_run.TrainingRun):
+class Trainer(run_record.TrainingRun):
     """One run: networks, optimiser, schedule, loss, loaders and counters. Its record (checkpoints
-    with validation, log lines, resume) is helpers/training_run.py's TrainingRun."""
+    with validation, log lines, resume) is helpers/run_record.py's TrainingRun."""
 
     step_terms = STEP_TERMS
 
@@ -391,7 +389,7 @@ class Trainer(training_run.TrainingRun):
         # On a CPU: small-map convs in place, the box-filter SSIM, flat Adam, bf16 only where native
         self.speed = speed_layer.apply(device, self.depth_net, self.pose_net, cfg.amp, cfg.speed_layer)
         # stored beside the config: the split lists and drives (07's leakage warning), commit, precision
-        self.split_record = {**loaders.split_record, **training_run.provenance(ckpt, self.speed.bf16)}
+        self.split_record = {**loaders.split_record, **run_record.provenance(ckpt, self.speed.bf16)}
         self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net, self.speed.adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
         self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
@@ -401,7 +399,7 @@ class Trainer(training_run.TrainingRun):
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
         self.nets = (self.depth_net, self.pose_net)
-        self.collapse_watch = training_health.CollapseWatch(training_run.collapse_advice(cfg))
+        self.collapse_watch = training_health.CollapseWatch(run_record.collapse_advice(cfg))
         if info.world > 1:                       # static_graph: the encoder's fc is never used
             wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
             self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
@@ -413,10 +411,10 @@ class Trainer(training_run.TrainingRun):
                         self.device, self.info, self.true_motion)
 
 
-# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/training_run.py)
+# ---- Command line: one flag per TrainConfig field, model fields as flat flags (helpers/run_record.py)
 def parse_args(argv=None):
     """(TrainConfig of the chosen preset with the given flags applied, {flag: value} given)."""
-    return training_run.parse_args(argv, TrainConfig, preset_config, PRESETS)
+    return run_record.parse_args(argv, TrainConfig, preset_config, PRESETS)
 
 
 def main(argv=None):
@@ -429,7 +427,7 @@ def main(argv=None):
         speed_layer.tune_cpu_memory()            # before the first big tensor, or PyTorch ignores it
     trainer = None
     try:
-        cfg, ckpt = training_run.prepare_run(cfg, given, TrainConfig)
+        cfg, ckpt = run_record.prepare_run(cfg, given, TrainConfig)
         info, device = runtime.setup_process(cfg)
         threads = cpu_threads.use_threads(cfg.threads, info.world, say=info.main, run_dir=cfg.run_dir,
                                           resumed=ckpt, watch=device.type == "cpu")
@@ -441,22 +439,23 @@ def main(argv=None):
             step = lambda batch: train_step(*trainer.nets, batch, trainer.optimizer, trainer.loss_cfg,
                                             trainer.ssim)
             prepare = lambda batch: training_data.to_device(batch, device, trainer.cfg.channels_last)
-            return profiling.profile(trainer, cfg.profile, prepare, step, trainer.speed.bf16)
+            from helpers import benchmark        # --profile: where a step's time goes
+            return benchmark.profile(trainer, cfg.profile, prepare, step, trainer.speed.bf16)
         stop = runtime.StopRequest()
         with stop.installed():
             code = fit(trainer, stop)
         if info.main and code != EXIT_NONFINITE:
-            curves = run_folder.save_plots(trainer.run_dir, trainer.cfg.model)
+            curves = run_record.save_plots(trainer.run_dir, trainer.cfg.model)
         if info.main and code == 0:
             print(f"done: step {trainer.step}, best validation loss {trainer.best_val:.4f}, checkpoints "
                   f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)
         if code == 0 and info.main and trainer.cfg.data == "synthetic" and not cfg.no_eval:
-            code = training_run.run_eval(trainer.run_dir)
+            code = run_record.run_eval(trainer.run_dir)
         return code
-    except (data.DataError, FileNotFoundError, ValueError, run_folder.RunFolderBusy) as err:
+    except (data.DataError, FileNotFoundError, ValueError, run_record.RunFolderBusy) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)   # SplitOverlapError is a DataError
         return EXIT_BAD_INPUT
-    except run_folder.SaveError as err:          # a full disk: the previous checkpoint is intact
+    except run_record.SaveError as err:          # a full disk: the previous checkpoint is intact
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_SAVE_FAILED
     except OSError as err:                       # a read-only run folder, a full disk while logging

@@ -38,7 +38,7 @@ The untrained-network baseline is built with pretrained=None (truly untrained, a
 The metrics come first, then the test frames, their ground truth and the whole evaluation; below
 the engineering banner only the command line (EvalConfig, defaults taken from the checkpoint, the
 device, main). Loading models, the tables and the pictures live in helpers (model_files,
-eval_tables, depth_figures).
+eval_tables, figures).
 Uses: 01_data (splits, GT, KittiRaw), 04_bins (DepthNet, official conversion). Used by: 06_train
 (runs this file as a subprocess at the end of the default run), helpers/compare_runs.py, helpers/predict.py.
 Run: `python 07_eval.py --checkpoint runs/RUN/best.pt [--baselines --figures]`.
@@ -59,10 +59,10 @@ import torch.nn.functional as F
 
 # The helpers: engineering that a reader of the evaluation can skip (helpers/NAME.py).
 from helpers import cpu_threads      # threads from the cores free at the start
-from helpers import depth_figures    # --figures: predictions and the SQL internals
+from helpers import figures          # --figures: predictions and the SQL internals
 from helpers import eval_tables      # the tables (one checkpoint, or every kept epoch), the leakage warning
 from helpers import model_files      # our checkpoints and the official weights -> DepthNet
-from helpers import split_lists      # the standard split lists (download, SHA-256)
+from helpers import kitti_files      # the standard split lists (download, SHA-256)
 from helpers import synthetic_world  # the synthetic world's thin-structure masks and mean-depth map
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 from helpers.distributed_training import choose_device  # --device, chosen as 06 chooses it
@@ -229,7 +229,7 @@ def split_lines(cfg, kind="test"):
     if cfg.split_file and kind == "test":
         path = cfg.split_file
     else:
-        path = split_lists.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
+        path = kitti_files.get_split_file(cfg.split, kind, cfg.split_dir or None, data_path=cfg.data_path,
                                    log=lambda line: print("   " + line))
     lines = data.read_split(path)
     return lines[: cfg.max_images] if cfg.max_images and kind == "test" else lines
@@ -337,10 +337,10 @@ def evaluate(model, config, cfg, device):
     if cfg.figures and images:
         fig_path = Path(cfg.out) / f"eval_{cfg.split}_predictions.png"
         at_gt_size = [resize_to(pred, *gt.shape) for pred, gt in zip(preds, gts[: len(images)])]
-        depth_figures.save_prediction_figure(images, at_gt_size, gts[: len(images)], fig_path)
+        figures.save_prediction_figure(images, at_gt_size, gts[: len(images)], fig_path)
         print(f"-> figure saved to {fig_path}")
         fig_path = Path(cfg.out) / f"eval_{cfg.split}_internals.png"
-        if depth_figures.save_internals_figure(model, images[0].to(device), fig_path):
+        if figures.save_internals_figure(model, images[0].to(device), fig_path):
             print(f"-> figure saved to {fig_path}")
     return rows
 

@@ -12,27 +12,28 @@ Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by r
 depth), compare_<split>.png (the same test frames for each variant, with the thin structures
 enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
 The README's ablation table and docs/ablations.md come from it.
-Score files (helpers/run_scores.py) keep each run's scores beyond its checkpoints: `--save_scores DIR`
+Score files (helpers/py) keep each run's scores beyond its checkpoints: `--save_scores DIR`
 writes one JSON per run while scoring; `python -m helpers.compare_runs --scores DIR --out OUT` rebuilds
 the tables (not the figures) from such files alone.
 Tests: tests/test_compare_runs.py.
 """
 import argparse
+import glob
 import importlib
 import json
+import math
 import sys
 import textwrap
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from helpers import depth_figures                   # inverse depth in colour
+from helpers import figures                         # inverse depth in colour
 from helpers import model_files                     # checkpoints -> DepthNet
-from helpers import run_folder                      # val.csv reader
-from helpers import run_scores                      # one score file per run, and tables from them
+from helpers import run_record                      # val.csv, the training fields removed since older runs
 from helpers import synthetic_world                 # thin-structure masks, the mean-depth map
-from helpers import training_run                    # the training fields removed since older runs
 from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
@@ -84,7 +85,7 @@ def flat_config(config):
 def config_defaults():
     """Today's default of every stored config field, flattened as flat_config flattens a run's config:
     06's TrainConfig and 04's DepthNetConfig; a removed field's default is the one it had then."""
-    removed = {**training_run.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
+    removed = {**run_record.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
     return {**removed, **flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})}
 
 
@@ -275,9 +276,9 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
         window = (slice(top, top + crop_h), slice(left, left + crop_w))
         for c, (title, preds) in enumerate(columns):
             if preds is None:  # ground truth: pixels without GT drawn as far as the farthest GT pixel
-                colour = depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
+                colour = figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max()))
             else:
-                colour = depth_figures.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
+                colour = figures.colorize_inverse_depth(evaluation.resize_to(preds[f], H, W))
             ax_img, ax_depth, ax_crop = axes[3 * f: 3 * f + 3, c]
             ax_img.imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))  # drawn in GT pixel units
             ax_img.add_patch(Rectangle((left, top), crop_w, crop_h, fill=False, ec="cyan", lw=1))
@@ -297,7 +298,7 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
 
 def read_val_log(run_dir):
     """{column: values} of a run folder's val.csv (step and the self-query diagnostics); {} without one."""
-    return run_folder.read_csv(Path(run_dir) / "val.csv", ("step",) + bins.INTERNALS_STATS)
+    return run_record.read_csv(Path(run_dir) / "val.csv", ("step",) + bins.INTERNALS_STATS)
 
 
 def save_diagnostics_figure(logs, labels, path):
@@ -351,8 +352,8 @@ def run_compare(options, device):
     """Score every run on one test split, group seeds into variants, write the tables and figures.
     options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
     paths = [resolve_run(spec) for spec in options.runs]
-    names = run_scores.file_names(options.runs, paths) if options.save_scores else []
-    commit = run_scores.code_commit() if options.save_scores else ""
+    names = file_names(options.runs, paths) if options.save_scores else []
+    commit = run_record.code_commit() if options.save_scores else ""
     model, config = model_files.load_model(paths[0], device)
     first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
@@ -385,7 +386,7 @@ def run_compare(options, device):
         print("     by true depth: " + " | ".join(f"{r['range']} pred/gt {r['pred_over_gt']:.2f} rmse "
                                                   f"{r['rmse']:.1f} ({100 * r['sq_error_share']:.0f}%)" for r in by_range))
         if options.save_scores:  # at once: a later run's failure loses no finished run's scores
-            saved = run_scores.write_record(run_scores.make_record(
+            saved = write_record(make_record(
                 names[index], path.name, flat_config(config), evaluated, result["n"],
                 {c: result[c] for c in COMPARE_COLUMNS}, by_range, commit), options.save_scores)
             print(f"     scores: {saved}")
@@ -412,12 +413,12 @@ def run_compare(options, device):
 
 
 def compare_scores(options):
-    """run_compare's tables rebuilt from score files alone (helpers/run_scores.py): the same variants,
+    """run_compare's tables rebuilt from score files alone (helpers/py): the same variants,
     labels, mean +- std and CSVs, no figures (they need each run's network). Returns (aggregated rows,
     per-run rows)."""
     if not options.out:
         raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
-    records = run_scores.read_records(options.scores)
+    records = read_records(options.scores)
     shown = records[0]["evaluation"]
     print(f"-> {len(records)} score files of runs on {shown['test_frames']} {shown['split']} frames of "
           f"{shown['data']}{', post-processed' if shown['post_process'] else ''}; "
@@ -453,7 +454,7 @@ def run_zero_shot(options, device):
     world; a baseline row, the mean depth map of the first run's TRAINING world; a figure of the same
     test frame in each world. Writes zero_shot.md / .csv / _runs.csv / .png; returns the aggregated rows."""
     paths = [resolve_run(spec) for spec in options.runs]
-    names = run_scores.file_names(options.runs, paths) if options.save_scores else []
+    names = file_names(options.runs, paths) if options.save_scores else []
     worlds = [(world_name(w), Path(w)) for w in options.worlds]
     first_config = model_files.load_model(paths[0], device)[1]
     train_cfg = evaluation_config(options)
@@ -494,13 +495,13 @@ def run_zero_shot(options, device):
         baseline.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
     b0 = baseline[f"{per_world[0][0]} abs_rel"]
     baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
-    if options.save_scores:   # one file per run: the table outlives the checkpoints (helpers/run_scores.py)
-        commit = run_scores.code_commit()
+    if options.save_scores:   # one file per run: the table outlives the checkpoints (helpers/py)
+        commit = run_record.code_commit()
         for index, (row, config) in enumerate(zip(runs, configs)):
-            record = run_scores.make_zero_shot_record(
+            record = make_zero_shot_record(
                 names[index], paths[index].name, flat_config(config), [w for w, *_ in per_world],
                 {c: row[c] for c in columns}, {c: baseline[c] for c in columns}, commit)
-            print(f"     zero-shot scores: {run_scores.write_record(record, options.save_scores)}")
+            print(f"     zero-shot scores: {write_record(record, options.save_scores)}")
     out = Path(options.out) if options.out else Path(options.runs[0]).resolve().parent / "zero_shot"
     aggregated, groups, labels = write_zero_shot_tables(runs, configs, baseline, [w for w, *_ in per_world], out)
     save_zero_shot_figure(per_world, frame, figure, groups, labels, configs, out / "zero_shot.png")
@@ -538,7 +539,7 @@ def write_zero_shot_tables(runs, configs, baseline, worlds, out):
 def compare_zero_shot_scores(options):
     """run_zero_shot's tables rebuilt from zero-shot score files alone (no figure). Returns the
     aggregated rows."""
-    records = run_scores.read_zero_shot_records(options.scores)
+    records = read_zero_shot_records(options.scores)
     print(f"-> {len(records)} zero-shot score files, worlds {', '.join(records[0]['worlds'])}")
     runs = [{**r["metrics"], "run": r["run"], "seed": r["seed"]} for r in records]
     baseline = {**records[0]["baseline"], "run": "mean training depth map", "seed": ""}
@@ -560,8 +561,8 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
         sample = evaluation.test_loader(cfg, lines[f:f + 1], int(config["height"]), int(config["width"])).dataset[0]
         gt = gts[f]
         panels = [(data.image_to_float(sample["color"][0]).permute(1, 2, 0).numpy(), f"{name}: input"),
-                  (depth_figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
-        panels += [(depth_figures.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
+                  (figures.colorize_inverse_depth(np.where(gt > 0, gt, gt.max())), "ground truth")]
+        panels += [(figures.colorize_inverse_depth(evaluation.resize_to(predictions[members[0]][r], *gt.shape)),
                     labels[g]) for g, members in enumerate(groups)]
         for ax, (image, title) in zip(axes[r], panels):
             ax.imshow(image)
@@ -570,6 +571,190 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+# ---- Score files: one small JSON per run, so that tables outlive the checkpoints ----
+# A file holds the run's name and checkpoint, its seed, the evaluation, every per-run column, its error
+# by range of true depth, the commits that trained and scored it, the date and the training config, with
+# paths that keep no trace of the machine (data folders by their last component, absolute paths too).
+FORMAT = 1  # bumped when a field changes meaning; a reader refuses files of another format
+
+# Config fields naming data folders: kept by their last component only (the folder's name, which
+# says which world or dataset it was, not where it lay on the machine that trained the run).
+DATA_PATH_FIELDS = ("data_path", "split_dir")
+# Config fields naming files or runs: relative paths stay as given (they can tell two variants apart,
+# e.g. --init_from runs/a/best.pt vs runs/b/best.pt), absolute ones keep their last component.
+OTHER_PATH_FIELDS = ("train_files", "val_files", "run_dir", "resume", "init_from", "pose_init")
+# The fields of a file's "evaluation" that must agree for two runs to share one table.
+EVALUATION_FIELDS = ("split", "data", "split_file", "max_images", "test_frames", "post_process", "eval_stereo")
+# The fields a table is rebuilt from.
+READ_FIELDS = ("run", "seed", "evaluation", "frames", "metrics", "error_by_range", "config")
+
+
+def portable_config(flat):
+    """A flattened training config with its paths made machine-independent (see the field lists above)."""
+    out = dict(flat)   # same field order: variant labels name the differing fields in this order
+    for key in DATA_PATH_FIELDS:
+        if out.get(key):
+            out[key] = Path(out[key]).name
+    for key in OTHER_PATH_FIELDS:
+        if out.get(key) and Path(out[key]).is_absolute():
+            out[key] = Path(out[key]).name
+    if isinstance(out.get("split_files"), dict):
+        out["split_files"] = {k: Path(v).name for k, v in out["split_files"].items()}
+    return out
+
+
+def make_record(run, checkpoint, config, evaluation, frames, metrics, by_range, commit):
+    """One run's score file as a dict, in the key order it is written in.
+
+    run: the file's name (the run folder's); checkpoint: the scored file's name; config: the run's
+    flattened training config; evaluation: {field of EVALUATION_FIELDS: value}; frames: frames scored;
+    metrics: {column: value}; by_range: compare_runs.errors_by_range's rows; commit: code_commit().
+    """
+    return {"format": FORMAT, "run": run, "checkpoint": checkpoint, "seed": config.get("seed", ""),
+            "evaluation": {k: evaluation[k] for k in EVALUATION_FIELDS}, "frames": frames,
+            "metrics": dict(metrics), "error_by_range": [dict(r) for r in by_range],
+            "scored_with_commit": commit,
+            # 06_train.py stores both beside the config (helpers/run_record.provenance); null for runs
+            # of older code
+            "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
+            "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "config": portable_config(config)}
+
+
+def make_zero_shot_record(run, checkpoint, config, worlds, row, baseline, commit):
+    """One run's zero-shot score file (compare_runs --worlds ... --save_scores DIR): as make_record, but
+    the evaluation is the list of worlds (their style names, the training world first) and the metrics
+    are the zero-shot columns ("<world> <metric>" and "abs_rel increase"); baseline: the same columns of
+    the training world's mean depth map, so that a table rebuilt from these files shows it too."""
+    return {"format": FORMAT, "kind": "zero_shot", "run": run, "checkpoint": checkpoint,
+            "seed": config.get("seed", ""), "worlds": list(worlds), "metrics": dict(row),
+            "baseline": dict(baseline), "scored_with_commit": commit,
+            "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
+            "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "config": portable_config(config)}
+
+
+def file_names(specs, checkpoints):
+    """The name of each run's score file: its run folder's name, <folder>_<file stem> for a checkpoint
+    file given (several checkpoints of one run, e.g. epoch_*.pt). Refuses two runs of one name before
+    any scoring, so that no file of a call overwrites another of the same call."""
+    names = [Path(spec).name if Path(spec).is_dir() else f"{path.parent.name}_{path.stem}"
+             for spec, path in zip(specs, checkpoints)]
+    for spec, name in zip(specs, names):
+        if names.count(name) > 1:
+            raise data.DataError(f"--save_scores: two runs would write {name}.json ({spec} and another); "
+                                 f"score them in separate calls with separate folders")
+    return names
+
+
+def _json_ready(value):
+    """Floats as plain numbers, a non-finite one (NaN: a variant without queries) as null."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) or type(value).__name__.startswith("float"):   # numpy floats too
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_record(record, folder):
+    """FOLDER/<run>.json (the folder made if missing); returns its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['run']}.json"
+    path.write_text(json.dumps(_json_ready(record), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def score_paths(specs):
+    """The score files named by --scores entries (a file, a folder of *.json, or a glob), in the order
+    given (a folder's and a glob's files by name), each file once."""
+    found = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            matches = sorted(path.glob("*.json"))
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec))
+        else:
+            raise data.DataError(f"--scores {spec}: no such score file or folder")
+        if not matches:
+            raise data.DataError(f"--scores {spec}: holds no score file (*.json)")
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+def _nan_for_null(value):
+    """A stored number back as a float (null -> NaN); text (a range's name) as it is."""
+    return float("nan") if value is None else value
+
+
+def _read(path):
+    """One score file as a dict; DataError naming the file when it is unreadable or of another format."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise data.DataError(f"--scores {path}: not a readable score file ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise data.DataError(f"--scores {path}: not a score file of format {FORMAT} "
+                             f"(written by compare_runs --save_scores)")
+    return record
+
+
+def is_zero_shot(specs):
+    """Whether the first score file of --scores is a zero-shot one (then all must be)."""
+    return _read(score_paths(specs)[0]).get("kind") == "zero_shot"
+
+
+def read_zero_shot_records(specs):
+    """The zero-shot score files of --scores, checked to share one list of worlds: list of records
+    (null numbers back as NaN). DataError naming the file otherwise."""
+    records = []
+    for path in score_paths(specs):
+        record = _read(path)
+        if record.get("kind") != "zero_shot":
+            raise data.DataError(f"--scores {path}: not a zero-shot score file; give those of one kind")
+        if records and record["worlds"] != records[0]["worlds"]:
+            raise data.DataError(f"--scores {path}: scored on the worlds {record['worlds']}, the first file "
+                                 f"({records[0]['path']}) on {records[0]['worlds']}: one table, one list of worlds")
+        for key in ("metrics", "baseline"):
+            record[key] = {k: _nan_for_null(v) for k, v in record[key].items()}
+        record["path"] = str(path)
+        records.append(record)
+    return records
+
+
+def read_records(specs):
+    """The score files of --scores, checked to share one evaluation: list of records (dicts as
+    written, null numbers back as NaN). Raises DataError naming the file for an unreadable file, one
+    of another format, or one scored on another split or with other evaluation settings."""
+    records = []
+    for path in score_paths(specs):
+        record = _read(path)
+        if record.get("kind") == "zero_shot":
+            raise data.DataError(f"--scores {path}: a zero-shot score file; give those of one kind")
+        missing = [k for k in READ_FIELDS if k not in record]
+        if missing:
+            raise data.DataError(f"--scores {path}: the score file lacks {', '.join(missing)}")
+        record["metrics"] = {k: _nan_for_null(v) for k, v in record["metrics"].items()}
+        record["error_by_range"] = [{k: _nan_for_null(v) for k, v in r.items()} for r in record["error_by_range"]]
+        if records:
+            first, here = records[0]["evaluation"], record["evaluation"]
+            differ = [k for k in EVALUATION_FIELDS if first.get(k) != here.get(k)]
+            if differ:
+                raise data.DataError(
+                    f"--scores {path}: scored with " + ", ".join(f"{k}={here.get(k)!r}" for k in differ)
+                    + f", the first file ({records[0]['path']}) with "
+                    + ", ".join(f"{k}={first.get(k)!r}" for k in differ)
+                    + ": one table holds runs of one test split and one evaluation")
+        record["path"] = str(path)
+        records.append(record)
+    return records
 
 
 # ---- Command line ----
@@ -614,7 +799,7 @@ def main(argv=None):
                                      "--runs, --worlds and --save_scores")
             if not options.out:
                 raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
-            if run_scores.is_zero_shot(options.scores):
+            if is_zero_shot(options.scores):
                 compare_zero_shot_scores(options)
             else:
                 compare_scores(options)

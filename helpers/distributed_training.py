@@ -1,19 +1,10 @@
-"""distributed_training - what several processes and a restartable loop need: torchrun, the sampler.
+"""distributed_training - what several processes and a restartable loop need: torchrun, the sampler, signals.
 
-Not a reading step: nothing in it is SQLDepth. 06_train.py uses it:
-  Dist, setup_process, choose_device   torchrun's environment -> this process's rank and device
-                                       (cuda:LOCAL_RANK), the process group (nccl on CUDA, gloo on CPU)
-  main_rank_first                      rank 0 does a shared job first (downloads, the synthetic world)
-                                       and tells the others whether it failed
-  EpochBatches                         the batch order as a pure function of (seed, epoch), sharded
-                                       over ranks, restartable mid-epoch: --resume continues exactly
-  StopRequest, run_until_stopped       SIGINT / SIGTERM, or a DataLoader worker gone (the kernel's
-                                       out-of-memory killer): finish the step, save, exit with one
-                                       line; stop a child
-  save_or_stop                         a checkpoint whose validation failed still keeps the training
-  step_outcome                         the one host read per step: loss terms, NaN/Inf and signals
-                                       agreed over all ranks on the device
-  report_checksums, unwrap             the ranks' parameters agree; the module inside DDP
+Not a reading step: nothing in it is SQLDepth. 06_train.py uses it: torchrun's environment -> this
+process's rank, device and process group (nccl on CUDA, gloo on CPU; `choose_device`, the one device
+choice); rank 0 first for shared jobs; `EpochBatches`, the batch order as a pure function of (seed,
+epoch), sharded over ranks and restartable mid-epoch; SIGINT / SIGTERM or a dead DataLoader worker as a
+request to stop after saving; `step_outcome`, the one host read per step, agreed over all ranks.
 Tests: tests/test_06_train.py (sampler, DDP with two gloo processes, signals, the NaN guard),
 tests/test_faults.py (a killed DataLoader worker, a failing validation, a signal during a save).
 """
@@ -31,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from helpers import run_folder         # the save's own errors
 from helpers.cli import one_line  # errors as one line
 
 # 06_train.py's exit code when a DataLoader worker died (its docstring lists them all).
@@ -247,9 +237,10 @@ def save_or_stop(save, validate_too, stop):
     the step). A DataLoader worker gone during the validation stops the run as a signal does
     (stop.signum); any other error (bad data in the val split, memory) is raised again after that
     save. The save's own errors (a failed write, NaN weights) are raised as they come."""
+    from helpers.run_record import NonFinite, SaveError   # the save's own errors
     try:
         save(validate_too)
-    except (run_folder.SaveError, run_folder.NonFinite, OSError):
+    except (SaveError, NonFinite, OSError):
         raise
     except Exception as err:
         if not validate_too:

@@ -1,21 +1,11 @@
 """model_files - model and weight files: our checkpoints, the released official weights, --init_from/--pose_init.
 
-Not a reading step: nothing in it is SQLDepth. One reader, `read_weights`, opens every .pt/.pth file
-(torch.load with weights_only=True) and turns a missing or unreadable one into one DataError line
-naming it. Built on it:
-  load_model, load_official, load_either   a DepthNet in eval mode from one of our checkpoints (the
-                                           network rebuilt from the config it stores: 04_bins) or from
-                                           the official release; for 07_eval.py, predict, compare_runs
-  convert_official_checkpoint, config_from_official   the released SQLDepth weights (encoder.pth +
-                                           depth.pth of github.com/hisfog/SfMNeXt-Impl, the resnet_lite
-                                           models) as a DepthNet state dict: keys renamed to ours, the
-                                           architecture inferred from the shapes, checked strictly
-  start_networks                           a training that starts from weights (06_train.py): the
-                                           depth network from --init_from (ours, or the official pair),
-                                           the pose network from --pose_init (ours, or the official
-                                           pose.pth), as the official MS recipe and Monodepth2's
-                                           --load_weights_folder do; optimiser and schedule start afresh
-A file that does not fit is one line naming it and the first mismatching parameter.
+Not a reading step: nothing in it is SQLDepth. One reader, `read_weights` (torch.load with
+weights_only=True), opens every .pt/.pth file; a file missing, unreadable, not ours, with NaN/Inf
+weights or not fitting its network is one DataError line naming it and the first mismatch. Built on
+it: our checkpoints back as a DepthNet (07_eval.py, predict, compare_runs) or for --resume; the
+released SQLDepth weights (encoder.pth + depth.pth of github.com/hisfog/SfMNeXt-Impl) converted to
+our names, the architecture inferred from the shapes; --init_from / --pose_init (06_train.py).
 Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion), tests/test_weights_init.py.
 """
 import importlib
@@ -24,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from helpers import run_folder  # the NaN/Inf check of weights
 from helpers.cli import one_line  # errors as one line
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
@@ -32,15 +21,49 @@ data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
 
 
-def read_weights(path):
+def read_weights(path, what="weights file"):
     """torch.load(path, weights_only=True) on the CPU; a missing or unreadable file is one DataError line."""
     path = Path(path)
     if not path.is_file():
-        raise data.DataError(f"{path} not found")
+        raise data.DataError(f"{what} {path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:                     # zip / pickle errors of every kind
-        raise data.DataError(f"{path} is not a readable weights file ({one_line(err)})") from None
+        raise data.DataError(f"{path} is not a readable {what} ({one_line(err)})") from None
+
+
+def require_finite(state_dict, what):
+    """ValueError naming the first floating-point tensor of a state dict that holds a NaN/Inf."""
+    floats = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
+    bad = first_nonfinite(floats) if floats else None
+    if bad:
+        raise ValueError(f"{what} holds non-finite weights (first: {bad}): it comes from a run that "
+                         f"diverged, or the file is damaged; use an earlier checkpoint")
+
+
+def first_nonfinite(named_tensors):
+    """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
+    one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # [P] bools
+    if bool(finite.all()):
+        return None
+    return named_tensors[int((~finite).int().argmax())][0]
+
+
+CHECKPOINT_KEYS = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "best_val", "steps_per_epoch",
+                   "config", "rng"}
+
+
+def read_checkpoint(path, keys=CHECKPOINT_KEYS):
+    """A checkpoint dict of 06_train.py (with `keys`: all for --resume, "model" and "config" to evaluate);
+    one DataError line when it is missing, unreadable, not ours, or holds a NaN/Inf weight (named)."""
+    ckpt = read_weights(path, "checkpoint")
+    if not isinstance(ckpt, dict) or not set(keys) <= set(ckpt) or "model" not in ckpt.get("config", {}):
+        raise data.DataError(f"{path} is not a checkpoint of 06_train.py")
+    for part, name in (("model", "depth network"), ("pose", "pose network")):
+        if part in keys:
+            require_finite(ckpt[part], f"{path} ({name})")
+    return ckpt
 
 
 def strip_module(state):
@@ -59,15 +82,10 @@ def _build_and_load(model_cfg, state_dict, source, device):
 
 
 def load_model(checkpoint_path, device):
-    """Rebuild DepthNet from ckpt["config"]["model"] and load ckpt["model"] strictly (04_bins.load_checkpoint).
-
-    Returns (model in eval mode on device, the checkpoint's TrainConfig dict).
-    """
-    try:
-        model, config = bins.load_checkpoint(checkpoint_path)
-    except ValueError as err:
-        raise data.DataError(str(err)) from None
-    return model.to(device).eval(), config
+    """(DepthNet rebuilt from ckpt["config"]["model"] with ckpt["model"] loaded strictly, in eval mode on
+    device; the checkpoint's TrainConfig dict)."""
+    ckpt = read_checkpoint(checkpoint_path, keys=("model", "config"))
+    return _build_and_load(ckpt["config"]["model"], ckpt["model"], checkpoint_path, device), ckpt["config"]
 
 
 def read_official(folder):
@@ -225,7 +243,7 @@ def load_into(net, state, source, what):
     mismatch = first_mismatch(net, state)
     if mismatch:
         raise ValueError(f"{source} does not fit the {what} of this run: {mismatch}")
-    run_folder.require_finite(state, str(source))
+    require_finite(state, str(source))
     net.load_state_dict(state, strict=True)
 
 

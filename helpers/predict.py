@@ -24,7 +24,7 @@ from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
 from helpers import cpu_threads      # threads from the cores free at the start
 from helpers import model_files
-from helpers import depth_figures
+from helpers import figures
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -102,7 +102,7 @@ def run_predict(model, config, cfg, device, out_dir):
         tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W]
         depth = evaluation.resize_to(evaluation.predict_depth(model, tensor, cfg.post_process)[0], h0, w0) * scale  # (h0, w0)
         stem = out_dir / f"{name}_depth"
-        Image.fromarray(depth_figures.colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
+        Image.fromarray(figures.colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
         np.save(stem.with_suffix(".npy"), depth.astype(np.float32))
         written = [stem.with_suffix(".png"), stem.with_suffix(".npy")]
         if cfg.ply:

@@ -248,7 +248,7 @@ def flat_adam(params, **adam_options):
 #                         grad_out[b, o, y, x] * x_padded[b, c, y*stride + i, x*stride + j],
 # i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
 # product computes in less than half the time there. The forward pass and the input gradient stay
-# PyTorch's. Used where it measured faster or even (`python -m helpers.small_map_convs`,
+# PyTorch's. Used where it measured faster or even (`python -m helpers.speed_layer`,
 # docs/benchmarks.md): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
 # over the batch (layer3 and layer4 of ResNet-18 at 64x208); beyond that, or with fewer output
 # channels, it was slower.

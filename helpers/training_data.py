@@ -1,15 +1,10 @@
 """training_data - where 06_train.py's samples come from: the world, the split lists, the loaders.
 
 Not a reading step: 01_data.py is the concept (KITTI raw, splits, KittiRaw); this is the plumbing a
-training program puts around it:
-  prepare                    all of the below for one run of 06_train.py
-  ensure_synthetic_world     the default data, rendered once into data/synthetic (rank 0 first)
-  split_files, load_splits   the train / val lists of --split or --train_files, downloaded on first
-                             use, and refused when they share a drive with the evaluation split
-  make_datasets, make_loaders   KittiRaw at the network size, over distributed_training.EpochBatches
-  to_device                  a batch on the device, images turned to float there
-  true_motion                the synthetic world's true camera motion per val sample (health check)
-Tests: tests/test_06_train.py.
+training program puts around it (`prepare`): the default world rendered once (rank 0 first), the
+train / val lists (downloaded on first use, refused when they share a drive with the evaluation
+split), KittiRaw loaders over distributed_training.EpochBatches, batches moved to the device, and the
+synthetic world's true camera motion for the health check. Tests: tests/test_06_train.py.
 """
 import importlib
 import time
@@ -20,7 +15,7 @@ import numpy as np
 import torch
 
 from helpers.distributed_training import Dist, EpochBatches, main_rank_first  # (helpers/distributed_training.py)
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 
 # A module name cannot start with a digit in an `import` statement, so the numbered scripts are
 # loaded by name; the alias is the file name without its number.
@@ -76,7 +71,7 @@ def split_names(cfg):
 
 def split_files(cfg, root, log=print):
     """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
-    helpers/split_lists.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
+    helpers/kitti_files.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
     test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
     informative line about a user's list that differs from the standard list of its name."""
     split, eval_split = split_names(cfg)
@@ -86,7 +81,7 @@ def split_files(cfg, root, log=print):
         raise ValueError(f"give --split {cfg.split} or --train_files/--val_files, not both")
 
     def find(name, kind):
-        return split_lists.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
+        return kitti_files.get_split_file(name, kind, cfg.split_dir or None, data_path=str(root), log=log)
 
     if cfg.train_files:
         files = {"train": Path(cfg.train_files).resolve(), "val": Path(cfg.val_files).resolve()}
@@ -105,9 +100,9 @@ def load_splits(cfg, root, log=print):
     split, eval_split = split_names(cfg)
     what = f"the {'--train_files/--val_files' if cfg.train_files else split} split (train + val lines)"
     against = f"the {eval_split} test split"
-    shared = split_lists.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
+    shared = kitti_files.require_disjoint_splits(train + val, test, cfg.allow_split_overlap, what, against)
     if shared and log is not None:
-        log(f"warning: {what} shares {split_lists.describe_overlap(shared, len(test), against)} "
+        log(f"warning: {what} shares {kitti_files.describe_overlap(shared, len(test), against)} "
             f"(allowed by --allow_split_overlap): test numbers on these drives will be optimistic")
     return train, val, files
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from helpers import cli
 from helpers import color_jitter as jitter  # the colour augmentation maths (helpers/color_jitter.py)
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 from exercise_checks import assert_allclose_explained, shape_message
 
 # The real KITTI 2011_09_26 calibration (the keys Monodepth2 reads, plus the non-numeric time).
@@ -207,7 +207,7 @@ def test_read_depth_png_and_export(tiny_world, tmp_path):
     path = tmp_path / "d.png"
     Image.fromarray(np.array([[0, 256, 65535]], dtype=np.uint16)).save(path)
     np.testing.assert_allclose(data.read_depth_png(path), [[0.0, 1.0, 65535 / 256]])
-    lines = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=tiny_world))[:3]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "test", data_path=tiny_world))[:3]
     out = data.export_gt_depth(tiny_world, lines, tmp_path / "gt.npz")
     with np.load(out, allow_pickle=False) as npz:
         assert len(npz.files) == 3
@@ -325,7 +325,7 @@ def test_color_aug_is_color_jitter_of_color_rounded(tiny_world):
     uint8 frames, rounded to the nearest uint8; every frame gets the same draw; uint8 input gives the
     float input's result."""
     data = _data()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=7)
     ds.flip_prob, ds.jitter_prob = 0.0, 1.0
     ds.set_epoch(2)
@@ -347,7 +347,7 @@ def test_collate_puts_the_images_of_a_batch_in_one_block(tiny_world):
     """collate gives default_collate's batch, but every image is a slice of one tensor (one
     shared-memory block per batch in a worker); also through a DataLoader worker."""
     data = _data()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[:3]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True)
     samples = [ds[i] for i in range(3)]
     reference = torch.utils.data.default_collate(samples)
@@ -372,7 +372,7 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tiny_world):
     """Draws come from (seed, epoch, index) only: the global RNGs neither matter nor change; another
     epoch or seed gives other draws."""
     data = _data()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:4]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[:4]
     ds = data.KittiRaw(tiny_world, lines, 32, 104, is_train=True, seed=3)
     torch.manual_seed(0)
     np.random.seed(0)
@@ -395,7 +395,7 @@ def test_flip_consistency(tiny_world):
     """A flipped sample is the mirror image of the unflipped one in every frame and in depth_gt;
     K is unchanged and stereo_T's baseline sign flips (and depends on the side)."""
     data = _data()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))
     lines = [l for l in lines if l[1] == 3]  # one frame, both sides
     ds = data.KittiRaw(tiny_world, lines, 32, 104, frame_ids=(0, -1, 1, "s"), is_train=True, load_depth=False)
     ds.jitter_prob = 0.0
@@ -411,7 +411,7 @@ def test_flip_consistency(tiny_world):
         assert torch.equal(flipped[s]["K"], plain[s]["K"])
         assert flipped[s]["stereo_T"][0, 3] == -plain[s]["stereo_T"][0, 3]
     assert plain["l"]["stereo_T"][0, 3] == pytest.approx(-0.1) and plain["r"]["stereo_T"][0, 3] == pytest.approx(0.1)
-    val = data.read_split(split_lists.get_split_file("synthetic", "val", data_path=tiny_world))[:1]
+    val = data.read_split(kitti_files.get_split_file("synthetic", "val", data_path=tiny_world))[:1]
     ds = data.KittiRaw(tiny_world, val, 32, 104, is_train=True, load_depth=True)
     ds.jitter_prob, ds.flip_prob = 0.0, 0.0
     a = ds[0]
@@ -425,7 +425,7 @@ def test_flip_consistency(tiny_world):
 def test_resize_is_pil_lanczos(tiny_world):
     """Frames are resized with PIL LANCZOS to (H, W), kept uint8; images_to_float scales them to [0, 1]."""
     data = _data()
-    line = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=tiny_world))[0]
+    line = data.read_split(kitti_files.get_split_file("synthetic", "test", data_path=tiny_world))[0]
     ds = data.KittiRaw(tiny_world, [line], 40, 96)
     sample = ds[0]
     with Image.open(ds.image_path(*line)) as im:
@@ -443,7 +443,7 @@ def test_frame_cache_gives_the_same_samples_and_keeps_its_budget(tiny_world, mon
     """With a frame cache every sample (flip and jitter included, two epochs) equals the uncached
     one, each frame file is decoded once, and a small budget keeps only what fits."""
     data = _data()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[:6]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[:6]
     kwargs = dict(frame_ids=(0, -1, 1, "s"), is_train=True, seed=5)
     plain = data.KittiRaw(tiny_world, lines, 32, 104, **kwargs)
     cached = data.KittiRaw(tiny_world, lines, 32, 104, cache_mb=64, **kwargs)
@@ -473,7 +473,7 @@ def test_missing_inputs_found_at_construction(tiny_world, tmp_path):
     data = _data()
     with pytest.raises(data.DataError, match="data folder not found"):
         data.KittiRaw(tmp_path / "nowhere", [], 32, 104)
-    folder = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
+    folder = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
     lines = [(folder, 0, "l"), (folder, 3, "l"), (folder, 7, "r")]  # 0 and 7 lack a neighbour
     with pytest.raises(data.DataError, match=r"0000000008\.jpg|-?0000000-01"):
         data.KittiRaw(tiny_world, lines[1:], 32, 104)

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import imagenet_weights
 from exercise_checks import assert_close_explained, first_false_message, shape_message
 
 # Blocks per stage and block kind of torchvision's ResNets, written here independently of 02_unet.
@@ -68,21 +67,21 @@ def test_load_pretrained_strict_from_file_and_errors(tmp_path, monkeypatch):
              for k, s in torchvision_resnet_shapes(18).items()}
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
-    imagenet_weights.load_pretrained(enc, str(path))
+    unet.load_pretrained(enc, str(path))
     for k, v in enc.state_dict().items():
         assert torch.equal(v, state[k]), k
     del state["fc.bias"]
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth"):
-        imagenet_weights.load_pretrained(enc, str(tmp_path / "bad.pth"))
+        unet.load_pretrained(enc, str(tmp_path / "bad.pth"))
     with pytest.raises(ValueError, match="missing.pth"):
-        imagenet_weights.load_pretrained(enc, str(tmp_path / "missing.pth"))
+        unet.load_pretrained(enc, str(tmp_path / "missing.pth"))
 
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(ValueError, match="could not download") as err:
-        imagenet_weights.load_pretrained(enc, "imagenet")
+        unet.load_pretrained(enc, "imagenet")
     assert "\n" not in str(err.value)
 
 

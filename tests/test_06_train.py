@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 
 from exercise_checks import assert_close_explained, value_message
 
@@ -43,7 +43,7 @@ def runtime():
 
 
 def folder():
-    return importlib.import_module("helpers.run_folder")
+    return importlib.import_module("helpers.run_record")
 
 
 def plumbing():
@@ -51,7 +51,7 @@ def plumbing():
 
 
 def cli_module():
-    return importlib.import_module("helpers.training_run")
+    return importlib.import_module("helpers.run_record")
 
 
 def run(world, run_dir, *extra):
@@ -100,7 +100,7 @@ def test_train_step_equals_two_sgd_steps_by_hand(tiny_world):
     cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=False))
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=(0, -1, 1), is_train=False)
     inputs = data.images_to_float(data.collate([dataset[0], dataset[1]]))
     # a distinct "augmented" copy: a step that feeds the networks inputs["color"] must fail
@@ -193,7 +193,7 @@ def tiny_step_setup(tiny_world, use_stereo, channels_last=False):
     cfg = cli_module().apply_overrides(t.preset_config("synthetic-cpu"), dict(
         num_layers=18, num_features=32, model_dim=16, patch_size=8, num_queries=8, num_bins=16,
         dim_feedforward=32, use_stereo=use_stereo, channels_last=channels_last))
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=str(tiny_world)))[:2]
     dataset = data.KittiRaw(str(tiny_world), lines, 64, 208, frame_ids=t.frame_ids(cfg), is_train=True)
     batch = plumbing().to_device(data.collate([dataset[0], dataset[1]]), torch.device("cpu"), channels_last)
     torch.manual_seed(0)
@@ -266,11 +266,11 @@ def test_nonfinite_check_is_one_read_and_names_the_tensor():
     first tensor holding a NaN or Inf; None when all are finite."""
     named = [(f"p{i}", torch.rand(3, 3)) for i in range(50)]
     with HostReads() as reads:
-        assert folder().first_nonfinite(named) is None
+        assert importlib.import_module("helpers.model_files").first_nonfinite(named) is None
     assert len(reads.seen) == 1
     named[17][1][1, 2] = float("nan")
     named[30][1][0, 0] = float("inf")
-    assert folder().first_nonfinite(named) == "p17"
+    assert importlib.import_module("helpers.model_files").first_nonfinite(named) == "p17"
 
 
 def test_missing_cuda_device_or_too_many_processes_give_one_line(tmp_path, monkeypatch, capsys):
@@ -989,8 +989,8 @@ sys.path.insert(0, os.getcwd())
 t = importlib.import_module("06_train")
 runtime, plumbing = importlib.import_module("helpers.distributed_training"), importlib.import_module("helpers.training_data")
 url, world, digests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-plumbing.split_lists.SPLIT_URL_BASE = url
-plumbing.split_lists.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
+plumbing.kitti_files.SPLIT_URL_BASE = url
+plumbing.kitti_files.SPLIT_SHA256.update({(n, k): d for n, k, d in digests})
 info, device = runtime.setup_process(t.TrainConfig(device="cpu"))
 for eval_split in ("", "not_served"):
     cfg = t.TrainConfig(data="kitti", data_path=world, eval_split=eval_split, device="cpu", height=64, width=208)

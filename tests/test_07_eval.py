@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, depth_figures, eval_tables, model_files
+from helpers import cli, eval_tables, figures, model_files
 from helpers import model_files as official_weights  # the official release's conversion
 from exercise_checks import assert_allclose_explained, value_message
 
@@ -239,10 +239,10 @@ def test_inverse_depth_colours_use_the_whole_colour_map():
     """One enormous outlier does not squash the rest into black: robust per-image normalisation."""
     depth = np.tile(np.linspace(2, 50, 64, dtype=np.float32), (16, 1))
     depth[0, 0] = 1e-4  # a near-infinite inverse depth
-    rgb = depth_figures.colorize_inverse_depth(depth)
+    rgb = figures.colorize_inverse_depth(depth)
     assert rgb.shape == (16, 64, 3) and rgb.dtype == np.uint8
     assert rgb.reshape(-1, 3).sum(1).std() > 60 and (rgb.reshape(-1, 3).sum(1) > 100).mean() > 0.3
-    assert depth_figures.colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
+    assert figures.colorize_inverse_depth(np.full((4, 4), 7.0)).shape == (4, 4, 3)  # constant: no crash
 
 
 # ----------------------------------------------------------------------------- loading and the CLI

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 
 
 def bench_module():
@@ -42,7 +42,7 @@ def test_loader_benchmark_reports_both_loaders(tiny_world, capsys):
     """The loader benchmark times KittiRaw and the decode-only bound for each worker count (no
     speed is asserted: that is the benchmark's job); DecodeOnly yields the same uint8 frames."""
     data, b = importlib.import_module("01_data"), bench_module()
-    lines = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))
+    lines = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))
     results = b.loader_benchmark(tiny_world, lines, 32, 104, samples=12, workers=(0, 1), batch_size=4,
                                     repeats=1)
     assert set(results) == {0, 1}

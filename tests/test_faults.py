@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def folder():
-    return importlib.import_module("helpers.run_folder")
+    return importlib.import_module("helpers.run_record")
 
 
 def error_lines(capsys):
@@ -218,7 +218,7 @@ def test_a_killed_rank_stops_torchrun_quickly_and_the_run_resumes(tiny_world, tm
 _HOLD_LOCK = r"""
 import importlib, os, sys, time
 sys.path.insert(0, os.getcwd())
-handle = importlib.import_module("helpers.run_folder").lock_run_folder(sys.argv[1])
+handle = importlib.import_module("helpers.run_record").lock_run_folder(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)
 """
@@ -539,7 +539,7 @@ def test_a_split_dir_without_the_lists_names_the_path_before_the_download(tmp_pa
     """--split_dir EMPTY offline: one line that names the exact list path looked for and the folder
     given, then the failed download; the advice is to put the list there (not to pass --split_dir,
     which was passed). Without --split_dir, the cache path and the advice to pass it."""
-    split_lists = importlib.import_module("helpers.split_lists")
+    split_lists = importlib.import_module("helpers.kitti_files")
     monkeypatch.setattr(split_lists, "SPLIT_URL_BASE", "http://127.0.0.1:9/splits")   # nothing listens: offline
     monkeypatch.setenv("SQLDEPTH_SPLIT_DIR", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()

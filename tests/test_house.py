@@ -59,7 +59,7 @@ def _imports(path):
 
 def _imported_names(node):
     """Names an import statement brings in, helpers by their module name: `from helpers import
-    run_folder` and `from helpers.run_folder import x` both give "run_folder"."""
+    run_record` and `from helpers.run_record import x` both give "run_record"."""
     if isinstance(node, ast.Import):
         return {alias.name.split(".")[1] if alias.name.startswith("helpers.") else alias.name.split(".")[0]
                 for alias in node.names}

@@ -1,4 +1,4 @@
-"""Tests of helpers/kitti_prepare.py: png -> jpg and the depth-completion ground truth, on a small KITTI-layout
+"""Tests of helpers/kitti_files.py: png -> jpg and the depth-completion ground truth, on a small KITTI-layout
 tree written by the test.
 
 Oracles: a jpg saved by Pillow with Monodepth2's settings (same quantisation tables, 4:2:0 chroma),
@@ -14,7 +14,7 @@ DRIVE = "2011_09_26_drive_0001_sync"
 
 
 def prep():
-    return importlib.import_module("helpers.kitti_prepare")
+    return importlib.import_module("helpers.kitti_files")
 
 
 def smooth_image(seed, mode="RGB", size=(64, 24)):

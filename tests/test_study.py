@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import study, training_run
+from helpers import run_record, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,11 +81,11 @@ def test_amp_runs_are_skipped_where_they_would_train_in_float32(tmp_path, monkey
 def test_provenance_keeps_the_commit_that_started_a_run():
     """The commit stored for a run is the one that started it; resumed with other code it reads
     'A then B', and so does a change of precision; unchanged, it stays as it was."""
-    now = training_run.provenance(None, bf16=False)
+    now = run_record.provenance(None, bf16=False)
     assert now["precision"] == "float32" and now["commit"]
-    same = training_run.provenance({"config": dict(now)}, bf16=False)
+    same = run_record.provenance({"config": dict(now)}, bf16=False)
     assert same == now
-    older = training_run.provenance({"config": {"commit": "abc1234", "precision": "bf16"}}, bf16=False)
+    older = run_record.provenance({"config": {"commit": "abc1234", "precision": "bf16"}}, bf16=False)
     assert older == {"commit": f"abc1234 then {now['commit']}", "precision": "bf16 then float32"}
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from helpers import split_lists  # the standard split lists (helpers/split_lists.py)
+from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
 
 
 def _data():
@@ -23,11 +23,11 @@ def test_tiny_world_layout_and_splits(tiny_world):
     """KITTI layout, calibration with the renderer's intrinsics (+1 for MATLAB pixels) and the
     0.54 m baseline, one drive per split, drive-disjoint test/train, masks and poses present."""
     data, world = _data(), _world()
-    splits = {k: data.read_split(split_lists.get_split_file("synthetic", k, data_path=tiny_world))
+    splits = {k: data.read_split(kitti_files.get_split_file("synthetic", k, data_path=tiny_world))
               for k in ("train", "val", "test")}
     drives = {k: {l[0] for l in v} for k, v in splits.items()}
     assert all(len(d) == 1 for d in drives.values())
-    assert split_lists.check_split_overlap(splits["train"], splits["test"]) == []
+    assert kitti_files.check_split_overlap(splits["train"], splits["test"]) == []
     assert {l[2] for l in splits["train"]} == {"l", "r"} and {l[1] for l in splits["test"]} == set(range(1, 7))
     cam = data.read_calib_file(tiny_world / world.SYNTH_DATE / "calib_cam_to_cam.txt")
     P2, P3 = cam["P_rect_02"].reshape(3, 4), cam["P_rect_03"].reshape(3, 4)
@@ -67,7 +67,7 @@ def test_world_geometry_is_consistent(tiny_world):
     """GT depth + poses.txt + K warp frame 5 and the right camera onto frame 4 (brightness constancy):
     the mean photometric error is small, and far smaller than without warping."""
     data, world = _data(), _world()
-    folder = data.read_split(split_lists.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
+    folder = data.read_split(kitti_files.get_split_file("synthetic", "train", data_path=tiny_world))[0][0]
     drive = tiny_world / folder
     poses = world.read_synthetic_poses(drive)
     K = data.scale_K(data.normalised_K(), 208, 64)
@@ -110,7 +110,7 @@ def test_synthetic_lidar_round_trip(tiny_world):
     """GT -> velodyne .bin (real velo_to_cam) -> velodyne_to_depth recovers the GT: >= 99% of the
     lidar pixels within 0.1% relative, for every camera-2 frame of a drive."""
     data, world = _data(), _world()
-    folder = data.read_split(split_lists.get_split_file("synthetic", "test", data_path=tiny_world))[0][0]
+    folder = data.read_split(kitti_files.get_split_file("synthetic", "test", data_path=tiny_world))[0][0]
     calib = data.read_calib_file(tiny_world / folder.split("/")[0] / "calib_velo_to_cam.txt")
     np.testing.assert_allclose(calib["R"].reshape(3, 3), world.VELO_TO_CAM_R)
     good = total = 0
@@ -173,7 +173,7 @@ def test_every_style_renders_a_test_split_and_changes_what_it_says(style_worlds)
     identical depth, other pixels; the van camera's calibration has its focal length and its depth
     differs (another viewpoint); the cluttered street has more thin-structure pixels."""
     data = _data()
-    read = lambda name, kind: data.read_split(split_lists.get_split_file("synthetic", kind, data_path=style_worlds / name))
+    read = lambda name, kind: data.read_split(kitti_files.get_split_file("synthetic", kind, data_path=style_worlds / name))
     assert len(read("default", "test")) == 3 and len(read("dusk", "test")) == 3 * 3  # 3 drives x 3 inner frames
     assert (style_worlds / "dusk" / "splits" / "synthetic" / "train_files.txt").read_text() == ""
 

@@ -1,10 +1,10 @@
-"""demo_figures - what the demos of 03 and 04 show, drawn on a synthetic frame.
+"""figures - pictures of depth and of SQLDepth's insides: 07_eval's figures, the demos of 03 and 04.
 
-Serves `python 03_self_query.py` (main: a small synthetic world is rendered, one test frame goes
-through 03's CostVolumeNet, untrained and, with --checkpoint, trained, and slices V[q] of the
-self-cost volume are saved, each normalised on its own range) and `python 04_bins.py`
-(save_bins_figure: bin centres and per-pixel bin probabilities). Nothing here is SQLDepth: the
-networks come from 03 and 04. Tests: tests/test_03_self_query.py, tests/test_04_bins.py.
+Serves 07_eval.py (--figures), helpers/predict.py, helpers/compare_runs.py, and the demos
+`python 03_self_query.py` (cost-volume slices of a synthetic frame) and `python 04_bins.py` (bins).
+Depth is shown as inverse depth with a colour map normalised per image (near is bright, far is dark):
+plain depth or a fixed normalisation leaves most of a KITTI frame black or one colour (docs/kitti.md).
+Tests: tests/test_07_eval.py, tests/test_03_self_query.py, tests/test_04_bins.py.
 """
 import argparse
 import importlib
@@ -16,11 +16,96 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.cli import add_dataclass_flags  # the command line of every script
+from helpers import model_files  # our checkpoints, read with their checks
+from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
-data = importlib.import_module("01_data")  # a module name cannot start with a digit: loaded by name
+# A module name cannot start with a digit: the numbered scripts are loaded by name.
+data = importlib.import_module("01_data")
+bins = importlib.import_module("04_bins")
+
+MIN_DEPTH = 1e-3  # metres: the evaluation's lower bound (07_eval.MIN_DEPTH), a floor before inverting
 
 
+def colorize_inverse_depth(depth):
+    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
+
+    The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
+    constant offset) never leave the picture black (docs/kitti.md).
+    """
+    import matplotlib
+    inv = 1.0 / np.maximum(depth, MIN_DEPTH)
+    lo, hi = np.percentile(inv, 2), np.percentile(inv, 98)
+    norm = np.clip((inv - lo) / max(hi - lo, 1e-8), 0, 1)
+    return (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
+
+
+def save_prediction_figure(images, preds, gts, path):
+    """Rows of input | predicted inverse depth | GT inverse depth | abs-rel error, for a few frames.
+    preds [H, W] each at the size of its GT (07_eval.resize_to), median-scaled here for the picture."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    aspect = images[0].shape[-2] / images[0].shape[-1]  # H / W of the input
+    fig, axes = plt.subplots(len(images), 4, figsize=(16, (4 * aspect + 0.35) * len(images)), squeeze=False)
+    for row, (img, pred, gt) in enumerate(zip(images, preds, gts)):
+        pred = pred * np.median(gt[gt > 0]) / np.median(pred[gt > 0]) if (gt > 0).any() else pred
+        err = np.where(gt > 0, np.abs(pred - gt) / np.maximum(gt, MIN_DEPTH), np.nan)
+        gt_inv = np.where(gt > 0, 1.0 / np.maximum(gt, MIN_DEPTH), np.nan)
+        panels = [(img.permute(1, 2, 0).numpy(), {}), (colorize_inverse_depth(pred), {}),
+                  (gt_inv, {"cmap": "magma"}), (err, {"cmap": "inferno", "vmin": 0, "vmax": 0.5})]
+        for ax, title, (im, kw) in zip(axes[row], ("input", "prediction (1/depth)", "GT (1/depth)",
+                                                   "abs rel error (0-0.5)"), panels):
+            ax.imshow(im, **kw)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def save_internals_figure(model, image, path, num_slices=4):
+    """Cost-volume slices V[q] (paper Fig. 3) and the bins: centres and P(d) at a few pixels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = model(image[None], return_extras=True)
+    if "cost_volume" not in out or "bin_centers" not in out:
+        print("   (this variant has no cost volume / bins: internals figure skipped)")
+        return False
+    volume, centres = out["cost_volume"][0].cpu(), out["bin_centers"][0].cpu()  # [Q, h, w], [D]
+    probs = out["probs"][0].cpu() if "probs" in out else None  # [D, h, w]
+    h, w = volume.shape[-2:]
+    stats = bins.stats_from_extras(out)
+    fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
+    # The numbers say what the picture only suggests: do the queries differ, are the bins used?
+    fig.suptitle(f"query similarity {stats['query_similarity']:.2f} (1 = collapsed) | cost-volume effective rank "
+                 f"{stats['effective_rank']:.1f} of Q={volume.shape[0]} | {stats['bins_99']:.0f} of "
+                 f"D={len(centres)} bins hold 99% of P", fontsize=10)
+    for i, q in enumerate(np.linspace(0, volume.shape[0] - 1, num_slices).astype(int)):
+        axes[0, i].imshow(volume[q].numpy(), cmap="viridis")
+        axes[0, i].set_title(f"cost volume slice q={q}", fontsize=8)
+        axes[0, i].axis("off")
+    axes[1, 0].imshow(image.permute(1, 2, 0).cpu().numpy())
+    axes[1, 0].set_title("input", fontsize=8)
+    axes[1, 0].axis("off")
+    axes[1, 1].plot(centres.numpy(), "o-", ms=2)
+    axes[1, 1].set(title="bin centres (m)", xlabel="bin d", ylabel="c_d")
+    pixels = [(h // 4, w // 2), (h // 2, w // 2), (3 * h // 4, w // 4), (h - 1, w // 2)]
+    for y, x in pixels if probs is not None else []:
+        axes[1, 2].plot(centres.numpy(), probs[:, y, x].numpy(), label=f"(y={y}, x={x})")
+    axes[1, 2].set(title="P(d) at a few pixels", xlabel="depth (m)")
+    axes[1, 2].legend(fontsize=6)
+    axes[1, 3].imshow(colorize_inverse_depth(out["depth"][0, 0].cpu().numpy()))
+    axes[1, 3].set_title("depth (1/depth, magma)", fontsize=8)
+    axes[1, 3].axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title line
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+# ---- The demos of 03 and 04 ----
 @dataclass
 class CostVolumeDemoConfig:
     """What `python 03_self_query.py` does: save cost-volume slices of a synthetic frame."""
@@ -55,18 +140,18 @@ def load_trained(path, net_class):
     """(net_class(**model config), height, width) from a 06_train checkpoint, its U-Net and Self-Query
     Layer weights loaded; ValueError with the path if unusable."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model_cfg = ckpt["config"]["model"]
-        if model_cfg.get("queries", "self") == "none":
-            raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
+        ckpt = model_files.read_checkpoint(path, keys=("model", "config"))
+    except data.DataError as err:                # missing, unreadable, not ours, NaN/Inf weights
+        raise ValueError(str(err)) from None
+    model_cfg = ckpt["config"]["model"]
+    if model_cfg.get("queries", "self") == "none":
+        raise ValueError(f"{path} is a model without queries (queries='none'): it has no cost volume")
+    try:
         net = net_class(**model_cfg)
-        wanted = {k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))}
-        net.load_state_dict(wanted)
-        return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
-    except ValueError:
-        raise
-    except Exception as err:  # missing file, not a checkpoint, a state dict that does not fit: one line
-        raise ValueError(f"cannot load checkpoint {path} ({type(err).__name__}: {err})".splitlines()[0]) from None
+        net.load_state_dict({k: v for k, v in ckpt["model"].items() if k.startswith(("unet.", "sql."))})
+    except (TypeError, RuntimeError) as err:     # a state dict that does not fit: one line
+        raise ValueError(f"cannot load checkpoint {path} ({one_line(err)})") from None
+    return net, int(ckpt["config"]["height"]), int(ckpt["config"]["width"])
 
 
 def main(argv, net_class):

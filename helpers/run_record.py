@@ -1,36 +1,48 @@
-"""training_run - a training run's command line and record: flags over presets, checkpoints, logs, resume.
+"""run_record - a training run's command line and record: flags over presets, the run folder, resume.
 
-Serves 06_train.py, whose Trainer is a TrainingRun: 06 sets up what a run trains (networks,
-optimiser, schedule, loss, loaders) and its loop `fit`; this module keeps the rest, which a reader of
-"one training step and the loop" never needs:
-  build_parser, parse_args   every TrainConfig field and every 04_bins.DepthNetConfig field is a flag
-                             (both spellings, help from the field's comment: helpers/cli.py); a flag given
-                             overrides the chosen --preset, model fields as flat flags (--num_layers 18)
+Not a reading step: nothing in it is SQLDepth. 06_train.py's Trainer is a TrainingRun: 06 sets up what a
+run trains (networks, optimiser, schedule, loss, loaders) and its loop `fit`; this module keeps the rest:
+  build_parser, parse_args   every TrainConfig and 04_bins.DepthNetConfig field is a flag (helpers/cli.py);
+                             a flag given overrides the chosen --preset, model fields as flat flags
   prepare_run                a new run folder (refused when it holds a checkpoint already), or the
                              config stored in --resume RUN's ckpt.pt (refused: an architecture change)
-  save            RUN/ckpt.pt (and best.pt after a validation that improved), val.csv, the val line
-  log             one fixed-format line and a log.csv row per interval, the collapse warning
-  load_state      continue from a checkpoint (weights, optimiser, schedule, counters, RNG states)
-  stop_nonfinite  one error line for a NaN/Inf, nothing written (exit 3)
-and the final evaluation the default run ends with (`run_eval`, 07_eval.py as a subprocess: 06 never
-imports 07). Checkpoint files and CSVs themselves are helpers/run_folder.py's.
-Tests: tests/test_06_train.py, tests/test_faults.py.
+  TrainingRun                save (RUN/ckpt.pt, best.pt, val.csv), log (a line and a log.csv row),
+                             load_state (continue a checkpoint exactly), stop_nonfinite (exit 3)
+  save_checkpoint, atomic_path   the one atomic write (a temporary file, then a rename): a crash, a kill
+                             or a full disk while writing leaves the previous file; a failure is one line
+  keep_epoch_weights         RUN/epoch_NNN.pt (--keep_epochs), weights and config only, for 07_eval.py
+  lock_run_folder            one training per run folder; the operating system's lock, never left stuck
+  append_csv, read_csv, truncate_csv, save_plots   the logs and the curves figure
+  run_eval                   the final evaluation: 07_eval.py as a subprocess (06 never imports 07)
+Reading checkpoints back: helpers/model_files.py. Tests: tests/test_06_train.py, tests/test_faults.py.
 """
 import argparse
+import csv
+import errno
 import importlib
 import math
+import os
 import signal
+import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from helpers import distributed_training as runtime   # rank, ranks' agreement, subprocesses
-from helpers import run_folder                        # checkpoint files, CSVs, the lock
+from helpers import model_files                       # checkpoints read back, the NaN/Inf checks
 from helpers import training_health                   # the collapse signs
 from helpers.cli import add_dataclass_flags, one_line, without_removed  # the command line (helpers/cli.py)
+
+try:
+    import fcntl            # POSIX file locks; on Windows the run folder is not locked
+except ImportError:
+    fcntl = None
 
 # A module name cannot start with a digit in an `import` statement: loaded by name.
 bins = importlib.import_module("04_bins")
@@ -126,7 +138,7 @@ def prepare_run(cfg, given, config_class):
         run_dir = Path(cfg.resume).resolve()
         if not run_dir.is_dir():
             raise FileNotFoundError(f"--resume {cfg.resume}: no such run folder")
-        ckpt = run_folder.load_checkpoint(run_dir / "ckpt.pt")
+        ckpt = model_files.read_checkpoint(run_dir / "ckpt.pt")
         return resume_config(ckpt, given, run_dir, config_class), ckpt
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else ROOT / "runs" / f"{cfg.preset}-{stamp}"
@@ -168,10 +180,10 @@ class TrainingRun:
         """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
         with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
         written: NonFinite is raised instead."""
-        bad = run_folder.first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
+        bad = model_files.first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
                                ("pose", self.pose_net)) for n, p in net.named_parameters()])
         if bad:
-            raise run_folder.NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
+            raise NonFinite(f"non-finite weights after step {self.step} (e.g. {bad})")
         improved = False
         if validate_too:
             val, stats = self.validate()
@@ -182,14 +194,14 @@ class TrainingRun:
         if not self.info.main:
             return
         state = self.state()
-        run_folder.save_checkpoint(state, self.run_dir / "ckpt.pt")
+        save_checkpoint(state, self.run_dir / "ckpt.pt")
         if self.cfg.keep_epochs:                 # RUN/epoch_NNN.pt at each epoch's end, weights only
-            run_folder.keep_epoch_weights(state, self.run_dir)
+            keep_epoch_weights(state, self.run_dir)
         if improved or not (self.run_dir / "best.pt").exists():
-            run_folder.save_checkpoint(state, self.run_dir / "best.pt")
+            save_checkpoint(state, self.run_dir / "best.pt")
         if validate_too:
             row = dict(step=self.step, epoch=self.epoch, val_loss=val, best_val_loss=self.best_val, **stats)
-            run_folder.append_csv(self.run_dir / "val.csv", self.val_columns(), row)
+            append_csv(self.run_dir / "val.csv", self.val_columns(), row)
             print(f"val   step {self.step:>7} | loss {val:.4f} | best {self.best_val:.4f}"
                   f"{' -> best.pt' if improved else ''} | query similarity {stats['query_similarity']:.3f}, "
                   f"cost-volume rank {stats['effective_rank']:.1f}/{self.cfg.model['num_queries']}, "
@@ -209,13 +221,13 @@ class TrainingRun:
                    img_per_s=interval["steps"] * self.cfg.batch_size * self.info.world / elapsed,
                    data_wait_pct=100.0 * interval["data"] / elapsed,
                    eta_s=elapsed / max(interval["steps"], 1) * (self.total_steps - self.step))
-        run_folder.append_csv(self.run_dir / "log.csv", self.log_columns(), row)
+        append_csv(self.run_dir / "log.csv", self.log_columns(), row)
         print(f"step {self.step:>7}/{self.total_steps} | epoch {self.epoch + 1:>3}/{self.cfg.epochs} | "
               f"loss {row['loss']:.4f} photo {row['photometric']:.4f} smooth {row['smoothness']:.4f} | "
               f"spread {row['depth_spread']:.2f} motion {row['motion']:.3f} mask {row['automask_kept']:.2f} | "
               f"lr {row['lr']:.1e} | "
               f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
-              f"ETA {run_folder.format_time(row['eta_s'])}", flush=True)
+              f"ETA {format_time(row['eta_s'])}", flush=True)
         interval.update(start=now, data=0.0, steps=0)
         # a collapsed run; a machine that got busy (helpers/cpu_threads.py: one line, at most once)
         for warning in (self.collapse_watch.update(self.step, row),
@@ -243,7 +255,7 @@ class TrainingRun:
         if ckpt["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this run "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and processes")
-        run_folder.set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if self.info.world > 1:                  # rank 0's streams were saved; keep ranks distinct
             torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
 
@@ -254,14 +266,13 @@ class TrainingRun:
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
                 "steps_per_epoch": self.steps_per_epoch,
                 "config": {**asdict(self.cfg), **self.split_record, "threads_used": self.threads.used},
-                "rng": run_folder.rng_state()}
+                "rng": rng_state()}
 
 
 def provenance(ckpt, bf16):
     """What a score file says of how a run was trained: the commit of the code (the one that started the
     run; "A then B" when it was resumed with other code) and the precision it ran in ("bf16" where --amp
     ran bf16 autocast of the depth network, else "float32"; a resumed run that changed it: "A then B")."""
-    from helpers.run_scores import code_commit   # git, asked once per run
     now = {"commit": code_commit(), "precision": "bf16" if bf16 else "float32"}
     before = (ckpt or {}).get("config", {})
     return {k: v if not before.get(k) or before[k].split(" then ")[-1] == v else f"{before[k]} then {v}"
@@ -288,3 +299,212 @@ def run_eval(run_dir):
     elif code:
         print(f"error: 07_eval.py exited with code {code}; the checkpoints are in {run_dir}", file=sys.stderr)
     return code
+
+
+# ---- The run folder ----
+class SaveError(Exception):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous file is intact."""
+
+
+class NonFinite(Exception):
+    """A NaN/Inf weight found when about to save."""
+
+
+@contextmanager
+def atomic_path(path):
+    """The one atomic write of the project: a temporary name beside `path` that no other writer uses,
+    to write to inside the block; renamed over `path` when the block ends, removed if it raised. A
+    reader sees the previous file or the complete new one, never part of one, also when several
+    processes write the same file at once (torchrun ranks, two runs sharing a download cache)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:                          # a read-only folder: nothing was created there
+            pass
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
+    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
+    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:
+        previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
+
+
+EPOCH_KEYS = ("model", "pose", "config", "step", "epoch")
+
+
+def keep_epoch_weights(state, run_dir):
+    """RUN/epoch_NNN.pt (NNN = epochs done) from a checkpoint state taken at an epoch's end: the
+    networks, config and counters without the optimiser (a third of ckpt.pt with Adam's two moments).
+    Returns its path, or None when the state is not at an epoch's end (a --save_every save)."""
+    epoch = state["epoch"]
+    if epoch == 0 or state["step"] != epoch * state["steps_per_epoch"]:
+        return None
+    path = Path(run_dir) / f"epoch_{epoch:03d}.pt"
+    save_checkpoint({k: state[k] for k in EPOCH_KEYS}, path)
+    return path
+
+
+# ---- One training per run folder ----
+class RunFolderBusy(Exception):
+    """Another training holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir):
+    """Create RUN (if needed) and hold an exclusive lock on RUN/.lock for the life of this process:
+    a second training on the same folder gets RunFolderBusy (naming the holder's pid) instead of
+    overwriting its checkpoints. The operating system drops the lock when the holder exits, however
+    it exits, so a crashed run never leaves a stale lock; forked children (DataLoader workers) do
+    not inherit it. Returns the open lock file (keep it open; closing it releases the lock).
+    A folder that cannot be written raises PermissionError / OSError before anything is trained."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    if fcntl is None:
+        return handle
+    try:   # a POSIX record lock: owned by this process, not by the DataLoader workers it forks
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+            raise
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RunFolderBusy(f"{run_dir} is in use by another training (pid {holder}): wait for it, "
+                            f"or choose another --run_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+# ---- RNG states (exact resume) ----
+def rng_state():
+    """The states of the generators a run draws from: torch's (dropout, the auto-mask's noise, the
+    DataLoader workers' seeds) and CUDA's. The sample order and the augmentation draw from their own
+    seeded generators (01_data, the sampler), nothing from numpy's or Python's global ones; the
+    numpy/python entries of older checkpoints are ignored."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    """Inverse of rng_state()."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- Logs and curves ----
+def append_csv(path, columns, row):
+    """One row into a CSV (header when new). Floats keep full precision (resume comparisons)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(columns)
+        writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns])
+
+
+def read_csv(path, columns=None):
+    """{column: np.array of floats} of a CSV log (only `columns` when given); {} when missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [c for c in (columns or (rows[0] if rows else [])) if rows and c in rows[0]]
+    return {k: np.array([float(r[k]) for r in rows]) for k in names}
+
+
+def truncate_csv(path, step):
+    """Drop the rows written after `step` (a resumed run rewrites them) and a row that a full disk cut
+    short (fewer fields than the header). Written to a temporary file, then renamed: a full disk
+    here leaves the log as it was, not emptied."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def format_time(seconds):
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def save_plots(run_dir, model):
+    """RUN/curves.png: training loss terms, validation loss, learning rate, throughput, the
+    self-query diagnostics of each validation and the health numbers (model: the run's
+    DepthNetConfig as a dict)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log, val = read_csv(run_dir / "log.csv"), read_csv(run_dir / "val.csv")
+    if not log:
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    axes[0, 0].plot(log["step"], log["loss"], label="total")
+    axes[0, 0].plot(log["step"], log["photometric"], label="photometric", alpha=0.7)
+    axes[0, 0].set_title("training loss")
+    if val:
+        axes[0, 0].plot(val["step"], val["val_loss"], "o-", label="validation")
+    axes[0, 0].legend()
+    axes[0, 1].plot(log["step"], log["smoothness"])
+    axes[0, 1].set_title("smoothness term (unweighted)")
+    axes[1, 0].semilogy(log["step"], log["lr"])
+    axes[1, 0].set_title("learning rate")
+    axes[1, 1].plot(log["step"], log["img_per_s"])
+    axes[1, 1].set_title("throughput (img/s, all processes)")
+    if val and "query_similarity" in val:  # older runs lack these columns
+        axes[0, 2].plot(val["step"], val["query_similarity"], "o-", label="query cosine similarity")
+        axes[0, 2].plot(val["step"], val["effective_rank"] / model["num_queries"], "s-",
+                        label="cost-volume effective rank / Q")
+        axes[0, 2].plot(val["step"], val["bins_99"] / model["num_bins"], "^-", label="bins holding 99% / D")
+        axes[0, 2].set_ylim(0, 1.05)
+        axes[0, 2].legend(fontsize=8)
+    axes[0, 2].set_title("self-query layer (1st val batch)")
+    if "depth_spread" in log:  # is self-supervision healthy? (older runs lack these columns)
+        axes[1, 2].plot(log["step"], log["depth_spread"], label="depth spread (std / mean)")
+        axes[1, 2].plot(log["step"], log["automask_kept"], label="auto-mask kept")
+        if "motion_ratio" in val:
+            axes[1, 2].plot(val["step"], val["motion_ratio"], "o-", label="motion / true motion (val)")
+        axes[1, 2].axhline(1.0, color="grey", lw=0.5)
+        axes[1, 2].legend(fontsize=8)
+    axes[1, 2].set_title("training health")
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=90)
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
+def code_commit():
+    """Short commit of this repository ("-dirty" added when tracked files differ from it), else "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):   # no git on this machine
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
