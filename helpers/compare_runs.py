@@ -12,7 +12,7 @@ Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by r
 depth), compare_<split>.png (the same test frames for each variant, with the thin structures
 enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
 The README's ablation table and docs/ablations.md come from it.
-Score files (helpers/py) keep each run's scores beyond its checkpoints: `--save_scores DIR`
+Score files keep each run's scores beyond its checkpoints: `--save_scores DIR`
 writes one JSON per run while scoring; `python -m helpers.compare_runs --scores DIR --out OUT` rebuilds
 the tables (not the figures) from such files alone.
 Tests: tests/test_compare_runs.py.
@@ -413,7 +413,7 @@ def run_compare(options, device):
 
 
 def compare_scores(options):
-    """run_compare's tables rebuilt from score files alone (helpers/py): the same variants,
+    """run_compare's tables rebuilt from score files alone: the same variants,
     labels, mean +- std and CSVs, no figures (they need each run's network). Returns (aggregated rows,
     per-run rows)."""
     if not options.out:
@@ -495,7 +495,7 @@ def run_zero_shot(options, device):
         baseline.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
     b0 = baseline[f"{per_world[0][0]} abs_rel"]
     baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
-    if options.save_scores:   # one file per run: the table outlives the checkpoints (helpers/py)
+    if options.save_scores:   # one file per run: the table outlives the checkpoints
         commit = run_record.code_commit()
         for index, (row, config) in enumerate(zip(runs, configs)):
             record = make_zero_shot_record(
