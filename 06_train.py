@@ -451,6 +451,7 @@ def main(argv=None):
                   f"{trainer.run_dir}/ckpt.pt and best.pt, curves {curves}", flush=True)
         if code == 0 and info.main and trainer.cfg.data == "synthetic" and not cfg.no_eval:
             code = run_record.run_eval(trainer.run_dir)
+        runtime.wait_for_all(info)               # rank 0 may still be plotting: leave gloo together
         return code
     except (data.DataError, FileNotFoundError, ValueError, run_record.RunFolderBusy) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)   # SplitOverlapError is a DataError
@@ -472,8 +473,8 @@ def main(argv=None):
     finally:
         if trainer is not None and trainer.lock is not None:
             trainer.lock.close()                 # the run folder is free for the next training
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        trainer = None                           # the DDP wrappers go before their process group
+        runtime.leave_process_group()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ request to stop after saving; `step_outcome`, the one host read per step, agreed
 Tests: tests/test_06_train.py (sampler, DDP with two gloo processes, signals, the NaN guard),
 tests/test_faults.py (a killed DataLoader worker, a failing validation, a signal during a save).
 """
+import gc
 import math
 import os
 import signal
@@ -84,6 +85,23 @@ def setup_process(cfg):
     if info.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+def wait_for_all(info):
+    """Under torchrun, on a normal end: every rank waits here for the others (rank 0 may still be
+    plotting or evaluating), so that the ranks tear the process group down together."""
+    if info.world > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def leave_process_group():
+    """Destroy the process group now, after the caller dropped its DDP wrappers: gc.collect() frees a
+    reference cycle that still holds one, so gloo's threads stop while the interpreter is whole, not
+    during its shutdown. A rank of a finished 2-process CPU run once aborted at exit ('terminate called
+    without an active exception'), failing the run."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def choose_device(spec, info=Dist()):
