@@ -36,7 +36,6 @@ from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_e
 
 # A module name cannot start with a digit in an `import` statement: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
-unet = importlib.import_module("02_unet")
 bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 

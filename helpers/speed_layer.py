@@ -72,11 +72,8 @@ def autocast_forward(net, device_type):
 
 # ---- SSIM by a box filter ----
 def window_sum(x, window, dim):
-    """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
-
-    A running sum in one cumsum (first window, then enter minus leave): the partial sums never grow
-    beyond one window, so float32 keeps its precision (unlike a cumsum differenced at two points).
-    """
+    """Sums of `window` consecutive entries of x along dim ('valid'), as one running cumsum (first window,
+    then enter minus leave): its partial sums stay within one window, so float32 keeps its precision."""
     n = x.shape[dim]
     shape = list(x.shape)
     shape[dim] = n - window + 1
