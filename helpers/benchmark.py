@@ -1,26 +1,18 @@
 """benchmark - how fast the depth network, the data loader and a training step are, and where the time goes.
 
-Not a reading step: nothing in it is SQLDepth. Two tables (docs/benchmarks.md has the figures we
-measured and what was tried to make them faster):
+Not a reading step. Commands (docs/benchmarks.md has the figures and what was tried):
 
   python -m helpers.benchmark [--preset kitti-r50-640x192] [--amp]
-      per preset of 04_bins.py: parameters, GMACs per image (counted by hooks), inference ms per image,
-      forward+backward ms and the training step ms with the trainer's Adam, medians over --iters;
-      page faults per step (helpers/speed_layer.py)
+      per preset of 04_bins.py: parameters, GMACs per image, inference, forward+backward and
+      training step ms (medians over --iters), page faults per step
   python -m helpers.benchmark --loader data/synthetic [--height 64 --width 208]
-      01_data.KittiRaw training samples per second with 0, 1 and 2 DataLoader workers, against the
-      bound of the same loader that only decodes and resizes the frames
-
-  python 06_train.py --profile 20
-      a training step split into its parts (`profile`, PartClock): data wait, depth net, pose net,
-      warping + loss (of which SSIM), each forward and backward, and the optimizer
-
-Per convolution: `python -m helpers.speed_layer`. Tests: tests/test_benchmark.py, tests/test_06_train.py.
-
+      KittiRaw training samples/s with 0, 1 and 2 workers, against a decode + resize only bound
   python -m helpers.benchmark --train_memory WORLD --batch_size N [--preset NAME]
-      per KITTI preset of 06_train.py: resident memory before and at the peak of one CPU training
-      step (06's networks, Adam, loss and train_step on the world's frames at the preset's size),
-      for planning a GPU run (docs/kitti.md, "Planning a GPU run")
+      resident memory of one CPU training step per KITTI preset (docs/kitti.md, "Planning a GPU run")
+  python 06_train.py --profile 20
+      a training step split into its parts (`profile`, PartClock)
+
+Tests: tests/test_benchmark.py, tests/test_06_train.py.
 """
 import argparse
 import copy
@@ -36,27 +28,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
-from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
-from helpers.distributed_training import choose_device, unwrap  # --device, the module inside DDP
-from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_effect, page_faults,  # CPU
-                                 tune_cpu_memory, use_small_map_convs)                        # speed-ups
+from helpers.cli import add_dataclass_flags, one_line
+from helpers import kitti_files
+from helpers.distributed_training import choose_device, unwrap
+from helpers.speed_layer import (cpu_has_native_bf16, flat_adam, huge_pages_in_effect, page_faults,
+                                 tune_cpu_memory, use_small_map_convs)
 
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
+# A module name cannot start with a digit in an `import` statement: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
-unet = importlib.import_module("02_unet")
 bins = importlib.import_module("04_bins")
 posenet_loss = importlib.import_module("05_posenet_loss")
 
 
 # ---- The depth network ----
 def count_macs(model, img):
-    """Multiply-accumulates of one forward pass, counted with hooks on Conv2d / Linear / attention.
-
-    The cost volume and the summaries (B*Q*h*w*E each, functional ops) are added by hand. Counted on
-    a copy in train mode so PyTorch's fused transformer fast path does not bypass the hooks.
-    """
+    """Multiply-accumulates of one forward pass (hooks on Conv2d / Linear / attention; the cost volume
+    and summaries added by hand). A copy in train mode: the fused transformer fast path skips hooks."""
     model, total = copy.deepcopy(model).train(), [0]
 
     def conv(m, inp, out):
@@ -88,12 +75,8 @@ def count_macs(model, img):
 
 def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False, iters=3, fused_adam=True,
               small_map_convs=True):
-    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, page faults per
-    train step) of one preset at size (H, W); times are medians over `iters` after one warm-up, page
-    faults (minor: the kernel mapping fresh memory) the mean over them. The train step adds Adam, fused
-    where this PyTorch has it for the device (speed_layer.flat_adam on CPU, as 06_train.py) unless
-    fused_adam is False; on CPU the big 3x3 convs on small maps take the matmul weight gradient (as
-    06_train.py) unless small_map_convs is False."""
+    """(params, MACs/image, inference ms/image, forward+backward ms/step, train step ms, minor page
+    faults per train step) of one preset at size (H, W): medians (faults: the mean) over `iters`."""
     torch.manual_seed(0)
     model = bins.DepthNet(bins.PRESETS[preset]).to(device)
     if small_map_convs:
@@ -147,7 +130,7 @@ def benchmark(preset, size, device, batch_size=2, amp=False, channels_last=False
 def run_bench(cfg, device):
     """The depth-network table: one row per preset (and per dtype with --amp where bf16 runs)."""
     presets = [cfg.preset] if cfg.preset else list(bins.PRESETS)
-    modes = [False, True] if cfg.amp and (device.type == "cuda" or cpu_has_native_bf16()) else [False]  # bf16 next to fp32
+    modes = [False, True] if cfg.amp and (device.type == "cuda" or cpu_has_native_bf16()) else [False]
     print(f"device {device}, batch {cfg.batch_size}, channels_last {cfg.channels_last}, fused Adam "
           f"{cfg.fused_adam}, small-map convs {cfg.small_map_convs}, huge pages {huge_pages_in_effect()}, "
           f"threads {torch.get_num_threads()}, median of {cfg.iters}")
@@ -164,8 +147,7 @@ def run_bench(cfg, device):
 
 # ---- Memory of one training step ----
 def resident_mb(field="VmHWM"):
-    """This process's resident memory in MB: VmRSS now, or VmHWM, its peak since the last
-    reset_peak_rss(); None off Linux."""
+    """Resident MB: VmRSS now, or VmHWM, the peak since reset_peak_rss(); None off Linux."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
@@ -174,15 +156,13 @@ def resident_mb(field="VmHWM"):
 
 
 def reset_peak_rss():
-    """Start the peak over from the current resident memory (Linux: write 5 to /proc/self/clear_refs)."""
+    """Start the peak over from the current resident memory (Linux)."""
     Path("/proc/self/clear_refs").write_text("5")
 
 
 def train_step_memory(preset, world, batch_size):
-    """(resident MB before, peak MB during) the first training step of a 06_train.py preset on CPU:
-    its networks, optimiser, loss and train_step, on a real batch of the world's frames resized to
-    the preset's input. The peak over "before" is the step's activations, gradients, Adam's two
-    moments and the CPU kernels' temporaries (the first step: later ones reuse freed memory)."""
+    """(resident MB before, peak MB during) the first CPU training step of a 06_train.py preset on a
+    batch of the world's frames (later steps reuse freed memory)."""
     train = importlib.import_module("06_train")
     training_data = importlib.import_module("helpers.training_data")
     cfg = train.preset_config(preset)
@@ -203,7 +183,6 @@ def train_step_memory(preset, world, batch_size):
 
 
 def run_memory(cfg):
-    """The memory table of --train_memory WORLD: one row per KITTI preset of 06_train.py."""
     if resident_mb() is None:
         raise ValueError("--train_memory reads /proc/self/status: Linux only")
     world = Path(cfg.train_memory)
@@ -220,7 +199,7 @@ def run_memory(cfg):
 
 # ---- The data loader ----
 class DecodeOnly(torch.utils.data.Dataset):
-    """The bare decode + resize work of a data.KittiRaw training sample: the same frame files, uint8, no more."""
+    """Only the decode + resize of a data.KittiRaw training sample: the same frames, uint8."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -234,9 +213,8 @@ class DecodeOnly(torch.utils.data.Dataset):
 
 def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg", workers=(0, 1, 2),
                      batch_size=8, repeats=3):
-    """{n workers: (bound, rate)}: samples/s of data.KittiRaw training samples (frames 0, -1, +1, flip and
-    jitter at their training probabilities) and of the bound, the same loader over DecodeOnly (decode
-    and resize only). Best of `repeats` passes, the two loaders taking turns (shared machines are noisy)."""
+    """{n workers: (bound, rate)}: samples/s of DecodeOnly and of data.KittiRaw training samples, best
+    of `repeats` passes taking turns (shared machines are noisy)."""
     dataset = data.KittiRaw(data_path, lines, height, width, frame_ids=(0, -1, 1), is_train=True, img_ext=img_ext)
     count = min(samples, len(dataset))
     if count <= batch_size:
@@ -266,24 +244,19 @@ def loader_benchmark(data_path, lines, height, width, samples=400, img_ext=".jpg
     return results
 
 
-
 # ---- A training step, part by part (python 06_train.py --profile N) ----
 class PartClock:
-    """Where a training step's time goes, by part, for --profile. Forward: module hooks time the
-    depth net, the pose net and SSIM; the rest of the forward pass is warping and the loss. Backward:
-    autograd runs nodes in reverse order of creation, so the loss's backward comes first, then the
-    pose net's, then the depth net's; a gradient hook on each network's output marks the moment its
-    backward starts. The ends of the three phases of a step: the loss returned (`phases` wraps
-    05's self_supervised_loss while it runs), the optimizer's step begins and ends (its step hooks).
-    On CUDA every mark synchronises, so each part is charged its own GPU time."""
+    """Where a training step's time goes, by part, for --profile. Forward: module hooks on the nets and
+    SSIM. Backward runs in reverse order of creation (loss, pose net, depth net): a gradient hook on
+    each net's output marks its start. On CUDA every mark synchronises."""
 
     NETS = ("depth net", "pose net")
 
     def __init__(self, depth_net, pose_net, ssim, device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.handles, self.started = [], {}
-        self.watch("depth net", depth_net)
-        self.watch("pose net", pose_net)
+        for part, net in zip(self.NETS, (depth_net, pose_net)):
+            self.watch(part, net)
         if ssim is not None:
             self.watch("ssim", ssim)
         self.reset()
@@ -293,7 +266,6 @@ class PartClock:
         return time.perf_counter()
 
     def reset(self):
-        """Forget what was booked (after the warm-up steps)."""
         self.forward, self.backward, self.other = defaultdict(float), defaultdict(float), defaultdict(float)
         self.begin_step()
 
@@ -310,7 +282,6 @@ class PartClock:
         self.handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     def mark_gradient(self, part):
-        """The first gradient that reaches a network's output: its backward pass starts now."""
         self.grad_marks.setdefault(part, self.now())
 
     def begin_step(self):
@@ -318,8 +289,7 @@ class PartClock:
 
     @contextmanager
     def phases(self, optimizer):
-        """Mark the ends of a step's phases while inside: forward (the loss returned), backward (the
-        optimizer's step begins) and optimizer (its step ends); the training step never knows."""
+        """Mark the ends of forward (the loss returned), backward and optimizer (its step hooks)."""
         real_loss = posenet_loss.self_supervised_loss
 
         def timed_loss(*args, **kwargs):
@@ -339,8 +309,6 @@ class PartClock:
                 handle.remove()
 
     def end_step(self, start, data_ready):
-        """Book one step from the times at its start, when its batch was ready and at the ends of its
-        three phases (marked inside `phases`)."""
         forward_end, backward_end, optimizer_end = (self.phase_end[p] for p in ("forward", "backward", "optimizer"))
         self.other["data wait"] += data_ready - start
         nets = sum(self.step_forward[p] for p in self.NETS)
@@ -377,10 +345,8 @@ class PartClock:
 
 
 def profile(trainer, steps, prepare, step, amp, warmup=2):
-    """--profile N of 06_train.py: N timed steps after `warmup` untimed ones; prints the throughput and
-    where the time goes by part (PartClock). trainer: 06's Trainer (networks, loader, sampler, config);
-    prepare(batch) -> the batch on the device; step(batch): one training step (06's train_step), whose
-    phases PartClock.phases marks from outside. Writes nothing."""
+    """--profile N of 06_train.py: N timed steps after `warmup`; prints the throughput and the
+    PartClock table. prepare(batch) -> the batch on the device; step(batch): 06's train_step."""
     cfg, device, info = trainer.cfg, trainer.device, trainer.info
     clock = PartClock(*map(unwrap, trainer.nets), trainer.ssim, device)
 
@@ -415,7 +381,7 @@ def profile(trainer, steps, prepare, step, amp, warmup=2):
 # ---- Command line ----
 @dataclass
 class BenchConfig:
-    """What `python -m helpers.benchmark` does: the depth-network table, or the loader table with --loader DIR."""
+    """What `python -m helpers.benchmark` does."""
     preset: str = ""  # one preset of 04_bins.py (default: all three)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     amp: bool = False  # also time bf16 autocast next to fp32 (GPU, CPU with native bf16; else ignored)
@@ -436,7 +402,6 @@ class BenchConfig:
 
 
 def run_loader_bench(cfg):
-    """The loader table of --loader DIR."""
     root = Path(cfg.loader)
     if not root.is_dir():
         raise data.DataError(f"data folder not found: {root}")
@@ -460,14 +425,13 @@ def main(argv=None):
     try:
         if cfg.loader:
             run_loader_bench(cfg)
-            return 0
-        if cfg.train_memory:
+        elif cfg.train_memory:
             run_memory(cfg)
-            return 0
-        device = choose_device(cfg.device)
-        if cfg.preset and cfg.preset not in bins.PRESETS:
-            raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
-        run_bench(cfg, device)
+        else:
+            device = choose_device(cfg.device)
+            if cfg.preset and cfg.preset not in bins.PRESETS:
+                raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(bins.PRESETS)}")
+            run_bench(cfg, device)
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

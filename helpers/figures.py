@@ -1,9 +1,6 @@
 """figures - pictures of depth and of SQLDepth's insides: 07_eval's figures, the demos of 03 and 04.
 
-Serves 07_eval.py (--figures), helpers/predict.py, helpers/compare_runs.py, and the demos
-`python 03_self_query.py` (cost-volume slices of a synthetic frame) and `python 04_bins.py` (bins).
-Depth is shown as inverse depth with a colour map normalised per image (near is bright, far is dark):
-plain depth or a fixed normalisation leaves most of a KITTI frame black or one colour (docs/kitti.md).
+Depth is shown as inverse depth normalised per image (docs/kitti.md says why).
 Tests: tests/test_07_eval.py, tests/test_03_self_query.py, tests/test_04_bins.py.
 """
 import argparse
@@ -16,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import model_files  # our checkpoints, read with their checks
-from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
+from helpers import model_files
+from helpers.cli import add_dataclass_flags, one_line
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
@@ -27,11 +24,7 @@ MIN_DEPTH = 1e-3  # metres: the evaluation's lower bound (07_eval.MIN_DEPTH), a 
 
 
 def colorize_inverse_depth(depth):
-    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, normalised per image by robust percentiles.
-
-    The 2nd..98th percentile of inverse depth spans the colour map, so a few extreme pixels (or a
-    constant offset) never leave the picture black (docs/kitti.md).
-    """
+    """[H, W] depth -> [H, W, 3] uint8 magma of 1/depth, its 2nd..98th percentile spanning the map."""
     import matplotlib
     inv = 1.0 / np.maximum(depth, MIN_DEPTH)
     lo, hi = np.percentile(inv, 2), np.percentile(inv, 98)
@@ -39,12 +32,25 @@ def colorize_inverse_depth(depth):
     return (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
 
 
-def save_prediction_figure(images, preds, gts, path):
-    """Rows of input | predicted inverse depth | GT inverse depth | abs-rel error, for a few frames.
-    preds [H, W] each at the size of its GT (07_eval.resize_to), median-scaled here for the picture."""
+def pyplot():
+    """matplotlib.pyplot without a display."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def show(ax, image, title, **imshow_options):
+    """An image panel: the image, a small title, no axes."""
+    ax.imshow(image, **imshow_options)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def save_prediction_figure(images, preds, gts, path):
+    """Rows of input | predicted inverse depth | GT inverse depth | abs-rel error, for a few frames.
+    preds [H, W] each at the size of its GT, median-scaled here."""
+    plt = pyplot()
     aspect = images[0].shape[-2] / images[0].shape[-1]  # H / W of the input
     fig, axes = plt.subplots(len(images), 4, figsize=(16, (4 * aspect + 0.35) * len(images)), squeeze=False)
     for row, (img, pred, gt) in enumerate(zip(images, preds, gts)):
@@ -55,9 +61,7 @@ def save_prediction_figure(images, preds, gts, path):
                   (gt_inv, {"cmap": "magma"}), (err, {"cmap": "inferno", "vmin": 0, "vmax": 0.5})]
         for ax, title, (im, kw) in zip(axes[row], ("input", "prediction (1/depth)", "GT (1/depth)",
                                                    "abs rel error (0-0.5)"), panels):
-            ax.imshow(im, **kw)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
+            show(ax, im, title, **kw)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -66,9 +70,7 @@ def save_prediction_figure(images, preds, gts, path):
 @torch.no_grad()
 def save_internals_figure(model, image, path, num_slices=4):
     """Cost-volume slices V[q] (paper Fig. 3) and the bins: centres and P(d) at a few pixels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     out = model(image[None], return_extras=True)
     if "cost_volume" not in out or "bin_centers" not in out:
         print("   (this variant has no cost volume / bins: internals figure skipped)")
@@ -78,17 +80,12 @@ def save_internals_figure(model, image, path, num_slices=4):
     h, w = volume.shape[-2:]
     stats = bins.stats_from_extras(out)
     fig, axes = plt.subplots(2, num_slices, figsize=(4 * num_slices, 5.5), squeeze=False)
-    # The numbers say what the picture only suggests: do the queries differ, are the bins used?
     fig.suptitle(f"query similarity {stats['query_similarity']:.2f} (1 = collapsed) | cost-volume effective rank "
                  f"{stats['effective_rank']:.1f} of Q={volume.shape[0]} | {stats['bins_99']:.0f} of "
                  f"D={len(centres)} bins hold 99% of P", fontsize=10)
     for i, q in enumerate(np.linspace(0, volume.shape[0] - 1, num_slices).astype(int)):
-        axes[0, i].imshow(volume[q].numpy(), cmap="viridis")
-        axes[0, i].set_title(f"cost volume slice q={q}", fontsize=8)
-        axes[0, i].axis("off")
-    axes[1, 0].imshow(image.permute(1, 2, 0).cpu().numpy())
-    axes[1, 0].set_title("input", fontsize=8)
-    axes[1, 0].axis("off")
+        show(axes[0, i], volume[q].numpy(), f"cost volume slice q={q}", cmap="viridis")
+    show(axes[1, 0], image.permute(1, 2, 0).cpu().numpy(), "input")
     axes[1, 1].plot(centres.numpy(), "o-", ms=2)
     axes[1, 1].set(title="bin centres (m)", xlabel="bin d", ylabel="c_d")
     pixels = [(h // 4, w // 2), (h // 2, w // 2), (3 * h // 4, w // 4), (h - 1, w // 2)]
@@ -96,9 +93,7 @@ def save_internals_figure(model, image, path, num_slices=4):
         axes[1, 2].plot(centres.numpy(), probs[:, y, x].numpy(), label=f"(y={y}, x={x})")
     axes[1, 2].set(title="P(d) at a few pixels", xlabel="depth (m)")
     axes[1, 2].legend(fontsize=6)
-    axes[1, 3].imshow(colorize_inverse_depth(out["depth"][0, 0].cpu().numpy()))
-    axes[1, 3].set_title("depth (1/depth, magma)", fontsize=8)
-    axes[1, 3].axis("off")
+    show(axes[1, 3], colorize_inverse_depth(out["depth"][0, 0].cpu().numpy()), "depth (1/depth, magma)")
     fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title line
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -123,9 +118,8 @@ class CostVolumeDemoConfig:
 
 
 def synthetic_frame(height, width, seed=0):
-    """One synthetic RGB frame [1, 3, height, width] in [0, 1] (synthetic_world, read by 01_data) and its
-    thin-structure mask."""
-    from helpers import synthetic_world  # the renderer, only when a frame is asked for
+    """One synthetic RGB frame [1, 3, height, width] in [0, 1] and its thin-structure mask."""
+    from helpers import synthetic_world
     from PIL import Image
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic_world.make_synthetic_kitti(Path(tmp), num_drives=3, frames_per_drive=3, seed=seed)
@@ -155,18 +149,14 @@ def load_trained(path, net_class):
 
 
 def main(argv, net_class):
-    """`python 03_self_query.py`: the command line generated from CostVolumeDemoConfig, the figure;
-    net_class is 03's CostVolumeNet. Returns the exit status (2 = bad input)."""
+    """`python 03_self_query.py` with net_class 03's CostVolumeNet; returns the exit status (2 = bad input)."""
     parser = argparse.ArgumentParser(description="Save cost-volume slices of a synthetic frame.")
     add_dataclass_flags(parser, CostVolumeDemoConfig)
     cfg = CostVolumeDemoConfig(**vars(parser.parse_args(argv)))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     torch.manual_seed(cfg.seed)
     try:
-        untrained = net_class(cfg.num_layers, cfg.num_features, cfg.model_dim, cfg.patch_size,
-                                  cfg.num_queries)
+        untrained = net_class(cfg.num_layers, cfg.num_features, cfg.model_dim, cfg.patch_size, cfg.num_queries)
         nets = [("untrained", untrained, cfg.height, cfg.width)]
         if cfg.checkpoint:
             net, h, w = load_trained(cfg.checkpoint, net_class)
@@ -188,13 +178,9 @@ def main(argv, net_class):
     fig, axes = plt.subplots(len(rows), cfg.num_slices + 1, figsize=(3 * (cfg.num_slices + 1), 1.4 * len(rows)),
                              squeeze=False)
     for r, (name, rgb, slices) in enumerate(rows):
-        axes[r, 0].imshow(rgb)
-        axes[r, 0].set_title(f"{name} input", fontsize=8)
+        show(axes[r, 0], rgb, f"{name} input")
         for c, (q, v) in enumerate(slices, start=1):
-            axes[r, c].imshow(v, cmap="magma")  # each slice normalised on its own range
-            axes[r, c].set_title(f"query {q}", fontsize=8)
-    for ax in axes.ravel():
-        ax.axis("off")
+            show(axes[r, c], v, f"query {q}", cmap="magma")  # each slice normalised on its own range
     fig.tight_layout()
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.out, dpi=100)
@@ -204,12 +190,9 @@ def main(argv, net_class):
 
 def save_bins_figure(img, thin, out, path, title=""):
     """04_bins.py's demo figure: the image with three pixels (near road, far, a thin pole), the bin
-    centres of this image, and the bin probabilities P(d) at the three pixels. img [1, 3, H, W];
-    thin [H, W] bool or None; out: DepthNet's extras (probs [1, D, h, w], bin_centers [1, D], depth);
-    title: what the figure shows (trained or not), above the panels. Returns {pixel label: depth in m}."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    centres, and P(d) at the three pixels. img [1, 3, H, W]; thin [H, W] bool or None; out: DepthNet's
+    extras. Returns {pixel label: depth in m}."""
+    plt = pyplot()
     P, c = out["probs"][0], out["bin_centers"][0]  # [D, h/2, w/2], [D]
     ph, pw = P.shape[-2:]
     pixels = {"near road": (ph - 3, pw // 2), "far (image centre)": (int(ph * 0.4), pw // 2)}

@@ -1,18 +1,10 @@
 """speed_layer - every CPU speed-up of a training run in one layer; `--no-speed_layer`: stock PyTorch.
 
-Not a reading step: nothing in it is SQLDepth. The steps 01-07 run on stock PyTorch (05's SSIM is the
-average-pool definition, 06 takes torch.optim.Adam); `apply` swaps in, on a CPU, pieces that compute
-the same numbers faster, each tested equal to the stock code it replaces (values and gradients,
-tests/test_speed_layer.py):
-  BoxFilterSSIM    05's SSIM by running window sums with a backward of its own, centred for float32
-  FlatAdam         torch's fused Adam on each parameter's memory as it lies (no channels-last copies)
-  SmallMapConv2d   the weight gradient of big 3x3 convs on small maps as one matrix product
-  tune_cpu_memory  glibc keeps freed memory, PyTorch's allocator asks for huge pages (page faults)
-  bf16 on a CPU    --amp autocasts the depth network only where the CPU has native bf16
-On CUDA a run is stock PyTorch either way: torch.optim.Adam(fused=True), and --amp's bf16 autocast of
-the depth network. The measurements behind each piece: docs/benchmarks.md.
+Not a reading step. On a CPU, `apply` swaps in pieces that compute the same numbers as stock PyTorch,
+faster: BoxFilterSSIM, FlatAdam, SmallMapConv2d, bf16 where native; tune_cpu_memory cuts page faults.
+On CUDA a run is stock PyTorch either way. Why each piece, and its measurements: docs/benchmarks.md.
 Run: `python -m helpers.speed_layer` times SmallMapConv2d against PyTorch's conv per shape.
-Used by 06_train.py and helpers/benchmark.py.
+Tests: tests/test_speed_layer.py (each piece equal to the stock code, values and gradients).
 """
 import argparse
 import ctypes
@@ -23,13 +15,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers.cli import add_dataclass_flags  # the command line of every script
+from helpers.cli import add_dataclass_flags
 
 try:
     import resource  # Unix only
@@ -44,35 +35,32 @@ posenet_loss = importlib.import_module("05_posenet_loss")
 @dataclass
 class Speed:
     """What a run builds its loss and optimiser with, as `apply` chose them for its device."""
-    ssim: type        # the SSIM module class: 05_posenet_loss.SSIM, or BoxFilterSSIM (same numbers)
+    ssim: type        # 05_posenet_loss.SSIM, or BoxFilterSSIM (same numbers)
     adam: object      # adam(param_groups) -> the optimiser
-    bf16: bool        # whether --amp runs: the depth network's forward under bf16 autocast
+    bf16: bool        # whether --amp runs the depth network's forward under bf16 autocast
 
 
 def apply(device, depth_net, pose_net, amp=False, on=True):
     """Make a run fast on `device` -> Speed. On a CPU with `on`: small-map convs in both networks (in
-    place: only classes change, never a parameter), the box-filter SSIM, FlatAdam, and --amp where the
-    CPU has native bf16. On CUDA: stock PyTorch's fused Adam and --amp. Otherwise stock PyTorch, and
-    --amp runs float32 on a CPU. Memory tuning comes before, at the start of a program: tune_cpu_memory."""
+    place), BoxFilterSSIM, FlatAdam, and --amp where the CPU has native bf16. On CUDA: fused Adam and
+    --amp. Otherwise stock PyTorch, float32."""
     fast = on and device.type == "cpu"
     if fast:
         for net in (depth_net, pose_net):
             use_small_map_convs(net)
-    bf16 = amp and (device.type == "cuda" or (fast and cpu_has_native_bf16()))
-    if bf16:
-        autocast_forward(depth_net, device.type)
-    if fast:
         adam = flat_adam
     elif device.type == "cuda":
         adam = functools.partial(torch.optim.Adam, fused=True)
     else:
         adam = torch.optim.Adam
+    bf16 = amp and (device.type == "cuda" or (fast and cpu_has_native_bf16()))
+    if bf16:
+        autocast_forward(depth_net, device.type)
     return Speed(ssim=BoxFilterSSIM if fast else posenet_loss.SSIM, adam=adam, bf16=bf16)
 
 
 def autocast_forward(net, device_type):
-    """Run net's forward under bf16 autocast from now on (--amp): the training step never knows.
-    05's loss takes the bf16 depth back to float32 for the geometry (posenet_loss._full_precision)."""
+    """Run net's forward under bf16 autocast from now on (--amp); 05's loss goes back to float32."""
     forward = net.forward
 
     @functools.wraps(forward)
@@ -84,17 +72,12 @@ def autocast_forward(net, device_type):
 
 # ---- SSIM by a box filter ----
 def window_sum(x, window, dim):
-    """Sums of `window` consecutive entries of x along dim ('valid': that size shrinks by window-1).
-
-    A running sum: the first window summed, then each step adds the entry that enters the window
-    and subtracts the one that leaves it, all in one cumsum. O(1) per entry whatever the window,
-    and the partial sums never grow beyond one window, so float32 keeps its precision (a plain
-    cumsum differenced at two points would carry the whole row's total in every difference).
-    """
+    """Sums of `window` consecutive entries of x along dim ('valid'), as one running cumsum (first window,
+    then enter minus leave): its partial sums stay within one window, so float32 keeps its precision."""
     n = x.shape[dim]
     shape = list(x.shape)
     shape[dim] = n - window + 1
-    out = x.new_empty(shape)            # filled in place: no concatenated copy
+    out = x.new_empty(shape)
     torch.sum(x.narrow(dim, 0, window), dim, keepdim=True, out=out.narrow(dim, 0, 1))
     torch.sub(x.narrow(dim, window, n - window), x.narrow(dim, 0, n - window),
               out=out.narrow(dim, 1, n - window))
@@ -102,18 +85,14 @@ def window_sum(x, window, dim):
 
 
 def box_sum(x, window):
-    """Sum of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1]:
-    window sums along the rows, then along the columns (a box filter is separable)."""
+    """Sum of every window x window block of x [N, C, H, W] -> [N, C, H-window+1, W-window+1]."""
     return window_sum(window_sum(x, window, -1), window, -2)
 
 
 class BoxMean(torch.autograd.Function):
-    """Mean of every window x window block ('valid', stride 1), with a backward pass of its own.
-
-    Autograd would differentiate box_sum's cumsums and slices one by one (three times the forward
-    time). The adjoint of a box filter is the same box filter over the gradient padded with
-    window - 1 zeros on every side: one more box_sum. Same numbers as avg_pool2d(x, window, 1) up
-    to float rounding (tests/test_05_posenet_loss.py, with gradcheck)."""
+    """Mean of every window x window block ('valid', stride 1), with a backward pass of its own:
+    autograd through the cumsums took three times the forward; the adjoint of a box filter is the
+    same box filter over the gradient zero-padded by window - 1."""
 
     @staticmethod
     def forward(ctx, x, window):
@@ -132,18 +111,15 @@ def box_mean(x, window):
 
 
 class BoxFilterSSIM(posenet_loss.SSIM):
-    """05's SSIM (the same numbers: to 1e-10 in float64, closer to float64 than avg_pool2d in
-    float32) by box_mean, and with each image-channel's mean level subtracted first."""
+    """05's SSIM by box_mean (to 1e-10 in float64), each image-channel's mean level subtracted first."""
 
     def forward(self, x, y):
         r = self.window // 2
-        # The variances are shift-invariant: subtracting each image-channel's mean level c first
-        # changes nothing mathematically, but E[x^2] - mu^2 then cancels far less in float32
-        # (10-100x smaller rounding error than on raw [0, 1] values); c is added back to the means.
+        # The variances are shift-invariant: with the mean level c subtracted, E[x^2] - mu^2 cancels far
+        # less in float32 (10-100x smaller rounding error); c is added back to the means.
         c = (0.5 * (x + y)).mean(dim=(2, 3), keepdim=True).detach()          # [B, C, 1, 1]
         x, y = x - c, y - c
-        # The five maps in two stacks, one box filter each: the maps of x (the only ones a gradient
-        # flows through in training: the warped image) and the maps of y alone (the target).
+        # Two stacks, one box filter each: the maps a gradient flows through (x), and those of y alone.
         r4 = [r, r, r, r]
         mu_x, e_xx, e_xy = box_mean(F.pad(torch.cat([x, x * x, x * y]), r4, mode="reflect"),
                                     self.window).chunk(3)               # each [B, C, H, W]
@@ -156,33 +132,22 @@ class BoxFilterSSIM(posenet_loss.SSIM):
 
 
 # ---- Adam on the parameters' memory as it lies ----
-# PyTorch's fused Adam does the whole update of a tensor in one pass (instead of several element-wise
-# ops per tensor), but its CPU kernel first makes every tensor it is given contiguous, and a
-# channels-last (NHWC) weight is not contiguous in that sense: with torch.optim.Adam(fused=True) each
-# step copied every 4-D weight, its gradient and both moments out and back (about 380 copies per step
-# of the default run). FlatAdam hands the kernel a 1-D view of each parameter's memory instead.
+# PyTorch's fused CPU Adam makes every tensor contiguous first, copying each channels-last weight, its
+# gradient and both moments out and back every step; FlatAdam hands it a 1-D view of the memory instead.
 def memory_view(t):
-    """A 1-D view of t's memory in memory order when t is dense (contiguous or channels-last); t
-    itself otherwise."""
+    """A 1-D view of t's memory when t is dense (contiguous or channels-last); t itself otherwise."""
     dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
     return t.detach().as_strided((t.numel(),), (1,), t.storage_offset()) if dense else t
 
 
 class FlatAdam(torch.optim.Adam):
-    """torch.optim.Adam(fused=True) that updates every parameter through a 1-D view of its memory.
-
-    The networks keep their parameters and gradients: step() points each view's .grad at the
-    memory of its parameter's gradient (a copy only when the gradient came in another layout),
-    zero_grad() clears the parameters' gradients, and state_dict() / load_state_dict() give and take
-    the moments in the parameters' shapes and layouts, so checkpoints are interchangeable with
-    torch.optim.Adam's. A parameter that is not dense (never the case for nn.Module weights) is
-    stepped as itself.
-    """
+    """torch.optim.Adam(fused=True) that updates every parameter through a 1-D view of its memory;
+    its state dict holds the moments in the parameters' shapes, interchangeable with torch.optim.Adam's."""
 
     def __init__(self, params, **adam_options):
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-        self.pairs = []                                   # (parameter, its view or itself), in order
+        self.pairs = []                                   # (parameter, its view or itself)
         flat_groups = []
         for group in groups:
             pairs = [(p, memory_view(p)) for p in group["params"]]
@@ -211,7 +176,6 @@ class FlatAdam(torch.optim.Adam):
                     p.grad.detach_().zero_()
 
     def state_dict(self):
-        """torch.optim.Adam's state dict: the moments in the parameters' shapes and layouts."""
         saved = super().state_dict()
         state = {}
         for i, entry in saved["state"].items():
@@ -222,7 +186,6 @@ class FlatAdam(torch.optim.Adam):
         return {**saved, "state": state}
 
     def load_state_dict(self, state_dict):
-        """Takes the state dict of a FlatAdam or of a torch.optim.Adam over the same parameters."""
         state = {}
         for i, entry in state_dict["state"].items():
             p, view = self.pairs[int(i)]
@@ -230,6 +193,7 @@ class FlatAdam(torch.optim.Adam):
                             if view is not p and torch.is_tensor(v) and v.shape == p.shape and v.dim() else v)
                         for k, v in entry.items()}
         super().load_state_dict({**state_dict, "state": state})
+
 
 def flat_adam(params, **adam_options):
     """A FlatAdam where the installed PyTorch has a fused CPU Adam, torch.optim.Adam otherwise."""
@@ -241,25 +205,16 @@ def flat_adam(params, **adam_options):
 
 
 # ---- Big 3x3 convs on small maps ----
-# On CPU, PyTorch's (oneDNN) backward of a 3x3 conv with many channels on a tiny map is slow for the
-# weight gradient: ResNet layer4 of the 64x208 default (512 -> 512 channels on 2x7 maps, batch 8)
-# spends several times its forward pass there on a 2-core CPU. The gradient is one sum of products:
-#     dL/dW[o, c, i, j] = sum over images b and output pixels (y, x) of
-#                         grad_out[b, o, y, x] * x_padded[b, c, y*stride + i, x*stride + j],
-# i.e. grad_out [O, B*L] @ patches [B*L, 3*3*C] with L output pixels per image, which one matrix
-# product computes in less than half the time there. The forward pass and the input gradient stay
-# PyTorch's. Used where it measured faster or even (`python -m helpers.speed_layer`,
-# docs/benchmarks.md): 3x3 kernel, >= 256 input and output channels, at most 2048 output pixels
-# over the batch (layer3 and layer4 of ResNet-18 at 64x208); beyond that, or with fewer output
-# channels, it was slower.
+# On CPU, PyTorch's (oneDNN) weight gradient of a 3x3 conv with many channels on a tiny map is slow;
+# as grad_out [O, B*L] @ patches [B*L, 3*3*C] it takes less than half the time there. Used where it
+# measured faster or even (docs/benchmarks.md): >= 256 channels, at most 2048 output pixels.
 SMALL_MAP_MAX_PIXELS = 2048
 SMALL_MAP_MIN_CHANNELS = 256
 
 
 def conv3x3_weight_grad(x, grad_out, stride, padding):
-    """dL/dW [O, C, 3, 3] of a 3x3 conv from its input x [B, C, H, W] and grad_out [B, O, Ho, Wo],
-    as one matrix product over the 9 shifted views of the zero-padded input (taps in (i, j, c)
-    order, so the result comes out in the channels-last weight layout without a copy)."""
+    """dL/dW [O, C, 3, 3] of a 3x3 conv from x [B, C, H, W] and grad_out [B, O, Ho, Wo], one matrix
+    product over the 9 shifted views of the padded input (taps in (i, j, c) order: channels-last)."""
     B, C = x.shape[:2]
     Ho, Wo = grad_out.shape[2:]
     (sy, sx), (py, px) = stride, padding
@@ -309,7 +264,7 @@ class SmallMapConv2d(nn.Conv2d):
 
 def use_small_map_convs(net):
     """Turn every plain 3x3 conv of `net` with >= 256 input and output channels into a SmallMapConv2d,
-    in place (only the class changes: parameters, names and hooks stay); returns how many were turned."""
+    in place (only the class changes); returns how many were turned."""
     count = 0
     for module in net.modules():
         if (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.dilation == (1, 1)
@@ -320,16 +275,13 @@ def use_small_map_convs(net):
     return count
 
 
-# ---- CPU memory: page faults ----
-# Neither setting changes a number, only how fast big arrays and tensors come and go on a CPU.
+# ---- CPU memory: page faults (neither setting changes a number) ----
 THP_SWITCH = "THP_MEM_ALLOC_ENABLE"  # PyTorch's switch (c10/core/alloc_cpu.cpp)
 
 
 def retain_freed_memory():
-    """Ask glibc's malloc to keep freed memory (blocks up to 32 MB, 128 MB of free heap) for reuse.
-    Otherwise each sample's few MB of arrays go back to the kernel and the next sample page-faults
-    them in again: ~2,000 faults, over half the loading time of a 416x128 sample
-    (docs/benchmarks.md). DataLoader workers forked later inherit it; a no-op where libc is not glibc."""
+    """Ask glibc's malloc to keep freed memory (blocks up to 32 MB, 128 MB of free heap) for reuse, or
+    each sample's arrays page-fault in afresh (docs/benchmarks.md); a no-op where libc is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: free heap kept before trimming
@@ -339,10 +291,8 @@ def retain_freed_memory():
 
 
 def huge_pages_in_effect():
-    """Whether PyTorch's CPU allocator is using transparent huge pages in this process. With the
-    switch on, it aligns every block of 2 MB or more to a page; without it, to 64 bytes, so three
-    fresh 2-4 MB tensors are page-aligned only by a 1-in-262,144 chance. PyTorch madvises huge pages
-    on Linux only."""
+    """Whether PyTorch's CPU allocator uses transparent huge pages here (Linux only): with them, blocks of
+    2 MB or more are page-aligned, without, 64-byte aligned (three aligned by chance: 1 in 262,144)."""
     if not sys.platform.startswith("linux"):
         return False
     probes = [torch.empty(n << 20, dtype=torch.uint8) for n in (2, 3, 4)]
@@ -350,9 +300,8 @@ def huge_pages_in_effect():
 
 
 def use_huge_pages():
-    """Turn PyTorch's transparent-huge-page allocation on, unless the environment already says
-    THP_MEM_ALLOC_ENABLE=0; returns whether it is in effect. Call it before the process's first
-    CPU tensor of 2 MB or more (the start of main): after that PyTorch no longer reads the switch."""
+    """Turn PyTorch's huge-page allocation on unless THP_MEM_ALLOC_ENABLE=0; returns whether it is in
+    effect. Call it before the first CPU tensor of 2 MB or more: later PyTorch no longer reads the switch."""
     os.environ.setdefault(THP_SWITCH, "1")
     return huge_pages_in_effect()
 
@@ -364,46 +313,39 @@ def tune_cpu_memory():
 
 
 def page_faults():
-    """Minor page faults of this process so far (the kernel mapping fresh memory); 0 without `resource`."""
+    """Minor page faults of this process so far; 0 without `resource`."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 # ---- bf16 on a CPU ----
-# On a CPU, bf16 only pays where the processor has native bf16 instructions (AVX-512 BF16, or Intel's
-# AMX tiles), which PyTorch's oneDNN kernels then use; without them its kernels convert to float32 and
-# back, so --amp runs float32 there (06_train.py says so in one `note:` line).
-# /proc/cpuinfo flags of the x86 bf16 instructions oneDNN uses for convolutions and matmuls.
+# bf16 only pays with native instructions (AVX-512 BF16, AMX); without them oneDNN converts to float32
+# and back, so --amp runs float32 there. The /proc/cpuinfo flags:
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-@lru_cache(maxsize=None)   # the training loop asks every step; the answer never changes
+@functools.lru_cache(maxsize=None)   # the training loop asks every step; the answer never changes
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """True if the CPU lists a native bf16 flag in `cpuinfo` (Linux). Where that file cannot be read
-    (macOS, Windows) PyTorch's own CPU probe answers instead."""
+    """True if the CPU lists a native bf16 flag in `cpuinfo`; where it cannot be read, PyTorch's probe."""
     try:
         with open(cpuinfo) as f:
             flags = {word for line in f if line.startswith("flags") for word in line.split()}
     except OSError:
-        # torch.backends.cpu.get_cpu_capability() says only "AVX512", which does not imply BF16:
-        # ask torch.cpu's finer probes (private names, hence getattr with a False default).
+        # get_cpu_capability() says only "AVX512", not BF16: torch.cpu's private finer probes.
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return bool(flags & NATIVE_BF16_FLAGS)
 
 
 # ---- The small-map benchmark ----
-# (batch, in channels, out channels, height, width, stride) of the benchmark: ResNet-18 layer4 and
-# layer3 of the 64x208 default, layer4 of the 128x416 preset, R50's 3x3 layer4 conv at 640x192 (batch
-# 2 and 16), and a 16x52 map above the pixel limit.
+# (batch, in channels, out channels, height, width, stride): the rows of docs/benchmarks.md's table.
 SMALL_MAP_BENCH_SHAPES = ((8, 512, 512, 2, 7, 1), (8, 256, 512, 4, 13, 2), (8, 256, 256, 4, 13, 1),
                           (8, 512, 512, 4, 13, 1), (2, 512, 512, 6, 20, 1), (16, 512, 512, 6, 20, 1),
                           (8, 256, 256, 16, 52, 1))
 
 
 def small_map_bench(shapes=SMALL_MAP_BENCH_SHAPES, rounds=24, warmup=4):
-    """Forward+backward ms of one 3x3 conv (NHWC, float32, CPU) per shape, F.conv2d against
-    _SmallMapConv (whatever the pixel limit), the two taking turns; medians after `warmup` rounds.
-    Yields rows (shape, output pixels over the batch, ms F.conv2d, ms _SmallMapConv)."""
+    """Yields (shape, output pixels, ms F.conv2d, ms _SmallMapConv): forward+backward of one NHWC 3x3
+    conv per shape, the two taking turns, medians after `warmup` rounds."""
     fmt = torch.channels_last
     for B, cin, cout, H, W, stride in shapes:
         weight = nn.Conv2d(cin, cout, 3, bias=False).weight.detach().to(memory_format=fmt).requires_grad_()
@@ -430,7 +372,6 @@ class SmallMapBenchConfig:
 
 
 def main(argv=None):
-    """Print the table of small_map_bench; returns the exit status."""
     parser = argparse.ArgumentParser(description="Time SmallMapConv2d against PyTorch's 3x3 conv per shape.")
     add_dataclass_flags(parser, SmallMapBenchConfig)
     cfg = SmallMapBenchConfig(**vars(parser.parse_args(argv)))
