@@ -1,20 +1,10 @@
-"""compare_runs - several training runs on one test split: one table row per variant, seeds averaged.
+"""compare_runs - several training runs scored on one test split: one table row per variant, seeds averaged.
 
-Not a reading step: 07_eval.py is the concept (the Eigen protocol, the metrics); this file scores many
-runs with it. One run's noise can be as large as the effect of a design choice, so runs whose stored
-configs differ only in their seed (and bookkeeping: run folder, device, threads, logging ...) are one
-variant, reported as mean +- sample std over its seeds. Besides the seven metrics and AbsRel on thin
-structures, each row carries 04_bins.py's diagnostics of the self-query layer (query similarity,
-cost-volume effective rank, bins holding 99% of the probability).
-
-Run: `python -m helpers.compare_runs --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation`.
-Writes compare_<split>.md / .csv / _runs.csv, _ranges.csv (each run's error by range of true
-depth), compare_<split>.png (the same test frames for each variant, with the thin structures
-enlarged) and compare_diagnostics.png (the diagnostics over training, from each run's val.csv).
-The README's ablation table and docs/ablations.md come from it.
-Score files keep each run's scores beyond its checkpoints: `--save_scores DIR`
-writes one JSON per run while scoring; `python -m helpers.compare_runs --scores DIR --out OUT` rebuilds
-the tables (not the figures) from such files alone.
+Runs whose stored configs differ only in bookkeeping (BOOKKEEPING_FIELDS) are seeds of one variant
+(docs/ablations.md). Run:
+  python -m helpers.compare_runs --runs runs/sql_s0 runs/sql_s1 runs/noq_s0 runs/noq_s1 --out runs/ablation
+  python -m helpers.compare_runs --scores docs/scores/sql_s*.json --out runs/ablation_from_scores
+(--save_scores DIR writes one score file per run; --worlds: the zero-shot table, docs/zero_shot.md).
 Tests: tests/test_compare_runs.py.
 """
 import argparse
@@ -37,32 +27,26 @@ from helpers import synthetic_world                 # thin-structure masks, the 
 from helpers.distributed_training import choose_device  # --device
 from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
 
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
+# A module name cannot start with a digit in an `import` statement: the numbered scripts load by name.
 data = importlib.import_module("01_data")
 bins = importlib.import_module("04_bins")
 train = importlib.import_module("06_train")
 evaluation = importlib.import_module("07_eval")
 
 
-# Stored training-config fields that do not change what a run learns, only its random draws or its
-# bookkeeping: runs whose configs differ in these alone are seeds of one variant. (data_path too:
-# every run is scored on the same test split anyway, and a note is printed when it differs; and
-# split_files: where the lists were found, the split itself is named by `split`.)
+# Config fields that change only a run's random draws or bookkeeping: runs differing in these alone are
+# seeds of one variant (data_path too: every run is scored on the same test split, with a note).
 BOOKKEEPING_FIELDS = frozenset({
     "seed", "run_dir", "resume", "data_path", "split_dir", "device", "num_workers", "threads", "pin_memory",
     "persistent_workers", "channels_last", "small_map_convs", "speed_layer", "log_every", "save_every", "no_eval",
     "profile", "cache_mb", "val_every", "split_files", "keep_epochs", "commit", "precision", "threads_used"})
 
-
 COMPARE_COLUMNS = evaluation.METRICS + ("thin_abs_rel",) + bins.INTERNALS_STATS
-
-
 COMPARE_DIGITS = {"effective_rank": 2, "bins_99": 1}  # the others: 3 decimals, as in the paper's tables
 
 
 def resolve_run(spec):
-    """Checkpoint of one --compare entry: a run folder's best.pt (else its ckpt.pt) or a checkpoint file."""
+    """Checkpoint of one --runs entry: a run folder's best.pt (else its ckpt.pt) or a checkpoint file."""
     path = Path(spec)
     if path.is_dir():
         for name in ("best.pt", "ckpt.pt"):
@@ -82,44 +66,23 @@ def flat_config(config):
     return flat
 
 
-def config_defaults():
-    """Today's default of every stored config field, flattened as flat_config flattens a run's config:
-    06's TrainConfig and 04's DepthNetConfig; a removed field's default is the one it had then."""
-    removed = {**run_record.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS}   # at their default then
-    return {**removed, **flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})}
-
-
-def trained_with(config, defaults):
-    """A run's flattened config as the run trained with it: a field the run lacks (its code predates
-    the field) counts as today's default, and smoothness_weight 0 ("the recipe's") as the weight 06
-    gave the run (1e-3 with stereo, 1e-2 without), so that a field the older code lacked or a weight
-    left to the recipe never tells two runs of the same training apart."""
-    flat = {**defaults, **flat_config(config)}
-    if flat.get("smoothness_weight") == 0:
-        flat["smoothness_weight"] = train.SMOOTHNESS_WEIGHT[bool(flat["use_stereo"])]
-    return flat
-
-
 def group_runs(configs):
-    """Runs grouped into variants: (groups, labels), each group a list of indices into configs.
-
-    Two runs are one variant when their configs as trained with (trained_with: a field a run of
-    older code lacks counts as today's default) agree on every field outside BOOKKEEPING_FIELDS.
-    Groups keep the order in which their first run was given. A label names the fields whose values
-    differ between the groups, e.g. "queries=none" or "bins=fixed, use_stereo=False"; "default" when
-    there is only one group.
-    """
-    defaults = config_defaults()
+    """(groups, labels): runs whose configs agree outside BOOKKEEPING_FIELDS share a group (a list of
+    indices into configs, in the order given); a label names the fields that differ between the groups
+    ("queries=none"), "default" for a single group. A field a run's older code lacked counts as today's
+    default, smoothness_weight 0 ("the recipe's") as the weight 06 gave the run."""
+    today = flat_config({**asdict(train.TrainConfig()), "model": asdict(bins.DepthNetConfig())})
+    defaults = {**run_record.REMOVED_FIELDS, **bins.REMOVED_MODEL_FIELDS, **today}  # removed: old default
     stored = [k for c in configs for k in flat_config(c)]   # the fields the runs hold, in config order
     keys = [k for k in dict.fromkeys(stored) if k not in BOOKKEEPING_FIELDS]
-    flats = [{k: v for k, v in trained_with(c, defaults).items() if k in keys} for c in configs]
-    groups, by_signature = [], {}
-    for i, f in enumerate(flats):
-        signature = repr([f.get(k) for k in keys])
-        if signature not in by_signature:
-            by_signature[signature] = len(groups)
-            groups.append([])
-        groups[by_signature[signature]].append(i)
+    flats, by_signature = [], {}
+    for i, config in enumerate(configs):
+        flat = {**defaults, **flat_config(config)}
+        if flat.get("smoothness_weight") == 0:
+            flat["smoothness_weight"] = train.SMOOTHNESS_WEIGHT[bool(flat["use_stereo"])]
+        flats.append({k: v for k, v in flat.items() if k in keys})
+        by_signature.setdefault(repr([flat.get(k) for k in keys]), []).append(i)
+    groups = list(by_signature.values())
     differing = [k for k in keys if len({repr(flats[g[0]].get(k)) for g in groups}) > 1]
     labels = [", ".join(f"{k}={flats[g[0]].get(k)}" for k in differing) or "default" for g in groups]
     return groups, labels
@@ -132,11 +95,8 @@ def mean_std(values):
 
 
 def densest_window(mask, height, width):
-    """(top, left) of the height x width window of a [H, W] bool mask holding the most True pixels.
-
-    A summed-area table gives every window's count at once; ties go to the first window in raster
-    order. The window is shrunk to the mask where the mask is smaller.
-    """
+    """(top, left) of the height x width window (shrunk to the mask) of a [H, W] bool mask holding the
+    most True pixels; ties go to the first in raster order."""
     H, W = mask.shape
     height, width = min(height, H), min(width, W)
     table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # [H+1, W+1]
@@ -147,8 +107,7 @@ def densest_window(mask, height, width):
 
 
 def score_run(model, config, cfg, device, lines, gts, thin):
-    """One run on the test split: evaluation.evaluate_predictions' dict plus bins.INTERNALS_STATS averaged over the
-    frames (each batch weighted by its size), and the predictions."""
+    """(07's result dict plus bins.INTERNALS_STATS averaged over the frames, the predictions) of one run."""
     sums, count = dict.fromkeys(bins.INTERNALS_STATS, 0.0), [0]
 
     def add_internals(img):
@@ -166,12 +125,9 @@ def score_run(model, config, cfg, device, lines, gts, thin):
 DEPTH_RANGES = ((0, 10), (10, 20), (20, 40), (40, 60), (60, 80))  # metres of ground truth
 
 
-def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0, ranges=DEPTH_RANGES):
-    """Where a run's error lives: per range of true depth, pooled over the scored pixels of every frame
-    (each frame's pixels scored as evaluation.scored_pixels scores them) -> list of dicts: range,
-    pixels (share of the scored pixels), pred_over_gt (median of predicted / true depth: < 1 = too
-    near), rmse (metres) and sq_error_share (share of the total squared error; RMSE is dominated by
-    the ranges with the largest share)."""
+def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0):
+    """Per range of true depth, over the scored pixels of every frame: list of dicts of range, pixels
+    (share), pred_over_gt (median ratio, < 1 = too near), rmse (metres) and sq_error_share."""
     true, pred = [], []
     for gt, p in zip(gts, preds):
         scored = evaluation.scored_pixels(gt, evaluation.resize_to(p, *gt.shape), split, median_scaling, scale)
@@ -181,7 +137,7 @@ def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0, ranges=DE
     true, pred = np.concatenate(true), np.concatenate(pred)
     squared = (true - pred) ** 2
     rows = []
-    for low, high in ranges:
+    for low, high in DEPTH_RANGES:
         inside = (true >= low) & (true < high)
         some = bool(inside.any())
         rows.append({"range": f"{low}-{high} m", "pixels": float(inside.mean()),
@@ -192,7 +148,7 @@ def errors_by_range(gts, preds, split, median_scaling=True, scale=1.0, ranges=DE
 
 
 def _cell(value, column, std=None):
-    """Table text of a value (+- its std); "-" for NaN (a variant without queries has no query numbers)."""
+    """Table text of a value (+- its std); "-" for NaN (a variant without queries)."""
     if not np.isfinite(value):
         return "-"
     digits = COMPARE_DIGITS.get(column, 3)
@@ -200,14 +156,9 @@ def _cell(value, column, std=None):
 
 
 def compare_tables(runs, groups, labels, columns=None):
-    """(aggregated rows, per-run rows) for the CSVs, and the markdown table text.
-
-    runs: list of dicts with "run", "seed" and every value of `columns` (default COMPARE_COLUMNS) of
-    that run.
-    """
+    """(aggregated rows, per-run rows, markdown table) of runs: dicts with "run", "seed" and every column."""
     columns = columns or COMPARE_COLUMNS
-    per_run = [dict(run, variant=labels[g]) for g, members in enumerate(groups) for run in
-               (runs[i] for i in members)]
+    per_run = [dict(runs[i], variant=labels[g]) for g, members in enumerate(groups) for i in members]
     aggregated = []
     for members, label in zip(groups, labels):
         row = {"variant": label, "n": len(members), "seeds": " ".join(str(runs[i]["seed"]) for i in members)}
@@ -231,31 +182,19 @@ rank of the cost volume V as a Q x (h*w) matrix (1 = one image in Q copies, Q = 
 bins_99: bins holding 99% of the mean probability mass (out of D). "-": the variant has no queries."""
 
 
-def save_compare(aggregated, per_run, md, out_dir, split):
-    """compare_<split>.csv (one row per variant: <column>_mean, <column>_std), compare_<split>_runs.csv
-    (one row per run) and compare_<split>.md; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = out_dir / f"compare_{split}.csv", out_dir / f"compare_{split}_runs.csv", out_dir / f"compare_{split}.md"
-
-    def text(value):  # floats with 6 significant digits (NaN stays "nan"); no comma may split a cell
+def write_csv(path, rows, columns):
+    """path as a CSV of the rows' columns: floats with 6 significant digits, no comma inside a cell."""
+    def text(value):
         return (f"{value:.6g}" if isinstance(value, float) else str(value)).replace(",", ";")
-    stats = [c + s for c in COMPARE_COLUMNS for s in ("_mean", "_std")]
-    for path, rows, cols in ((paths[0], aggregated, ["variant", "n", "seeds"] + stats),
-                             (paths[1], per_run, ["variant", "run", "seed"] + list(COMPARE_COLUMNS) + ["frames"])):
-        lines = [",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]
-        path.write_text("\n".join(lines) + "\n")
-    paths[2].write_text(md + "\n\n" + COMPARE_LEGEND + "\n")
-    return paths
+    lines = [",".join(columns)] + [",".join(text(r[c]) for c in columns) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-def save_compare_figure(images, gts, thin, columns, path, names=None):
-    """The same test frames side by side: per frame a row of inputs (the crop outlined), a row of
-    inverse depth and a row of an enlarged crop around the densest thin structures (outlined in cyan).
-
-    images: list of [3, H, W] inputs; gts, thin: their [H_gt, W_gt] GT depth and thin masks (thin may be
-    None); columns: list of (title, list of [h, w] predictions of those frames, None for the GT column);
-    names: a caption per frame.
-    """
+def save_compare_figure(images, gts, thin, columns, path, names):
+    """Per frame (caption in names): a row of inputs, one of inverse depth, one of an enlarged crop
+    around the densest thin structures. images: [3, H, W]; gts, thin: [H_gt, W_gt] (thin may be None);
+    columns: (title, the frames' predictions or None for the GT)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -287,8 +226,8 @@ def save_compare_figure(images, gts, thin, columns, path, names=None):
             ax_crop.imshow(colour[window], interpolation="nearest")
             if mask[window].any():
                 ax_crop.contour(mask[window].astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
-            caption = names[f] if names else f"frame {f}"
-            ax_crop.set_title(f"{caption}: thin structures (cyan), x{W / crop_w:.1f}" if c == 0 else "", fontsize=7)
+            caption = f"{names[f]}: thin structures (cyan), x{W / crop_w:.1f}"
+            ax_crop.set_title(caption if c == 0 else "", fontsize=7)
             for ax in (ax_img, ax_depth, ax_crop):
                 ax.axis("off")
     fig.tight_layout()
@@ -302,8 +241,8 @@ def read_val_log(run_dir):
 
 
 def save_diagnostics_figure(logs, labels, path):
-    """The self-query diagnostics over training (val.csv of each run): one panel per diagnostic, one
-    line per run, the runs of one variant in one colour. logs: [(variant index, {column: values})]."""
+    """The self-query diagnostics over training: a panel per diagnostic, a line per run, a colour per
+    variant. logs: [(variant index, read_val_log's dict)]."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -327,37 +266,43 @@ def save_diagnostics_figure(logs, labels, path):
     plt.close(fig)
 
 
-def write_tables(runs, configs, ranges, out_dir, split):
-    """Group the runs into variants and write the tables (save_compare, and compare_<split>_ranges.csv),
-    printing the markdown table: the part shared by run folders and score files.
-    runs: compare_tables' per-run dicts; configs: their stored training configs (nested or flattened);
-    ranges: errors_by_range's rows with a "run" key. Returns (aggregated, per_run, groups, labels, paths)."""
+def write_tables(runs, configs, out, stem, columns, legend, ranges=(), baseline=None):
+    """Print and write <stem>.md / .csv / _runs.csv of the runs (dicts with "run", "seed", the columns,
+    maybe "frames") grouped by their configs, the baseline row last; _ranges.csv of errors_by_range's
+    rows with a "run" key. Returns (groups, labels, paths)."""
     groups, labels = group_runs(configs)
     for members, label in zip(groups, labels):
         seeds = [str(runs[i]["seed"]) for i in members]
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:  # the same run given twice, or a copy: its std is no seed spread
             print(f"   note: variant {label} has seed {', '.join(repeated)} more than once")
-    aggregated, per_run, md = compare_tables(runs, groups, labels)
+    rows = (runs, groups, labels)
+    if baseline:
+        rows = (runs + [baseline], groups + [[len(runs)]],
+                labels + ["baseline: mean depth map of the training world"])
+    aggregated, per_run, md = compare_tables(*rows, columns)
     print("\n" + md + "\n")
-    written = list(save_compare(aggregated, per_run, md, out_dir, split))
-    range_path = out_dir / f"compare_{split}_ranges.csv"
-    range_columns = ("run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share")
-    range_path.write_text("\n".join([",".join(range_columns)] + [
-        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in range_columns) for r in ranges]) + "\n")
-    return aggregated, per_run, groups, labels, written + [range_path]
+    out.mkdir(parents=True, exist_ok=True)
+    stats = [c + s for c in columns for s in ("_mean", "_std")]
+    run_columns = ["variant", "run", "seed"] + list(columns) + (["frames"] if "frames" in runs[0] else [])
+    paths = [write_csv(out / f"{stem}.csv", aggregated, ["variant", "n", "seeds"] + stats),
+             write_csv(out / f"{stem}_runs.csv", per_run, run_columns),
+             out / f"{stem}.md"]
+    paths[2].write_text(md + "\n\n" + legend + "\n")
+    if ranges:
+        range_columns = ["run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share"]
+        paths.append(write_csv(out / f"{stem}_ranges.csv", ranges, range_columns))
+    return groups, labels, paths
 
 
 def run_compare(options, device):
-    """Score every run on one test split, group seeds into variants, write the tables and figures.
-    options: a CompareConfig. Returns (aggregated rows, per-run rows)."""
+    """Score every run of options (a CompareConfig) on one test split; write the tables and figures."""
     paths = [resolve_run(spec) for spec in options.runs]
     names = file_names(options.runs, paths) if options.save_scores else []
     commit = run_record.code_commit() if options.save_scores else ""
     model, config = model_files.load_model(paths[0], device)
-    first = Path(options.runs[0]) if Path(options.runs[0]).is_dir() else paths[0].parent
     cfg = evaluation_config(options)
-    evaluation.defaults_from_checkpoint(config, cfg, first.resolve().parent / "compare")  # the first run's data
+    evaluation.defaults_from_checkpoint(config, cfg, paths[0].parent.resolve().parent / "compare")
     lines, gts, thin = evaluation.test_split(cfg)
     print(f"-> comparing {len(paths)} runs on {len(lines)} {cfg.split} frames from {cfg.data_path}"
           f"{', post-processed' if cfg.post_process else ''}; "
@@ -367,9 +312,9 @@ def run_compare(options, device):
     runs, configs, figure_preds, ranges = [], [], [], []
     evaluated = {"split": cfg.split, "data": Path(cfg.data_path).name, "split_file": Path(cfg.split_file).name,
                  "max_images": cfg.max_images, "test_frames": len(lines), "post_process": cfg.post_process,
-                 "eval_stereo": cfg.eval_stereo}   # what a score file must share with another to join its table
+                 "eval_stereo": cfg.eval_stereo}
     for index, (spec, path) in enumerate(zip(options.runs, paths)):
-        if model is None:  # (the first run's network was loaded above, for its data and split)
+        if model is None:  # the first run's network was loaded above
             model, config = model_files.load_model(path, device)
         if config.get("use_stereo") and not cfg.eval_stereo:
             print(f"   hint: {spec} was trained with stereo; --eval_stereo scores every run at metric scale")
@@ -386,15 +331,15 @@ def run_compare(options, device):
         print("     by true depth: " + " | ".join(f"{r['range']} pred/gt {r['pred_over_gt']:.2f} rmse "
                                                   f"{r['rmse']:.1f} ({100 * r['sq_error_share']:.0f}%)" for r in by_range))
         if options.save_scores:  # at once: a later run's failure loses no finished run's scores
-            saved = write_record(make_record(
-                names[index], path.name, flat_config(config), evaluated, result["n"],
-                {c: result[c] for c in COMPARE_COLUMNS}, by_range, commit), options.save_scores)
-            print(f"     scores: {saved}")
+            record = make_record(names[index], path.name, flat_config(config), commit, evaluation=evaluated,
+                                 frames=result["n"], metrics={c: result[c] for c in COMPARE_COLUMNS},
+                                 error_by_range=by_range)
+            print(f"     scores: {write_record(record, options.save_scores)}")
         model = None  # one network in memory at a time
     out_dir = Path(cfg.out)
-    aggregated, per_run, groups, labels, written = write_tables(runs, configs, ranges, out_dir, cfg.split)
-    # Images for the figure: the first run's test frames at its input size; predictions of each
-    # variant's first seed.
+    groups, labels, written = write_tables(runs, configs, out_dir, f"compare_{cfg.split}", COMPARE_COLUMNS,
+                                           COMPARE_LEGEND, ranges)
+    # the figure: the first run's test frames at its input size, each variant's first seed
     dataset = evaluation.test_loader(cfg, lines, int(configs[0]["height"]), int(configs[0]["width"])).dataset
     images = [data.image_to_float(dataset[i]["color"][0]) for i in frames]
     columns = [("ground truth", None)] + [(labels[g], figure_preds[members[0]]) for g, members in enumerate(groups)]
@@ -402,40 +347,41 @@ def run_compare(options, device):
     save_compare_figure(images, [gts[i] for i in frames], [thin[i] for i in frames] if thin else None,
                         columns, fig_path, names=[f"test frame {i}" for i in frames])
     written.append(fig_path)
-    logs = [(g, read_val_log(Path(options.runs[i]) if Path(options.runs[i]).is_dir() else paths[i].parent))
-            for g, members in enumerate(groups) for i in members]
+    logs = [(g, read_val_log(paths[i].parent)) for g, members in enumerate(groups) for i in members]
     if any(log for _, log in logs):
         diag_path = out_dir / "compare_diagnostics.png"
         save_diagnostics_figure(logs, labels, diag_path)
         written.append(diag_path)
     print("-> " + ", ".join(str(p) for p in written))
-    return aggregated, per_run
 
 
 def compare_scores(options):
-    """run_compare's tables rebuilt from score files alone: the same variants,
-    labels, mean +- std and CSVs, no figures (they need each run's network). Returns (aggregated rows,
-    per-run rows)."""
-    if not options.out:
-        raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
-    records = read_records(options.scores)
-    shown = records[0]["evaluation"]
-    print(f"-> {len(records)} score files of runs on {shown['test_frames']} {shown['split']} frames of "
-          f"{shown['data']}{', post-processed' if shown['post_process'] else ''}; "
-          f"{'stereo: x5.4' if shown['eval_stereo'] else 'mono: median scaling'}")
-    # A column the file lacks (written before the column existed) shows as "-", like a variant without queries.
-    runs = [{**{c: r["metrics"].get(c, float("nan")) for c in COMPARE_COLUMNS}, "run": r["run"], "seed": r["seed"],
-             "frames": r["frames"]} for r in records]
-    ranges = [{"run": r["run"], **row} for r in records for row in r["error_by_range"]]
-    aggregated, per_run, _, _, written = write_tables(runs, [r["config"] for r in records], ranges,
-                                                      Path(options.out), shown["split"])
+    """The tables (no figures) rebuilt from the score files of options.scores."""
+    zero_shot = _read(score_paths(options.scores)[0]).get("kind") == "zero_shot"
+    records = read_records(options.scores, zero_shot)
+    configs, out = [r["config"] for r in records], Path(options.out)
+    if zero_shot:
+        print(f"-> {len(records)} zero-shot score files, worlds {', '.join(records[0]['worlds'])}")
+        runs = [{**r["metrics"], "run": r["run"], "seed": r["seed"]} for r in records]
+        baseline = {**records[0]["baseline"], "run": "mean training depth map", "seed": ""}
+        written = write_zero_shot_tables(runs, configs, baseline, records[0]["worlds"], out)[2]
+    else:
+        shown = records[0]["evaluation"]
+        print(f"-> {len(records)} score files of runs on {shown['test_frames']} {shown['split']} frames of "
+              f"{shown['data']}{', post-processed' if shown['post_process'] else ''}; "
+              f"{'stereo: x5.4' if shown['eval_stereo'] else 'mono: median scaling'}")
+        # a column the file lacks (written before the column existed) shows as "-"
+        runs = [{**{c: r["metrics"].get(c, float("nan")) for c in COMPARE_COLUMNS}, "run": r["run"],
+                 "seed": r["seed"], "frames": r["frames"]} for r in records]
+        ranges = [{"run": r["run"], **row} for r in records for row in r["error_by_range"]]
+        stem = f"compare_{shown['split']}"
+        written = write_tables(runs, configs, out, stem, COMPARE_COLUMNS, COMPARE_LEGEND, ranges)[2]
     print("   no figures from score files: the figures need each run's network and val.csv")
     print("-> " + ", ".join(str(p) for p in written))
-    return aggregated, per_run
 
 
 # ---- Zero-shot: the same runs on worlds they never saw ----
-ZERO_SHOT_METRICS = ("abs_rel", "a1", "thin_abs_rel")  # per world: AbsRel, d<1.25, AbsRel on thin structures
+ZERO_SHOT_METRICS = ("abs_rel", "a1", "thin_abs_rel")  # per world
 
 
 def world_name(folder):
@@ -447,12 +393,20 @@ def world_name(folder):
         raise data.DataError(f"--worlds {folder}: not a synthetic world (no readable {data.SYNTH_MARKER})") from None
 
 
+def zero_shot_row(row, per_world, predictions):
+    """row with ZERO_SHOT_METRICS per world (median scaling, the paper's zero-shot protocol) of the
+    predictions (one list per world) and the mean AbsRel increase off the first world."""
+    for (name, _, _, gts, thin), preds in zip(per_world, predictions):
+        result = evaluation.evaluate_predictions(gts, preds, "synthetic", True, 1.0, thin)
+        row.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
+    base = row[f"{per_world[0][0]} abs_rel"]
+    row["abs_rel increase"] = float(np.mean([row[f"{w} abs_rel"] / base - 1 for w, *_ in per_world[1:]]))
+    return row
+
+
 def run_zero_shot(options, device):
-    """Score every run on the test split of every world in options.worlds, with per-image median
-    scaling in every column (the paper's zero-shot protocol): one row per variant (mean +- std over
-    its seeds), per world AbsRel, d<1.25 and thin AbsRel, and the mean AbsRel increase off the first
-    world; a baseline row, the mean depth map of the first run's TRAINING world; a figure of the same
-    test frame in each world. Writes zero_shot.md / .csv / _runs.csv / .png; returns the aggregated rows."""
+    """Score every run on every world of options.worlds, and the mean depth map of the first run's
+    training world as a baseline; write zero_shot.md / .csv / _runs.csv / .png."""
     paths = [resolve_run(spec) for spec in options.runs]
     names = file_names(options.runs, paths) if options.save_scores else []
     worlds = [(world_name(w), Path(w)) for w in options.worlds]
@@ -470,81 +424,46 @@ def run_zero_shot(options, device):
         per_world.append((name, cfg, lines, evaluation.load_ground_truth(cfg, lines),
                           synthetic_world.load_thin_masks(cfg.data_path, lines)))
         print(f"-> world {name}: {len(lines)} test frames in {folder}")
-    columns = [f"{w} {m}" for w, *_ in per_world for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
+    world_names = [name for name, *_ in per_world]
+    columns = zero_shot_columns(world_names)
     runs, configs, figure = [], [], []
     frame = len(per_world[0][2]) // 2                             # the figure's test frame, in every world
     for spec, path in zip(options.runs, paths):
         model, config = model_files.load_model(path, device)
-        row = {"run": str(spec), "seed": config.get("seed", "")}
-        preds = []
-        for name, cfg, lines, gts, thin in per_world:
-            loader = evaluation.test_loader(cfg, lines, int(config["height"]), int(config["width"]))
-            pred, _ = evaluation.run_network(model, loader, cfg, device)
-            result = evaluation.evaluate_predictions(gts, pred, "synthetic", True, 1.0, thin)
-            row.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
-            preds.append(pred[min(frame, len(pred) - 1)])
-        base = row[f"{per_world[0][0]} abs_rel"]
-        row["abs_rel increase"] = float(np.mean([row[f"{w} abs_rel"] / base - 1 for w, *_ in per_world[1:]]))
+        size = int(config["height"]), int(config["width"])
+        preds = [evaluation.run_network(model, evaluation.test_loader(cfg, lines, *size), cfg, device)[0]
+                 for _, cfg, lines, _, _ in per_world]
+        row = zero_shot_row({"run": str(spec), "seed": config.get("seed", "")}, per_world, preds)
         runs.append(row)
         configs.append(config)
-        figure.append(preds)
-        print(f"   {spec}: " + " ".join(f"{w} {row[f'{w} abs_rel']:.3f}" for w, *_ in per_world))
-    baseline = {"run": "mean training depth map", "seed": ""}
-    for name, cfg, lines, gts, thin in per_world:
-        result = evaluation.evaluate_predictions(gts, [mean_map] * len(gts), "synthetic", True, 1.0, thin)
-        baseline.update({f"{name} {m}": result[m] for m in ZERO_SHOT_METRICS})
-    b0 = baseline[f"{per_world[0][0]} abs_rel"]
-    baseline["abs_rel increase"] = float(np.mean([baseline[f"{w} abs_rel"] / b0 - 1 for w, *_ in per_world[1:]]))
-    if options.save_scores:   # one file per run: the table outlives the checkpoints
+        figure.append([pred[min(frame, len(pred) - 1)] for pred in preds])
+        print(f"   {spec}: " + " ".join(f"{w} {row[f'{w} abs_rel']:.3f}" for w in world_names))
+    baseline = zero_shot_row({"run": "mean training depth map", "seed": ""}, per_world,
+                             [[mean_map] * len(gts) for _, _, _, gts, _ in per_world])
+    if options.save_scores:
         commit = run_record.code_commit()
         for index, (row, config) in enumerate(zip(runs, configs)):
-            record = make_zero_shot_record(
-                names[index], paths[index].name, flat_config(config), [w for w, *_ in per_world],
-                {c: row[c] for c in columns}, {c: baseline[c] for c in columns}, commit)
+            record = make_record(names[index], paths[index].name, flat_config(config), commit,
+                                 kind="zero_shot", worlds=world_names, metrics={c: row[c] for c in columns},
+                                 baseline={c: baseline[c] for c in columns})
             print(f"     zero-shot scores: {write_record(record, options.save_scores)}")
     out = Path(options.out) if options.out else Path(options.runs[0]).resolve().parent / "zero_shot"
-    aggregated, groups, labels = write_zero_shot_tables(runs, configs, baseline, [w for w, *_ in per_world], out)
+    groups, labels, written = write_zero_shot_tables(runs, configs, baseline, world_names, out)
     save_zero_shot_figure(per_world, frame, figure, groups, labels, configs, out / "zero_shot.png")
-    print(f"-> {out / 'zero_shot.png'}")
-    return aggregated
+    print("-> " + ", ".join(str(p) for p in written + [out / "zero_shot.png"]))
+
+
+def zero_shot_columns(worlds):
+    return [f"{w} {m}" for w in worlds for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
 
 
 def write_zero_shot_tables(runs, configs, baseline, worlds, out):
-    """The zero-shot tables (zero_shot.md / .csv / _runs.csv in out): the runs grouped into variants,
-    mean +- std over seeds, the baseline row last; the part shared by run folders and score files.
-    runs: per-run dicts ("run", "seed", every zero-shot column); worlds: style names, the training
-    world first. Returns (aggregated rows, groups, labels)."""
-    columns = [f"{w} {m}" for w in worlds for m in ZERO_SHOT_METRICS] + ["abs_rel increase"]
-    groups, labels = group_runs(configs)
-    aggregated, per_run, md = compare_tables(runs + [baseline], groups + [[len(runs)]],
-                                             labels + ["baseline: mean depth map of the training world"], columns)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def text(value):
-        return (f"{value:.6g}" if isinstance(value, float) else str(value)).replace(",", ";")
-    stats = [c + k for c in columns for k in ("_mean", "_std")]
-    for path, rows, cols in ((out / "zero_shot.csv", aggregated, ["variant", "n", "seeds"] + stats),
-                             (out / "zero_shot_runs.csv", per_run, ["variant", "run", "seed"] + columns)):
-        path.write_text("\n".join([",".join(cols)] + [",".join(text(r[c]) for c in cols) for r in rows]) + "\n")
+    """write_tables for zero_shot.md / .csv / _runs.csv; worlds: style names, the training world first."""
     legend = (f"Zero-shot: every run trained on the {worlds[0]} world, scored on the test drives of each "
               f"world with per-image median scaling in every column (the paper's zero-shot protocol). "
               f"abs_rel increase: mean over the other worlds of AbsRel / AbsRel on {worlds[0]} - 1, per "
               f"run. Mean ± sample std over the n seeds of each variant.")
-    (out / "zero_shot.md").write_text(md + "\n\n" + legend + "\n")
-    print("\n" + md + "\n")
-    print(f"-> {out / 'zero_shot.md'}, {out / 'zero_shot.csv'}, {out / 'zero_shot_runs.csv'}")
-    return aggregated, groups, labels
-
-
-def compare_zero_shot_scores(options):
-    """run_zero_shot's tables rebuilt from zero-shot score files alone (no figure). Returns the
-    aggregated rows."""
-    records = read_zero_shot_records(options.scores)
-    print(f"-> {len(records)} zero-shot score files, worlds {', '.join(records[0]['worlds'])}")
-    runs = [{**r["metrics"], "run": r["run"], "seed": r["seed"]} for r in records]
-    baseline = {**records[0]["baseline"], "run": "mean training depth map", "seed": ""}
-    return write_zero_shot_tables(runs, [r["config"] for r in records], baseline, records[0]["worlds"],
-                                  Path(options.out))[0]
+    return write_tables(runs, configs, out, "zero_shot", zero_shot_columns(worlds), legend, baseline=baseline)
 
 
 def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs, path):
@@ -574,25 +493,17 @@ def save_zero_shot_figure(per_world, frame, predictions, groups, labels, configs
 
 
 # ---- Score files: one small JSON per run, so that tables outlive the checkpoints ----
-# A file holds the run's name and checkpoint, its seed, the evaluation, every per-run column, its error
-# by range of true depth, the commits that trained and scored it, the date and the training config, with
-# paths that keep no trace of the machine (data folders by their last component, absolute paths too).
 FORMAT = 1  # bumped when a field changes meaning; a reader refuses files of another format
-
-# Config fields naming data folders: kept by their last component only (the folder's name, which
-# says which world or dataset it was, not where it lay on the machine that trained the run).
-DATA_PATH_FIELDS = ("data_path", "split_dir")
-# Config fields naming files or runs: relative paths stay as given (they can tell two variants apart,
-# e.g. --init_from runs/a/best.pt vs runs/b/best.pt), absolute ones keep their last component.
+DATA_PATH_FIELDS = ("data_path", "split_dir")   # kept by their last component: no trace of the machine
+# relative paths stay as given (they can tell two variants apart), absolute ones keep their last component
 OTHER_PATH_FIELDS = ("train_files", "val_files", "run_dir", "resume", "init_from", "pose_init")
-# The fields of a file's "evaluation" that must agree for two runs to share one table.
+# must agree for two runs to share one table
 EVALUATION_FIELDS = ("split", "data", "split_file", "max_images", "test_frames", "post_process", "eval_stereo")
-# The fields a table is rebuilt from.
 READ_FIELDS = ("run", "seed", "evaluation", "frames", "metrics", "error_by_range", "config")
 
 
 def portable_config(flat):
-    """A flattened training config with its paths made machine-independent (see the field lists above)."""
+    """A flattened training config with its paths made machine-independent."""
     out = dict(flat)   # same field order: variant labels name the differing fields in this order
     for key in DATA_PATH_FIELDS:
         if out.get(key):
@@ -605,41 +516,20 @@ def portable_config(flat):
     return out
 
 
-def make_record(run, checkpoint, config, evaluation, frames, metrics, by_range, commit):
-    """One run's score file as a dict, in the key order it is written in.
-
-    run: the file's name (the run folder's); checkpoint: the scored file's name; config: the run's
-    flattened training config; evaluation: {field of EVALUATION_FIELDS: value}; frames: frames scored;
-    metrics: {column: value}; by_range: compare_runs.errors_by_range's rows; commit: code_commit().
-    """
-    return {"format": FORMAT, "run": run, "checkpoint": checkpoint, "seed": config.get("seed", ""),
-            "evaluation": {k: evaluation[k] for k in EVALUATION_FIELDS}, "frames": frames,
-            "metrics": dict(metrics), "error_by_range": [dict(r) for r in by_range],
-            "scored_with_commit": commit,
-            # 06_train.py stores both beside the config (helpers/run_record.provenance); null for runs
-            # of older code
-            "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
-            "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "config": portable_config(config)}
-
-
-def make_zero_shot_record(run, checkpoint, config, worlds, row, baseline, commit):
-    """One run's zero-shot score file (compare_runs --worlds ... --save_scores DIR): as make_record, but
-    the evaluation is the list of worlds (their style names, the training world first) and the metrics
-    are the zero-shot columns ("<world> <metric>" and "abs_rel increase"); baseline: the same columns of
-    the training world's mean depth map, so that a table rebuilt from these files shows it too."""
-    return {"format": FORMAT, "kind": "zero_shot", "run": run, "checkpoint": checkpoint,
-            "seed": config.get("seed", ""), "worlds": list(worlds), "metrics": dict(row),
-            "baseline": dict(baseline), "scored_with_commit": commit,
+def make_record(run, checkpoint, config, commit, kind=None, **body):
+    """One run's score file as a dict, in the key order it is written in; config: flattened; body: the
+    evaluation, frames, metrics and error_by_range (zero-shot, kind="zero_shot": worlds, metrics and
+    baseline). trained_with_commit and precision are null for runs of older code."""
+    return {"format": FORMAT, **({"kind": kind} if kind else {}), "run": run, "checkpoint": checkpoint,
+            "seed": config.get("seed", ""), **body, "scored_with_commit": commit,
             "trained_with_commit": config.get("commit"), "precision": config.get("precision"),
             "scored_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "config": portable_config(config)}
 
 
 def file_names(specs, checkpoints):
-    """The name of each run's score file: its run folder's name, <folder>_<file stem> for a checkpoint
-    file given (several checkpoints of one run, e.g. epoch_*.pt). Refuses two runs of one name before
-    any scoring, so that no file of a call overwrites another of the same call."""
+    """Each run's score file name: its folder's, <folder>_<file stem> for a checkpoint file. DataError
+    (before any scoring) when two runs would share one."""
     names = [Path(spec).name if Path(spec).is_dir() else f"{path.parent.name}_{path.stem}"
              for spec, path in zip(specs, checkpoints)]
     for spec, name in zip(specs, names):
@@ -670,8 +560,7 @@ def write_record(record, folder):
 
 
 def score_paths(specs):
-    """The score files named by --scores entries (a file, a folder of *.json, or a glob), in the order
-    given (a folder's and a glob's files by name), each file once."""
+    """The score files of --scores entries (a file, a folder of *.json, or a glob), each once, in order."""
     found = []
     for spec in specs:
         path = Path(spec)
@@ -706,45 +595,28 @@ def _read(path):
     return record
 
 
-def is_zero_shot(specs):
-    """Whether the first score file of --scores is a zero-shot one (then all must be)."""
-    return _read(score_paths(specs)[0]).get("kind") == "zero_shot"
-
-
-def read_zero_shot_records(specs):
-    """The zero-shot score files of --scores, checked to share one list of worlds: list of records
-    (null numbers back as NaN). DataError naming the file otherwise."""
+def read_records(specs, zero_shot=False):
+    """The score files of --scores, of one kind and one evaluation (test split and settings, or list of
+    worlds), null numbers back as NaN; DataError naming the file otherwise."""
     records = []
     for path in score_paths(specs):
         record = _read(path)
-        if record.get("kind") != "zero_shot":
-            raise data.DataError(f"--scores {path}: not a zero-shot score file; give those of one kind")
-        if records and record["worlds"] != records[0]["worlds"]:
-            raise data.DataError(f"--scores {path}: scored on the worlds {record['worlds']}, the first file "
-                                 f"({records[0]['path']}) on {records[0]['worlds']}: one table, one list of worlds")
-        for key in ("metrics", "baseline"):
-            record[key] = {k: _nan_for_null(v) for k, v in record[key].items()}
-        record["path"] = str(path)
-        records.append(record)
-    return records
-
-
-def read_records(specs):
-    """The score files of --scores, checked to share one evaluation: list of records (dicts as
-    written, null numbers back as NaN). Raises DataError naming the file for an unreadable file, one
-    of another format, or one scored on another split or with other evaluation settings."""
-    records = []
-    for path in score_paths(specs):
-        record = _read(path)
-        if record.get("kind") == "zero_shot":
-            raise data.DataError(f"--scores {path}: a zero-shot score file; give those of one kind")
-        missing = [k for k in READ_FIELDS if k not in record]
-        if missing:
-            raise data.DataError(f"--scores {path}: the score file lacks {', '.join(missing)}")
-        record["metrics"] = {k: _nan_for_null(v) for k, v in record["metrics"].items()}
-        record["error_by_range"] = [{k: _nan_for_null(v) for k, v in r.items()} for r in record["error_by_range"]]
-        if records:
-            first, here = records[0]["evaluation"], record["evaluation"]
+        if (record.get("kind") == "zero_shot") != zero_shot:
+            raise data.DataError(f"--scores {path}: {'not ' if zero_shot else ''}a zero-shot score file; "
+                                 f"give those of one kind")
+        if zero_shot:
+            if records and record["worlds"] != records[0]["worlds"]:
+                raise data.DataError(f"--scores {path}: scored on the worlds {record['worlds']}, the first "
+                                     f"file ({records[0]['path']}) on {records[0]['worlds']}: one table, "
+                                     f"one list of worlds")
+            record["baseline"] = {k: _nan_for_null(v) for k, v in record["baseline"].items()}
+        else:
+            missing = [k for k in READ_FIELDS if k not in record]
+            if missing:
+                raise data.DataError(f"--scores {path}: the score file lacks {', '.join(missing)}")
+            record["error_by_range"] = [{k: _nan_for_null(v) for k, v in r.items()}
+                                        for r in record["error_by_range"]]
+            first, here = (records[0] if records else record)["evaluation"], record["evaluation"]
             differ = [k for k in EVALUATION_FIELDS if first.get(k) != here.get(k)]
             if differ:
                 raise data.DataError(
@@ -752,6 +624,7 @@ def read_records(specs):
                     + f", the first file ({records[0]['path']}) with "
                     + ", ".join(f"{k}={first.get(k)!r}" for k in differ)
                     + ": one table holds runs of one test split and one evaluation")
+        record["metrics"] = {k: _nan_for_null(v) for k, v in record["metrics"].items()}
         record["path"] = str(path)
         records.append(record)
     return records
@@ -760,7 +633,7 @@ def read_records(specs):
 # ---- Command line ----
 @dataclass
 class CompareConfig:
-    """What `python -m helpers.compare_runs` does: score several runs on one test split, one row per variant."""
+    """The flags of `python -m helpers.compare_runs`."""
     runs: list = field(default_factory=list)  # run folders (their best.pt, else ckpt.pt) or checkpoint files
     out: str = ""  # output folder ("" = compare/ next to the first run folder)
     data_path: str = ""  # dataset root ("" = the first run's)
@@ -799,10 +672,7 @@ def main(argv=None):
                                      "--runs, --worlds and --save_scores")
             if not options.out:
                 raise data.DataError("--scores needs --out DIR: the folder the tables are written to")
-            if is_zero_shot(options.scores):
-                compare_zero_shot_scores(options)
-            else:
-                compare_scores(options)
+            compare_scores(options)
             return 0
         if not options.runs:
             raise data.DataError("give the runs to compare: --runs RUN [RUN ...] (or their score files: --scores)")

@@ -1,13 +1,7 @@
-"""eval_tables - the result tables of an evaluation: one checkpoint's, or every kept epoch's in one table.
+"""eval_tables - the result tables of 07_eval.py: one checkpoint's, or one row per checkpoint of a glob.
 
-Serves 07_eval.py. A number is only as good as the split it was measured on: when a checkpoint's
-training lists used drives of the evaluated test lines (06_train records them), a WARNING line heads
-the printed and the markdown table and the model's row is marked (README "Train on KITTI").
-A --checkpoint that is a glob pattern (`python 07_eval.py --checkpoint 'runs/RUN/epoch_*.pt'
---post_process`: the official practice keeps every epoch's weights and evaluates them offline) is
-scored by `evaluate_checkpoints`: the test split's lines and ground truth read once, each checkpoint
-scored exactly as a single --checkpoint would be (07_eval's own functions), one row each, under a
-CAUTION line: picking the best row on the test split selects on the test set.
+Also the train/test leakage warning (docs/kitti.md, "The leakage check"). A glob pattern as --checkpoint:
+  python 07_eval.py --checkpoint 'runs/RUN/epoch_*.pt' --post_process
 Tests: tests/test_07_eval.py.
 """
 import glob
@@ -22,11 +16,8 @@ LEAK_MARK = " [trained on test drives]"  # appended to the model's row name when
 
 
 def leakage_warning(config, lines, split):
-    """The warning line when the checkpoint's training lists used drives of the evaluated lines, else
-    None; "unknown" (a note, also returned as None) when the checkpoint does not record its drives.
-
-    06_train stores the drives of its train and val lists in the checkpoint config ("train_drives");
-    older checkpoints and the official weights lack it, so nothing can be said about them."""
+    """The warning line when the checkpoint's training drives (06_train stores them as "train_drives")
+    include drives of the evaluated lines, else None (with a printed note when it does not record them)."""
     drives = config.get("train_drives")
     if drives is None:
         print("   train/test drive overlap: unknown (the checkpoint does not record its training drives)")
@@ -41,8 +32,7 @@ def leakage_warning(config, lines, split):
 
 
 def format_table(rows, metrics, warning=None):
-    """Fixed-width table (name + the metrics in the given order, the paper's, + thin AbsRel when known),
-    headed by the warning line when one is given (a leaked number never appears without it)."""
+    """Fixed-width table (name, metrics, thin AbsRel when known), headed by the warning line if any."""
     thin = any(np.isfinite(r.get("thin_abs_rel", np.nan)) for r in rows)
     head = f"{'model':<24}" + "".join(f"{k:>10}" for k in metrics) + (f"{'thin_abs_rel':>14}" if thin else "")
     lines = ([warning] if warning else []) + [head]
@@ -53,9 +43,8 @@ def format_table(rows, metrics, warning=None):
 
 
 def save_table(rows, metrics, out_dir, split, warning=None):
-    """Write eval_<split>.csv and eval_<split>.md (the warning line above the markdown table when
-    given; in the CSV, which has no place for it, the model row's name carries LEAK_MARK); returns
-    their paths."""
+    """Write eval_<split>.csv and eval_<split>.md (the warning above the table; the CSV has no place
+    for it, the row's name carries LEAK_MARK); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = list(metrics) + ["thin_abs_rel", "n"]
     csv_path, md_path = out_dir / f"eval_{split}.csv", out_dir / f"eval_{split}.md"
@@ -81,15 +70,10 @@ def is_pattern(path):
     return glob.has_magic(str(path))
 
 
-def checkpoint_paths(pattern):
-    """The files matching the pattern, sorted (epoch_001.pt before epoch_002.pt)."""
-    return sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
-
-
 def evaluate_checkpoints(cfg, device, ev):
-    """Score every checkpoint matching cfg.checkpoint with the functions of 07_eval (the module `ev`);
-    returns the rows (07's format: name + metrics), printed and saved as one table."""
-    paths = checkpoint_paths(cfg.checkpoint)
+    """Score every checkpoint matching cfg.checkpoint (sorted) as 07_eval (the module `ev`) scores one;
+    print and save the rows as one table under CAUTION."""
+    paths = sorted(Path(p) for p in glob.glob(str(cfg.checkpoint)) if Path(p).is_file())
     if not paths:
         raise ev.data.DataError(f"--checkpoint {cfg.checkpoint}: no checkpoint matches this pattern")
     rows, warnings, lines, gts, thin = [], [], None, None, None
@@ -115,4 +99,3 @@ def evaluate_checkpoints(cfg, device, ev):
     csv_path, md_path = save_table(rows, ev.METRICS, Path(cfg.out), f"{cfg.split}_checkpoints", warning)
     md_path.write_text(md_path.read_text() + f"\n{caution}\n")
     print(f"-> table saved to {csv_path} and {md_path}")
-    return rows

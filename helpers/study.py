@@ -1,26 +1,9 @@
-"""study - run a list of training runs to the end, across as many sittings as it takes, and keep their scores.
+"""study - train the runs of a study file to the end, across as many sittings as it takes, and score them.
 
-Not a reading step: 06_train.py trains one run, helpers/compare_runs.py scores runs; a study is the
-long job around them. A study file (docs/studies/*.txt) lists its runs, one per line: a name, then
-the run's 06_train.py flags (`#` starts a comment); one line `@zero_shot STYLES GLOB ...` also scores
-the runs whose names match a GLOB on the training world's test drives rendered in every world style
-into the folder STYLES (docs/zero_shot.md; rendered when missing). One command runs it:
-
-    python -m helpers.study --study docs/studies/three_questions.txt
-
-and can be stopped at any time (Ctrl-C, SIGTERM, a session's end) and given again. Each time, per run
-in the file's order:
-  * its score file SCORES/NAME.json exists: done, nothing to do;
-  * its folder RUNS/NAME holds ckpt.pt: it was cut off, it continues with `06_train.py --resume`;
-  * else it starts: `06_train.py FLAGS --run_dir RUNS/NAME --no_eval` (CPU: `--threads T` each).
-`--parallel N` runs N at a time. A run that ends (exit 0) is scored at once into SCORES/NAME.json
-(compare_runs --save_scores: the seven metrics, thin structures, the self-query diagnostics, error by
-range, the commit that trained it and its precision), and the study's table is rebuilt from the score
-files of its runs (compare_runs --scores) into OUT; a zero-shot run also into SCORES/zero_shot/NAME.json
-and OUT/zero_shot (the run folder's best.pt is needed for that, so it is scored at once). A stopped study stops its runs with SIGTERM: they
-save their checkpoint first. A run that fails is reported in one line and left for a later call; the
-others go on. A run that asks for --amp on a CPU without native bf16 would train in float32 and be
-mislabelled: it is skipped with a note (run it where bf16 is native, or on a GPU).
+A study file (docs/studies/*.txt) lists one run a line: a name, then its 06_train.py flags; a line
+`@zero_shot STYLES GLOB ...` also scores the matching runs on the world styles. Each call skips scored
+runs, resumes cut-off ones and starts the rest; docs/ablations.md ("A study") has the details. Run:
+  python -m helpers.study --study docs/studies/three_questions.txt [--parallel 1] [--only NAME] [--dry_run]
 Tests: tests/test_study.py.
 """
 import argparse
@@ -39,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from helpers import compare_runs                       # scoring and the table from score files
+from helpers import compare_runs
 from helpers import distributed_training as runtime    # SIGINT / SIGTERM as a request to stop
-from helpers import synthetic_world                     # the world styles (zero-shot)
-from helpers import training_data                       # the default synthetic world
+from helpers import synthetic_world
+from helpers import training_data
 from helpers.cli import add_dataclass_flags, one_line
-from helpers.speed_layer import cpu_has_native_bf16   # where --amp runs bf16 on a CPU
+from helpers.speed_layer import cpu_has_native_bf16
 
-data = importlib.import_module("01_data")               # DataError: the one kind of bad-input error
+data = importlib.import_module("01_data")
 
 ROOT = Path(__file__).resolve().parents[1]              # 06_train.py runs from here
 # Flags the study sets itself: a study file that gives them would fight it.
@@ -55,7 +38,7 @@ OWN_FLAGS = ("--run_dir", "--run-dir", "--resume", "--no_eval", "--no-eval", "--
 
 @dataclass
 class StudyConfig:
-    """What `python -m helpers.study` does: every run of a study file trained, scored and tabled."""
+    """The flags of `python -m helpers.study`."""
     study: str = ""  # the study file: one run per line, "NAME 06_train.py-flags ..." ('#' comments)
     parallel: int = 2  # runs trained at once
     threads: int = 0  # CPU threads per run (0 = the cores / --parallel, at least 1); unused on a GPU
@@ -67,9 +50,9 @@ class StudyConfig:
 
 
 def read_study(path):
-    """([(name, [flags])] in the file's order, (styles folder, [name globs]) of its @zero_shot line or
-    None). Refuses (DataError naming the file and line) a line without flags, a repeated name, a flag
-    the study sets itself, and a second or empty @zero_shot line."""
+    """([(name, [flags])], (styles folder, [name globs]) of its @zero_shot line or None); DataError
+    naming the file and line for a line without flags, a repeated name, a flag in OWN_FLAGS, a second or
+    empty @zero_shot line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -100,12 +83,6 @@ def read_study(path):
     return runs, zero_shot
 
 
-def zero_shot_names(runs, zero_shot):
-    """The names of the runs a @zero_shot line selects (none without one)."""
-    globs = zero_shot[1] if zero_shot else []
-    return {n for n, _ in runs if any(fnmatch.fnmatchcase(n, g) for g in globs)}
-
-
 def training_world(flags):
     """The data folder a run trains on: its --data_path, else the default world data/synthetic."""
     for i, flag in enumerate(flags[:-1]):
@@ -115,9 +92,8 @@ def training_world(flags):
 
 
 def render_styles(world, styles):
-    """The training world's test drives in every world style, into STYLES/<style> (what is there
-    already is kept): the same frames, size and seed as the world, so that a style that changes only
-    the look shows the test frames the runs are scored on."""
+    """The training world's test drives (same frames, size and seed) rendered in every world style
+    missing from STYLES/<style>."""
     missing = [n for n in synthetic_world.STYLES if n != "default" and not (styles / n / data.SYNTH_MARKER).is_file()]
     if not missing:
         return
@@ -135,23 +111,29 @@ def render_styles(world, styles):
         raise data.DataError(f"zero-shot: rendering the world styles into {styles} failed")
 
 
-def score_zero_shot(name, flags, runs_dir, scores, styles, threads):
-    """compare_runs --worlds (the training world, then every style) --save_scores SCORES/zero_shot on one
-    finished run, in a child process; returns its exit code."""
-    folder = Path(runs_dir) / name
-    world = training_world(flags)
-    render_styles(world, styles)
-    worlds = [str(world)] + [str(styles / n) for n in synthetic_world.STYLES if n != "default"]
+def score(name, runs_dir, scores, threads, worlds=()):
+    """compare_runs --save_scores on one finished run, in a child process (its own thread count): on the
+    test split into SCORES, or on the worlds into SCORES/zero_shot; returns its exit code."""
+    folder, kind = Path(runs_dir) / name, "zero_shot" if worlds else "compare"
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    cmd = [sys.executable, "-m", "helpers.compare_runs", "--runs", str(folder), "--worlds", *worlds,
-           "--save_scores", str(Path(scores) / "zero_shot"), "--out", str(folder / "zero_shot")]
-    with open(folder / "score.log", "a") as log:
+    cmd = [sys.executable, "-m", "helpers.compare_runs", "--runs", str(folder),
+           *(["--worlds", *worlds] if worlds else []), "--out", str(folder / kind),
+           "--save_scores", str(Path(scores) / "zero_shot" if worlds else scores)]
+    with open(folder / "score.log", "a" if worlds else "w") as log:
         return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def score_zero_shot(name, flags, runs_dir, scores, styles, threads):
+    """score on the training world, then every world style (rendered when missing)."""
+    world = training_world(flags)
+    render_styles(world, styles)
+    worlds = [str(world)] + [str(styles / n) for n in synthetic_world.STYLES if n != "default"]
+    return score(name, runs_dir, scores, threads, worlds)
+
+
 def plan(runs, runs_dir, scores, zero_shot=()):
-    """{name: "scored" | "zero-shot" | "resume" | "start"} for each run: what this call does with it
-    (zero-shot: scored on the test split, not yet on the world styles; zero_shot: the names that need it)."""
+    """{name: "scored" | "zero-shot" | "resume" | "start"}: what this call does with each run
+    ("zero-shot": scored, but not yet on the world styles; zero_shot: the names that need it)."""
     state = {}
     for name, _ in runs:
         if (Path(scores) / f"{name}.json").is_file():
@@ -172,41 +154,29 @@ def train_command(name, flags, state, runs_dir, threads):
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
-def score(name, runs_dir, scores, threads):
-    """compare_runs --save_scores on one finished run, in a child process (its own thread count);
-    returns its exit code."""
-    folder = Path(runs_dir) / name
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    cmd = [sys.executable, "-m", "helpers.compare_runs", "--runs", str(folder), "--save_scores", str(scores),
-           "--out", str(folder / "compare")]
-    with open(folder / "score.log", "w") as log:
-        return subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
 def rebuild_table(runs, scores, out, zero_shot=()):
-    """The study's tables from the score files of its runs that exist (compare_runs --scores): the test
-    split's in OUT, the zero-shot one in OUT/zero_shot."""
-    files = [str(Path(scores) / f"{name}.json") for name, _ in runs if (Path(scores) / f"{name}.json").is_file()]
-    if files:
-        compare_runs.main(["--scores", *files, "--out", str(out)])
-    files = [str(Path(scores) / "zero_shot" / f"{n}.json") for n, _ in runs if n in zero_shot
-             and (Path(scores) / "zero_shot" / f"{n}.json").is_file()]
-    if files:
-        compare_runs.main(["--scores", *files, "--out", str(Path(out) / "zero_shot")])
+    """The study's tables from its runs' score files (compare_runs --scores): OUT and OUT/zero_shot."""
+    every = [n for n, _ in runs]
+    for folder, names, table in ((Path(scores), every, Path(out)),
+                                 (Path(scores) / "zero_shot", [n for n in every if n in zero_shot],
+                                  Path(out) / "zero_shot")):
+        files = [str(folder / f"{n}.json") for n in names if (folder / f"{n}.json").is_file()]
+        if files:
+            compare_runs.main(["--scores", *files, "--out", str(table)])
 
 
 def run_study(options):
     """Train, score and table every run of the study; returns the exit code (0: every run scored)."""
     runs, zero_shot = read_study(options.study)
-    names = [n for n, _ in runs]
-    unknown = [n for n in (options.only or []) if n not in names]
+    unknown = [n for n in options.only if n not in dict(runs)]
     if unknown:
         raise data.DataError(f"--only {unknown[0]}: no such run in {options.study}")
     runs_dir, scores = Path(options.runs_dir).resolve(), Path(options.scores).resolve()
     out = Path(options.out or runs_dir / Path(options.study).stem).resolve()
     gpu = torch.cuda.is_available()
     threads = 0 if gpu else (options.threads or max(1, (os.cpu_count() or 1) // max(options.parallel, 1)))
-    shot = zero_shot_names(runs, zero_shot)
+    globs = zero_shot[1] if zero_shot else []
+    shot = {n for n, _ in runs if any(fnmatch.fnmatchcase(n, g) for g in globs)}
     styles = (ROOT / zero_shot[0]).resolve() if zero_shot else None
     state = plan(runs, runs_dir, scores, shot)
     for name in sorted(shot):
@@ -230,14 +200,13 @@ def run_study(options):
     if options.dry_run:
         return 0
     if any("--data_path" not in f and "--data-path" not in f for _, f in todo):
-        # the default world, rendered once before the runs start (two runs would render it together)
+        # the default world, rendered once here: two runs would render it together
         train = importlib.import_module("06_train")
         training_data.ensure_synthetic_world(train.TrainConfig(), SimpleNamespace(main=True, world=1, rank=0))
     flags_of = dict(runs)
 
     def finish(name, zero_only=False):
-        """Score a finished run (test split, then the world styles if asked) and rebuild the tables;
-        True if a scoring failed (one line said so)."""
+        """Score a finished run (and on the world styles), rebuild the tables; a failure joins failed."""
         steps = [] if zero_only else [("score", lambda: score(name, runs_dir, scores, threads),
                                        scores / f"{name}.json")]
         if name in shot:
@@ -248,10 +217,10 @@ def run_study(options):
             if code != 0:
                 print(f"{time.strftime('%H:%M:%S')} error: {what} of {name} exited with code {code}; see "
                       f"{runs_dir / name / 'score.log'}", flush=True)
-                return True
+                failed.append(name)
+                return
             print(f"{time.strftime('%H:%M:%S')} {what} {name}: {made}", flush=True)
         rebuild_table(runs, scores, out, shot)
-        return False
 
     failed, running, stop = [], {}, runtime.StopRequest(watch_workers=False)
     with stop.installed():
@@ -259,8 +228,7 @@ def run_study(options):
             while todo and len(running) < options.parallel:
                 name, flags = todo.pop(0)
                 if state[name] == "zero-shot":      # trained and scored before: the world styles only
-                    if finish(name, zero_only=True):
-                        failed.append(name)
+                    finish(name, zero_only=True)
                     continue
                 (runs_dir / name).mkdir(parents=True, exist_ok=True)
                 log = open(runs_dir / name / "train.log", "a")
@@ -279,8 +247,7 @@ def run_study(options):
                     print(f"{time.strftime('%H:%M:%S')} error: {name} exited with code {child.returncode}; "
                           f"see {runs_dir / name / 'train.log'} (given again, the study resumes it)", flush=True)
                     continue
-                if finish(name):
-                    failed.append(name)
+                finish(name)
         if stop.signum:   # each run saves its checkpoint on SIGTERM: a later call resumes it
             for child, log in running.values():
                 child.terminate()
