@@ -307,14 +307,12 @@ def save_checkpoint(state, path):
 
 
 def keep_epoch_weights(state, run_dir):
-    """RUN/epoch_NNN.pt (NNN = epochs done): the networks, config and counters without the optimiser.
-    Returns its path, or None when the state is not at an epoch's end (a --save_every save)."""
+    """RUN/epoch_NNN.pt (NNN = epochs done) when the state is at an epoch's end (not a --save_every save):
+    the networks, config and counters without the optimiser."""
     epoch = state["epoch"]
-    if epoch == 0 or state["step"] != epoch * state["steps_per_epoch"]:
-        return None
-    path = Path(run_dir) / f"epoch_{epoch:03d}.pt"
-    save_checkpoint({k: state[k] for k in ("model", "pose", "config", "step", "epoch")}, path)
-    return path
+    if epoch > 0 and state["step"] == epoch * state["steps_per_epoch"]:
+        kept = {k: state[k] for k in ("model", "pose", "config", "step", "epoch")}
+        save_checkpoint(kept, Path(run_dir) / f"epoch_{epoch:03d}.pt")
 
 
 # ---- One training per run folder ----
