@@ -179,9 +179,8 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
 
 
 # ---- A training that starts from weights (--init_from, --pose_init) ----
-def _ours(path, part):
+def _ours(ckpt, part):
     """The `part` ("model" or "pose") state dict of one of our checkpoints or epoch files, else None."""
-    ckpt = read_weights(path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get(part), dict) and isinstance(ckpt.get("config"), dict):
         return ckpt[part]
     return None
@@ -193,7 +192,7 @@ def depth_weights(path):
     folder = path if path.is_dir() else path.parent if path.name == "encoder.pth" else None
     if folder is not None:
         return read_official(folder)[2], "official encoder.pth + depth.pth"
-    state = _ours(path, "model")
+    state = _ours(read_weights(path), "model")
     if state is None:
         raise ValueError(f"--init_from {path}: neither a checkpoint of 06_train.py nor an official "
                          f"encoder.pth (+ depth.pth beside it)")
@@ -202,11 +201,9 @@ def depth_weights(path):
 
 def pose_weights(path):
     """(pose network state dict, what it is) from --pose_init PATH: ours, or the official pose.pth."""
-    path = Path(path)
-    state = _ours(path, "pose")
-    if state is not None:
-        return state, "checkpoint of 06_train.py"
     state = read_weights(path)
+    if _ours(state, "pose") is not None:
+        return state["pose"], "checkpoint of 06_train.py"
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"--pose_init {path}: neither a checkpoint of 06_train.py nor an official pose.pth")
     return strip_module(state), "official pose.pth"   # the official trainer may save it from DataParallel
