@@ -38,8 +38,7 @@ def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), on
     """One flag per field of the dataclass `cls`, added to `parser` (a parser or an argument group).
     defaults: {field: value} or an instance of cls, used instead of the dataclass defaults; choices:
     {field: allowed values} (other names ignored); skip: fields without a flag; only_given: every flag
-    parses to None unless given (the help still shows the default).
-    """
+    parses to None unless given (the help still shows the default)."""
     helps = field_comments(cls)
     if defaults is not None and not isinstance(defaults, dict):
         defaults = {f.name: getattr(defaults, f.name) for f in fields(cls)}

@@ -37,8 +37,7 @@ def shift_hue(rgb, hue):
     """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns -> new array: hsv_to_rgb(rgb_to_hsv(x) with
     h + hue) without branches (the loader's most expensive step; numpy's masked selects cost ~30x an
     add). v = max, d = v*s = max - min, pos = 6h from 0/1 masks; clamp(min(k, 4 - k), 0, 1) equals
-    clamp(2 - dist(k - 2), 0, 1), and for |y| <= 9 the 6-periodic dist(y) is |3 - ||y| - 3|| (no modulo).
-    """
+    clamp(2 - dist(k - 2), 0, 1), and for |y| <= 9 the 6-periodic dist(y) is |3 - ||y| - 3|| (no modulo)."""
     rgb = np.asarray(rgb, dtype=np.float32)
     r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     hi = np.maximum(r, g)
@@ -87,8 +86,7 @@ def _grey(x):
 def color_jitter(imgs, brightness, contrast, saturation, hue):
     """One colour jitter applied to all frames [F, 3, H, W] (float in [0, 1] or uint8) -> new float32 array.
     Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order: a
-    documented deviation); the clamp to [0, 1] is skipped for a factor <= 1, which stays within it.
-    """
+    documented deviation); the clamp to [0, 1] is skipped for a factor <= 1, which stays within it."""
     imgs = np.asarray(imgs)
     scale = brightness / 255.0 if imgs.dtype == np.uint8 else brightness
     x = np.multiply(imgs, np.float32(scale), dtype=np.float32, order="C")

@@ -63,8 +63,7 @@ def write_atomic(path, payload):
 def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
     """Path of split list NAME/KIND_files.txt in split_dir (default `default_split_dir()`), a missing
     standard list downloaded and SHA-256 checked (docs/kitti.md, "Split lists"); "synthetic" is the
-    world's list under data_path. A DataError names what is missing.
-    """
+    world's list under data_path. A DataError names what is missing."""
     if name == "synthetic":
         if data_path is None:
             raise data.DataError("split 'synthetic' needs the data folder (data_path)")

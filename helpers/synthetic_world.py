@@ -516,8 +516,7 @@ def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, w
                          style="default", test_only=False, first_drive=0):
     """Write the synthetic mini-KITTI tree under root (KITTI raw layout + splits/synthetic); return root.
     About 10% of the drives test, 10% validation (at least one each), the rest train (both cameras);
-    test_only: every drive a test drive. A complete tree made with the same arguments is kept.
-    """
+    test_only: every drive a test drive. A complete tree made with the same arguments is kept."""
     root = Path(root)
     if num_drives < (1 if test_only else 3) or frames_per_drive < 3:
         raise ValueError(f"make_synthetic_kitti: need num_drives >= 3 (1 with test_only) and frames_per_drive "
