@@ -1,16 +1,9 @@
 """cli - one command-line convention for every script, generated from a config dataclass.
 
-Not a reading step: nothing in it is SQLDepth. Each numbered script (and helpers/synthetic_world.py) says
-what its command line does in a dataclass whose fields carry a trailing `# comment`;
-`add_dataclass_flags` turns that dataclass into flags, so all of them follow the same rules:
-  * every flag has both spellings, --num_layers and --num-layers;
-  * every flag has help text: the field's comment, then "(default: ...)";
-  * a bool field is a --flag / --no-flag pair (--no_eval / --no-no_eval for a field named no_eval);
-  * a list field takes one or more values (--compare A B C).
-`one_line(err)` gives the one line every error message is printed as. It lives in its own file so
-that any script can import it without reaching into a step it does not need (02 never reads data,
-yet has a command line). Used by 01-07, the unnumbered helpers and helpers/synthetic_world.py.
-Tests: tests/test_01_data.py (the helper), tests/test_house.py (every script's flags).
+Not a reading step. `add_dataclass_flags` turns a dataclass whose fields carry a trailing `# comment`
+into flags: both spellings (--num_layers, --num-layers), the comment as help, a bool as --flag /
+--no-flag, a list as one or more values. `one_line(err)` is the one line every error is printed as.
+Tests: tests/test_01_data.py, tests/test_house.py (every script's flags).
 """
 import argparse
 import inspect
@@ -29,11 +22,8 @@ def field_comments(cls):
 
 
 class BoolFlag(argparse.BooleanOptionalAction):
-    """--flag / --no-flag where the negative spellings are exactly the ones this action added.
-
-    argparse's own action treats every option starting with "--no-" as negative, so for a field
-    named no_eval its spelling --no-eval would mean False; here it means True, like --no_eval.
-    """
+    """--flag / --no-flag where only the spellings this action added are negative: argparse's own treats
+    every "--no-" option as negative, so --no-eval of a field no_eval would mean False."""
 
     def __init__(self, option_strings, dest, **kwargs):
         self.negative = {"--no-" + s[2:] for s in option_strings if s.startswith("--")}
@@ -46,16 +36,9 @@ class BoolFlag(argparse.BooleanOptionalAction):
 
 def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), only_given=False):
     """One flag per field of the dataclass `cls`, added to `parser` (a parser or an argument group).
-
-    Each flag has both spellings --a_b and --a-b (dest "a_b"), the type of its default (str for None)
-    and as help the field's trailing `# comment` + "(default: ...)"; a bool is a --flag / --no-flag
-    pair, a list takes one or more values. defaults: {field: value} or an instance of cls, shown and
-    used instead of the dataclass defaults (a preset's); choices: {field: allowed values} (other names
-    are ignored: one dict can serve several dataclasses); skip: fields without a flag; only_given:
-    every flag parses to None unless given (the help still shows the default), so a caller can apply
-    the given flags over a preset.
-    Use: `add_dataclass_flags(parser, Config); cfg = Config(**vars(parser.parse_args(argv)))`.
-    """
+    defaults: {field: value} or an instance of cls, used instead of the dataclass defaults; choices:
+    {field: allowed values} (other names ignored); skip: fields without a flag; only_given: every flag
+    parses to None unless given (the help still shows the default)."""
     helps = field_comments(cls)
     if defaults is not None and not isinstance(defaults, dict):
         defaults = {f.name: getattr(defaults, f.name) for f in fields(cls)}
@@ -89,9 +72,8 @@ def add_dataclass_flags(parser, cls, defaults=None, choices=None, *, skip=(), on
 
 
 def without_removed(stored, removed, where):
-    """A stored config dict without the fields of `removed` ({field: its default then}) that this code
-    no longer has. A knob that was measured, lost and removed (docs/ablations.md names the commit that
-    had it) is read as absent when it holds its old default; any other value is one error line."""
+    """A stored config dict without the fields of `removed` ({field: its default then}); a removed knob
+    (docs/ablations.md) holding another value than its old default is a ValueError."""
     for name, default in removed.items():
         if stored.get(name, default) != default:
             raise ValueError(f"{where} was trained with {name}={stored[name]!r}, a knob removed after commit "
@@ -100,7 +82,6 @@ def without_removed(stored, removed, where):
 
 
 def one_line(err):
-    """The first line of an exception's message, or its type's name: every bad input or failure is
-    reported as one `error: ...` line (PyTorch's state-dict errors span many lines)."""
+    """The first line of an exception's message, or its type's name (PyTorch's errors span many lines)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

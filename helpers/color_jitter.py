@@ -1,9 +1,7 @@
 """color_jitter - torchvision's ColorJitter (brightness, contrast, saturation, hue) in numpy.
 
-Serves 01_data.KittiRaw: the colour augmentation of Monodepth2's protocol (one draw per sample,
-applied to every frame) needs these formulas, and the project does without torchvision. numpy, not
-torch: numpy stays single-threaded, so a DataLoader without workers does not fight the training loop
-for cores. Checked pixel by pixel against colorsys and the formulas in tests/test_01_data.py.
+Serves 01_data.KittiRaw. numpy, not torch: numpy stays single-threaded, so a DataLoader without
+workers does not fight the training loop for cores. Tests: tests/test_01_data.py.
 """
 import numpy as np
 
@@ -36,15 +34,10 @@ def hsv_to_rgb(hsv):
 
 
 def shift_hue(rgb, hue):
-    """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns (saturation and value kept) -> new array.
-    The maths of hsv_to_rgb(rgb_to_hsv(x) with h + hue), rewritten without branches because this is
-    the loader's most expensive step (numpy's masked selects cost ~30x an add). In HSV terms
-    v = max(r, g, b), v*s = max - min = d, and 6h = pos, the position on the colour hexagon,
-    computed with 0/1 masks instead of selects. hsv_to_rgb's clamp(min(k, 4 - k), 0, 1) equals
-    clamp(2 - dist(k - 2), 0, 1), dist being the distance to 0 around the 6-periodic circle; for
-    |y| <= 9 that distance is |3 - ||y| - 3||, which needs no modulo. With the shift wrapped into
-    [-3, 3) and the channel centres k - 2 taken as (-3, 1, -1), y stays within [-7, 9).
-    """
+    """Rotate the HSV hue of [F, 3, H, W] RGB by `hue` turns -> new array: hsv_to_rgb(rgb_to_hsv(x) with
+    h + hue) without branches (the loader's most expensive step; numpy's masked selects cost ~30x an
+    add). v = max, d = v*s = max - min, pos = 6h from 0/1 masks; clamp(min(k, 4 - k), 0, 1) equals
+    clamp(2 - dist(k - 2), 0, 1), and for |y| <= 9 the 6-periodic dist(y) is |3 - ||y| - 3|| (no modulo)."""
     rgb = np.asarray(rgb, dtype=np.float32)
     r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     hi = np.maximum(r, g)
@@ -91,13 +84,9 @@ def _grey(x):
 
 
 def color_jitter(imgs, brightness, contrast, saturation, hue):
-    """One colour jitter applied identically to a stack of frames [F, 3, H, W] -> new float32 array in [0, 1].
-    Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order per
-    call: a documented deviation). Brightness scales, contrast blends with each frame's mean grey,
-    saturation with each pixel's grey (clamped to [0, 1] after each as torchvision, skipped for a
-    factor <= 1, which stays within [0, 1]), hue rotates the HSV hue. Takes float frames in [0, 1] or
-    uint8 (numpy or CPU tensors); returns a C-contiguous numpy array.
-    """
+    """One colour jitter applied to all frames [F, 3, H, W] (float in [0, 1] or uint8) -> new float32 array.
+    Fixed order brightness -> contrast -> saturation -> hue (torchvision draws a random order: a
+    documented deviation); the clamp to [0, 1] is skipped for a factor <= 1, which stays within it."""
     imgs = np.asarray(imgs)
     scale = brightness / 255.0 if imgs.dtype == np.uint8 else brightness
     x = np.multiply(imgs, np.float32(scale), dtype=np.float32, order="C")

@@ -1,24 +1,11 @@
 """kitti_files - KITTI's files made ready: the split lists (download, SHA-256, leakage check), jpgs, depth GT.
 
-Not a reading step: nothing in it is SQLDepth. A split list is Monodepth2's `folder frame side` file,
-read by 01_data.read_split; `get_split_file` finds the list a run asks for (06_train.py, 07_eval.py):
-the synthetic world's own lists, any list a user puts in --split_dir (used as given), or one of the
-standard lists (eigen, eigen_benchmark, eigen_zhou) downloaded once from Monodepth2's repository and
-held to its known SHA-256; a training split that shares a drive with the evaluation split is refused
-(README "Train on KITTI"; docs/kitti.md). Two commands prepare KITTI raw, one process per core,
-resumable (a finished file is never redone), one `error: ...` line per bad file while the others go on:
+Not a reading step. `get_split_file` finds the list a run asks for (06_train.py, 07_eval.py); a training
+split that shares a drive with the evaluation split is refused. Two commands prepare KITTI raw
+(docs/kitti.md, "Data"), one process per core, resumable, one `error: ...` line per bad file:
 
   python -m helpers.kitti_files --to_jpg --data_path kitti_data [--delete_png]
-      every camera image <date>/<drive>/image_0N/data/*.png -> the same name .jpg, as Monodepth2's
-      README recommends (ImageMagick `-quality 92 -sampling-factor 2x2,1x1,1x1`: JPEG quality 92,
-      4:2:0 chroma), which the default `--img_ext .jpg` of 06_train.py expects. Only image folders
-      are touched: the depth ground truth (also png, 16-bit) never is; --delete_png removes each png
-      once its jpg is in place (Monodepth2's command deletes them too).
   python -m helpers.kitti_files --depth_gt DIR --data_path kitti_data
-      KITTI's depth-completion ground truth (data_depth_annotated.zip: DIR/{train,val}/<drive>/
-      proj_depth/groundtruth/image_0{2,3}/*.png) arranged as <date>/<drive>/proj_depth/... under the
-      raw data, where the eigen_benchmark split of 07_eval.py reads it. Hard links where DIR is on
-      the same file system (no extra space, DIR stays as it was), copies elsewhere.
 Tests: tests/test_split_lists.py, tests/test_kitti_prepare.py.
 """
 import argparse
@@ -37,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from helpers.cli import add_dataclass_flags, one_line  # the command line of every script
-from helpers.run_record import atomic_path  # the one atomic write
+from helpers.cli import add_dataclass_flags, one_line
+from helpers.run_record import atomic_path
 
 data = importlib.import_module("01_data")  # a module name cannot start with a digit: loaded by name
 
@@ -50,14 +37,14 @@ class SplitOverlapError(data.DataError):
 # Training and test splits must share no drive: an older official SQLDepth train list shared 21 of
 # the 28 Eigen test drives, and with them 451 of the 697 test frames (docs/kitti.md).
 SPLIT_URL_BASE = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits"
-SPLIT_SHA256 = {  # the standard lists (eigen test 697, eigen_benchmark test 652, eigen_zhou 39,810 / 4,424)
+SPLIT_SHA256 = {  # the standard lists
     ("eigen", "test"): "e226d4ca16e0e6e9695435014347dcf973588531330536fd8a68d298ef091a6b",
     ("eigen_benchmark", "test"): "d56e5e509e6960a01fb93795f85028ac6e4a82ad40e64b6e968988e4db95b9be",
     ("eigen_zhou", "train"): "00173a231642151c4693274e701ddd4cae7916520a757c7a94eae8e1173f7b0c",
     ("eigen_zhou", "val"): "64a868b8d2c66c3979a2d74c22ea2e9146850d5b9f5786ed8e5f92201ba1ad04",
 }
-SPLIT_LINES = {("eigen", "test"): 697, ("eigen_benchmark", "test"): 652,  # lines of each standard list,
-               ("eigen_zhou", "train"): 39810, ("eigen_zhou", "val"): 4424}  # for the "not standard" note
+SPLIT_LINES = {("eigen", "test"): 697, ("eigen_benchmark", "test"): 652,  # for the "not standard" note
+               ("eigen_zhou", "train"): 39810, ("eigen_zhou", "val"): 4424}
 DOWNLOAD_MARK = ".sha256"  # NAME/KIND_files.txt.sha256: written next to a list this program downloaded
 
 
@@ -67,22 +54,16 @@ def default_split_dir():
 
 
 def write_atomic(path, payload):
-    """Write bytes to `path` through a temporary file of a name no other writer uses, then rename.
-    Several processes (torchrun ranks, two runs sharing a cache) may fetch one file at once: with a
-    unique temporary name each, every rename succeeds and a reader sees no file or a complete one."""
+    """Write bytes to `path` atomically (several processes may fetch one file at once)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "xb") as f:  # "x": never share a file with another writer
         f.write(payload)
 
 
 def get_split_file(name, kind, split_dir=None, *, data_path=None, base_url=None, timeout=20.0, log=print):
-    """Path of split list `name`/`kind`_files.txt in split_dir (default `default_split_dir()`).
-    Any name works: SPLIT_DIR/NAME/KIND_files.txt is used when it is there. A missing standard list
-    (SPLIT_SHA256) is downloaded from base_url (default SPLIT_URL_BASE), SHA-256 checked, and marked
-    by a sidecar KIND_files.txt.sha256: only such a list is held to its known sum. A list without
-    the sidecar is the user's, used as given (`log` gets one line when it has a standard name but
-    other contents; docs/kitti.md). "synthetic" is `data.synthetic_split_path(data_path, kind)`.
-    """
+    """Path of split list NAME/KIND_files.txt in split_dir (default `default_split_dir()`), a missing
+    standard list downloaded and SHA-256 checked (docs/kitti.md, "Split lists"); "synthetic" is the
+    world's list under data_path. A DataError names what is missing."""
     if name == "synthetic":
         if data_path is None:
             raise data.DataError("split 'synthetic' needs the data folder (data_path)")
@@ -139,8 +120,7 @@ def check_split_overlap(train_lines, eval_lines):
 
 
 def describe_overlap(shared, num_eval_lines, against="the evaluation split"):
-    """'N drive(s) with <against> (M of its T test frames): drive (train a, eval b), ...' for a
-    check_split_overlap result (M = the test frames on shared drives, the ones a leak affects)."""
+    """'N drive(s) with <against> (M of its T test frames): drive (train a, eval b), ...'."""
     frames = sum(n for _, _, n in shared)
     listing = ", ".join(f"{d} (train {a}, eval {b})" for d, a, b in shared)
     return f"{len(shared)} drive(s) with {against} ({frames} of its {num_eval_lines} test frames): {listing}"
@@ -148,8 +128,7 @@ def describe_overlap(shared, num_eval_lines, against="the evaluation split"):
 
 def require_disjoint_splits(train_lines, eval_lines, allow_overlap=False, what="training split",
                             against="the evaluation split"):
-    """Raise SplitOverlapError naming the shared drives (with line counts) and the number of test
-    frames on them, unless allow_overlap; returns the check_split_overlap result."""
+    """SplitOverlapError naming the shared drives unless allow_overlap; returns the shared drives."""
     shared = check_split_overlap(train_lines, eval_lines)
     if shared and not allow_overlap:
         raise SplitOverlapError(f"{what} shares {describe_overlap(shared, len(eval_lines), against)} "
@@ -217,8 +196,8 @@ def gt_jobs(gt_root, data_path):
 
 
 def place_one(job):
-    """(source, target) -> ("done" | "skipped", target) or ("error", message): one GT png, checked
-    (a 16-bit png whose chunks are intact) and hard-linked, or copied across file systems."""
+    """(source, target) -> ("done" | "skipped", target) or ("error", message): one GT png, checked,
+    hard-linked (copied across file systems)."""
     src, dst = job
     if dst.exists() and dst.stat().st_size == src.stat().st_size:
         return "skipped", str(dst)
@@ -239,8 +218,7 @@ def place_one(job):
 
 
 def run_jobs(fn, jobs, workers, what):
-    """Run fn over jobs on `workers` processes; prints each error line and a summary; returns the
-    number of errors."""
+    """Run fn over jobs on `workers` processes, printing each error line and a summary; returns the errors."""
     counts = {"done": 0, "skipped": 0, "error": 0}
     with Pool(workers or os.cpu_count() or 1) as pool:
         for status, detail in pool.imap_unordered(fn, jobs, chunksize=32):
@@ -252,7 +230,7 @@ def run_jobs(fn, jobs, workers, what):
 
 
 def main(argv=None):
-    """Command line generated from PrepareConfig; exit 0, or 2 when any file was bad (one line each)."""
+    """Exit 0, or 2 when any file was bad (one line each)."""
     parser = argparse.ArgumentParser(description="Prepare KITTI raw: png -> jpg, depth-completion GT arranged.")
     add_dataclass_flags(parser, PrepareConfig)
     cfg = PrepareConfig(**vars(parser.parse_args(argv)))

@@ -1,11 +1,8 @@
-"""model_files - model and weight files: our checkpoints, the released official weights, --init_from/--pose_init.
+"""model_files - weight files read back: our checkpoints, the released weights, --init_from/--pose_init.
 
-Not a reading step: nothing in it is SQLDepth. One reader, `read_weights` (torch.load with
-weights_only=True), opens every .pt/.pth file; a file missing, unreadable, not ours, with NaN/Inf
-weights or not fitting its network is one DataError line naming it and the first mismatch. Built on
-it: our checkpoints back as a DepthNet (07_eval.py, predict, compare_runs) or for --resume; the
-released SQLDepth weights (encoder.pth + depth.pth of github.com/hisfog/SfMNeXt-Impl) converted to
-our names, the architecture inferred from the shapes; --init_from / --pose_init (06_train.py).
+Not a reading step. Every .pt/.pth goes through `read_weights` (weights_only=True); a bad file is one
+DataError line naming it. The released SQLDepth weights (encoder.pth + depth.pth of
+github.com/hisfog/SfMNeXt-Impl) are converted to our names, the architecture inferred from the shapes.
 Tests: tests/test_07_eval.py, tests/test_04_bins.py (the conversion), tests/test_weights_init.py.
 """
 import importlib
@@ -14,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.cli import one_line  # errors as one line
+from helpers.cli import one_line
 
 # A module name cannot start with a digit: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
@@ -22,7 +19,7 @@ bins = importlib.import_module("04_bins")
 
 
 def read_weights(path, what="weights file"):
-    """torch.load(path, weights_only=True) on the CPU; a missing or unreadable file is one DataError line."""
+    """torch.load(path, weights_only=True) on the CPU; a missing or unreadable file is a DataError."""
     path = Path(path)
     if not path.is_file():
         raise data.DataError(f"{what} {path} not found")
@@ -42,8 +39,8 @@ def require_finite(state_dict, what):
 
 
 def first_nonfinite(named_tensors):
-    """The name of the first tensor holding a NaN/Inf, or None: one stacked check on the device and
-    one host read, not one per tensor (hundreds of waits for the GPU before every save)."""
+    """The name of the first tensor holding a NaN/Inf, or None: one host read for all tensors, not one
+    per tensor (hundreds of waits for the GPU before every save)."""
     finite = torch.stack([torch.isfinite(t).all() for _, t in named_tensors])   # [P] bools
     if bool(finite.all()):
         return None
@@ -55,8 +52,8 @@ CHECKPOINT_KEYS = {"model", "pose", "optimizer", "scheduler", "step", "epoch", "
 
 
 def read_checkpoint(path, keys=CHECKPOINT_KEYS):
-    """A checkpoint dict of 06_train.py (with `keys`: all for --resume, "model" and "config" to evaluate);
-    one DataError line when it is missing, unreadable, not ours, or holds a NaN/Inf weight (named)."""
+    """A checkpoint dict of 06_train.py holding `keys`; a DataError when it is missing, unreadable or not
+    ours, a ValueError naming a NaN/Inf weight."""
     ckpt = read_weights(path, "checkpoint")
     if not isinstance(ckpt, dict) or not set(keys) <= set(ckpt) or "model" not in ckpt.get("config", {}):
         raise data.DataError(f"{path} is not a checkpoint of 06_train.py")
@@ -67,13 +64,13 @@ def read_checkpoint(path, keys=CHECKPOINT_KEYS):
 
 
 def strip_module(state):
-    """The tensors of a state dict, with DataParallel's "module." prefix removed from their keys."""
+    """The tensors of a state dict without DataParallel's "module." key prefix."""
     return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
 
 
 # ---- A trained depth network for evaluation ----
 def _build_and_load(model_cfg, state_dict, source, device):
-    """A DepthNet from a config dict, strictly loaded; mismatches become one DataError line."""
+    """A DepthNet from a config dict, strictly loaded, in eval mode; a mismatch is a DataError."""
     try:
         model = bins.depthnet_from_config(model_cfg, state_dict)
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
@@ -82,15 +79,13 @@ def _build_and_load(model_cfg, state_dict, source, device):
 
 
 def load_model(checkpoint_path, device):
-    """(DepthNet rebuilt from ckpt["config"]["model"] with ckpt["model"] loaded strictly, in eval mode on
-    device; the checkpoint's TrainConfig dict)."""
+    """(DepthNet of a checkpoint in eval mode on device, the checkpoint's TrainConfig dict)."""
     ckpt = read_checkpoint(checkpoint_path, keys=("model", "config"))
     return _build_and_load(ckpt["config"]["model"], ckpt["model"], checkpoint_path, device), ckpt["config"]
 
 
 def read_official(folder):
-    """(encoder.pth and depth.pth state dicts, our DepthNet state dict) of a released model's folder;
-    a file missing or unreadable, or not an official pair, is one DataError line naming it."""
+    """(encoder.pth and depth.pth state dicts, our DepthNet state dict) of a released model's folder."""
     folder = Path(folder)
     encoder_sd, depth_sd = (read_weights(folder / name) for name in ("encoder.pth", "depth.pth"))
     try:
@@ -100,10 +95,7 @@ def read_official(folder):
 
 
 def load_official(folder, device):
-    """The released official encoder.pth + depth.pth, converted into our DepthNet.
-
-    Returns (model, a config dict shaped like ours: model, height, width, use_stereo, data).
-    """
+    """(DepthNet of a released encoder.pth + depth.pth, a config dict shaped like ours)."""
     encoder_sd, depth_sd, state_dict = read_official(folder)
     model_cfg = config_from_official(encoder_sd, depth_sd)
     config = {"model": asdict(model_cfg), "data": "kitti", "use_stereo": bool(encoder_sd.get("use_stereo", False)),
@@ -119,8 +111,7 @@ def load_either(checkpoint, official, device):
 
 
 # ---- The released official weights as a DepthNet state dict ----
-# Official key prefix (encoder.pth of ResnetEncoderDecoder / LiteResnetEncoderDecoder, depth.pth of
-# Lite_Depth_Decoder_QueryTr) -> our prefix.
+# Official key prefix -> ours.
 OFFICIAL_PREFIXES = [
     ("encoder.encoder.", "unet.encoder."), ("decoder.", "unet.decoder."),
     ("embedding_convPxP.", "sql.patch_embed."), ("positional_encodings", "sql.pos_encoding"),
@@ -162,11 +153,8 @@ def config_from_official(encoder_sd, depth_sd):
 
 
 def convert_official_checkpoint(encoder_sd, depth_sd):
-    """Official encoder.pth + depth.pth state dicts -> a DepthNet state dict (checked strictly).
-
-    Raises ValueError listing missing / unexpected / mis-shaped keys. Use with
-    `DepthNet(config_from_official(e, d)).load_state_dict(convert_official_checkpoint(e, d))`.
-    """
+    """Official encoder.pth + depth.pth state dicts -> a DepthNet state dict; ValueError listing missing,
+    unexpected and mis-shaped keys."""
     cfg = config_from_official(encoder_sd, depth_sd)
     out, unexpected = {}, []
     for key, value in {**strip_module(encoder_sd), **strip_module(depth_sd)}.items():
@@ -191,10 +179,8 @@ def convert_official_checkpoint(encoder_sd, depth_sd):
 
 
 # ---- A training that starts from weights (--init_from, --pose_init) ----
-def _ours(path, part):
-    """The `part` ("model" or "pose") state dict of one of our checkpoints, or None when the file is
-    not one (a checkpoint of 06_train.py, or a weights-only epoch file of --keep_epochs)."""
-    ckpt = read_weights(path)
+def _ours(ckpt, part):
+    """The `part` ("model" or "pose") state dict of one of our checkpoints or epoch files, else None."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get(part), dict) and isinstance(ckpt.get("config"), dict):
         return ckpt[part]
     return None
@@ -206,7 +192,7 @@ def depth_weights(path):
     folder = path if path.is_dir() else path.parent if path.name == "encoder.pth" else None
     if folder is not None:
         return read_official(folder)[2], "official encoder.pth + depth.pth"
-    state = _ours(path, "model")
+    state = _ours(read_weights(path), "model")
     if state is None:
         raise ValueError(f"--init_from {path}: neither a checkpoint of 06_train.py nor an official "
                          f"encoder.pth (+ depth.pth beside it)")
@@ -215,19 +201,16 @@ def depth_weights(path):
 
 def pose_weights(path):
     """(pose network state dict, what it is) from --pose_init PATH: ours, or the official pose.pth."""
-    path = Path(path)
-    state = _ours(path, "pose")
-    if state is not None:
-        return state, "checkpoint of 06_train.py"
     state = read_weights(path)
+    if _ours(state, "pose") is not None:
+        return state["pose"], "checkpoint of 06_train.py"
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"--pose_init {path}: neither a checkpoint of 06_train.py nor an official pose.pth")
     return strip_module(state), "official pose.pth"   # the official trainer may save it from DataParallel
 
 
 def first_mismatch(net, state):
-    """The first parameter or buffer of `net` that `state` lacks or has in another shape, else the
-    first key of `state` that `net` lacks; None when they fit exactly."""
+    """The first key of `net` that `state` lacks or shapes differently, else its first extra key, or None."""
     expected = net.state_dict()
     for key, value in expected.items():
         if key not in state:
@@ -239,7 +222,7 @@ def first_mismatch(net, state):
 
 
 def load_into(net, state, source, what):
-    """Strict load of `state` into `net` (copied into its tensors: their device and layout stay)."""
+    """Strict load of `state` into `net`; a ValueError names the first mismatch or NaN/Inf."""
     mismatch = first_mismatch(net, state)
     if mismatch:
         raise ValueError(f"{source} does not fit the {what} of this run: {mismatch}")
@@ -248,9 +231,7 @@ def load_into(net, state, source, what):
 
 
 def start_networks(cfg, depth_net, pose_net, verbose=True):
-    """Load --init_from / --pose_init into freshly built networks (a line each when verbose); returns
-    cfg with both paths made absolute (the checkpoint's record of where the networks started). A
-    no-op without them."""
+    """Load --init_from / --pose_init into fresh networks; returns cfg with both paths made absolute."""
     log = print if verbose else (lambda line: None)
     if cfg.init_from:
         path = Path(cfg.init_from).resolve()

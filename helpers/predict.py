@@ -1,13 +1,9 @@
 """predict - depth for your own images with a trained (or the released) model: pictures, arrays, 3D.
 
-Not a reading step: 07_eval.py holds the concept (how a depth network is run and scored); this is
-what a user runs on their own photos:
-  python -m helpers.predict --checkpoint runs/RUN/best.pt --images my_images/ [--ply]
-  python -m helpers.predict --official PATH/TO/RELEASED_MODEL --images "frames/*.png" --post_process
-For every image: <name>_depth.png (inverse depth in colour, normalised per image), <name>_depth.npy
-(depth in metres for a stereo-trained model with --eval_stereo, else relative) and with --ply a
-coloured point cloud (binary PLY; the camera's intrinsics from --fx --fy --cx --cy, else KITTI's,
-scaled to the image). Tests: tests/test_07_eval.py.
+Not a reading step (docs/kitti.md, "Depth for your own images"):
+  python -m helpers.predict --checkpoint runs/RUN/best.pt --images my_images/ --ply
+  python -m helpers.predict --official PATH/TO/RELEASED_MODEL --images DIR
+Tests: tests/test_predict.py.
 """
 import argparse
 import importlib
@@ -20,14 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helpers.distributed_training import choose_device  # --device
-from helpers.cli import add_dataclass_flags, one_line  # the command line of every script (helpers/cli.py)
-from helpers import cpu_threads      # threads from the cores free at the start
+from helpers.distributed_training import choose_device
+from helpers.cli import add_dataclass_flags, one_line
+from helpers import cpu_threads
 from helpers import model_files
 from helpers import figures
 
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
+# A module name cannot start with a digit: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
 evaluation = importlib.import_module("07_eval")
 
@@ -59,7 +54,7 @@ def _output_names(paths):
 
 
 def write_ply(path, points, colors, ascii=False):
-    """Coloured point cloud: points [N, 3] float32 metres, colors [N, 3] uint8; PLY 1.0 by hand."""
+    """A PLY 1.0 point cloud: points [N, 3] float32 metres, colors [N, 3] uint8."""
     header = ("ply\nformat {} 1.0\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").format(
         "ascii" if ascii else "binary_little_endian", len(points))
@@ -85,14 +80,12 @@ def back_project(depth, K):
 
 
 def run_predict(model, config, cfg, device, out_dir):
-    """Depth for own images (cfg: a PredictConfig): <stem>_depth.png (colour), <stem>_depth.npy (metres
-    or relative), <stem>.ply."""
+    """<stem>_depth.png (colour), <stem>_depth.npy (metres or relative) and <stem>.ply for cfg.images."""
     height, width = int(config["height"]), int(config["width"])
     scale = evaluation.STEREO_SCALE_FACTOR if cfg.eval_stereo else 1.0
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = list_images(cfg.images)
-    names = _output_names(paths)
-    for path, name in zip(paths, names):
+    for path, name in zip(paths, _output_names(paths)):
         try:
             image = Image.open(path).convert("RGB")
         except OSError as err:
@@ -100,7 +93,8 @@ def run_predict(model, config, cfg, device, out_dir):
         w0, h0 = image.size
         net_in = np.asarray(image.resize((width, height), Image.LANCZOS), np.float32) / 255.0  # [H, W, 3]
         tensor = torch.from_numpy(net_in).permute(2, 0, 1)[None].to(device)  # [1, 3, H, W]
-        depth = evaluation.resize_to(evaluation.predict_depth(model, tensor, cfg.post_process)[0], h0, w0) * scale  # (h0, w0)
+        depth = evaluation.predict_depth(model, tensor, cfg.post_process)[0]
+        depth = evaluation.resize_to(depth, h0, w0) * scale  # [h0, w0]
         stem = out_dir / f"{name}_depth"
         Image.fromarray(figures.colorize_inverse_depth(depth)).save(stem.with_suffix(".png"))
         np.save(stem.with_suffix(".npy"), depth.astype(np.float32))
@@ -139,7 +133,7 @@ class PredictConfig:
 
 
 def main(argv=None):
-    """Parse, load the model, predict; returns the exit status (0 ok, 2 bad input with one `error:` line)."""
+    """Returns the exit status (0 ok, 2 bad input with one `error:` line)."""
     parser = argparse.ArgumentParser(description="Depth for your own images (PNG, .npy, optional PLY).")
     add_dataclass_flags(parser, PredictConfig)
     cfg = PredictConfig(**vars(parser.parse_args(argv)))

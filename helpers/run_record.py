@@ -1,20 +1,10 @@
 """run_record - a training run's command line and record: flags over presets, the run folder, resume.
 
 Not a reading step: nothing in it is SQLDepth. 06_train.py's Trainer is a TrainingRun: 06 sets up what a
-run trains (networks, optimiser, schedule, loss, loaders) and its loop `fit`; this module keeps the rest:
-  build_parser, parse_args   every TrainConfig and 04_bins.DepthNetConfig field is a flag (helpers/cli.py);
-                             a flag given overrides the chosen --preset, model fields as flat flags
-  prepare_run                a new run folder (refused when it holds a checkpoint already), or the
-                             config stored in --resume RUN's ckpt.pt (refused: an architecture change)
-  TrainingRun                save (RUN/ckpt.pt, best.pt, val.csv), log (a line and a log.csv row),
-                             load_state (continue a checkpoint exactly), stop_nonfinite (exit 3)
-  save_checkpoint, atomic_path   the one atomic write (a temporary file, then a rename): a crash, a kill
-                             or a full disk while writing leaves the previous file; a failure is one line
-  keep_epoch_weights         RUN/epoch_NNN.pt (--keep_epochs), weights and config only, for 07_eval.py
-  lock_run_folder            one training per run folder; the operating system's lock, never left stuck
-  append_csv, read_csv, truncate_csv, save_plots   the logs and the curves figure
-  run_eval                   the final evaluation: 07_eval.py as a subprocess (06 never imports 07)
-Reading checkpoints back: helpers/model_files.py. Tests: tests/test_06_train.py, tests/test_faults.py.
+run trains and its loop `fit`; this module keeps the rest: the flags (every TrainConfig and
+04_bins.DepthNetConfig field, over the chosen --preset), the run folder and --resume, the atomic
+checkpoint writes, the logs and curves, and the final evaluation (07_eval.py as a subprocess).
+Tests: tests/test_06_train.py, tests/test_faults.py.
 """
 import argparse
 import csv
@@ -61,19 +51,15 @@ CHOICES = {"data": ["synthetic", "kitti"],
 MODEL_FIELDS = [f.name for f in fields(bins.DepthNetConfig)]
 # What a checkpoint's architecture is made of: --resume refuses to change these.
 ARCH_FIELDS = ("preset", "data", "height", "width", "use_stereo", "pose_net")
-# Facts about the run stored in the checkpoint's config next to the TrainConfig fields (for
-# 07_eval's leakage warning, the score files' provenance, the threads a run used: helpers/cpu_threads.py);
-# not options, so --resume leaves them out of the TrainConfig.
+# Facts about the run stored in the checkpoint's config beside the TrainConfig fields: not options,
+# so --resume leaves them out of the TrainConfig.
 RECORD_KEYS = ("split_files", "train_drives", "commit", "precision", "threads_used")
-# Training fields of earlier code that were measured, lost and removed (docs/ablations.md, "Removed
-# knobs"), with their default then (the model's: 04_bins.REMOVED_MODEL_FIELDS); small_map_convs became
-# the speed layer's switch.
+# Training fields removed after measuring them (docs/ablations.md, "Removed knobs"), with their default then.
 REMOVED_FIELDS = {"warmup_steps": 0, "smoothness_on": "depth", "small_map_convs": True}
 
 
 def build_parser(config_class, preset_config, presets):
-    """The CLI of 06_train.py, generated from its TrainConfig (config_class) and 04_bins.DepthNetConfig
-    (defaults: the synthetic-cpu preset, preset_config("synthetic-cpu"); presets: the preset names)."""
+    """The CLI of 06_train.py from its TrainConfig and 04_bins.DepthNetConfig (synthetic-cpu's values)."""
     parser = argparse.ArgumentParser(
         prog="06_train.py",
         description="Self-supervised SQLDepth training. Without arguments: the synthetic-cpu preset "
@@ -86,8 +72,6 @@ def build_parser(config_class, preset_config, presets):
                "trains from scratch. Exit codes: 0 done, 2 bad input, 3 non-finite loss or weights, 4 a "
                "checkpoint could not be written, 130/143 interrupted by SIGINT/SIGTERM after saving RUN/ckpt.pt.")
     base, choices = preset_config("synthetic-cpu"), {**CHOICES, "preset": list(presets)}
-    # only_given: a flag not given parses to None, so parse_args applies only the given ones over
-    # the chosen preset (the help shows the synthetic-cpu values).
     add_dataclass_flags(parser, config_class, defaults=base, choices=choices, skip=("model",), only_given=True)
     group = parser.add_argument_group("model (04_bins.DepthNetConfig; defaults: the preset's)")
     add_dataclass_flags(group, bins.DepthNetConfig, defaults=base.model, choices=choices, only_given=True)
@@ -120,15 +104,12 @@ def resume_config(ckpt, given, run_dir, config_class):
     try:
         cfg = config_class(**stored)
     except TypeError as err:
-        raise ValueError(f"{run_dir}/ckpt.pt has an unknown config ({one_line(err)})") from None
+        raise ValueError(f"{where} has an unknown config ({one_line(err)})") from None
     for name in ARCH_FIELDS + tuple(MODEL_FIELDS):
         old = stored["model"].get(name) if name in MODEL_FIELDS else stored[name]
-        new = given.get(name, old)
-        if name == "pretrained":
-            continue                             # the weights come from the checkpoint anyway
-        if new != old:
+        if name != "pretrained" and given.get(name, old) != old:   # pretrained: the weights are loaded
             raise ValueError(f"--resume {run_dir}: its checkpoint was trained with {name}={old!r}, "
-                             f"not {new!r} (a checkpoint of another preset/architecture)")
+                             f"not {given[name]!r} (a checkpoint of another preset/architecture)")
     return apply_overrides(cfg, {**given, "resume": str(run_dir), "run_dir": str(run_dir)})
 
 
@@ -150,19 +131,14 @@ def prepare_run(cfg, given, config_class):
 
 # ---- The record of a run ----
 class TrainingRun:
-    """The record of one run. A subclass (06_train.Trainer) sets cfg, info, device, run_dir, lock,
-    depth_net, pose_net, nets (DDP-wrapped or not), optimizer, scheduler, sampler, train_loader,
-    val_loader, split_record, step, epoch, best_val, steps_per_epoch, total_steps, collapse_watch,
-    threads (helpers/cpu_threads.RunThreads) and step_terms (what its train_step returns), and defines
-    validate() -> (loss, {diagnostic: float})."""
+    """The record of one run. 06_train.Trainer sets the attributes used here (cfg, nets, optimizer,
+    loaders, counters ...) and defines validate() -> (loss, {diagnostic: float})."""
 
     def log_columns(self):
-        """The columns of RUN/log.csv: one row per logged step."""
         return ("step", "epoch") + tuple(self.step_terms) + ("lr", "img_per_s", "data_wait_pct", "eta_s")
 
     @staticmethod
     def val_columns():
-        """The columns of RUN/val.csv: one row per validation."""
         return (("step", "epoch", "val_loss", "best_val_loss") + bins.INTERNALS_STATS + training_health.HEALTH_TERMS
                 + ("motion_ratio", "collapsed"))
 
@@ -177,9 +153,8 @@ class TrainingRun:
                     return
 
     def save(self, validate_too):
-        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes). A model
-        with a NaN/Inf weight (a finite loss can still have produced infinite gradients) is never
-        written: NonFinite is raised instead."""
+        """RUN/ckpt.pt, and after a validation that improved, RUN/best.pt (rank 0 writes); NonFinite
+        instead for a NaN/Inf weight (a finite loss can still have produced infinite gradients)."""
         bad = model_files.first_nonfinite([(f"{name}.{n}", p) for name, net in (("depth", self.depth_net),
                                ("pose", self.pose_net)) for n, p in net.named_parameters()])
         if bad:
@@ -187,7 +162,6 @@ class TrainingRun:
         improved = False
         if validate_too:
             val, stats = self.validate()
-            # 1.0 when collapse_signs sees a sign in the validation's health numbers at this step
             stats["collapsed"] = float(bool(training_health.collapse_signs(stats, self.step)))
             improved = val < self.best_val
             self.best_val = val if improved else self.best_val
@@ -195,7 +169,7 @@ class TrainingRun:
             return
         state = self.state()
         save_checkpoint(state, self.run_dir / "ckpt.pt")
-        if self.cfg.keep_epochs:                 # RUN/epoch_NNN.pt at each epoch's end, weights only
+        if self.cfg.keep_epochs:
             keep_epoch_weights(state, self.run_dir)
         if improved or not (self.run_dir / "best.pt").exists():
             save_checkpoint(state, self.run_dir / "best.pt")
@@ -211,9 +185,8 @@ class TrainingRun:
                   f"{' | COLLAPSED' if stats['collapsed'] else ''}", flush=True)
 
     def log(self, terms, interval):
-        """One fixed-format line and one log.csv row (the loss terms and health numbers of this step,
-        throughput over the interval since the last); a warning line when the run looks collapsed, one when
-        the machine got busy (an auto run may lower its threads there: helpers/cpu_threads.py)."""
+        """One line and one log.csv row (this step's terms, throughput since the last log); a warning line
+        when the run looks collapsed or the machine got busy."""
         now = time.perf_counter()
         elapsed = max(now - interval["start"], 1e-9)
         row = dict(step=self.step, epoch=self.epoch, **{k: terms.get(k, math.nan) for k in self.step_terms},
@@ -229,7 +202,6 @@ class TrainingRun:
               f"{row['img_per_s']:6.1f} img/s | data {row['data_wait_pct']:4.1f}% | "
               f"ETA {format_time(row['eta_s'])}", flush=True)
         interval.update(start=now, data=0.0, steps=0)
-        # a collapsed run; a machine that got busy (helpers/cpu_threads.py: one line, at most once)
         for warning in (self.collapse_watch.update(self.step, row),
                         self.threads.update(self.step, row["img_per_s"], elapsed)):
             if warning:
@@ -260,7 +232,6 @@ class TrainingRun:
             torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + self.step)
 
     def state(self):
-        """What ckpt.pt and best.pt hold: weights, optimiser, schedule, counters, config, RNG states."""
         return {"model": self.depth_net.state_dict(), "pose": self.pose_net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val,
@@ -270,9 +241,7 @@ class TrainingRun:
 
 
 def provenance(ckpt, bf16):
-    """What a score file says of how a run was trained: the commit of the code (the one that started the
-    run; "A then B" when it was resumed with other code) and the precision it ran in ("bf16" where --amp
-    ran bf16 autocast of the depth network, else "float32"; a resumed run that changed it: "A then B")."""
+    """{"commit", "precision" ("bf16" or "float32")} of a run; "A then B" where a resume changed one."""
     now = {"commit": code_commit(), "precision": "bf16" if bf16 else "float32"}
     before = (ckpt or {}).get("config", {})
     return {k: v if not before.get(k) or before[k].split(" then ")[-1] == v else f"{before[k]} then {v}"
@@ -288,8 +257,7 @@ def collapse_advice(cfg):
 
 
 def run_eval(run_dir):
-    """The final evaluation, exactly as a user would type it (06 never imports 07). SIGINT / SIGTERM
-    while it runs stop it with one line (the checkpoints are complete: they were saved before)."""
+    """The final evaluation as a user would type it (06 never imports 07); SIGINT / SIGTERM stop it."""
     cmd = [sys.executable, "07_eval.py", "--checkpoint", str(run_dir / "best.pt"), "--baselines", "--figures"]
     print("eval: " + " ".join(cmd[1:]), flush=True)
     code, signum = runtime.run_until_stopped(cmd, cwd=ROOT)
@@ -303,7 +271,7 @@ def run_eval(run_dir):
 
 # ---- The run folder ----
 class SaveError(Exception):
-    """A checkpoint could not be written (a full disk, a read-only folder); the previous file is intact."""
+    """A checkpoint could not be written; the previous file is intact."""
 
 
 class NonFinite(Exception):
@@ -312,10 +280,8 @@ class NonFinite(Exception):
 
 @contextmanager
 def atomic_path(path):
-    """The one atomic write of the project: a temporary name beside `path` that no other writer uses,
-    to write to inside the block; renamed over `path` when the block ends, removed if it raised. A
-    reader sees the previous file or the complete new one, never part of one, also when several
-    processes write the same file at once (torchrun ranks, two runs sharing a download cache)."""
+    """The one atomic write: a unique temporary name beside `path` to write in the block, renamed over
+    `path` at its end (removed if it raised); readers see the old file or the new one, never part of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
     try:
@@ -329,9 +295,8 @@ def atomic_path(path):
 
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, then os.replace: a crash or kill while
-    writing leaves the previous file as it was (rename is atomic on POSIX and Windows). A failed
-    write (torch.save reports a full disk as a RuntimeError) is a SaveError naming the file."""
+    """torch.save through atomic_path; a failed write (torch.save reports a full disk as a RuntimeError)
+    is a SaveError naming the file."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
@@ -341,19 +306,13 @@ def save_checkpoint(state, path):
         raise SaveError(f"could not write {path} ({one_line(err)}); {previous}") from None
 
 
-EPOCH_KEYS = ("model", "pose", "config", "step", "epoch")
-
-
 def keep_epoch_weights(state, run_dir):
-    """RUN/epoch_NNN.pt (NNN = epochs done) from a checkpoint state taken at an epoch's end: the
-    networks, config and counters without the optimiser (a third of ckpt.pt with Adam's two moments).
-    Returns its path, or None when the state is not at an epoch's end (a --save_every save)."""
+    """RUN/epoch_NNN.pt (NNN = epochs done) when the state is at an epoch's end (not a --save_every save):
+    the networks, config and counters without the optimiser."""
     epoch = state["epoch"]
-    if epoch == 0 or state["step"] != epoch * state["steps_per_epoch"]:
-        return None
-    path = Path(run_dir) / f"epoch_{epoch:03d}.pt"
-    save_checkpoint({k: state[k] for k in EPOCH_KEYS}, path)
-    return path
+    if epoch > 0 and state["step"] == epoch * state["steps_per_epoch"]:
+        kept = {k: state[k] for k in ("model", "pose", "config", "step", "epoch")}
+        save_checkpoint(kept, Path(run_dir) / f"epoch_{epoch:03d}.pt")
 
 
 # ---- One training per run folder ----
@@ -362,12 +321,9 @@ class RunFolderBusy(Exception):
 
 
 def lock_run_folder(run_dir):
-    """Create RUN (if needed) and hold an exclusive lock on RUN/.lock for the life of this process:
-    a second training on the same folder gets RunFolderBusy (naming the holder's pid) instead of
-    overwriting its checkpoints. The operating system drops the lock when the holder exits, however
-    it exits, so a crashed run never leaves a stale lock; forked children (DataLoader workers) do
-    not inherit it. Returns the open lock file (keep it open; closing it releases the lock).
-    A folder that cannot be written raises PermissionError / OSError before anything is trained."""
+    """Create RUN and hold an exclusive lock on RUN/.lock while this process lives (the OS drops it on
+    any exit): a second training there gets RunFolderBusy naming the holder's pid. Returns the open
+    lock file (closing it releases the lock)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "a+")
@@ -392,16 +348,13 @@ def lock_run_folder(run_dir):
 
 # ---- RNG states (exact resume) ----
 def rng_state():
-    """The states of the generators a run draws from: torch's (dropout, the auto-mask's noise, the
-    DataLoader workers' seeds) and CUDA's. The sample order and the augmentation draw from their own
-    seeded generators (01_data, the sampler), nothing from numpy's or Python's global ones; the
-    numpy/python entries of older checkpoints are ignored."""
+    """torch's and CUDA's generator states: the only global ones a run draws from (the sample order and
+    the augmentation have their own seeded generators)."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
-    """Inverse of rng_state()."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -409,7 +362,7 @@ def set_rng_state(state):
 
 # ---- Logs and curves ----
 def append_csv(path, columns, row):
-    """One row into a CSV (header when new). Floats keep full precision (resume comparisons)."""
+    """One row into a CSV (header when new), floats at full precision."""
     new = not path.exists()
     with open(path, "a", newline="") as f:
         writer = csv.writer(f)
@@ -430,9 +383,7 @@ def read_csv(path, columns=None):
 
 
 def truncate_csv(path, step):
-    """Drop the rows written after `step` (a resumed run rewrites them) and a row that a full disk cut
-    short (fewer fields than the header). Written to a temporary file, then renamed: a full disk
-    here leaves the log as it was, not emptied."""
+    """Drop the rows after `step` (a resumed run rewrites them) and rows a full disk cut short."""
     if not path.exists():
         return
     with open(path, newline="") as f:
@@ -450,9 +401,7 @@ def format_time(seconds):
 
 
 def save_plots(run_dir, model):
-    """RUN/curves.png: training loss terms, validation loss, learning rate, throughput, the
-    self-query diagnostics of each validation and the health numbers (model: the run's
-    DepthNetConfig as a dict)."""
+    """RUN/curves.png from log.csv and val.csv (model: the DepthNetConfig as a dict); None without a log."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,25 +1,13 @@
 """synthetic_world - the synthetic mini-KITTI: a procedural street written in the KITTI raw layout.
 
-Not a reading step: nothing in it is SQLDepth. It is the data source of the default run, so that
-the whole method trains and is evaluated on a 2-core CPU without downloading KITTI (175 GB), and
-through the very code that reads KITTI (01_data.py). Each drive is a street of boxes (buildings,
-parked cars, poles, signs, trees) ray-cast with numpy from a camera driving along it: stereo jpgs
-(cameras 2 and 3, 0.54 m apart), dense ground-truth depth pngs for both cameras, velodyne scans
-sampled from that depth along the 64 scan lines of KITTI's lidar, camera poses, and masks of the
-thin structures (poles, trunks) that 07_eval.py scores separately. The calibration files use KITTI's
-real velodyne-to-camera extrinsics, so the scans go through 01's velodyne ground truth unchanged.
-
-Data flows one way: this file imports 01_data.py (the folder layout, calibration and split
-writers, `DataError`); 01 never imports it, except in its demo. A data folder holds a complete
-world when it holds 01's `SYNTH_MARKER` file, written last.
-
-World styles (STYLES): the default world, and four that change one family of what a depth network
-could over-fit to (the light, the paint, the camera, the clutter), each rendered as test drives only
-for zero-shot evaluation (docs/zero_shot.md). The default renders exactly the world it always did.
+Not a reading step: the data of the default run, so the method trains and is evaluated on a 2-core
+CPU without KITTI, through the very code that reads KITTI (01_data.py). Each drive is a street of
+boxes ray-cast with numpy: stereo jpgs, dense depth pngs, velodyne scans sampled from that depth,
+camera poses and masks of the thin structures (poles, trunks). It imports 01; 01 imports it only in
+its demo. STYLES: the default world and four zero-shot variants (docs/zero_shot.md).
 
 Run:   python -m helpers.synthetic_world --make DIR      (the default data set: 40 drives x 50 frames)
        python -m helpers.synthetic_world --styles DIR --first_drive 36 --num_drives 4
-                                                 (every other style on the default world's test drives)
        python -m helpers.synthetic_world --render_bench  (synthetic frames/s on one core)
 Tests: tests/test_synthetic_world.py
 """
@@ -37,16 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers.cli import add_dataclass_flags  # the command line of every script (helpers/cli.py)
+from helpers.cli import add_dataclass_flags
 
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
+# A module name cannot start with a digit: the numbered scripts are loaded by name.
 data = importlib.import_module("01_data")
 
-# World frame: x right, y DOWN, z along the street (right-handed, like the camera frame), ground at
-# y = 0, so heights are negative y. Camera 2 rides 1.65 m above the road; camera 3 is 0.54 m to
-# its right. Facts from KITTI 2011_09_26 written into the synthetic calibration (the real
-# velodyne-to-camera extrinsics, so the synthetic scans look like real ones in the velodyne frame):
+# World frame: x right, y DOWN, z along the street (like the camera frame), ground at y = 0.
+# KITTI 2011_09_26's real velodyne-to-camera extrinsics, so the scans look like real ones:
 VELO_TO_CAM_R = np.array([[7.533745e-03, -9.999714e-01, -6.166020e-04],
                           [1.480249e-02, 7.280733e-04, -9.998902e-01],
                           [9.998621e-01, 7.523790e-03, 1.480755e-02]])
@@ -71,8 +56,7 @@ NOISE_FLAT = np.random.default_rng(20240101).uniform(-1.0, 1.0, 256 * 256).astyp
 # ---- World styles: what a depth network could over-fit to, changed one family at a time ----
 @dataclass(frozen=True)
 class WorldStyle:
-    """The parameters of a world's look, camera and clutter. The default values are the world of the
-    default run; the other STYLES change one family each, for zero-shot tests (docs/zero_shot.md)."""
+    """A world's look, camera and clutter; the defaults are the default run's world."""
     sun: tuple = (0.35, -0.85, -0.4)  # direction towards the sun (x right, y down, z along the street)
     ambient: float = 0.45  # shade of a face turned away from the sun
     sun_strength: float = 0.6  # added shade of a face lit head-on
@@ -89,26 +73,20 @@ class WorldStyle:
     sign_share: float = 0.35  # fraction of poles that carry a sign
 
 
-STYLES = {
+STYLES = {  # docs/zero_shot.md, "The world styles"
     "default": WorldStyle(),
-    # Evening light: a low sun from the front left (long shadows on the other side), a dim, warm sky.
     "dusk": WorldStyle(sun=(-0.75, -0.3, 0.6), ambient=0.3, sun_strength=0.8, exposure=0.75,
                        sky_horizon=(0.9, 0.66, 0.45), sky_zenith=(0.3, 0.3, 0.5)),
-    # Another town: red-brick and ochre facades, darker asphalt, rougher textures.
     "other_town": WorldStyle(facade_tone=(0.25, 0.65), facade_tint=(1.25, 0.8, 0.6), road_tone=(0.18, 0.28),
                              texture_gain=1.8),
-    # Another car: the camera 2.2 m up (a van) with a narrower lens (fx 0.70 of the width, square
-    # pixels): the road's depth cue from image height changes with both.
     "van_camera": WorldStyle(camera_height=2.2, focal=(0.70, 0.70 * 416 / 128)),
-    # Denser street furniture: 2.5x as many poles and trees (more thin structures), more signs.
     "cluttered": WorldStyle(clutter=2.5, sign_share=0.6),
 }
 
 
 class _Street:
-    """Axis-aligned boxes of one drive's street (built from a seeded generator) plus street constants.
-    A style changes ranges and spacings, never the order of the draws: the styles that change only
-    the look (light, paint, camera) render the very same streets as the default."""
+    """Axis-aligned boxes of one drive's street plus street constants. A style never changes the order
+    of the draws: the styles that change only the look render the very same streets."""
 
     def __init__(self, rng, z_start, z_end, style=STYLES["default"]):
         self.style = style
@@ -235,11 +213,8 @@ def _value_noise(u, v):
 
 
 def _fbm(u, v, fp, octaves, offset=0.0, stretch=1.0):
-    """Band-limited fractal noise: octave (wavelength, amplitude) fades out from 4 to 2 pixel footprints.
-
-    This is the anti-aliasing of the renderer: detail finer than a pixel is faded to its mean (0)
-    instead of being supersampled, so textures do not shimmer from frame to frame.
-    """
+    """Band-limited fractal noise: an octave (wavelength, amplitude) fades out from 4 to 2 pixel footprints,
+    the renderer's anti-aliasing (no supersampling, no shimmer)."""
     total = np.zeros_like(u)
     for k, (lam, amp) in enumerate(octaves):
         weight = np.clip(lam / fp * 0.5 - 1.0, 0.0, 1.0)
@@ -337,10 +312,7 @@ def _albedo(street, mat, k, P, axis, fp):
 
 def render_view(street, cam_to_world, height, width):
     """Ray-cast one view -> (rgb uint8 [H, W, 3], z-depth float32 [H, W] with 0 = sky/far, thin bool [H, W]).
-
-    Nearest hit per pixel over the ground plane and the street's boxes; each box is tested only on
-    the pixels of its projected bounding rectangle, which is what makes numpy fast enough here.
-    """
+    Each box is tested only on the pixels of its projected bounding rectangle (fast enough in numpy)."""
     style = street.style
     rays, fx, fy, cx, cy = _camera_rays(height, width, style.focal)
     R = np.asarray(cam_to_world[:3, :3], dtype=np.float64)
@@ -354,10 +326,8 @@ def render_view(street, cam_to_world, height, width):
     t[down] = -o[1] / d[down, 1]
     t = t.reshape(height, width)
     obj = np.full((height, width), -1, dtype=np.int64)
-    # Cull and bound every box on screen at once. A box's part closer along the street than 0.75x
-    # its lateral distance lies outside the field of view (half-angle 41 deg plus a few deg of yaw),
-    # so the corners are taken from the clipped box; boxes that still reach behind the camera get
-    # the whole image.
+    # Cull and bound every box on screen at once: a box's part nearer along the street than 0.75x its
+    # lateral distance is out of view (half-angle 41 deg + yaw); a box reaching behind gets the whole image.
     bmin, bmax = street.bmin, street.bmax
     lateral = np.maximum(np.maximum(bmin[:, 0] - o[0], o[0] - bmax[:, 0]), 0.0)
     z_lo = np.maximum(bmin[:, 2], o[2] + 0.75 * lateral)
@@ -479,14 +449,9 @@ def _synthetic_calibration(height, width, focal=()):
 
 
 def _lidar_from_depth(depth, image, height, width, focal=()):
-    """Velodyne scan [N, 4] float32 sampled from the (quantised) GT along 64 scan lines.
-
-    Each in-image scan line becomes one image row with a point every second column, never column 0
-    (it would share Monodepth2's duplicate index with the previous row's last column). Points go
-    from camera 2 (= the rectified frame) to the velodyne frame with the inverses of R_rect_00 and
-    velo_to_cam. A mirrored eighth of them behind the sensor (x < 0) stands for the rear half of a
-    real sweep (kept small: the files are about 100 KB per frame).
-    """
+    """Velodyne scan [N, 4] float32 sampled from the (quantised) GT along 64 scan lines: a point every
+    second column, never column 0 (it would share Monodepth2's duplicate index with the previous row's
+    last column), plus a mirrored eighth behind the sensor for the rear half of a sweep."""
     _, fx, fy, cx, cy = _camera_rays(height, width, focal)
     rows = np.unique(np.round(cy - fy * np.tan(np.radians(LIDAR_ELEVATIONS))).astype(np.int64))
     rows = rows[(rows >= 0) & (rows < height)]
@@ -506,12 +471,11 @@ def _lidar_from_depth(depth, image, height, width, focal=()):
 
 
 def _drive_name(index):
-    """The split-list folder of drive `index`: <date>/<date>_drive_<index>_sync, as KITTI names drives."""
+    """<date>/<date>_drive_<index>_sync, as KITTI names drives."""
     return f"{SYNTH_DATE}/{SYNTH_DATE}_drive_{index:04d}_sync"
 
 
 def _frame_files(root, folder, frame):
-    """Where the files of one frame go: 01's KITTI raw layout, plus the world's own thin mask."""
     return {"l": data.image_path(root, folder, frame, "l"),
             "r": data.image_path(root, folder, frame, "r"),
             "gt": data.gt_png_path(root, folder, frame, "l"),
@@ -521,8 +485,7 @@ def _frame_files(root, folder, frame):
 
 
 def _make_drive(job):
-    """Render and write one drive (run in a worker process). job = (root, index, frames, H, W, seed,
-    style name)."""
+    """Render and write one drive. job = (root, index, frames, H, W, seed, style name)."""
     root, index, num_frames, height, width, seed, style = job
     style = STYLES[style]
     rng = np.random.default_rng([seed, index])
@@ -552,15 +515,8 @@ def _make_drive(job):
 def make_synthetic_kitti(root, num_drives=40, frames_per_drive=50, height=128, width=416, seed=0, workers=1,
                          style="default", test_only=False, first_drive=0):
     """Write the synthetic mini-KITTI tree under root (KITTI raw layout + splits/synthetic); return root.
-
-    Drives are split by drive: about 10% test and 10% validation (at least one each), the rest
-    train; train lists both cameras, val/test camera 2 only; first and last frames are left out of
-    the lists (they lack a neighbour). style: a name of STYLES (its camera goes into the calibration
-    files); test_only: every drive is a test drive (a world for zero-shot evaluation only; its train
-    and val lists are empty); first_drive: the index of the first drive (a drive's street depends on
-    its index and the seed: --first_drive 36 --num_drives 4 renders the default world's test drives).
-    An existing complete tree made with the same arguments is kept.
-    """
+    About 10% of the drives test, 10% validation (at least one each), the rest train (both cameras);
+    test_only: every drive a test drive. A complete tree made with the same arguments is kept."""
     root = Path(root)
     if num_drives < (1 if test_only else 3) or frames_per_drive < 3:
         raise ValueError(f"make_synthetic_kitti: need num_drives >= 3 (1 with test_only) and frames_per_drive "
@@ -625,14 +581,12 @@ def read_synthetic_poses(drive_dir):
 
 
 def synthetic_thin_mask_path(data_path, folder, frame):
-    """Path of the thin-structure mask (uint8 0/255 png, camera 2) of one synthetic frame: a file of the
-    world only, next to the KITTI folders of its drive."""
+    """Path of a synthetic frame's thin-structure mask (uint8 0/255 png, camera 2)."""
     return Path(data_path) / folder / "thin_mask" / "image_02" / f"{int(frame):010d}.png"
 
 
 def load_thin_masks(data_path, lines):
-    """Thin-structure masks [H, W] bool of the given split lines (None when the files are absent: not a
-    synthetic world). 07_eval.py scores AbsRel on these pixels separately."""
+    """Thin-structure masks [H, W] bool of the given split lines; None when absent (not a synthetic world)."""
     masks = []
     for folder, frame, _ in lines:
         path = synthetic_thin_mask_path(data_path, folder, frame)
@@ -643,8 +597,8 @@ def load_thin_masks(data_path, lines):
 
 
 def mean_training_depth(data_path, train_lines):
-    """The mean-depth-map baseline of 07_eval.py: the per-pixel mean of the dense ground truth of the
-    training frames [H, W], zeros (no ground truth) ignored; never-observed pixels get the global mean."""
+    """07_eval.py's baseline: the per-pixel mean [H, W] of the training frames' ground truth (zeros
+    ignored); never-observed pixels get the global mean."""
     total = count = None
     for folder, frame, side in train_lines:
         path = data.gt_png_path(data_path, folder, frame, side)
@@ -659,10 +613,7 @@ def mean_training_depth(data_path, train_lines):
     return np.where(count > 0, total / np.maximum(count, 1.0), fill).astype(np.float32)
 
 
-# ==============================================================================================
 # ---- Engineering: not needed to understand SQLDepth ----
-# The renderer benchmark and the command line.
-# ==============================================================================================
 def render_benchmark(height=128, width=416, frames=40, seed=0):
     """Synthetic images rendered per second on this process (one core), plus a full-frame rate."""
     rng = np.random.default_rng([seed, 999])
@@ -682,7 +633,7 @@ def render_benchmark(height=128, width=416, frames=40, seed=0):
 
 @dataclass
 class WorldConfig:
-    """What `python -m helpers.synthetic_world` does: build a data set (--make DIR) or time the renderer."""
+    """What `python -m helpers.synthetic_world` does."""
     make: str = ""  # build the synthetic data set in this folder (skipped when a complete one is there)
     num_drives: int = 40  # synthetic drives (10% test, 10% val, at least one each)
     frames_per_drive: int = 50  # frames per drive (about 1 m apart)
@@ -698,7 +649,7 @@ class WorldConfig:
 
 
 def main(argv=None):
-    """Command line generated from WorldConfig; returns the exit status (2 = bad input, one line)."""
+    """Returns the exit status (2 = bad input, one line)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataclass_flags(parser, WorldConfig)
     cfg = WorldConfig(**vars(parser.parse_args(argv)))

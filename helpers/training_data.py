@@ -1,10 +1,7 @@
 """training_data - where 06_train.py's samples come from: the world, the split lists, the loaders.
 
-Not a reading step: 01_data.py is the concept (KITTI raw, splits, KittiRaw); this is the plumbing a
-training program puts around it (`prepare`): the default world rendered once (rank 0 first), the
-train / val lists (downloaded on first use, refused when they share a drive with the evaluation
-split), KittiRaw loaders over distributed_training.EpochBatches, batches moved to the device, and the
-synthetic world's true camera motion for the health check. Tests: tests/test_06_train.py.
+Not a reading step: 01_data.py is the concept; `prepare` is the plumbing around it (the default world
+rendered once, the checked split lists, the loaders). Tests: tests/test_06_train.py.
 """
 import importlib
 import time
@@ -14,22 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.distributed_training import Dist, EpochBatches, main_rank_first  # (helpers/distributed_training.py)
-from helpers import kitti_files  # the standard split lists (helpers/kitti_files.py)
+from helpers.distributed_training import EpochBatches, main_rank_first
+from helpers import kitti_files
 
-# A module name cannot start with a digit in an `import` statement, so the numbered scripts are
-# loaded by name; the alias is the file name without its number.
-data = importlib.import_module("01_data")
+data = importlib.import_module("01_data")  # a module name cannot start with a digit: loaded by name
 
 
 Loaders = namedtuple("Loaders", "train val sampler split_record true_motion")
 
 
 def prepare(cfg, info, device):
-    """(data path, Loaders) of a run: the data folder (the synthetic world rendered when it is the
-    default and missing), the split lists (checked for leakage), the train / val loaders and sampler,
-    the record of the lists and drives for the checkpoint (07_eval warns when it evaluates on these
-    drives: drive names, so the check works wherever the list files end up) and true_motion."""
+    """(data path, Loaders) of a run; split_record holds the lists and drive names for the checkpoint
+    (07_eval warns when it evaluates on these drives)."""
     if cfg.data == "kitti" and not cfg.data_path:
         raise ValueError("--data kitti needs --data_path DIR (the KITTI raw root with the date folders)")
     default_world = cfg.data == "synthetic" and not cfg.data_path
@@ -45,8 +38,7 @@ def prepare(cfg, info, device):
 
 
 def ensure_synthetic_world(cfg, info):
-    """The default data: generate data/synthetic with helpers/synthetic_world.py (rank 0 first; skipped when
-    complete)."""
+    """data/synthetic rendered by rank 0 (skipped when complete); returns its path."""
     from helpers import synthetic_world                       # only the default run needs the renderer
     root = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
@@ -70,10 +62,8 @@ def split_names(cfg):
 
 
 def split_files(cfg, root, log=print):
-    """{"train", "val", "test"}: the list files of this run, resolved (and downloaded) through
-    helpers/kitti_files.get_split_file: --train_files/--val_files as given, else SPLIT_DIR/<split>/; the
-    test list of --eval_split (synthetic / eigen by default) for the leakage check. `log` gets the
-    informative line about a user's list that differs from the standard list of its name."""
+    """{"train", "val", "test"}: this run's list files (--train_files/--val_files as given, else
+    kitti_files.get_split_file's); test is --eval_split's, for the leakage check."""
     split, eval_split = split_names(cfg)
     if bool(cfg.train_files) != bool(cfg.val_files):
         raise ValueError("--train_files and --val_files go together (a run needs a validation list)")
@@ -92,9 +82,8 @@ def split_files(cfg, root, log=print):
 
 
 def load_splits(cfg, root, log=print):
-    """(train lines, val lines, list files), after 01's leakage check of the train and val lines
-    against the evaluation split's test list (an old official train list shared 21 drives with the
-    Eigen test split). Reads only the lists, no image: it runs before any data is read."""
+    """(train lines, val lines, list files), after the leakage check against the evaluation split's test
+    list; reads no image."""
     files = split_files(cfg, root, log)
     train, val, test = (data.read_split(files[k]) for k in ("train", "val", "test"))
     split, eval_split = split_names(cfg)
@@ -108,15 +97,12 @@ def load_splits(cfg, root, log=print):
 
 
 def frame_ids(cfg):
-    """The frames of a sample: target 0, the temporal sources (cfg.source_frames, -1 and +1 by
-    default), plus "s" (the other camera) with stereo."""
+    """The frames of a sample: 0, the temporal sources, plus "s" (the other camera) with stereo."""
     return (0, *(int(f) for f in cfg.source_frames)) + (("s",) if cfg.use_stereo else ())
 
 
-def make_datasets(cfg, root, info=None):
-    """(train KittiRaw with augmentation, val KittiRaw without, list files) at the network size.
-    The lists are resolved on rank 0 first (it downloads what is missing), then on the others."""
-    info = info or Dist()
+def make_datasets(cfg, root, info):
+    """(train KittiRaw with augmentation, val KittiRaw without, list files); rank 0 resolves lists first."""
     log = (lambda line: print(line, flush=True)) if info.main else None
     train_lines, val_lines, files = main_rank_first(info, lambda: load_splits(cfg, root, log))
     common = dict(height=cfg.height, width=cfg.width, frame_ids=frame_ids(cfg), img_ext=cfg.img_ext,
@@ -129,11 +115,11 @@ def make_datasets(cfg, root, info=None):
 
 
 def true_motion(dataset, frame_ids, device):
-    """[N, S] float32 on the device: metres that the camera moves from each sample's frame to each
-    temporal source frame, from the synthetic world's poses (the left camera's); None for KITTI."""
+    """[N, S] metres the camera moves from each sample's frame to each temporal source (the synthetic
+    world's poses); None for KITTI."""
     if not dataset.synthetic:
         return None
-    from helpers import synthetic_world                       # the poses file is the world's
+    from helpers import synthetic_world
     temporal = [int(f) for f in frame_ids[1:] if f != "s"]
     poses, rows = {}, []
     for folder, frame, _ in dataset.lines:
@@ -145,8 +131,8 @@ def true_motion(dataset, frame_ids, device):
 
 
 def make_loaders(cfg, train_set, val_set, info, device):
-    """Train loader over EpochBatches, val loader over this rank's shard (in order, all samples).
-    Own torch.Generators keep the loaders from drawing on the global RNG (exact resume)."""
+    """(train loader over EpochBatches, val loader over this rank's shard, sampler). Own generators keep
+    the loaders off the global RNG (exact resume)."""
     workers = cfg.num_workers
     common = dict(num_workers=workers, pin_memory=cfg.pin_memory and device.type == "cuda",
                   persistent_workers=cfg.persistent_workers and workers > 0)
@@ -163,8 +149,8 @@ def make_loaders(cfg, train_set, val_set, info, device):
 
 
 def to_device(batch, device, channels_last=False):
-    """A collated batch (nested dicts of tensors) on the device, its uint8 images turned into float
-    in [0, 1] there (a quarter of the bytes cross to the GPU); 4-D tensors NHWC if asked."""
+    """A collated batch on the device, uint8 images made float there (a quarter of the bytes cross to the
+    GPU); 4-D tensors NHWC if asked."""
     def move(value):  # .float() in images_to_float keeps the memory format
         if isinstance(value, dict):
             return {k: move(v) for k, v in value.items()}
