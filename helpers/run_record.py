@@ -131,8 +131,10 @@ def prepare_run(cfg, given, config_class):
 
 # ---- The record of a run ----
 class TrainingRun:
-    """The record of one run. 06_train.Trainer sets the attributes used here (cfg, nets, optimizer,
-    loaders, counters ...) and defines validate() -> (loss, {diagnostic: float})."""
+    """The record of one run. 06_train.Trainer sets the attributes used here: cfg, info, run_dir,
+    depth_net, pose_net, optimizer, scheduler, sampler, train_loader, split_record, step, epoch,
+    best_val, steps_per_epoch, total_steps, collapse_watch, threads (helpers/cpu_threads.RunThreads)
+    and step_terms (what its train_step returns), and defines validate() -> (loss, {diagnostic: float})."""
 
     def log_columns(self):
         return ("step", "epoch") + tuple(self.step_terms) + ("lr", "img_per_s", "data_wait_pct", "eta_s")
