@@ -371,39 +371,36 @@ class Trainer(run_record.TrainingRun):
     step_terms = STEP_TERMS
 
     def __init__(self, cfg, info, device, ckpt, threads):
-        self.info, self.device, self.threads = info, device, threads
+        self.device = device
         data_path, loaders = training_data.prepare(cfg, info, device)
-        self.cfg = cfg = replace(cfg, data_path=data_path)
-        self.train_loader, self.val_loader, self.sampler = loaders.train, loaders.val, loaders.sampler
-        self.true_motion = loaders.true_motion
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        total = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        cfg = replace(cfg, data_path=data_path)
+        self.val_loader, self.true_motion = loaders.val, loaders.true_motion
 
         torch.manual_seed(cfg.seed)              # same initial weights on every rank
         # rank 0 first: one ImageNet download into torch's cache, the other ranks then load it
-        self.depth_net, self.pose_net = runtime.main_rank_first(
+        depth_net, pose_net = runtime.main_rank_first(
             info, lambda: build_networks(cfg, device, load_pretrained=ckpt is None and not cfg.init_from))
         if ckpt is None:                         # a resumed run has its weights in the checkpoint
-            self.cfg = cfg = model_files.start_networks(cfg, self.depth_net, self.pose_net, info.main)
+            cfg = model_files.start_networks(cfg, depth_net, pose_net, info.main)
         # On a CPU: small-map convs in place, the box-filter SSIM, flat Adam, bf16 only where native
-        self.speed = speed_layer.apply(device, self.depth_net, self.pose_net, cfg.amp, cfg.speed_layer)
+        self.speed = speed_layer.apply(device, depth_net, pose_net, cfg.amp, cfg.speed_layer)
         # stored beside the config: the split lists and drives (07's leakage warning), commit, precision
-        self.split_record = {**loaders.split_record, **run_record.provenance(ckpt, self.speed.bf16)}
-        self.optimizer = make_optimizer(cfg, self.depth_net, self.pose_net, self.speed.adam)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
-        self.loss_cfg, self.step, self.epoch, self.best_val = loss_config(cfg), 0, 0, math.inf
+        split_record = {**loaders.split_record, **run_record.provenance(ckpt, self.speed.bf16)}
+        optimizer = make_optimizer(cfg, depth_net, pose_net, self.speed.adam)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
+        super().__init__(cfg, info, (depth_net, pose_net), optimizer, scheduler, loaders.sampler, loaders.train,
+                         split_record, threads)
+        self.loss_cfg = loss_config(cfg)
         self.ssim = self.speed.ssim(self.loss_cfg.ssim_window).to(device) if self.loss_cfg.ssim_window else None
         if ckpt is not None:
             self.load_state(ckpt)
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)   # dropout / auto-mask noise per rank
-        self.nets = (self.depth_net, self.pose_net)
-        self.collapse_watch = training_health.CollapseWatch(run_record.collapse_advice(cfg))
+        self.nets = (depth_net, pose_net)
         if info.world > 1:                       # static_graph: the encoder's fc is never used
             wrap = dict(device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
             self.nets = tuple(torch.nn.parallel.DistributedDataParallel(n, **wrap) for n in self.nets)
-        self.run_dir, self.lock = Path(cfg.run_dir), None   # the lock: held from fit() on (rank 0)
+        self.lock = None                         # the run folder's lock: held from fit() on (rank 0)
 
     def validate(self):
         """validate() of this file on the run's networks and val loader."""

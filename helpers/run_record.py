@@ -131,10 +131,22 @@ def prepare_run(cfg, given, config_class):
 
 # ---- The record of a run ----
 class TrainingRun:
-    """The record of one run. 06_train.Trainer sets the attributes used here: cfg, info, run_dir,
-    depth_net, pose_net, optimizer, scheduler, sampler, train_loader, split_record, step, epoch,
-    best_val, steps_per_epoch, total_steps, collapse_watch, threads (helpers/cpu_threads.RunThreads)
-    and step_terms (what its train_step returns), and defines validate() -> (loss, {diagnostic: float})."""
+    """The record of one run: its counters, checkpoints (with validation), log lines and resume, over
+    the parts 06_train.Trainer builds and hands over here. The subclass defines step_terms (what its
+    train_step returns) and validate() -> (loss, {diagnostic: float})."""
+
+    def __init__(self, cfg, info, nets, optimizer, scheduler, sampler, train_loader, split_record, threads):
+        """nets: (depth_net, pose_net), unwrapped; sampler: distributed_training.EpochBatches; threads:
+        helpers/cpu_threads.RunThreads; split_record: stored beside the config in every checkpoint."""
+        self.cfg, self.info, self.threads, self.run_dir = cfg, info, threads, Path(cfg.run_dir)
+        self.depth_net, self.pose_net = nets
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.sampler, self.train_loader, self.split_record = sampler, train_loader, split_record
+        self.steps_per_epoch = sampler.batches_per_epoch
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        self.step, self.epoch, self.best_val = 0, 0, math.inf
+        self.collapse_watch = training_health.CollapseWatch(collapse_advice(cfg))
 
     def log_columns(self):
         return ("step", "epoch") + tuple(self.step_terms) + ("lr", "img_per_s", "data_wait_pct", "eta_s")
