@@ -33,7 +33,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
