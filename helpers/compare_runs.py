@@ -94,6 +94,59 @@ def mean_std(values):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
+def student_t_p(t, df, steps=4000):
+    """Two-sided P(|T| >= |t|) of Student's t with df degrees of freedom (df need not be whole): the
+    density integrated from 0 to |t| by Simpson's rule (no scipy)."""
+    x = np.linspace(0.0, abs(t), steps + 1)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
+    weights = np.where(np.arange(steps + 1) % 2 == 1, 4.0, 2.0)
+    weights[[0, -1]] = 1.0
+    return float(max(0.0, 1 - 2 * (x[1] - x[0]) / 3 * (weights @ density)))
+
+
+def welch(a, b):
+    """Welch's t test of two samples of 2+ values: (mean(b) - mean(a), t, degrees of freedom, two-sided p);
+    t, df and p are NaN where both samples have no spread."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    diff = float(np.mean(b) - np.mean(a))
+    if va + vb == 0:
+        return diff, float("nan"), float("nan"), float("nan")
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
+    return diff, t, float(df), student_t_p(t, df)
+
+
+def welch_tables(runs, groups, labels, columns):
+    """(rows, markdown) of every variant of 2+ seeds against the first variant: per column the difference
+    of means and Welch's two-sided p; None where the first variant has fewer than 2 seeds."""
+    if len(groups[0]) < 2 or not any(len(g) > 1 for g in groups[1:]):
+        return None
+    rows, body = [], []
+    for members, label in zip(groups[1:], labels[1:]):
+        if len(members) < 2:
+            continue
+        row, cells = {"variant": label, "against": labels[0]}, [label]
+        for c in columns:
+            diff, t, df, p = welch([runs[i][c] for i in groups[0]], [runs[i][c] for i in members])
+            row.update({c + "_diff": diff, c + "_t": t, c + "_df": df, c + "_p": p})
+            cells.append("-" if not np.isfinite(diff) else
+                         f"{diff:+.{COMPARE_DIGITS.get(c, 3)}f}" + (f" (p {p:.2f})" if np.isfinite(p) else ""))
+        rows.append(row)
+        body.append(cells)
+    header = [f"against {labels[0]}"] + list(columns)
+    return rows, _markdown([header] + body)
+
+
+def _markdown(table):
+    """A markdown table of rows of strings (the first row the header), columns padded to one width."""
+    widths = [max(len(row[j]) for row in table) for j in range(len(table[0]))]
+    md = ["| " + " | ".join(t.ljust(w) for t, w in zip(row, widths)) + " |" for row in table]
+    md.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(md)
+
+
 def densest_window(mask, height, width):
     """(top, left) of the height x width window (shrunk to the mask) of a [H, W] bool mask holding the
     most True pixels; ties go to the first in raster order."""
@@ -168,10 +221,7 @@ def compare_tables(runs, groups, labels, columns=None):
     header = ["variant", "n"] + list(columns)
     body = [[r["variant"], str(r["n"])] + [_cell(r[c + "_mean"], c, r[c + "_std"]) for c in columns]
             for r in aggregated]
-    widths = [max(len(row[j]) for row in [header] + body) for j in range(len(header))]
-    md = ["| " + " | ".join(t.ljust(w) for t, w in zip(row, widths)) + " |" for row in [header] + body]
-    md.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return aggregated, per_run, "\n".join(md)
+    return aggregated, per_run, _markdown([header] + body)
 
 
 COMPARE_LEGEND = """\
@@ -180,6 +230,13 @@ the same test frames. thin_abs_rel: AbsRel pooled over thin-structure pixels. qu
 cosine similarity of distinct queries (1 = all queries identical, collapsed). effective_rank: effective
 rank of the cost volume V as a Q x (h*w) matrix (1 = one image in Q copies, Q = fully diverse).
 bins_99: bins holding 99% of the mean probability mass (out of D). "-": the variant has no queries."""
+
+
+WELCH_LEGEND = """\
+Each variant of 2+ seeds against the first variant given: the difference of the means (this variant's
+minus the first's) and, in brackets, Welch's t test, two-sided p (unequal variances, Welch-Satterthwaite
+degrees of freedom; the t distribution integrated numerically). With 3 seeds against 3, p < 0.05 needs a
+difference of 2.8 (equal spreads: 4 degrees of freedom) to 4.3 standard errors (one spread dominating: 2). The t values and degrees of freedom: the _welch.csv."""
 
 
 def write_csv(path, rows, columns):
@@ -292,6 +349,13 @@ def write_tables(runs, configs, out, stem, columns, legend, ranges=(), baseline=
     if ranges:
         range_columns = ["run", "range", "pixels", "pred_over_gt", "rmse", "sq_error_share"]
         paths.append(write_csv(out / f"{stem}_ranges.csv", ranges, range_columns))
+    tests = welch_tables(runs, groups, labels, columns)
+    if tests:  # how far each variant lies from the first beyond the seed noise
+        print(tests[1] + "\n")
+        welch_columns = ["variant", "against"] + [c + s for c in columns for s in ("_diff", "_t", "_df", "_p")]
+        paths.append(write_csv(out / f"{stem}_welch.csv", tests[0], welch_columns))
+        paths.append(out / f"{stem}_welch.md")
+        paths[-1].write_text(tests[1] + "\n\n" + WELCH_LEGEND + "\n")
     return groups, labels, paths
 
 

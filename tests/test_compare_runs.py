@@ -92,6 +92,47 @@ def test_densest_window_matches_a_brute_force_search():
     assert c.densest_window(np.ones((4, 6), bool), 10, 10) == (0, 0)
 
 
+def test_welch_p_matches_the_closed_forms_of_student_t():
+    """Student's t at 1 and 2 degrees of freedom has a closed-form tail (1 - 2 atan(t) / pi and
+    1 - t / sqrt(2 + t^2)); the integrated p must equal it. Two samples of 2 values with the same spread
+    give Welch exactly 2 degrees of freedom: [0, 2] against [3, 5] is t = 3 / sqrt(2)."""
+    c = compare()
+    for t in (0.3, 2.0, 4.303, 12.0):
+        assert c.student_t_p(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, abs=1e-9)
+        assert c.student_t_p(-t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert c.student_t_p(1.959964, 1e7) == pytest.approx(0.05, abs=1e-5)  # the normal limit
+    diff, t, df, p = c.welch([0, 2], [3, 5])
+    assert (diff, df) == (3.0, pytest.approx(2.0)) and t == pytest.approx(3 / math.sqrt(2))
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert all(math.isnan(v) for v in c.welch([1, 1], [2, 2])[1:])  # no spread at all: no test
+
+
+def test_tables_test_each_variant_of_two_seeds_or_more_against_the_first(tmp_path, capsys):
+    """write_tables adds <stem>_welch.csv/.md: each variant with 2+ seeds against the first variant given,
+    per column welch() of the per-seed values; a variant of one seed gets no row, and without a second
+    variant of 2+ seeds there is no Welch table."""
+    c = compare()
+    rng = np.random.default_rng(1)
+    sizes = {"self": 3, "none": 3, "learned": 1}
+    runs, configs = [], []
+    for queries, n in sizes.items():
+        for seed in range(n):
+            runs.append({"run": f"{queries}_s{seed}", "seed": seed, "abs_rel": rng.random(), "rmse": rng.random()})
+            configs.append({"queries": queries, "seed": seed})
+    paths = c.write_tables(runs, configs, tmp_path, "t", ("abs_rel", "rmse"), "legend")[2]
+    assert tmp_path / "t_welch.md" in paths and "(p " in capsys.readouterr()[0]
+    rows = _csv_rows(tmp_path / "t_welch.csv")
+    assert [(r["variant"], r["against"]) for r in rows] == [("queries=none", "queries=self")]
+    for column in ("abs_rel", "rmse"):
+        expected = c.welch([r[column] for r in runs[:3]], [r[column] for r in runs[3:6]])
+        got = [float(rows[0][f"{column}_{k}"]) for k in ("diff", "t", "df", "p")]
+        assert got == pytest.approx(expected, rel=1e-5)
+    md = (tmp_path / "t_welch.md").read_text()
+    assert f"{expected[0]:+.3f} (p {expected[3]:.2f})" in md and "queries=learned" not in md
+    c.write_tables(runs[:4] + runs[6:], configs[:4] + configs[6:], tmp_path / "no_pairs", "t", ("abs_rel",), "")
+    assert not (tmp_path / "no_pairs" / "t_welch.csv").exists()
+
+
 def test_errors_by_range_locate_the_error_by_true_depth():
     """Two frames whose prediction is right below 10 m and half the truth from 40 m on (median scaling
     off): the ranges hold their share of the pixels, pred/gt is 1 and 0.5 there, the RMSE of each
