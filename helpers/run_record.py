@@ -432,7 +432,7 @@ def save_plots(run_dir, model):
     axes[0, 0].legend()
     axes[0, 1].plot(log["step"], log["smoothness"])
     axes[0, 1].set_title("smoothness term (unweighted)")
-    axes[1, 0].semilogy(log["step"], log["lr"])
+    (axes[1, 0].semilogy if (log["lr"] > 0).any() else axes[1, 0].plot)(log["step"], log["lr"])  # lr 0: no log
     axes[1, 0].set_title("learning rate")
     axes[1, 1].plot(log["step"], log["img_per_s"])
     axes[1, 1].set_title("throughput (img/s, all processes)")
