@@ -120,8 +120,8 @@ def welch(a, b):
 
 def welch_tables(runs, groups, labels, columns):
     """(rows, markdown) of every variant of 2+ seeds against the first variant: per column the difference
-    of means and Welch's two-sided p; None where the first variant has fewer than 2 seeds."""
-    if len(groups[0]) < 2 or not any(len(g) > 1 for g in groups[1:]):
+    of means and Welch's two-sided p; None where no pair of variants has 2+ seeds each."""
+    if len(groups[0]) < 2:
         return None
     rows, body = [], []
     for members, label in zip(groups[1:], labels[1:]):
@@ -136,7 +136,7 @@ def welch_tables(runs, groups, labels, columns):
         rows.append(row)
         body.append(cells)
     header = [f"against {labels[0]}"] + list(columns)
-    return rows, _markdown([header] + body)
+    return (rows, _markdown([header] + body)) if rows else None
 
 
 def _markdown(table):
